@@ -1,0 +1,30 @@
+//! JWT verification: turns connection and subscription tokens into typed credentials.
+//!
+//! Supports HS256/384/512 (with an optional previous secret for rotation), RS256/384/512 and
+//! ES256/384 with keys given as PEM text or PEM files, plus audience and issuer checks. Time is
+//! passed in by the caller so expiry logic is testable. This crate must not know about
+//! sessions, channels or transports, and must not decide protocol codes: it reports *what*
+//! is wrong with a token (expired or invalid), the core decides what the client sees.
+
+mod claims;
+mod verifier;
+
+pub use claims::{ChannelOverride, ConnectToken, SubscribeToken, SubscriptionClaim};
+pub use verifier::{sign_hmac, TokenConfig, TokenVerifier};
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// The token is well-formed and correctly signed, but its `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// The token cannot be trusted (bad signature, malformed, wrong audience, ...).
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The key configuration itself is unusable.
+    #[error("token key configuration: {0}")]
+    Config(String),
+}
+
+#[cfg(test)]
+mod tests;
