@@ -1,0 +1,111 @@
+//! The broker moves publications, join/leave events and control messages between nodes. A
+//! single node uses [`LocalBroker`], which hands everything straight back to its own hub;
+//! `rotor-broker-redis` implements the same trait across nodes.
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use rotor_protocol::{ClientInfo, Publication};
+
+use crate::CoreError;
+
+/// Node-wide commands that must reach every node (the connection may live on any of them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Control {
+    /// Disconnect a user's connections (all, or one client / session), sparing `whitelist`.
+    Disconnect {
+        user: String,
+        client: Option<String>,
+        session: Option<String>,
+        whitelist: Vec<String>,
+        code: u16,
+        reason: String,
+    },
+    /// Unsubscribe a user's connections from a channel.
+    Unsubscribe {
+        user: String,
+        channel: String,
+        client: Option<String>,
+        session: Option<String>,
+    },
+    /// Subscribe a user's connections to a channel (server-side subscription).
+    Subscribe {
+        user: String,
+        channel: String,
+        client: Option<String>,
+        session: Option<String>,
+        info: Option<rotor_protocol::Raw>,
+        data: Option<rotor_protocol::Raw>,
+    },
+    /// Extend (or expire) a user's connections.
+    Refresh {
+        user: String,
+        client: Option<String>,
+        session: Option<String>,
+        expired: bool,
+        expire_at: Option<u64>,
+    },
+}
+
+/// What a broker delivers to its node.
+pub trait BrokerHandler: Send + Sync {
+    fn on_publication(&self, channel: &str, publication: &Publication);
+    fn on_join(&self, channel: &str, info: &ClientInfo);
+    fn on_leave(&self, channel: &str, info: &ClientInfo);
+    fn on_control(&self, control: &Control);
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Called once by the node before any other method.
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>);
+    async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError>;
+    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError>;
+    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError>;
+    async fn publish_control(&self, control: &Control) -> Result<(), CoreError>;
+    /// This node now has a local subscriber of `channel` (called on the first one).
+    async fn subscribe(&self, channel: &str) -> Result<(), CoreError>;
+    /// This node no longer has local subscribers of `channel`.
+    async fn unsubscribe(&self, channel: &str) -> Result<(), CoreError>;
+}
+
+/// A single node's broker: everything is delivered to the local hub at once.
+#[derive(Default)]
+pub struct LocalBroker {
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+}
+
+impl LocalBroker {
+    fn handler(&self) -> Result<&Arc<dyn BrokerHandler>, CoreError> {
+        self.handler.get().ok_or_else(|| CoreError::Internal("broker used before the node attached".into()))
+    }
+}
+
+#[async_trait]
+impl Broker for LocalBroker {
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>) {
+        let _ = self.handler.set(handler);
+    }
+    async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError> {
+        self.handler()?.on_publication(channel, publication);
+        Ok(())
+    }
+    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError> {
+        self.handler()?.on_join(channel, info);
+        Ok(())
+    }
+    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError> {
+        self.handler()?.on_leave(channel, info);
+        Ok(())
+    }
+    async fn publish_control(&self, control: &Control) -> Result<(), CoreError> {
+        self.handler()?.on_control(control);
+        Ok(())
+    }
+    async fn subscribe(&self, _channel: &str) -> Result<(), CoreError> {
+        Ok(())
+    }
+    async fn unsubscribe(&self, _channel: &str) -> Result<(), CoreError> {
+        Ok(())
+    }
+}

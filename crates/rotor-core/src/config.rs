@@ -1,0 +1,232 @@
+//! Settings the core acts on, with Centrifugo v6 key names and defaults.
+
+use std::time::Duration;
+
+use rotor_auth::TokenConfig;
+use serde::{Deserialize, Serialize};
+
+macro_rules! channel_options {
+    ($(#[$outer:meta])* $name:ident { $($(#[$extra_meta:meta])* $extra:ident: $extra_ty:ty,)* }) => {
+        $(#[$outer])*
+        #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$extra_meta])* pub $extra: $extra_ty,)*
+            /// Keep a presence set for the channel (who is subscribed).
+            pub presence: bool,
+            /// Send join/leave pushes to subscribers that ask for them.
+            pub join_leave: bool,
+            /// Send join/leave pushes to every subscriber, asked or not.
+            pub force_push_join_leave: bool,
+            /// Publications kept per channel (history is on when this and `history_ttl` are > 0).
+            pub history_size: u32,
+            /// How long publications stay in history.
+            #[serde(with = "crate::duration")]
+            pub history_ttl: Duration,
+            /// Make every subscription recoverable, whether the client asks or not.
+            pub force_recovery: bool,
+            /// Let clients ask for recovery (`recoverable: true`).
+            pub allow_recovery: bool,
+            /// Make every subscription positioned.
+            pub force_positioning: bool,
+            /// Let clients ask for positioning.
+            pub allow_positioning: bool,
+            /// Any authenticated connection may subscribe.
+            pub allow_subscribe_for_client: bool,
+            /// Anonymous connections may subscribe too (with `allow_subscribe_for_client`).
+            pub allow_subscribe_for_anonymous: bool,
+            /// Subscribers may publish from the client side.
+            pub allow_publish_for_subscriber: bool,
+            /// Any authenticated connection may publish from the client side.
+            pub allow_publish_for_client: bool,
+            /// Anonymous connections may publish too (with one of the two above).
+            pub allow_publish_for_anonymous: bool,
+            /// Subscribers may read presence.
+            pub allow_presence_for_subscriber: bool,
+            /// Any authenticated connection may read presence.
+            pub allow_presence_for_client: bool,
+            /// Anonymous connections may read presence too.
+            pub allow_presence_for_anonymous: bool,
+            /// Subscribers may read history.
+            pub allow_history_for_subscriber: bool,
+            /// Any authenticated connection may read history.
+            pub allow_history_for_client: bool,
+            /// Anonymous connections may read history too.
+            pub allow_history_for_anonymous: bool,
+            /// Channels like `dialog#42,43` may be subscribed by the users listed after `#`.
+            pub allow_user_limited_channels: bool,
+        }
+    };
+}
+
+channel_options!(
+    /// Options of the channels without a namespace (`channel.without_namespace`).
+    ChannelOptions {}
+);
+
+channel_options!(
+    /// A namespace (`channel.namespaces[]`): its name plus the channel options.
+    NamespaceConfig {
+        /// The part of channel names before `:`; matches `^[-a-zA-Z0-9_]{2,}$`.
+        name: String,
+    }
+);
+
+impl NamespaceConfig {
+    /// The channel options of this namespace, without its name.
+    pub fn options(&self) -> ChannelOptions {
+        let json = serde_json::to_value(self).expect("config serializes");
+        let mut map = json.as_object().cloned().unwrap_or_default();
+        map.remove("name");
+        serde_json::from_value(serde_json::Value::Object(map)).expect("same fields")
+    }
+}
+
+impl ChannelOptions {
+    /// History is on when both size and TTL are set.
+    pub fn history_enabled(&self) -> bool {
+        self.history_size > 0 && !self.history_ttl.is_zero()
+    }
+}
+
+/// `channel.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelConfig {
+    pub without_namespace: ChannelOptions,
+    pub namespaces: Vec<NamespaceConfig>,
+    /// How long a channel's stream position (offset and epoch) outlives its last publication.
+    #[serde(with = "crate::duration")]
+    pub history_meta_ttl: Duration,
+    /// Longest channel name accepted.
+    pub max_length: usize,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            without_namespace: ChannelOptions::default(),
+            namespaces: Vec::new(),
+            history_meta_ttl: Duration::from_secs(720 * 3600),
+            max_length: 255,
+        }
+    }
+}
+
+/// `client.subscription_token`: separate keys for subscription tokens. When `enabled` is false,
+/// subscription tokens are verified with the connection token keys (`client.token`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionTokenConfig {
+    pub enabled: bool,
+    pub hmac_secret_key: String,
+    pub rsa_public_key: String,
+    pub ecdsa_public_key: String,
+    pub audience: String,
+    pub issuer: String,
+}
+
+impl SubscriptionTokenConfig {
+    /// The key settings to verify subscription tokens with.
+    pub fn token_config(&self, connection: &TokenConfig) -> TokenConfig {
+        if !self.enabled {
+            return connection.clone();
+        }
+        TokenConfig {
+            hmac_secret_key: self.hmac_secret_key.clone(),
+            rsa_public_key: self.rsa_public_key.clone(),
+            ecdsa_public_key: self.ecdsa_public_key.clone(),
+            audience: self.audience.clone(),
+            issuer: self.issuer.clone(),
+            ..TokenConfig::default()
+        }
+    }
+}
+
+/// `client.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Keys and checks for connection tokens.
+    pub token: TokenConfig,
+    /// Keys for subscription tokens (see [`SubscriptionTokenConfig`]).
+    pub subscription_token: SubscriptionTokenConfig,
+    /// Browser origins allowed to connect (glob patterns, `*` for any). Empty: requests that
+    /// carry an `Origin` header are refused; requests without one are allowed.
+    pub allowed_origins: Vec<String>,
+    /// How often the server pings each connection (`{}`); 0 turns pings off.
+    #[serde(with = "crate::duration")]
+    pub ping_interval: Duration,
+    /// How long a bidirectional client has to answer a ping before it is closed with 3012.
+    #[serde(with = "crate::duration")]
+    pub pong_timeout: Duration,
+    /// Grace after a connection's expiry before it is closed with 3005.
+    #[serde(with = "crate::duration")]
+    pub expired_close_delay: Duration,
+    /// Grace after a subscription's expiry before it is unsubscribed with 2501.
+    #[serde(with = "crate::duration")]
+    pub expired_sub_close_delay: Duration,
+    /// How long a connection may stay without a successful connect before it is closed (3502).
+    #[serde(with = "crate::duration")]
+    pub stale_close_delay: Duration,
+    /// How often a connection refreshes its presence entries (they expire after about twice
+    /// this, so a crashed node's entries disappear).
+    #[serde(with = "crate::duration")]
+    pub presence_update_interval: Duration,
+    /// Bytes queued for one connection before it is closed as slow (3008).
+    pub queue_max_size: usize,
+    /// Client-side subscriptions per connection (error 106 beyond it).
+    pub channel_limit: usize,
+    /// Connect without a token as an anonymous user.
+    pub allow_anonymous_connect_without_token: bool,
+    /// Refuse tokens with an empty `sub` (3507).
+    pub disallow_anonymous_connection_tokens: bool,
+    /// Most publications one history call returns.
+    pub history_max_publication_limit: usize,
+    /// Most publications one recovery returns; beyond that the client is told it did not recover.
+    pub recovery_max_publication_limit: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            token: TokenConfig::default(),
+            subscription_token: SubscriptionTokenConfig::default(),
+            allowed_origins: Vec::new(),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(8),
+            expired_close_delay: Duration::from_secs(25),
+            expired_sub_close_delay: Duration::from_secs(25),
+            stale_close_delay: Duration::from_secs(10),
+            presence_update_interval: Duration::from_secs(27),
+            queue_max_size: 1024 * 1024,
+            channel_limit: 128,
+            allow_anonymous_connect_without_token: false,
+            disallow_anonymous_connection_tokens: false,
+            history_max_publication_limit: 300,
+            recovery_max_publication_limit: 300,
+        }
+    }
+}
+
+/// Everything the core needs: `client` and `channel` sections plus the node's identity.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CoreConfig {
+    pub client: ClientConfig,
+    pub channel: ChannelConfig,
+    /// Node name shown in the `info` API and in emulation connect replies.
+    pub node_name: String,
+    /// Version string sent in connect replies.
+    pub version: String,
+}
+
+impl std::fmt::Debug for SubscriptionTokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionTokenConfig")
+            .field("enabled", &self.enabled)
+            .field("hmac_secret_key", &if self.hmac_secret_key.is_empty() { "" } else { "<redacted>" })
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}

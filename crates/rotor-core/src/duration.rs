@@ -1,0 +1,105 @@
+//! Durations in configuration: `"25s"`, `"500ms"`, `"1m30s"`, `"720h"`, or a plain number of
+//! seconds. Written back in the same text form.
+
+use std::time::Duration;
+
+use serde::de::{Error, Visitor};
+use serde::{Deserializer, Serializer};
+
+/// Parses `"1h2m3s"`, `"250ms"`, `"10"` (seconds).
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!("invalid duration {text:?}: expected a number"));
+        }
+        let number: f64 = rest[..digits].parse().map_err(|_| format!("invalid duration {text:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" => return Err(format!("invalid duration {text:?}: a unit (ms, s, m, h) is needed after {number}")),
+            other => return Err(format!("invalid duration {text:?}: unknown unit {other:?} (use ms, s, m or h)")),
+        };
+        total += Duration::from_secs_f64(number * scale);
+    }
+    Ok(total)
+}
+
+/// Formats as the shortest of `Nms`, `Ns`, `Nm`, `Nh`.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = d.as_secs();
+    if s != 0 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s != 0 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format(*d))
+}
+
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as \"25s\", \"500ms\", \"1h\", or a number of seconds")
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("negative duration"))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Duration, E> {
+            Duration::try_from_secs_f64(v).map_err(E::custom)
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Duration, E> {
+            parse(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_formats() {
+        assert_eq!(parse("25s").unwrap(), Duration::from_secs(25));
+        assert_eq!(parse("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse("720h").unwrap(), Duration::from_secs(720 * 3600));
+        assert_eq!(parse("7").unwrap(), Duration::from_secs(7));
+        assert!(parse("5x").unwrap_err().contains("unknown unit"));
+        assert!(parse("").is_err());
+        assert!(parse("5").is_ok());
+        assert!(parse("s").is_err());
+        for d in ["25s", "500ms", "2m", "720h", "0s", "90s"] {
+            assert_eq!(format(parse(d).unwrap()), d);
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! The hub: which local connections exist, which user they belong to, and who is subscribed
+//! to each channel. Fan-out encodes a push once and queues the same bytes to every subscriber.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rotor_protocol::Disconnect;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Control;
+
+/// What a session receives from the rest of the node.
+#[derive(Debug)]
+pub(crate) enum SessionMsg {
+    /// A pre-encoded bare push (`{"channel":…,"pub":…}`) for a channel the session may be
+    /// subscribed to.
+    Push { channel: Arc<str>, push: Arc<str> },
+    /// A node-wide command addressed to this connection.
+    Control(Box<Control>),
+}
+
+impl SessionMsg {
+    fn cost(&self) -> usize {
+        match self {
+            SessionMsg::Push { push, .. } => push.len(),
+            SessionMsg::Control(_) => 64,
+        }
+    }
+}
+
+/// The part of a connection the rest of the node can reach.
+pub struct ClientHandle {
+    pub(crate) id: Arc<str>,
+    pub(crate) user: OnceLock<Arc<str>>,
+    pub(crate) session: Option<Arc<str>>,
+    tx: mpsc::UnboundedSender<SessionMsg>,
+    queued: AtomicUsize,
+    queue_limit: usize,
+    pub(crate) cancel: CancellationToken,
+    reason: OnceLock<Disconnect>,
+}
+
+impl std::fmt::Debug for ClientHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHandle").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl ClientHandle {
+    pub(crate) fn new(
+        id: Arc<str>,
+        session: Option<Arc<str>>,
+        queue_limit: usize,
+        cancel: CancellationToken,
+    ) -> (Arc<ClientHandle>, mpsc::UnboundedReceiver<SessionMsg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = ClientHandle {
+            id,
+            user: OnceLock::new(),
+            session,
+            tx,
+            queued: AtomicUsize::new(0),
+            queue_limit,
+            cancel,
+            reason: OnceLock::new(),
+        };
+        (Arc::new(handle), rx)
+    }
+
+    /// The client id (a UUID).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The user id, once connected ("" for anonymous).
+    pub fn user(&self) -> &str {
+        self.user.get().map(|u| u.as_ref()).unwrap_or("")
+    }
+
+    /// The emulation session id, if the connection has one.
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
+    }
+
+    /// Queues a message; a connection whose queue exceeds its byte limit is closed as slow
+    /// (3008) instead of growing memory.
+    pub(crate) fn send(&self, msg: SessionMsg) {
+        let cost = msg.cost();
+        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
+        if before + cost > self.queue_limit {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+            self.close(Disconnect::SLOW);
+            return;
+        }
+        if self.tx.send(msg).is_err() {
+            self.queued.fetch_sub(cost, Ordering::Relaxed);
+        }
+    }
+
+    /// Called by the session for every message it takes off the queue.
+    pub(crate) fn taken(&self, msg: &SessionMsg) {
+        self.queued.fetch_sub(msg.cost(), Ordering::Relaxed);
+    }
+
+    /// Ends the connection with `disconnect` (the first reason given wins).
+    pub fn close(&self, disconnect: Disconnect) {
+        let _ = self.reason.set(disconnect);
+        self.cancel.cancel();
+    }
+
+    /// Why the connection was closed from outside; `None` means node shutdown.
+    pub(crate) fn close_reason(&self) -> Option<Disconnect> {
+        self.reason.get().cloned()
+    }
+}
+
+struct Subscriber {
+    client: Arc<ClientHandle>,
+    join_leave: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    channels: HashMap<Arc<str>, HashMap<usize, Subscriber>>,
+}
+
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<Arc<str>, Arc<ClientHandle>>,
+    by_user: HashMap<Arc<str>, HashSet<Arc<str>>>,
+}
+
+const SHARDS: usize = 32;
+
+/// Local connections and subscriptions of one node.
+pub struct Hub {
+    shards: Box<[Mutex<Shard>]>,
+    conns: Mutex<Connections>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            conns: Mutex::new(Connections::default()),
+            hasher: Default::default(),
+        }
+    }
+}
+
+fn key(client: &Arc<ClientHandle>) -> usize {
+    Arc::as_ptr(client) as usize
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a hub lock cannot leave the maps half-updated in a way that matters
+    // more than stopping every connection would, so poisoning is ignored.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    fn shard(&self, channel: &str) -> &Mutex<Shard> {
+        let mut h = self.hasher.build_hasher();
+        channel.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    pub(crate) fn add_connection(&self, client: &Arc<ClientHandle>) {
+        let mut c = lock(&self.conns);
+        c.by_id.insert(client.id.clone(), client.clone());
+        c.by_user.entry(Arc::from(client.user())).or_default().insert(client.id.clone());
+    }
+
+    pub(crate) fn remove_connection(&self, client: &ClientHandle) {
+        let mut c = lock(&self.conns);
+        c.by_id.remove(&client.id);
+        if let Some(set) = c.by_user.get_mut(client.user()) {
+            set.remove(&client.id);
+            if set.is_empty() {
+                c.by_user.remove(client.user());
+            }
+        }
+    }
+
+    /// Adds a subscriber; true when it is the node's first subscriber of the channel.
+    pub(crate) fn subscribe(&self, channel: &str, client: &Arc<ClientHandle>, join_leave: bool) -> bool {
+        let mut shard = lock(self.shard(channel));
+        let first = !shard.channels.contains_key(channel);
+        shard
+            .channels
+            .entry(Arc::from(channel))
+            .or_default()
+            .insert(key(client), Subscriber { client: client.clone(), join_leave });
+        first
+    }
+
+    /// Removes a subscriber; true when the channel has no local subscriber left.
+    pub(crate) fn unsubscribe(&self, channel: &str, client: &Arc<ClientHandle>) -> bool {
+        let mut shard = lock(self.shard(channel));
+        let Some(subs) = shard.channels.get_mut(channel) else {
+            return false;
+        };
+        if subs.remove(&key(client)).is_none() {
+            return false;
+        }
+        if subs.is_empty() {
+            shard.channels.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    /// Queues a pre-encoded push to every subscriber (or only those that want join/leave).
+    pub(crate) fn broadcast(&self, channel: &str, push: Arc<str>, only_join_leave: bool) -> usize {
+        let shard = lock(self.shard(channel));
+        let Some((name, subs)) = shard.channels.get_key_value(channel) else {
+            return 0;
+        };
+        let mut n = 0;
+        for sub in subs.values() {
+            if only_join_leave && !sub.join_leave {
+                continue;
+            }
+            sub.client.send(SessionMsg::Push { channel: name.clone(), push: push.clone() });
+            n += 1;
+        }
+        n
+    }
+
+    /// Local connections of `user`, optionally narrowed to one client or session.
+    pub(crate) fn user_connections(&self, user: &str, client: Option<&str>, session: Option<&str>) -> Vec<Arc<ClientHandle>> {
+        let c = lock(&self.conns);
+        let Some(ids) = c.by_user.get(user) else {
+            return Vec::new();
+        };
+        ids.iter()
+            .filter_map(|id| c.by_id.get(id))
+            .filter(|h| client.is_none_or(|want| want == &*h.id))
+            .filter(|h| session.is_none_or(|want| h.session.as_deref() == Some(want)))
+            .cloned()
+            .collect()
+    }
+
+    pub fn num_clients(&self) -> usize {
+        lock(&self.conns).by_id.len()
+    }
+
+    pub fn num_users(&self) -> usize {
+        lock(&self.conns).by_user.len()
+    }
+
+    pub fn num_channels(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).channels.len()).sum()
+    }
+
+    pub fn num_subscriptions(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).channels.values().map(|m| m.len()).sum::<usize>()).sum()
+    }
+
+    /// Channels with their number of local subscribers.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            out.extend(lock(s).channels.iter().map(|(k, v)| (k.to_string(), v.len())));
+        }
+        out
+    }
+}

@@ -1,0 +1,23 @@
+//! rotor's session core: the client state machine every transport feeds, the hub of channels
+//! and subscribers, namespaces and permissions, expiry and ping scheduling, and the storage
+//! and broker traits.
+//!
+//! The core does no IO of its own: it knows nothing of warp, HTTP, sockets or SQL. Transports
+//! hand it frames through [`session::TransportReader`] and take messages through
+//! [`session::TransportWriter`]; storage and brokers are trait objects implemented in other
+//! crates.
+
+pub mod broker;
+pub mod channels;
+pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod duration;
+mod error;
+pub mod hub;
+pub mod node;
+pub mod session;
+pub mod storage;
+
+pub use error::CoreError;
+pub use node::{Clock, Node, NodeInfo, PublishOptions};

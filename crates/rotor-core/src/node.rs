@@ -1,0 +1,320 @@
+//! The node: configuration, token verifiers, storage, broker and hub, and the operations the
+//! server API and sessions share (publish, presence, history, node-wide commands).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rotor_auth::TokenVerifier;
+use rotor_protocol::{ClientInfo, Disconnect, Push, Publication, Raw, StreamPosition, UnsubscribeCode};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, BrokerHandler, Control};
+use crate::channels::ChannelRules;
+use crate::config::{ChannelOptions, CoreConfig};
+use crate::hub::{Hub, SessionMsg};
+use crate::storage::{HistoryFilter, HistoryOptions, HistoryPage, Storage};
+use crate::CoreError;
+
+/// Unix time derived from tokio's clock, so that tests with a paused clock move token time too.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base_unix_ms: u64,
+    base: tokio::time::Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Clock { base_unix_ms: unix, base: tokio::time::Instant::now() }
+    }
+
+    pub fn unix_ms(&self) -> u64 {
+        self.base_unix_ms + self.base.elapsed().as_millis() as u64
+    }
+
+    pub fn unix(&self) -> u64 {
+        self.unix_ms() / 1000
+    }
+
+    /// The tokio instant at which Unix time reaches `unix` seconds.
+    pub fn instant_at(&self, unix: u64) -> tokio::time::Instant {
+        let target_ms = unix.saturating_mul(1000);
+        self.base + Duration::from_millis(target_ms.saturating_sub(self.base_unix_ms))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// Options of a server-side publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    pub skip_history: bool,
+    pub tags: BTreeMap<String, String>,
+    pub info: Option<ClientInfo>,
+}
+
+/// Node statistics for the `info` API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: usize,
+    pub num_users: usize,
+    pub num_channels: usize,
+    pub num_subs: usize,
+    pub uptime: u64,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) config: CoreConfig,
+    pub(crate) rules: ChannelRules,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) sub_verifier: TokenVerifier,
+    pub(crate) storage: Storage,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) hub: Hub,
+    pub(crate) clock: Clock,
+    pub(crate) shutdown: CancellationToken,
+    uid: String,
+    started_at: tokio::time::Instant,
+    channel_locks: Box<[AsyncMutex<()>]>,
+}
+
+/// A rotor node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+const CHANNEL_LOCKS: usize = 256;
+
+impl Node {
+    /// Builds a node; fails with a message naming the bad setting.
+    pub fn new(config: CoreConfig, storage: Storage, broker: Arc<dyn Broker>) -> Result<Node, CoreError> {
+        let rules = ChannelRules::new(&config.channel).map_err(CoreError::BadRequest)?;
+        let verifier = TokenVerifier::new(&config.client.token).map_err(|e| CoreError::BadRequest(format!("client.token: {e}")))?;
+        let sub_config = config.client.subscription_token.token_config(&config.client.token);
+        let sub_verifier =
+            TokenVerifier::new(&sub_config).map_err(|e| CoreError::BadRequest(format!("client.subscription_token: {e}")))?;
+        let inner = Arc::new(NodeInner {
+            config,
+            rules,
+            verifier,
+            sub_verifier,
+            storage,
+            broker: broker.clone(),
+            hub: Hub::default(),
+            clock: Clock::new(),
+            shutdown: CancellationToken::new(),
+            uid: uuid::Uuid::new_v4().to_string(),
+            started_at: tokio::time::Instant::now(),
+            channel_locks: (0..CHANNEL_LOCKS).map(|_| AsyncMutex::new(())).collect(),
+        });
+        broker.set_handler(Arc::new(Handler(Arc::downgrade(&inner))));
+        Ok(Node { inner })
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.inner.config
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    pub fn uid(&self) -> &str {
+        &self.inner.uid
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// Cancelled when the node shuts down; every session watches it.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Options of a channel, after checking its name.
+    pub fn channel_options(&self, channel: &str) -> Result<Arc<ChannelOptions>, CoreError> {
+        self.inner.rules.check_name(channel)?;
+        self.inner.rules.options(channel).cloned()
+    }
+
+    pub(crate) fn history_options(&self, opts: &ChannelOptions) -> HistoryOptions {
+        HistoryOptions {
+            size: opts.history_size as usize,
+            ttl: opts.history_ttl,
+            meta_ttl: self.inner.config.channel.history_meta_ttl,
+        }
+    }
+
+    /// Serializes publishing and subscribing per channel so that offsets reach subscribers in
+    /// order and a recovering subscriber neither misses nor repeats a publication.
+    pub(crate) async fn lock_channel(&self, channel: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        let mut h = SEED.get_or_init(Default::default).build_hasher();
+        channel.hash(&mut h);
+        self.inner.channel_locks[(h.finish() as usize) % CHANNEL_LOCKS].lock().await
+    }
+
+    /// Publishes to a channel: stores it in history when the channel keeps history, then fans
+    /// it out through the broker. Returns the position (offset 0 and no epoch without history).
+    pub async fn publish(&self, channel: &str, data: Raw, options: PublishOptions) -> Result<StreamPosition, CoreError> {
+        let opts = self.channel_options(channel)?;
+        let mut publication = Publication {
+            data,
+            info: options.info,
+            offset: 0,
+            tags: options.tags,
+            time: self.inner.clock.unix_ms(),
+        };
+        let _guard = self.lock_channel(channel).await;
+        let mut position = StreamPosition::default();
+        if opts.history_enabled() && !options.skip_history {
+            position = self.inner.storage.history.add(channel, publication.clone(), &self.history_options(&opts)).await?;
+            publication.offset = position.offset;
+        }
+        self.inner.broker.publish(channel, &publication).await?;
+        Ok(position)
+    }
+
+    /// Presence of a channel (no permission check: callers check).
+    pub async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, CoreError> {
+        let opts = self.channel_options(channel)?;
+        if !opts.presence {
+            return Err(CoreError::NotAvailable);
+        }
+        self.inner.storage.presence.get(channel).await
+    }
+
+    /// Number of clients and users in a channel.
+    pub async fn presence_stats(&self, channel: &str) -> Result<(u32, u32), CoreError> {
+        let opts = self.channel_options(channel)?;
+        if !opts.presence {
+            return Err(CoreError::NotAvailable);
+        }
+        self.inner.storage.presence.stats(channel).await
+    }
+
+    /// Reads history. `limit` < 0 means as many as allowed; it is capped by
+    /// `client.history_max_publication_limit`.
+    pub async fn history(&self, channel: &str, limit: i64, since: Option<StreamPosition>, reverse: bool) -> Result<HistoryPage, CoreError> {
+        let opts = self.channel_options(channel)?;
+        if !opts.history_enabled() {
+            return Err(CoreError::NotAvailable);
+        }
+        let max = self.inner.config.client.history_max_publication_limit;
+        let limit = if limit < 0 { max } else { (limit as usize).min(max) };
+        let filter = HistoryFilter { since, limit, reverse };
+        self.inner.storage.history.read(channel, &filter, &self.history_options(&opts)).await
+    }
+
+    pub async fn history_remove(&self, channel: &str) -> Result<(), CoreError> {
+        let opts = self.channel_options(channel)?;
+        if !opts.history_enabled() {
+            return Err(CoreError::NotAvailable);
+        }
+        self.inner.storage.history.remove(channel).await
+    }
+
+    /// Sends a node-wide command through the broker (it reaches every node, this one included).
+    pub async fn control(&self, control: Control) -> Result<(), CoreError> {
+        self.inner.broker.publish_control(&control).await
+    }
+
+    pub fn info(&self) -> NodeInfo {
+        let hub = &self.inner.hub;
+        NodeInfo {
+            uid: self.inner.uid.clone(),
+            name: self.inner.config.node_name.clone(),
+            version: self.inner.config.version.clone(),
+            num_clients: hub.num_clients(),
+            num_users: hub.num_users(),
+            num_channels: hub.num_channels(),
+            num_subs: hub.num_subscriptions(),
+            uptime: self.inner.started_at.elapsed().as_secs(),
+        }
+    }
+
+    /// Closes every session with 3001 (shutdown) and waits until they are gone, at most
+    /// `timeout`. Returns the number of connections still open when it gave up.
+    pub async fn shutdown(&self, timeout: Duration) -> usize {
+        self.inner.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = self.inner.hub.num_clients();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn encode_push(push: &Push) -> Arc<str> {
+    Arc::from(serde_json::to_string(push).expect("pushes always serialize"))
+}
+
+/// Receives from the broker and delivers to local connections.
+struct Handler(std::sync::Weak<NodeInner>);
+
+impl BrokerHandler for Handler {
+    fn on_publication(&self, channel: &str, publication: &Publication) {
+        let Some(node) = self.0.upgrade() else { return };
+        let push = Push { channel: channel.to_string(), publication: Some(publication.clone()), ..Push::default() };
+        node.hub.broadcast(channel, encode_push(&push), false);
+    }
+
+    fn on_join(&self, channel: &str, info: &ClientInfo) {
+        let Some(node) = self.0.upgrade() else { return };
+        let push = Push { channel: channel.to_string(), join: Some(rotor_protocol::Join { info: info.clone() }), ..Push::default() };
+        node.hub.broadcast(channel, encode_push(&push), true);
+    }
+
+    fn on_leave(&self, channel: &str, info: &ClientInfo) {
+        let Some(node) = self.0.upgrade() else { return };
+        let push = Push { channel: channel.to_string(), leave: Some(rotor_protocol::Leave { info: info.clone() }), ..Push::default() };
+        node.hub.broadcast(channel, encode_push(&push), true);
+    }
+
+    fn on_control(&self, control: &Control) {
+        let Some(node) = self.0.upgrade() else { return };
+        match control {
+            Control::Disconnect { user, client, session, whitelist, code, reason } => {
+                for c in node.hub.user_connections(user, client.as_deref(), session.as_deref()) {
+                    if !whitelist.iter().any(|w| w == c.id()) {
+                        c.close(Disconnect::custom(*code, reason.clone()));
+                    }
+                }
+            }
+            Control::Unsubscribe { user, client, session, .. }
+            | Control::Subscribe { user, client, session, .. }
+            | Control::Refresh { user, client, session, .. } => {
+                for c in node.hub.user_connections(user, client.as_deref(), session.as_deref()) {
+                    c.send(SessionMsg::Control(Box::new(control.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// The default unsubscribe push for server-side unsubscribes.
+pub(crate) fn server_unsubscribe() -> rotor_protocol::UnsubscribePush {
+    rotor_protocol::UnsubscribePush { code: UnsubscribeCode::Server.code(), reason: UnsubscribeCode::Server.reason().into() }
+}

@@ -1,0 +1,821 @@
+//! The client session: one state machine per connection, fed by any transport.
+//!
+//! A transport supplies a [`TransportReader`] (frames from the client) and a
+//! [`TransportWriter`] (messages to the client) and calls [`run`]. Everything the protocol
+//! says — connect first, commands in order, replies by id, pings, expiry, server-side
+//! commands, cleanup — happens here, once, for every transport.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rotor_protocol::{
+    decode_commands, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, DisconnectPush, Empty, HistoryRequest,
+    HistoryResult, MethodKind, PresenceResult, PresenceStatsResult, PublishRequest, Push, Raw, RefreshPush, RefreshResult,
+    Reply, StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribePush, SubscribeRequest, SubscribeResult,
+    UnsubscribeCode, UnsubscribePush,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::broker::Control;
+use crate::channels::{self, Asker};
+use crate::config::ChannelOptions;
+use crate::hub::{ClientHandle, SessionMsg};
+use crate::node::{server_unsubscribe, Node, PublishOptions};
+use crate::storage::HistoryFilter;
+use crate::CoreError;
+
+/// How a transport delivers messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// WebSocket: the close frame carries the disconnect code, no disconnect push.
+    WebSocket,
+    /// HTTP-streaming and SSE emulation: commands arrive by `/emulation` POST; a disconnect is
+    /// written as a push before the stream ends; the connect reply carries session and node.
+    Emulation,
+}
+
+/// A transport's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportInfo {
+    /// `websocket`, `http_stream`, `sse`: used in logs and metrics.
+    pub name: &'static str,
+    pub kind: TransportKind,
+}
+
+/// What the transport read from the client.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text frame: one or more `\n`-joined commands.
+    Frame(String),
+    /// Input the transport itself refuses (binary frame, frame too large): end with this code.
+    Refused(Disconnect),
+    /// The client went away.
+    Closed,
+}
+
+/// The client-to-server half of a transport. `read` must be cancel-safe: the session drops a
+/// pending read when something else needs its attention.
+#[async_trait]
+pub trait TransportReader: Send {
+    async fn read(&mut self) -> Inbound;
+}
+
+/// The server-to-client half of a transport.
+#[async_trait]
+pub trait TransportWriter: Send {
+    /// Writes complete JSON messages in order, framed as the transport frames them.
+    async fn write(&mut self, messages: Vec<String>) -> std::io::Result<()>;
+    /// Ends the connection with this code (a WebSocket close frame; the end of a stream).
+    async fn close(&mut self, disconnect: &Disconnect);
+}
+
+/// Per-connection parameters from the transport.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    pub transport: TransportInfo,
+    /// The emulation session id the transport routes `/emulation` POSTs by.
+    pub session_id: Option<Arc<str>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Connected,
+}
+
+struct Sub {
+    server_side: bool,
+    chan_info: Option<Raw>,
+    /// Unix seconds; `None` = does not expire.
+    expire_at: Option<u64>,
+}
+
+struct Session {
+    node: Node,
+    client: Arc<ClientHandle>,
+    transport: TransportInfo,
+    state: State,
+    user: Arc<str>,
+    conn_info: Option<Raw>,
+    expire_at: Option<u64>,
+    subs: HashMap<Arc<str>, Sub>,
+    stale_deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    next_presence: Option<Instant>,
+    out: Vec<String>,
+}
+
+/// Creates a connection and runs it until it ends. Returns the code it ended with (`None`
+/// when the client went away).
+pub async fn run(
+    node: Node,
+    params: SessionParams,
+    mut reader: impl TransportReader,
+    mut writer: impl TransportWriter,
+) -> Option<Disconnect> {
+    let cfg = &node.config().client;
+    let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+    let cancel = node.shutdown_token().child_token();
+    let (client, mut inbox) = ClientHandle::new(id, params.session_id.clone(), cfg.queue_max_size, cancel.clone());
+    let mut s = Session {
+        stale_deadline: Some(Instant::now() + cfg.stale_close_delay),
+        node: node.clone(),
+        client: client.clone(),
+        transport: params.transport,
+        state: State::Connecting,
+        user: Arc::from(""),
+        conn_info: None,
+        expire_at: None,
+        subs: HashMap::new(),
+        next_ping: None,
+        pong_deadline: None,
+        next_presence: None,
+        out: Vec::new(),
+    };
+    let ending = loop {
+        let deadline = s.next_deadline();
+        let mut ending = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
+            msg = inbox.recv() => match msg {
+                Some(msg) => s.on_messages(msg, &mut inbox).await,
+                None => None,
+            },
+            inbound = reader.read() => match inbound {
+                Inbound::Frame(frame) => s.on_frame(&frame).await,
+                Inbound::Refused(d) => Some(d),
+                Inbound::Closed => break None,
+            },
+            _ = sleep_until_opt(deadline) => s.on_timer().await,
+        };
+        if !s.out.is_empty() {
+            let messages = std::mem::take(&mut s.out);
+            let write = tokio::select! {
+                r = writer.write(messages) => r,
+                _ = cancel.cancelled() => Ok(()),
+            };
+            if let Err(e) = write {
+                tracing::debug!(client = %client.id(), error = %e, "write failed");
+                ending = ending.or(Some(Disconnect::WRITE_ERROR));
+                if cancel.is_cancelled() || ending.is_some() {
+                    break ending;
+                }
+            }
+        }
+        if let Some(d) = ending {
+            break Some(d);
+        }
+        if cancel.is_cancelled() {
+            break Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN));
+        }
+    };
+    if let Some(d) = &ending {
+        tracing::debug!(client = %client.id(), user = %s.user, code = d.code, reason = %d.reason, transport = s.transport.name, "disconnect");
+        if s.transport.kind == TransportKind::Emulation {
+            let push = Reply::push(Push {
+                disconnect: Some(DisconnectPush { code: d.code as u32, reason: d.reason.to_string() }),
+                ..Push::default()
+            });
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.write(vec![to_json(&push)])).await;
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.close(d)).await;
+    }
+    s.cleanup().await;
+    ending
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("protocol types always serialize")
+}
+
+/// What a command ends in: a reply (or nothing, for `send` and pongs), or a disconnect.
+type CommandResult = Result<Option<Reply>, CoreError>;
+
+impl Session {
+    fn cfg(&self) -> &crate::config::ClientConfig {
+        &self.node.config().client
+    }
+
+    fn now(&self) -> u64 {
+        self.node.clock().unix()
+    }
+
+    fn info(&self, chan_info: Option<Raw>) -> ClientInfo {
+        ClientInfo {
+            user: self.user.to_string(),
+            client: self.client.id().to_string(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        }
+    }
+
+    fn presence_ttl(&self) -> std::time::Duration {
+        self.cfg().presence_update_interval * 2 + std::time::Duration::from_secs(6)
+    }
+
+    /// Re-adds this connection's presence entries so they do not expire while it lives.
+    async fn refresh_presence(&mut self) {
+        let ttl = self.presence_ttl();
+        let mut any = false;
+        let subs: Vec<(Arc<str>, Option<Raw>)> = self.subs.iter().map(|(c, s)| (c.clone(), s.chan_info.clone())).collect();
+        for (channel, chan_info) in subs {
+            if !self.node.channel_options(&channel).is_ok_and(|o| o.presence) {
+                continue;
+            }
+            any = true;
+            let info = self.info(chan_info);
+            if let Err(e) = self.node.inner.storage.presence.add(&channel, &info, ttl).await {
+                tracing::warn!(channel = %channel, error = %e, "presence refresh failed");
+            }
+        }
+        self.next_presence = any.then(|| Instant::now() + self.cfg().presence_update_interval);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let clock = self.node.clock();
+        let cfg = self.cfg();
+        let expiry = self.expire_at.map(|at| clock.instant_at(at) + cfg.expired_close_delay);
+        let sub_expiry = self
+            .subs
+            .values()
+            .filter_map(|s| s.expire_at)
+            .min()
+            .map(|at| clock.instant_at(at) + cfg.expired_sub_close_delay);
+        [self.stale_deadline, self.next_ping, self.pong_deadline, self.next_presence, expiry, sub_expiry]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn emit(&mut self, reply: &Reply) {
+        self.out.push(to_json(reply));
+    }
+
+    fn emit_push(&mut self, push: Push) {
+        self.emit(&Reply::push(push));
+    }
+
+    // ----- input -----
+
+    async fn on_frame(&mut self, frame: &str) -> Option<Disconnect> {
+        let commands = match decode_commands(frame) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(client = %self.client.id(), error = %e, transport = self.transport.name, "malformed frame, disconnecting with 3501");
+                return Some(Disconnect::BAD_REQUEST);
+            }
+        };
+        for cmd in commands {
+            if let Err(d) = self.on_command(cmd).await {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    async fn on_command(&mut self, cmd: Command) -> Result<(), Disconnect> {
+        let method = cmd.method();
+        let id = cmd.id;
+        if id == 0 && !matches!(method, MethodKind::Pong | MethodKind::Send) {
+            tracing::info!(client = %self.client.id(), method = method.name(), "command without id, disconnecting with 3501");
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        if self.state == State::Connecting && method != MethodKind::Connect {
+            tracing::info!(client = %self.client.id(), method = method.name(), "command before connect, disconnecting with 3501");
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        let result: CommandResult = match method {
+            MethodKind::Connect => self.connect(cmd.connect.unwrap_or_default()).await,
+            MethodKind::Subscribe => self.subscribe(cmd.subscribe.unwrap_or_default()).await,
+            MethodKind::Unsubscribe => {
+                let channel = cmd.unsubscribe.unwrap_or_default().channel;
+                self.leave(&channel).await;
+                Ok(Some(Reply { unsubscribe: Some(Empty {}), ..Reply::default() }))
+            }
+            MethodKind::Publish => match cmd.publish {
+                Some(p) => self.publish(p).await,
+                None => Err(CoreError::BadRequest("publish without data".into())),
+            },
+            MethodKind::Presence => self.presence(cmd.presence.unwrap_or_default().channel).await,
+            MethodKind::PresenceStats => self.presence_stats(cmd.presence_stats.unwrap_or_default().channel).await,
+            MethodKind::History => self.history(cmd.history.unwrap_or_default()).await,
+            MethodKind::Ping => Ok(Some(Reply { ping: Some(Empty {}), ..Reply::default() })),
+            MethodKind::Send => {
+                tracing::debug!(client = %self.client.id(), "send: no handler configured, message dropped");
+                Ok(None)
+            }
+            MethodKind::Rpc => Err(CoreError::NotAvailable),
+            MethodKind::Refresh => self.refresh(cmd.refresh.unwrap_or_default().token).await,
+            MethodKind::SubRefresh => self.sub_refresh(cmd.sub_refresh.unwrap_or_default()).await,
+            MethodKind::Pong => {
+                self.pong_deadline = None;
+                Ok(None)
+            }
+            MethodKind::Unknown => Err(CoreError::MethodNotFound),
+        };
+        match result {
+            Ok(Some(mut reply)) => {
+                reply.id = id;
+                self.emit(&reply);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(CoreError::Disconnect(d)) => Err(d),
+            Err(e) => {
+                tracing::debug!(client = %self.client.id(), method = method.name(), error = %e, "command error");
+                if id > 0 {
+                    self.emit(&Reply::error(id, e.to_error()));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ----- connect and refresh -----
+
+    async fn connect(&mut self, req: ConnectRequest) -> CommandResult {
+        if self.state == State::Connected {
+            return Err(Disconnect::BAD_REQUEST.with_reason("already connected").into());
+        }
+        let now = self.now();
+        let (user, expire_at, info, mut server_subs) = if req.token.is_empty() {
+            if !self.cfg().allow_anonymous_connect_without_token {
+                tracing::info!(client = %self.client.id(), "connect without a token, disconnecting with 3501");
+                return Err(Disconnect::BAD_REQUEST.with_reason("client credentials not found").into());
+            }
+            (String::new(), None, None, BTreeMap::new())
+        } else {
+            let token = match self.node.inner.verifier.verify_connect(&req.token, now) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!(client = %self.client.id(), error = %e, "connect refused");
+                    return Err(CoreError::from_connect_token(e));
+                }
+            };
+            if token.user.is_empty() && self.cfg().disallow_anonymous_connection_tokens {
+                return Err(Disconnect::PERMISSION_DENIED.into());
+            }
+            let mut subs: BTreeMap<String, (Option<Raw>, Option<Raw>)> = BTreeMap::new();
+            for ch in token.channels {
+                subs.insert(ch, (None, None));
+            }
+            for (ch, claim) in token.subs {
+                subs.insert(ch, (claim.info, claim.data));
+            }
+            (token.user, token.expire_at, token.info, subs)
+        };
+        // Server-side channels must all be known before the connection is accepted.
+        for ch in server_subs.keys() {
+            self.node.channel_options(ch)?;
+        }
+        self.user = Arc::from(user.as_str());
+        let _ = self.client.user.set(self.user.clone());
+        self.conn_info = info;
+        self.expire_at = expire_at;
+        self.state = State::Connected;
+        self.stale_deadline = None;
+        self.node.inner.hub.add_connection(&self.client);
+        let cfg = self.cfg().clone();
+        let ping = cfg.ping_interval.as_secs() as u32;
+        if !cfg.ping_interval.is_zero() {
+            self.next_ping = Some(Instant::now() + cfg.ping_interval);
+        }
+        let mut result = ConnectResult {
+            client: self.client.id().to_string(),
+            version: self.node.config().version.clone(),
+            ping,
+            pong: ping > 0 && !cfg.pong_timeout.is_zero(),
+            ..ConnectResult::default()
+        };
+        if let Some(at) = expire_at {
+            result.expires = true;
+            result.ttl = at.saturating_sub(now).max(1) as u32;
+        }
+        if self.transport.kind == TransportKind::Emulation {
+            result.session = self.client.session().unwrap_or_default().to_string();
+            result.node = self.node.uid().to_string();
+        }
+        for (ch, (chan_info, data)) in std::mem::take(&mut server_subs) {
+            let recover = req.subs.get(&ch).cloned().unwrap_or_default();
+            let opts = self.node.channel_options(&ch)?;
+            let want = SubscribeRequest { channel: ch.clone(), ..recover };
+            let mut sub_result = self.join(&ch, &opts, &want, chan_info, true, None).await?;
+            sub_result.data = data;
+            result.subs.insert(ch, sub_result);
+        }
+        tracing::debug!(client = %self.client.id(), user = %self.user, transport = self.transport.name, "connected");
+        Ok(Some(Reply { connect: Some(result), ..Reply::default() }))
+    }
+
+    async fn refresh(&mut self, token: String) -> CommandResult {
+        if token.is_empty() {
+            return Err(Disconnect::BAD_REQUEST.with_reason("refresh without a token").into());
+        }
+        let now = self.now();
+        let t = match self.node.inner.verifier.verify_connect(&token, now) {
+            Ok(t) => t,
+            Err(rotor_auth::AuthError::Expired) => return Err(Disconnect::EXPIRED.into()),
+            Err(e) => {
+                tracing::info!(client = %self.client.id(), error = %e, "refresh with an invalid token, disconnecting with 3500");
+                return Err(Disconnect::INVALID_TOKEN.into());
+            }
+        };
+        if t.user != *self.user {
+            tracing::info!(client = %self.client.id(), "refresh token is for another user, disconnecting with 3500");
+            return Err(Disconnect::INVALID_TOKEN.into());
+        }
+        self.expire_at = t.expire_at;
+        if t.info.is_some() {
+            self.conn_info = t.info;
+        }
+        let mut result = RefreshResult { client: self.client.id().to_string(), version: self.node.config().version.clone(), ..RefreshResult::default() };
+        if let Some(at) = t.expire_at {
+            result.expires = true;
+            result.ttl = at.saturating_sub(now).max(1) as u32;
+        }
+        Ok(Some(Reply { refresh: Some(result), ..Reply::default() }))
+    }
+
+    // ----- subscriptions -----
+
+    async fn subscribe(&mut self, req: SubscribeRequest) -> CommandResult {
+        let channel = req.channel.clone();
+        let opts = self.node.channel_options(&channel)?;
+        if self.subs.contains_key(channel.as_str()) {
+            return Err(CoreError::AlreadySubscribed);
+        }
+        if self.subs.values().filter(|s| !s.server_side).count() >= self.cfg().channel_limit {
+            return Err(CoreError::LimitExceeded);
+        }
+        let (chan_info, expire_at, data) = if req.token.is_empty() {
+            channels::check_subscribe(&opts, &channel, Asker { user: &self.user, subscribed: false })?;
+            (None, None, None)
+        } else {
+            let t = self
+                .node
+                .inner
+                .sub_verifier
+                .verify_subscribe(&req.token, self.now())
+                .map_err(CoreError::from_subscribe_token)?;
+            if t.user != *self.user || t.channel != channel || (!t.client.is_empty() && t.client != self.client.id()) {
+                tracing::info!(client = %self.client.id(), channel = %channel, "subscription token for another user or channel, disconnecting with 3500");
+                return Err(Disconnect::INVALID_TOKEN.into());
+            }
+            (t.claim.info, t.expire_at, t.claim.data)
+        };
+        let mut result = self.join(&channel, &opts, &req, chan_info, false, expire_at).await?;
+        result.data = data;
+        Ok(Some(Reply { subscribe: Some(result), ..Reply::default() }))
+    }
+
+    /// Subscribes this connection: hub, broker, recovery, presence, join push.
+    async fn join(
+        &mut self,
+        channel: &str,
+        opts: &ChannelOptions,
+        want: &SubscribeRequest,
+        chan_info: Option<Raw>,
+        server_side: bool,
+        expire_at: Option<u64>,
+    ) -> Result<SubscribeResult, CoreError> {
+        let history_allowed = opts.allow_history_for_client || opts.allow_history_for_subscriber;
+        let recoverable = opts.history_enabled()
+            && (opts.force_recovery || (want.recoverable && (opts.allow_recovery || history_allowed)) || (server_side && want.recover));
+        let positioned = recoverable
+            || (opts.history_enabled() && (opts.force_positioning || (want.positioned && (opts.allow_positioning || history_allowed))));
+        let join_leave = opts.force_push_join_leave || (want.join_leave && opts.join_leave);
+        let mut result = SubscribeResult { recoverable, positioned, ..SubscribeResult::default() };
+        let now = self.now();
+        if let Some(at) = expire_at {
+            result.expires = true;
+            result.ttl = at.saturating_sub(now).max(1) as u32;
+        }
+        {
+            let _guard = self.node.lock_channel(channel).await;
+            let first = self.node.inner.hub.subscribe(channel, &self.client, join_leave);
+            if first {
+                if let Err(e) = self.node.inner.broker.subscribe(channel).await {
+                    self.node.inner.hub.unsubscribe(channel, &self.client);
+                    return Err(e);
+                }
+            }
+            if positioned {
+                if let Err(e) = self.position(channel, opts, want, recoverable, &mut result).await {
+                    drop(_guard);
+                    self.unsubscribe_hub(channel).await;
+                    return Err(e);
+                }
+            }
+        }
+        let info = self.info(chan_info.clone());
+        if opts.presence {
+            if let Err(e) = self.node.inner.storage.presence.add(channel, &info, self.presence_ttl()).await {
+                tracing::warn!(channel, error = %e, "presence add failed");
+            }
+            if self.next_presence.is_none() {
+                self.next_presence = Some(Instant::now() + self.cfg().presence_update_interval);
+            }
+        }
+        if opts.join_leave {
+            if let Err(e) = self.node.inner.broker.publish_join(channel, &info).await {
+                tracing::warn!(channel, error = %e, "join push failed");
+            }
+        }
+        self.subs.insert(Arc::from(channel), Sub { server_side, chan_info, expire_at });
+        Ok(result)
+    }
+
+    /// Fills the stream position and, when the client recovers, the missed publications.
+    async fn position(
+        &self,
+        channel: &str,
+        opts: &ChannelOptions,
+        want: &SubscribeRequest,
+        recoverable: bool,
+        result: &mut SubscribeResult,
+    ) -> Result<(), CoreError> {
+        let store = &self.node.inner.storage.history;
+        let hopts = self.node.history_options(opts);
+        if recoverable && want.recover {
+            result.was_recovering = true;
+            let max = self.cfg().recovery_max_publication_limit;
+            let filter = HistoryFilter {
+                since: Some(StreamPosition { offset: want.offset, epoch: want.epoch.clone() }),
+                limit: max + 1,
+                reverse: false,
+            };
+            match store.read(channel, &filter, &hopts).await {
+                Ok(page) => {
+                    let complete = page.publications.len() <= max
+                        && match page.publications.first() {
+                            Some(first) => first.offset == want.offset + 1,
+                            None => page.position.offset == want.offset,
+                        };
+                    result.epoch = page.position.epoch;
+                    result.offset = page.position.offset;
+                    if complete {
+                        result.recovered = true;
+                        result.publications = page.publications;
+                    }
+                    return Ok(());
+                }
+                Err(CoreError::UnrecoverablePosition) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let page = store.read(channel, &HistoryFilter::default(), &hopts).await?;
+        result.epoch = page.position.epoch;
+        result.offset = page.position.offset;
+        Ok(())
+    }
+
+    async fn unsubscribe_hub(&self, channel: &str) {
+        let _guard = self.node.lock_channel(channel).await;
+        if self.node.inner.hub.unsubscribe(channel, &self.client) {
+            if let Err(e) = self.node.inner.broker.unsubscribe(channel).await {
+                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    /// Removes a subscription (no-op when not subscribed): hub, presence, leave push.
+    async fn leave(&mut self, channel: &str) -> bool {
+        let Some(sub) = self.subs.remove(channel) else {
+            return false;
+        };
+        self.unsubscribe_hub(channel).await;
+        if let Ok(opts) = self.node.channel_options(channel) {
+            if opts.presence {
+                if let Err(e) = self.node.inner.storage.presence.remove(channel, self.client.id()).await {
+                    tracing::warn!(channel, error = %e, "presence remove failed");
+                }
+            }
+            if opts.join_leave {
+                let info = self.info(sub.chan_info);
+                if let Err(e) = self.node.inner.broker.publish_leave(channel, &info).await {
+                    tracing::warn!(channel, error = %e, "leave push failed");
+                }
+            }
+        }
+        true
+    }
+
+    async fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
+        if req.channel.is_empty() || req.token.is_empty() {
+            return Err(Disconnect::BAD_REQUEST.with_reason("sub_refresh needs channel and token").into());
+        }
+        if !self.subs.contains_key(req.channel.as_str()) {
+            return Err(CoreError::PermissionDenied);
+        }
+        let t = match self.node.inner.sub_verifier.verify_subscribe(&req.token, self.now()) {
+            Ok(t) => t,
+            // An expired token never extends a subscription.
+            Err(rotor_auth::AuthError::Expired) => return Err(Disconnect::SUBSCRIPTION_EXPIRED.into()),
+            Err(e) => {
+                tracing::info!(client = %self.client.id(), error = %e, "sub_refresh with an invalid token, disconnecting with 3500");
+                return Err(Disconnect::INVALID_TOKEN.into());
+            }
+        };
+        if t.user != *self.user || t.channel != req.channel {
+            return Err(Disconnect::INVALID_TOKEN.into());
+        }
+        let now = self.now();
+        let sub = self.subs.get_mut(req.channel.as_str()).expect("checked above");
+        sub.expire_at = t.expire_at;
+        let mut result = SubRefreshResult::default();
+        if let Some(at) = t.expire_at {
+            result.expires = true;
+            result.ttl = at.saturating_sub(now).max(1) as u32;
+        }
+        Ok(Some(Reply { sub_refresh: Some(result), ..Reply::default() }))
+    }
+
+    // ----- publish, presence, history -----
+
+    fn asker(&self, channel: &str) -> Asker<'_> {
+        Asker { user: &self.user, subscribed: self.subs.contains_key(channel) }
+    }
+
+    async fn publish(&mut self, req: PublishRequest) -> CommandResult {
+        let opts = self.node.channel_options(&req.channel)?;
+        channels::check_publish(&opts, self.asker(&req.channel))?;
+        let chan_info = self.subs.get(req.channel.as_str()).and_then(|s| s.chan_info.clone());
+        let options = PublishOptions { info: Some(self.info(chan_info)), ..PublishOptions::default() };
+        self.node.publish(&req.channel, req.data, options).await?;
+        Ok(Some(Reply { publish: Some(Empty {}), ..Reply::default() }))
+    }
+
+    async fn presence(&mut self, channel: String) -> CommandResult {
+        let opts = self.node.channel_options(&channel)?;
+        channels::check_presence(&opts, self.asker(&channel))?;
+        let presence = self.node.presence(&channel).await?;
+        Ok(Some(Reply { presence: Some(PresenceResult { presence }), ..Reply::default() }))
+    }
+
+    async fn presence_stats(&mut self, channel: String) -> CommandResult {
+        let opts = self.node.channel_options(&channel)?;
+        channels::check_presence(&opts, self.asker(&channel))?;
+        let (num_clients, num_users) = self.node.presence_stats(&channel).await?;
+        Ok(Some(Reply { presence_stats: Some(PresenceStatsResult { num_clients, num_users }), ..Reply::default() }))
+    }
+
+    async fn history(&mut self, req: HistoryRequest) -> CommandResult {
+        let opts = self.node.channel_options(&req.channel)?;
+        channels::check_history(&opts, self.asker(&req.channel))?;
+        let page = self.node.history(&req.channel, req.limit as i64, req.since, req.reverse).await?;
+        Ok(Some(Reply {
+            history: Some(HistoryResult { publications: page.publications, epoch: page.position.epoch, offset: page.position.offset }),
+            ..Reply::default()
+        }))
+    }
+
+    // ----- messages from the node -----
+
+    async fn on_messages(&mut self, first: SessionMsg, inbox: &mut mpsc::UnboundedReceiver<SessionMsg>) -> Option<Disconnect> {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(msg) = next {
+            self.client.taken(&msg);
+            match msg {
+                SessionMsg::Push { channel, push } => {
+                    if self.subs.contains_key(&channel) {
+                        let mut wrapped = String::with_capacity(push.len() + 9);
+                        wrapped.push_str("{\"push\":");
+                        wrapped.push_str(&push);
+                        wrapped.push('}');
+                        self.out.push(wrapped);
+                    }
+                }
+                SessionMsg::Control(control) => {
+                    if let Some(d) = self.on_control(*control).await {
+                        return Some(d);
+                    }
+                }
+            }
+            taken += 1;
+            next = if taken < 256 { inbox.try_recv().ok() } else { None };
+        }
+        None
+    }
+
+    async fn on_control(&mut self, control: Control) -> Option<Disconnect> {
+        if self.state != State::Connected {
+            return None;
+        }
+        match control {
+            Control::Unsubscribe { channel, .. } => {
+                if self.leave(&channel).await {
+                    self.emit_push(Push { channel, unsubscribe: Some(server_unsubscribe()), ..Push::default() });
+                }
+            }
+            Control::Subscribe { channel, info, data, .. } => {
+                if self.subs.contains_key(channel.as_str()) {
+                    return None;
+                }
+                let opts = match self.node.channel_options(&channel) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(channel, error = %e, "server-side subscribe refused");
+                        return None;
+                    }
+                };
+                let want = SubscribeRequest { channel: channel.clone(), ..SubscribeRequest::default() };
+                match self.join(&channel, &opts, &want, info, true, None).await {
+                    Ok(r) => self.emit_push(Push {
+                        channel,
+                        subscribe: Some(SubscribePush { recoverable: r.recoverable, epoch: r.epoch, offset: r.offset, positioned: r.positioned, data }),
+                        ..Push::default()
+                    }),
+                    Err(e) => tracing::warn!(channel, error = %e, "server-side subscribe failed"),
+                }
+            }
+            Control::Refresh { expired, expire_at, .. } => {
+                if expired {
+                    return Some(Disconnect::EXPIRED);
+                }
+                self.expire_at = expire_at.filter(|at| *at > 0);
+                let mut push = RefreshPush::default();
+                if let Some(at) = self.expire_at {
+                    push.expires = true;
+                    push.ttl = at.saturating_sub(self.now()).max(1) as u32;
+                }
+                self.emit_push(Push { refresh: Some(push), ..Push::default() });
+            }
+            Control::Disconnect { .. } => {}
+        }
+        None
+    }
+
+    // ----- timers -----
+
+    async fn on_timer(&mut self) -> Option<Disconnect> {
+        let now = Instant::now();
+        if self.stale_deadline.is_some_and(|d| d <= now) {
+            tracing::info!(client = %self.client.id(), "no connect in time, disconnecting with 3502");
+            return Some(Disconnect::STALE);
+        }
+        if self.pong_deadline.is_some_and(|d| d <= now) {
+            tracing::info!(client = %self.client.id(), user = %self.user, "no pong, disconnecting with 3012");
+            return Some(Disconnect::NO_PONG);
+        }
+        let clock = self.node.clock();
+        let cfg = self.cfg().clone();
+        if let Some(at) = self.expire_at {
+            if clock.instant_at(at) + cfg.expired_close_delay <= now {
+                tracing::info!(client = %self.client.id(), user = %self.user, "connection expired, disconnecting with 3005");
+                return Some(Disconnect::EXPIRED);
+            }
+        }
+        if self.next_ping.is_some_and(|d| d <= now) {
+            self.out.push("{}".into());
+            self.next_ping = Some(now + cfg.ping_interval);
+            if !cfg.pong_timeout.is_zero() && self.pong_deadline.is_none() {
+                self.pong_deadline = Some(now + cfg.pong_timeout);
+            }
+        }
+        if self.next_presence.is_some_and(|d| d <= now) {
+            self.refresh_presence().await;
+        }
+        let expired: Vec<(Arc<str>, bool)> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.expire_at.is_some_and(|at| clock.instant_at(at) + cfg.expired_sub_close_delay <= now))
+            .map(|(ch, s)| (ch.clone(), s.server_side))
+            .collect();
+        for (channel, server_side) in expired {
+            if server_side {
+                return Some(Disconnect::SUBSCRIPTION_EXPIRED);
+            }
+            self.leave(&channel).await;
+            self.emit_push(Push {
+                channel: channel.to_string(),
+                unsubscribe: Some(UnsubscribePush { code: UnsubscribeCode::Expired.code(), reason: UnsubscribeCode::Expired.reason().into() }),
+                ..Push::default()
+            });
+        }
+        None
+    }
+
+    // ----- end -----
+
+    async fn cleanup(&mut self) {
+        let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
+        for ch in channels {
+            self.leave(&ch).await;
+        }
+        if self.state == State::Connected {
+            self.node.inner.hub.remove_connection(&self.client);
+        }
+    }
+}
+

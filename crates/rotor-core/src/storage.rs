@@ -1,0 +1,109 @@
+//! Storage traits: history, presence and the token revocation list. Implementations live in
+//! their own crates (`rotor-store-memory`, `rotor-store-postgres`) and are used as
+//! `Arc<dyn …>`; one conformance suite (in `rotor-store-memory`'s `conformance` module) runs
+//! against each of them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rotor_protocol::{ClientInfo, Publication, StreamPosition};
+
+use crate::CoreError;
+
+/// How a channel keeps history, from its channel options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryOptions {
+    /// Publications kept.
+    pub size: usize,
+    /// How long a publication is kept.
+    pub ttl: Duration,
+    /// How long the stream position outlives the last publication.
+    pub meta_ttl: Duration,
+}
+
+/// Which publications to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryFilter {
+    /// Start after this position (its epoch must match the stream's, else error 112).
+    pub since: Option<StreamPosition>,
+    /// Most publications to return; 0 returns only the stream position.
+    pub limit: usize,
+    /// Newest first.
+    pub reverse: bool,
+}
+
+/// Publications read from history plus the stream's current top position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    pub publications: Vec<Publication>,
+    pub position: StreamPosition,
+}
+
+#[async_trait]
+pub trait HistoryStore: Send + Sync {
+    /// Appends a publication, assigning the next offset of the channel's stream (starting at 1
+    /// and increasing by exactly one), and trims the stream to the options' size and TTL.
+    /// Returns the publication's position.
+    async fn add(&self, channel: &str, publication: Publication, opts: &HistoryOptions) -> Result<StreamPosition, CoreError>;
+
+    /// Reads publications. A `since` with another epoch is `CoreError::UnrecoverablePosition`.
+    async fn read(&self, channel: &str, filter: &HistoryFilter, opts: &HistoryOptions) -> Result<HistoryPage, CoreError>;
+
+    /// Deletes the channel's publications; the stream position is kept.
+    async fn remove(&self, channel: &str) -> Result<(), CoreError>;
+}
+
+#[async_trait]
+pub trait PresenceStore: Send + Sync {
+    /// Adds or refreshes a client's entry; entries not refreshed within `ttl` disappear.
+    async fn add(&self, channel: &str, info: &ClientInfo, ttl: Duration) -> Result<(), CoreError>;
+    async fn remove(&self, channel: &str, client_id: &str) -> Result<(), CoreError>;
+    /// Every client in the channel, by client id.
+    async fn get(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, CoreError>;
+    /// Number of clients and of distinct users.
+    async fn stats(&self, channel: &str) -> Result<(u32, u32), CoreError>;
+}
+
+/// One revoked token, with its audit fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedToken {
+    pub jti: String,
+    pub user: String,
+    /// When the revoked token itself expires (Unix seconds); the entry may be dropped after it.
+    /// 0 = keep until removed.
+    pub expire_at: u64,
+    pub revoked_at: u64,
+    pub reason: String,
+    pub actor: String,
+    pub kicked: u32,
+}
+
+/// Filter for listing revocations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationFilter {
+    pub user: Option<String>,
+    pub since: Option<u64>,
+    pub until: Option<u64>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+#[async_trait]
+pub trait RevocationStore: Send + Sync {
+    async fn revoke(&self, entry: RevokedToken) -> Result<(), CoreError>;
+    /// Every entry still in force at `now`, to build the in-memory check set.
+    async fn active(&self, now: u64) -> Result<Vec<RevokedToken>, CoreError>;
+    /// Newest first.
+    async fn list(&self, filter: &RevocationFilter) -> Result<Vec<RevokedToken>, CoreError>;
+    /// Deletes entries whose token expired before `now`; returns how many.
+    async fn purge_expired(&self, now: u64) -> Result<u64, CoreError>;
+}
+
+/// The storage a node uses.
+#[derive(Clone)]
+pub struct Storage {
+    pub history: std::sync::Arc<dyn HistoryStore>,
+    pub presence: std::sync::Arc<dyn PresenceStore>,
+    pub revocations: std::sync::Arc<dyn RevocationStore>,
+}

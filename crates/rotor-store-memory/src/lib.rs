@@ -1,0 +1,305 @@
+//! In-memory implementations of the core's storage traits, for a single node: history with
+//! size and TTL trimming, presence with expiry, and the revocation list.
+//!
+//! Nothing here survives a restart, and nothing is shared between nodes; use
+//! `rotor-store-postgres` for that. This crate must not do any IO.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use rotor_core::storage::*;
+use rotor_core::CoreError;
+use rotor_protocol::{ClientInfo, Publication, StreamPosition};
+use tokio::time::Instant;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn new_epoch() -> String {
+    format!("{:08x}", rand::rng().random::<u32>())
+}
+
+struct Stream {
+    epoch: String,
+    top: u64,
+    pubs: VecDeque<(Instant, Publication)>,
+    /// When the stream's position may be forgotten.
+    meta_expires: Instant,
+}
+
+impl Stream {
+    fn new(meta_ttl: Duration) -> Stream {
+        Stream { epoch: new_epoch(), top: 0, pubs: VecDeque::new(), meta_expires: Instant::now() + meta_ttl }
+    }
+
+    fn trim(&mut self, size: usize, ttl: Duration, now: Instant) {
+        while self.pubs.len() > size {
+            self.pubs.pop_front();
+        }
+        while self.pubs.front().is_some_and(|(at, _)| *at + ttl <= now) {
+            self.pubs.pop_front();
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition { offset: self.top, epoch: self.epoch.clone() }
+    }
+}
+
+/// Channel history in memory.
+#[derive(Default)]
+pub struct MemoryHistory {
+    streams: Mutex<HashMap<String, Stream>>,
+}
+
+impl MemoryHistory {
+    pub fn new() -> Arc<MemoryHistory> {
+        Arc::new(MemoryHistory::default())
+    }
+
+    fn stream<'a>(map: &'a mut HashMap<String, Stream>, channel: &str, meta_ttl: Duration, now: Instant) -> &'a mut Stream {
+        let fresh = match map.get(channel) {
+            Some(s) => s.meta_expires <= now,
+            None => true,
+        };
+        if fresh {
+            map.insert(channel.to_string(), Stream::new(meta_ttl));
+        }
+        map.get_mut(channel).expect("inserted above")
+    }
+
+    /// Drops expired publications and forgotten streams. Returns the number of streams left.
+    pub fn sweep(&self, ttl_of: impl Fn(&str) -> Option<Duration>) -> usize {
+        let now = Instant::now();
+        let mut map = lock(&self.streams);
+        map.retain(|channel, s| {
+            if let Some(ttl) = ttl_of(channel) {
+                s.trim(usize::MAX, ttl, now);
+            }
+            s.meta_expires > now
+        });
+        map.len()
+    }
+}
+
+#[async_trait]
+impl HistoryStore for MemoryHistory {
+    async fn add(&self, channel: &str, mut publication: Publication, opts: &HistoryOptions) -> Result<StreamPosition, CoreError> {
+        let now = Instant::now();
+        let mut map = lock(&self.streams);
+        let s = Self::stream(&mut map, channel, opts.meta_ttl, now);
+        s.top += 1;
+        publication.offset = s.top;
+        s.pubs.push_back((now, publication));
+        s.trim(opts.size, opts.ttl, now);
+        s.meta_expires = now + opts.meta_ttl;
+        Ok(s.position())
+    }
+
+    async fn read(&self, channel: &str, filter: &HistoryFilter, opts: &HistoryOptions) -> Result<HistoryPage, CoreError> {
+        let now = Instant::now();
+        let mut map = lock(&self.streams);
+        let s = Self::stream(&mut map, channel, opts.meta_ttl, now);
+        s.trim(opts.size, opts.ttl, now);
+        if let Some(since) = &filter.since {
+            if since.epoch != s.epoch {
+                return Err(CoreError::UnrecoverablePosition);
+            }
+        }
+        let pubs = s.pubs.iter().map(|(_, p)| p);
+        let publications: Vec<Publication> = match (&filter.since, filter.reverse) {
+            (_, _) if filter.limit == 0 => Vec::new(),
+            (Some(since), false) => pubs.filter(|p| p.offset > since.offset).take(filter.limit).cloned().collect(),
+            (Some(since), true) => pubs.rev().filter(|p| p.offset < since.offset).take(filter.limit).cloned().collect(),
+            (None, false) => pubs.take(filter.limit).cloned().collect(),
+            (None, true) => pubs.rev().take(filter.limit).cloned().collect(),
+        };
+        Ok(HistoryPage { publications, position: s.position() })
+    }
+
+    async fn remove(&self, channel: &str) -> Result<(), CoreError> {
+        if let Some(s) = lock(&self.streams).get_mut(channel) {
+            s.pubs.clear();
+        }
+        Ok(())
+    }
+}
+
+type Entries = BTreeMap<String, (ClientInfo, Instant)>;
+
+/// Channel presence in memory.
+#[derive(Default)]
+pub struct MemoryPresence {
+    channels: Mutex<HashMap<String, Entries>>,
+}
+
+impl MemoryPresence {
+    pub fn new() -> Arc<MemoryPresence> {
+        Arc::new(MemoryPresence::default())
+    }
+
+    fn live<'a>(map: &'a mut HashMap<String, Entries>, channel: &str) -> Option<&'a Entries> {
+        let now = Instant::now();
+        let entries = map.get_mut(channel)?;
+        entries.retain(|_, (_, expires)| *expires > now);
+        if entries.is_empty() {
+            map.remove(channel);
+            return None;
+        }
+        map.get(channel)
+    }
+}
+
+#[async_trait]
+impl PresenceStore for MemoryPresence {
+    async fn add(&self, channel: &str, info: &ClientInfo, ttl: Duration) -> Result<(), CoreError> {
+        lock(&self.channels)
+            .entry(channel.to_string())
+            .or_default()
+            .insert(info.client.clone(), (info.clone(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn remove(&self, channel: &str, client_id: &str) -> Result<(), CoreError> {
+        let mut map = lock(&self.channels);
+        if let Some(entries) = map.get_mut(channel) {
+            entries.remove(client_id);
+            if entries.is_empty() {
+                map.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, CoreError> {
+        let mut map = lock(&self.channels);
+        Ok(Self::live(&mut map, channel)
+            .map(|e| e.iter().map(|(k, (info, _))| (k.clone(), info.clone())).collect())
+            .unwrap_or_default())
+    }
+
+    async fn stats(&self, channel: &str) -> Result<(u32, u32), CoreError> {
+        let mut map = lock(&self.channels);
+        let Some(entries) = Self::live(&mut map, channel) else {
+            return Ok((0, 0));
+        };
+        let users: std::collections::HashSet<&str> = entries.values().map(|(i, _)| i.user.as_str()).collect();
+        Ok((entries.len() as u32, users.len() as u32))
+    }
+}
+
+/// The revocation list in memory.
+#[derive(Default)]
+pub struct MemoryRevocations {
+    entries: Mutex<HashMap<String, RevokedToken>>,
+}
+
+impl MemoryRevocations {
+    pub fn new() -> Arc<MemoryRevocations> {
+        Arc::new(MemoryRevocations::default())
+    }
+}
+
+#[async_trait]
+impl RevocationStore for MemoryRevocations {
+    async fn revoke(&self, entry: RevokedToken) -> Result<(), CoreError> {
+        lock(&self.entries).insert(entry.jti.clone(), entry);
+        Ok(())
+    }
+
+    async fn active(&self, now: u64) -> Result<Vec<RevokedToken>, CoreError> {
+        Ok(lock(&self.entries).values().filter(|e| e.expire_at == 0 || e.expire_at > now).cloned().collect())
+    }
+
+    async fn list(&self, filter: &RevocationFilter) -> Result<Vec<RevokedToken>, CoreError> {
+        let entries = lock(&self.entries);
+        let mut out: Vec<RevokedToken> = entries
+            .values()
+            .filter(|e| filter.user.as_ref().is_none_or(|u| *u == e.user))
+            .filter(|e| filter.since.is_none_or(|t| e.revoked_at >= t))
+            .filter(|e| filter.until.is_none_or(|t| e.revoked_at <= t))
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| b.revoked_at.cmp(&a.revoked_at).then_with(|| a.jti.cmp(&b.jti)));
+        Ok(out.into_iter().skip(filter.offset).take(filter.limit).collect())
+    }
+
+    async fn purge_expired(&self, now: u64) -> Result<u64, CoreError> {
+        let mut entries = lock(&self.entries);
+        let before = entries.len();
+        entries.retain(|_, e| e.expire_at == 0 || e.expire_at > now);
+        Ok((before - entries.len()) as u64)
+    }
+}
+
+/// The three in-memory stores as the node's storage.
+pub fn storage() -> Storage {
+    Storage { history: MemoryHistory::new(), presence: MemoryPresence::new(), revocations: MemoryRevocations::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use rotor_core::conformance as suite;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn history_offsets_and_epoch() {
+        suite::history_offsets_and_epoch(MemoryHistory::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_since_reverse_limit() {
+        suite::history_since_reverse_limit(MemoryHistory::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_trims_by_size_and_ttl() {
+        suite::history_trims_by_size_and_ttl(MemoryHistory::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_remove_keeps_position() {
+        suite::history_remove_keeps_position(MemoryHistory::new()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn history_concurrent_adds_are_gap_free() {
+        suite::history_concurrent_adds_are_gap_free(MemoryHistory::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_basics() {
+        suite::presence_basics(MemoryPresence::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn presence_expires() {
+        suite::presence_expires(MemoryPresence::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revocations() {
+        suite::revocations(MemoryRevocations::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forgotten_streams_get_a_new_epoch_and_sweep_drops_them() {
+        let h = MemoryHistory::new();
+        let o = HistoryOptions { size: 10, ttl: Duration::from_secs(5), meta_ttl: Duration::from_secs(60) };
+        let first = h.add("x", suite_pub(), &o).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        assert_eq!(h.sweep(|_| Some(Duration::from_secs(5))), 0);
+        let second = h.add("x", suite_pub(), &o).await.unwrap();
+        assert_eq!(second.offset, 1);
+        assert_ne!(second.epoch, first.epoch, "a recreated stream has a new epoch");
+    }
+
+    fn suite_pub() -> Publication {
+        Publication { data: rotor_protocol::Raw::from_value(&1), info: None, offset: 0, tags: BTreeMap::new(), time: 0 }
+    }
+}
