@@ -1,0 +1,450 @@
+//! The server HTTP API: `POST /api/<method>` with Centrifugo's request and response shapes.
+//! Results are `{"result":…}`, failures `{"error":{"code","message"}}`, both with HTTP 200;
+//! a wrong or missing key is 401, an unparsable body 400, an unknown method 404.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use rotor_core::broker::Control;
+use rotor_core::{CoreError, Node, PublishOptions};
+use rotor_protocol::{ClientInfo, ErrorCode, Publication, Raw, StreamPosition};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use warp::http::{HeaderMap, StatusCode};
+use warp::hyper::body::Bytes;
+use warp::reply::Response;
+
+use crate::server::AppState;
+use crate::json_response;
+
+/// Compares without leaking the position of the first difference through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(state: &AppState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
+    let api = &state.config.http_api;
+    if api.insecure {
+        return true;
+    }
+    if api.key.is_empty() {
+        return false;
+    }
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let given = header("x-api-key")
+        .or_else(|| header("authorization").and_then(|v| v.strip_prefix("apikey ").or_else(|| v.strip_prefix("Apikey "))))
+        .or_else(|| query.get("api_key").map(String::as_str));
+    given.is_some_and(|k| constant_time_eq(k.trim().as_bytes(), api.key.as_bytes()))
+}
+
+/// Handles one API request.
+pub async fn handle(state: AppState, method: String, headers: HeaderMap, query: BTreeMap<String, String>, body: Bytes) -> Response {
+    if !authorized(&state, &headers, &query) {
+        tracing::info!(method, "server API request with a wrong or missing key");
+        return json_response(StatusCode::UNAUTHORIZED, &json!({"error": {"code": 101, "message": "unauthorized"}}));
+    }
+    let params: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::info!(method, error = %e, "server API request body is not JSON");
+                return json_response(StatusCode::BAD_REQUEST, &json!({"error": {"code": 107, "message": format!("bad request: {e}")}}));
+            }
+        }
+    };
+    if method == "batch" {
+        return json_response(StatusCode::OK, &batch(&state.node, params).await);
+    }
+    match call(&state.node, &method, params).await {
+        Some(Ok(result)) => json_response(StatusCode::OK, &json!({ "result": result })),
+        Some(Err(e)) => json_response(StatusCode::OK, &json!({ "error": error_json(&e) })),
+        None => json_response(StatusCode::NOT_FOUND, &json!({"error": {"code": 104, "message": "method not found"}})),
+    }
+}
+
+fn error_json(e: &CoreError) -> Value {
+    let err = e.to_error();
+    let message = match e {
+        CoreError::BadRequest(detail) => format!("bad request: {detail}"),
+        _ => err.message,
+    };
+    json!({"code": err.code, "message": message})
+}
+
+#[derive(Deserialize)]
+struct BatchRequest {
+    #[serde(default)]
+    commands: Vec<BTreeMap<String, Value>>,
+    #[serde(default)]
+    parallel: bool,
+}
+
+/// `batch`: runs commands in order (or concurrently with `parallel`); replies are keyed by
+/// method name and returned at the top level, not under `result`.
+async fn batch(node: &Node, params: Value) -> Value {
+    let req: BatchRequest = match serde_json::from_value(params) {
+        Ok(r) => r,
+        Err(e) => return json!({"error": error_json(&CoreError::BadRequest(e.to_string()))}),
+    };
+    let run = |cmd: BTreeMap<String, Value>| async move {
+        let Some((method, params)) = cmd.into_iter().next() else {
+            return json!({"error": error_json(&CoreError::BadRequest("empty command".into()))});
+        };
+        match call(node, &method, params).await {
+            Some(Ok(result)) => json!({ method: result }),
+            Some(Err(e)) => json!({"error": error_json(&e)}),
+            None => json!({"error": {"code": ErrorCode::MethodNotFound.code(), "message": "method not found"}}),
+        }
+    };
+    let replies: Vec<Value> = if req.parallel {
+        futures_util::future::join_all(req.commands.into_iter().map(run)).await
+    } else {
+        let mut out = Vec::new();
+        for cmd in req.commands {
+            out.push(run(cmd).await);
+        }
+        out
+    };
+    json!({ "replies": replies })
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, CoreError> {
+    serde_json::from_value(params).map_err(|e| CoreError::BadRequest(e.to_string()))
+}
+
+fn required(name: &str, value: &str) -> Result<(), CoreError> {
+    if value.is_empty() {
+        return Err(CoreError::BadRequest(format!("{name} required")));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct PublishParams {
+    #[serde(default)]
+    channel: String,
+    data: Option<Raw>,
+    b64data: Option<String>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[allow(dead_code)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BroadcastParams {
+    #[serde(default)]
+    channels: Vec<String>,
+    data: Option<Raw>,
+    b64data: Option<String>,
+    #[serde(default)]
+    skip_history: bool,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+fn payload(data: Option<Raw>, b64data: Option<String>) -> Result<Raw, CoreError> {
+    match (data, b64data) {
+        (Some(d), _) => Ok(d),
+        (None, Some(b)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|_| CoreError::BadRequest("b64data is not valid base64".into()))?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| CoreError::BadRequest("b64data must hold JSON for JSON clients".into()))?;
+            Raw::from_json(text).map_err(|_| CoreError::BadRequest("b64data must hold JSON for JSON clients".into()))
+        }
+        (None, None) => Err(CoreError::BadRequest("data required".into())),
+    }
+}
+
+fn position_json(p: &StreamPosition) -> Value {
+    let mut out = serde_json::Map::new();
+    if p.offset > 0 {
+        out.insert("offset".into(), json!(p.offset));
+    }
+    if !p.epoch.is_empty() {
+        out.insert("epoch".into(), json!(p.epoch));
+    }
+    Value::Object(out)
+}
+
+#[derive(Deserialize)]
+struct ChannelParams {
+    #[serde(default)]
+    channel: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    limit: i64,
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+struct UserTarget {
+    #[serde(default)]
+    user: String,
+    client: Option<String>,
+    session: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct DisconnectObj {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    reason: String,
+}
+
+#[derive(Deserialize)]
+struct DisconnectParams {
+    #[serde(flatten)]
+    target: UserTarget,
+    #[serde(default)]
+    whitelist: Vec<String>,
+    disconnect: Option<DisconnectObj>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeParams {
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    channel: String,
+    client: Option<String>,
+    session: Option<String>,
+    info: Option<Raw>,
+    data: Option<Raw>,
+}
+
+#[derive(Deserialize)]
+struct RefreshParams {
+    #[serde(flatten)]
+    target: UserTarget,
+    #[serde(default)]
+    expired: bool,
+    expire_at: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct ChannelsParams {
+    #[serde(default)]
+    pattern: String,
+}
+
+#[derive(Serialize)]
+struct ApiPublication<'a> {
+    data: &'a Raw,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a ClientInfo>,
+    #[serde(skip_serializing_if = "is_zero")]
+    offset: u64,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    tags: &'a BTreeMap<String, String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+fn publications_json(pubs: &[Publication]) -> Value {
+    Value::Array(
+        pubs.iter()
+            .map(|p| serde_json::to_value(ApiPublication { data: &p.data, info: p.info.as_ref(), offset: p.offset, tags: &p.tags }).expect("serializes"))
+            .collect(),
+    )
+}
+
+/// Runs one method; `None` for an unknown method.
+async fn call(node: &Node, method: &str, params: Value) -> Option<Result<Value, CoreError>> {
+    Some(match method {
+        "publish" => publish(node, params).await,
+        "broadcast" => broadcast(node, params).await,
+        "presence" => async {
+            let p: ChannelParams = parse(params)?;
+            required("channel", &p.channel)?;
+            Ok(json!({ "presence": node.presence(&p.channel).await? }))
+        }
+        .await,
+        "presence_stats" => async {
+            let p: ChannelParams = parse(params)?;
+            required("channel", &p.channel)?;
+            let (num_clients, num_users) = node.presence_stats(&p.channel).await?;
+            Ok(json!({ "num_clients": num_clients, "num_users": num_users }))
+        }
+        .await,
+        "history" => async {
+            let p: HistoryParams = parse(params)?;
+            required("channel", &p.channel)?;
+            let page = node.history(&p.channel, p.limit, p.since, p.reverse).await?;
+            let mut out = position_json(&page.position);
+            out["publications"] = publications_json(&page.publications);
+            Ok(out)
+        }
+        .await,
+        "history_remove" => async {
+            let p: ChannelParams = parse(params)?;
+            required("channel", &p.channel)?;
+            node.history_remove(&p.channel).await?;
+            Ok(json!({}))
+        }
+        .await,
+        "channels" => async {
+            let p: ChannelsParams = if params.is_null() { ChannelsParams::default() } else { parse(params)? };
+            let mut channels = serde_json::Map::new();
+            for (name, n) in node.hub().channels() {
+                if p.pattern.is_empty() || glob_match(&p.pattern, &name) {
+                    channels.insert(name, json!({ "num_clients": n }));
+                }
+            }
+            Ok(json!({ "channels": channels }))
+        }
+        .await,
+        "info" => {
+            let i = node.info();
+            Ok(json!({"nodes": [{
+                "uid": i.uid, "name": i.name, "version": i.version, "num_clients": i.num_clients,
+                "num_users": i.num_users, "num_channels": i.num_channels, "num_subs": i.num_subs, "uptime": i.uptime,
+            }]}))
+        }
+        "disconnect" => async {
+            let p: DisconnectParams = parse(params)?;
+            required("user", &p.target.user)?;
+            let d = p.disconnect.unwrap_or_default();
+            let (code, reason) = if d.code == 0 {
+                let def = rotor_protocol::Disconnect::FORCE_NO_RECONNECT;
+                (def.code, def.reason.to_string())
+            } else {
+                (d.code, d.reason)
+            };
+            node.control(Control::Disconnect {
+                user: p.target.user,
+                client: p.target.client,
+                session: p.target.session,
+                whitelist: p.whitelist,
+                code,
+                reason,
+            })
+            .await?;
+            Ok(json!({}))
+        }
+        .await,
+        "unsubscribe" => async {
+            let p: SubscribeParams = parse(params)?;
+            required("user", &p.user)?;
+            node.channel_options(&p.channel)?;
+            node.control(Control::Unsubscribe { user: p.user, channel: p.channel, client: p.client, session: p.session }).await?;
+            Ok(json!({}))
+        }
+        .await,
+        "subscribe" => async {
+            let p: SubscribeParams = parse(params)?;
+            required("user", &p.user)?;
+            node.channel_options(&p.channel)?;
+            node.control(Control::Subscribe { user: p.user, channel: p.channel, client: p.client, session: p.session, info: p.info, data: p.data })
+                .await?;
+            Ok(json!({}))
+        }
+        .await,
+        "refresh" => async {
+            let p: RefreshParams = parse(params)?;
+            required("user", &p.target.user)?;
+            node.control(Control::Refresh {
+                user: p.target.user,
+                client: p.target.client,
+                session: p.target.session,
+                expired: p.expired,
+                expire_at: p.expire_at,
+            })
+            .await?;
+            Ok(json!({}))
+        }
+        .await,
+        _ => return None,
+    })
+}
+
+async fn publish(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: PublishParams = parse(params)?;
+    required("channel", &p.channel)?;
+    let data = payload(p.data, p.b64data)?;
+    let pos = node.publish(&p.channel, data, PublishOptions { skip_history: p.skip_history, tags: p.tags, info: None }).await?;
+    Ok(position_json(&pos))
+}
+
+async fn broadcast(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: BroadcastParams = parse(params)?;
+    if p.channels.is_empty() {
+        return Err(CoreError::BadRequest("channels required".into()));
+    }
+    let data = payload(p.data, p.b64data)?;
+    let mut responses = Vec::new();
+    for ch in &p.channels {
+        let opts = PublishOptions { skip_history: p.skip_history, tags: p.tags.clone(), info: None };
+        responses.push(match node.publish(ch, data.clone(), opts).await {
+            Ok(pos) => json!({ "result": position_json(&pos) }),
+            Err(e) => json!({ "error": error_json(&e) }),
+        });
+    }
+    Ok(json!({ "responses": responses }))
+}
+
+/// Glob matching with `*` (any run) and `?` (one character), as the `channels` pattern.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match("chat:*", "chat:room"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("c?at", "chat"));
+        assert!(!glob_match("chat:*", "news:1"));
+        assert!(glob_match("*:room", "chat:room"));
+        assert!(!glob_match("a*b", "acbd"));
+    }
+
+    #[test]
+    fn key_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret1"));
+    }
+}

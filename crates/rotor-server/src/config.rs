@@ -1,0 +1,285 @@
+//! Configuration: a file (JSON, TOML or YAML, by extension) with Centrifugo v6 key names,
+//! overridden by `ROTOR_`-prefixed environment variables and then by command-line `--set`
+//! flags. Unknown keys are errors that name the key.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rotor_core::config::{ChannelConfig, ClientConfig, CoreConfig};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ServerError;
+
+/// `http_server.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpServerConfig {
+    /// Interface to listen on.
+    pub address: String,
+    /// Port to listen on (0 picks a free one; the chosen address is logged).
+    pub port: u16,
+}
+
+impl Default for HttpServerConfig {
+    fn default() -> Self {
+        HttpServerConfig { address: "0.0.0.0".into(), port: 8000 }
+    }
+}
+
+/// `http_api.*`
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpApiConfig {
+    /// Key for `POST /api/<method>` (header `X-API-Key` or `Authorization: apikey <key>`).
+    pub key: String,
+    /// Accept API requests without a key. Only for trusted networks.
+    pub insecure: bool,
+    /// Path prefix of the API.
+    pub handler_prefix: String,
+}
+
+impl Default for HttpApiConfig {
+    fn default() -> Self {
+        HttpApiConfig { key: String::new(), insecure: false, handler_prefix: "/api".into() }
+    }
+}
+
+impl std::fmt::Debug for HttpApiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApiConfig")
+            .field("key", &if self.key.is_empty() { "" } else { "<redacted>" })
+            .field("insecure", &self.insecure)
+            .field("handler_prefix", &self.handler_prefix)
+            .finish()
+    }
+}
+
+/// `websocket.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    pub disabled: bool,
+    /// Path of the bidirectional WebSocket endpoint.
+    pub handler_prefix: String,
+    /// Bytes read from the socket at a time. Small values keep idle connections cheap.
+    pub read_buffer_size: usize,
+    /// Bytes buffered before a write is flushed.
+    pub write_buffer_size: usize,
+    /// Largest message accepted from a client; larger ones close the connection with 1009.
+    pub message_size_limit: usize,
+    /// How long one write may take before the connection is closed.
+    #[serde(with = "rotor_core::duration")]
+    pub write_timeout: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            disabled: false,
+            handler_prefix: "/connection/websocket".into(),
+            read_buffer_size: 4096,
+            write_buffer_size: 4096,
+            message_size_limit: 65536,
+            write_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `log.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `rotor=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into(), format: "text".into() }
+    }
+}
+
+/// `node.*`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name shown in the `info` API; defaults to the host name.
+    pub name: String,
+}
+
+/// `shutdown.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long a graceful shutdown waits for connections to close after sending 3001.
+    #[serde(with = "rotor_core::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { timeout: Duration::from_secs(5) }
+    }
+}
+
+/// `storage.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `memory` (the only backend so far).
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { kind: "memory".into() }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http_server: HttpServerConfig,
+    pub client: ClientConfig,
+    pub channel: ChannelConfig,
+    pub http_api: HttpApiConfig,
+    pub websocket: WebSocketConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+    pub node: NodeConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+impl Config {
+    /// The part the core needs.
+    pub fn core(&self) -> CoreConfig {
+        let name = if self.node.name.is_empty() {
+            std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "rotor".into())
+        } else {
+            self.node.name.clone()
+        };
+        CoreConfig {
+            client: self.client.clone(),
+            channel: self.channel.clone(),
+            node_name: name,
+            version: format!("{} rotor", env!("CARGO_PKG_VERSION")),
+        }
+    }
+
+    /// Loads a file (or the defaults when `path` is `None`), then applies environment
+    /// variables and `--set key=value` overrides.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, sets: &[String]) -> Result<Config, ServerError> {
+        let mut value = match path {
+            Some(p) => read_file(p)?,
+            None => Value::Object(Default::default()),
+        };
+        let leaves = leaf_paths(&serde_json::to_value(Config::default()).expect("config serializes"));
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("ROTOR_") else { continue };
+            let Some((path, default)) = leaves.iter().find(|(p, _)| p.join("_").to_uppercase() == rest) else {
+                return Err(ServerError::Config(format!("environment variable {name} does not name a configuration key")));
+            };
+            set_path(&mut value, path, parse_like(default, &raw).map_err(|e| ServerError::Config(format!("{name}: {e}")))?);
+        }
+        for set in sets {
+            let (key, raw) = set
+                .split_once('=')
+                .ok_or_else(|| ServerError::Config(format!("--set {set:?}: expected key=value")))?;
+            let path: Vec<String> = key.split('.').map(str::to_string).collect();
+            let default = leaves.iter().find(|(p, _)| *p == path).map(|(_, d)| d.clone()).unwrap_or(Value::Null);
+            set_path(&mut value, &path, parse_like(&default, raw).map_err(|e| ServerError::Config(format!("--set {key}: {e}")))?);
+        }
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ServerError::Config(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that cannot be expressed in types.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        if self.storage.kind != "memory" {
+            return Err(ServerError::Config(format!("storage.type: unknown storage {:?} (supported: memory)", self.storage.kind)));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ServerError::Config(format!("log.format: {:?} is not text or json", self.log.format)));
+        }
+        if !self.http_api.insecure && self.http_api.key.is_empty() {
+            tracing::warn!("http_api.key is empty: the server API refuses every request (set a key or http_api.insecure)");
+        }
+        rotor_core::channels::ChannelRules::new(&self.channel).map_err(ServerError::Config)?;
+        rotor_auth::TokenVerifier::new(&self.client.token).map_err(|e| ServerError::Config(format!("client.token: {e}")))?;
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<Value, ServerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let name = path.display();
+    match ext.as_str() {
+        "json" => serde_json::from_str(&text).map_err(|e| ServerError::Config(format!("{name}: {e}"))),
+        "toml" => toml::from_str::<Value>(&text).map_err(|e| ServerError::Config(format!("{name}: {e}"))),
+        "yaml" | "yml" => serde_yaml_ng::from_str::<Value>(&text).map_err(|e| ServerError::Config(format!("{name}: {e}"))),
+        _ => Err(ServerError::Config(format!("{name}: unknown config format (use .json, .toml, .yaml or .yml)"))),
+    }
+}
+
+/// Every leaf of the default configuration with its default value (arrays count as leaves).
+fn leaf_paths(value: &Value) -> Vec<(Vec<String>, Value)> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Value)>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    prefix.push(k.clone());
+                    walk(child, prefix, out);
+                    prefix.pop();
+                }
+            }
+            other => out.push((prefix.clone(), other.clone())),
+        }
+    }
+    walk(value, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Reads a text value as the same type as the default: strings stay strings, numbers,
+/// booleans, lists and objects are parsed as JSON.
+fn parse_like(default: &Value, raw: &str) -> Result<Value, String> {
+    match default {
+        Value::String(_) => Ok(Value::String(raw.to_string())),
+        Value::Bool(_) => match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("{raw:?} is not a boolean")),
+        },
+        Value::Number(_) => serde_json::from_str(raw).map_err(|_| format!("{raw:?} is not a number")),
+        _ => Ok(serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))),
+    }
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) {
+    let mut cur = root;
+    for key in &path[..path.len() - 1] {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        cur = cur.as_object_mut().expect("made an object").entry(key.clone()).or_insert_with(|| Value::Object(Default::default()));
+    }
+    if !cur.is_object() {
+        *cur = Value::Object(Default::default());
+    }
+    cur.as_object_mut().expect("made an object").insert(path[path.len() - 1].clone(), value);
+}
+
+/// The default configuration as pretty JSON (for `rotor genconfig`).
+pub fn default_json() -> String {
+    serde_json::to_string_pretty(&Config::default()).expect("config serializes")
+}

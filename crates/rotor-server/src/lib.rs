@@ -1,0 +1,73 @@
+//! The rotor server: warp routes for every transport (thin adapters into the core's session),
+//! the server HTTP API, health, configuration loading, and the `rotor` command line.
+//!
+//! Protocol logic belongs in `rotor-core`; this crate only moves bytes between HTTP/WebSocket
+//! and the core, and must not decide protocol behaviour itself.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod server;
+mod ws;
+
+pub use config::Config;
+pub use server::{RunningServer, Server};
+
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+/// Errors of the server crate.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Core(#[from] rotor_core::CoreError),
+    #[error("{0}")]
+    Cli(String),
+}
+
+/// A browser `Origin` is allowed when it matches one of the patterns (case-insensitive, `*`
+/// wildcards). Requests without an `Origin` header (non-browser clients) are always allowed;
+/// with an empty list, every request that has one is refused.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.to_ascii_lowercase();
+    allowed.iter().any(|p| api::glob_match(&p.to_ascii_lowercase(), &origin))
+}
+
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {
+    let mut res = Response::new(text.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    res
+}
+
+pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+    let mut res = Response::new(serde_json::to_string(value).expect("json serializes").into());
+    *res.status_mut() = status;
+    res.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://*.example.com".to_string(), "http://localhost:3000".to_string()];
+        assert!(origin_allowed(None, &[]));
+        assert!(!origin_allowed(Some("https://app.example.com"), &[]));
+        assert!(origin_allowed(Some("https://App.Example.com"), &allowed));
+        assert!(origin_allowed(Some("http://localhost:3000"), &allowed));
+        assert!(!origin_allowed(Some("http://evil.com"), &allowed));
+        assert!(origin_allowed(Some("http://evil.com"), &["*".to_string()]));
+    }
+}
