@@ -174,7 +174,8 @@ fn b64_json(field: &str, text: &str) -> Result<Raw, AuthError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
         .map_err(|_| AuthError::Invalid(format!("{field} is not valid base64")))?;
-    let s = std::str::from_utf8(&bytes).map_err(|_| AuthError::Invalid(format!("{field} is not UTF-8 JSON")))?;
+    let s = std::str::from_utf8(&bytes)
+        .map_err(|_| AuthError::Invalid(format!("{field} is not UTF-8 JSON")))?;
     Raw::from_json(s).map_err(|_| AuthError::Invalid(format!("{field} is not JSON")))
 }
 
@@ -208,7 +209,9 @@ fn lifetime(exp: Option<u64>, expire_at: Option<u64>) -> Option<u64> {
 impl RawConnectClaims {
     pub(crate) fn into_token(self) -> Result<ConnectToken, AuthError> {
         if self.channel.is_some() {
-            return Err(AuthError::Invalid("connection token has a channel claim".into()));
+            return Err(AuthError::Invalid(
+                "connection token has a channel claim".into(),
+            ));
         }
         let subs = self
             .subs
@@ -232,7 +235,9 @@ impl RawConnectClaims {
 impl RawSubscribeClaims {
     pub(crate) fn into_token(self) -> Result<SubscribeToken, AuthError> {
         if self.channel.is_empty() {
-            return Err(AuthError::Invalid("subscription token has no channel claim".into()));
+            return Err(AuthError::Invalid(
+                "subscription token has no channel claim".into(),
+            ));
         }
         Ok(SubscribeToken {
             user: self.sub,

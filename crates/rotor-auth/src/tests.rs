@@ -15,12 +15,20 @@ fn sign(alg: Algorithm, key: &EncodingKey, claims: serde_json::Value) -> String 
 }
 
 fn hmac_verifier() -> TokenVerifier {
-    TokenVerifier::new(&TokenConfig { hmac_secret_key: SECRET.into(), ..TokenConfig::default() }).unwrap()
+    TokenVerifier::new(&TokenConfig {
+        hmac_secret_key: SECRET.into(),
+        ..TokenConfig::default()
+    })
+    .unwrap()
 }
 
 #[test]
 fn hmac_token_yields_user_expiry_and_info() {
-    let t = sign_hmac(&json!({"sub": "42", "exp": NOW + 60, "info": {"name": "Ann"}, "jti": "j1", "iat": NOW}), SECRET).unwrap();
+    let t = sign_hmac(
+        &json!({"sub": "42", "exp": NOW + 60, "info": {"name": "Ann"}, "jti": "j1", "iat": NOW}),
+        SECRET,
+    )
+    .unwrap();
     let c = hmac_verifier().verify_connect(&t, NOW).unwrap();
     assert_eq!(c.user, "42");
     assert_eq!(c.expire_at, Some(NOW + 60));
@@ -32,10 +40,21 @@ fn hmac_token_yields_user_expiry_and_info() {
 fn every_hmac_size_verifies_and_a_bad_signature_is_invalid() {
     let v = hmac_verifier();
     for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
-        let t = sign(alg, &EncodingKey::from_secret(SECRET.as_bytes()), json!({"sub": "u"}));
+        let t = sign(
+            alg,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            json!({"sub": "u"}),
+        );
         assert_eq!(v.verify_connect(&t, NOW).unwrap().user, "u", "{alg:?}");
-        let bad = sign(alg, &EncodingKey::from_secret(b"other"), json!({"sub": "u"}));
-        assert!(matches!(v.verify_connect(&bad, NOW), Err(AuthError::Invalid(_))), "{alg:?}");
+        let bad = sign(
+            alg,
+            &EncodingKey::from_secret(b"other"),
+            json!({"sub": "u"}),
+        );
+        assert!(
+            matches!(v.verify_connect(&bad, NOW), Err(AuthError::Invalid(_))),
+            "{alg:?}"
+        );
     }
 }
 
@@ -45,15 +64,29 @@ fn expired_is_reported_only_for_correctly_signed_tokens() {
     let expired = sign_hmac(&json!({"sub": "u", "exp": NOW}), SECRET).unwrap();
     assert_eq!(v.verify_connect(&expired, NOW), Err(AuthError::Expired));
     let forged_expired = sign_hmac(&json!({"sub": "u", "exp": NOW - 5}), "wrong").unwrap();
-    assert!(matches!(v.verify_connect(&forged_expired, NOW), Err(AuthError::Invalid(_))));
+    assert!(matches!(
+        v.verify_connect(&forged_expired, NOW),
+        Err(AuthError::Invalid(_))
+    ));
 }
 
 #[test]
 fn expire_at_overrides_exp_and_zero_means_never() {
     let v = hmac_verifier();
-    let t = sign_hmac(&json!({"sub": "u", "exp": NOW + 10, "expire_at": NOW + 100}), SECRET).unwrap();
-    assert_eq!(v.verify_connect(&t, NOW).unwrap().expire_at, Some(NOW + 100));
-    let t = sign_hmac(&json!({"sub": "u", "exp": NOW + 10, "expire_at": 0}), SECRET).unwrap();
+    let t = sign_hmac(
+        &json!({"sub": "u", "exp": NOW + 10, "expire_at": NOW + 100}),
+        SECRET,
+    )
+    .unwrap();
+    assert_eq!(
+        v.verify_connect(&t, NOW).unwrap().expire_at,
+        Some(NOW + 100)
+    );
+    let t = sign_hmac(
+        &json!({"sub": "u", "exp": NOW + 10, "expire_at": 0}),
+        SECRET,
+    )
+    .unwrap();
     assert_eq!(v.verify_connect(&t, NOW).unwrap().expire_at, None);
     // exp is still checked at connect even when expire_at is 0.
     let t = sign_hmac(&json!({"sub": "u", "exp": NOW - 1, "expire_at": 0}), SECRET).unwrap();
@@ -72,28 +105,48 @@ fn rsa_and_ecdsa_keys_from_pem_files_and_text() {
     })
     .unwrap();
     for alg in [Algorithm::RS256, Algorithm::RS384, Algorithm::RS512] {
-        let t = sign(alg, &EncodingKey::from_rsa_pem(&rsa_priv).unwrap(), json!({"sub": "r"}));
+        let t = sign(
+            alg,
+            &EncodingKey::from_rsa_pem(&rsa_priv).unwrap(),
+            json!({"sub": "r"}),
+        );
         assert_eq!(v.verify_connect(&t, NOW).unwrap().user, "r", "{alg:?}");
     }
-    let t = sign(Algorithm::ES256, &EncodingKey::from_ec_pem(&ec256_priv).unwrap(), json!({"sub": "e"}));
+    let t = sign(
+        Algorithm::ES256,
+        &EncodingKey::from_ec_pem(&ec256_priv).unwrap(),
+        json!({"sub": "e"}),
+    );
     assert_eq!(v.verify_connect(&t, NOW).unwrap().user, "e");
     // An HMAC token is refused when no HMAC key is configured.
     let t = sign_hmac(&json!({"sub": "h"}), SECRET).unwrap();
-    assert!(matches!(v.verify_connect(&t, NOW), Err(AuthError::Invalid(_))));
+    assert!(matches!(
+        v.verify_connect(&t, NOW),
+        Err(AuthError::Invalid(_))
+    ));
 }
 
 #[test]
 fn es384_verifies() {
     let dir = keys_dir();
-    let v = TokenVerifier::new(&TokenConfig { ecdsa_public_key: format!("{dir}/ec384.pub"), ..TokenConfig::default() }).unwrap();
-    let key = EncodingKey::from_ec_pem(&std::fs::read(format!("{dir}/ec384.key")).unwrap()).unwrap();
+    let v = TokenVerifier::new(&TokenConfig {
+        ecdsa_public_key: format!("{dir}/ec384.pub"),
+        ..TokenConfig::default()
+    })
+    .unwrap();
+    let key =
+        EncodingKey::from_ec_pem(&std::fs::read(format!("{dir}/ec384.key")).unwrap()).unwrap();
     let t = sign(Algorithm::ES384, &key, json!({"sub": "e384"}));
     assert_eq!(v.verify_connect(&t, NOW).unwrap().user, "e384");
 }
 
 #[test]
 fn bad_key_config_names_the_key() {
-    let err = TokenVerifier::new(&TokenConfig { rsa_public_key: "/nonexistent.pem".into(), ..TokenConfig::default() }).unwrap_err();
+    let err = TokenVerifier::new(&TokenConfig {
+        rsa_public_key: "/nonexistent.pem".into(),
+        ..TokenConfig::default()
+    })
+    .unwrap_err();
     assert!(err.to_string().contains("rsa_public_key"), "{err}");
 }
 
@@ -106,27 +159,59 @@ fn audience_and_issuer_are_checked_when_configured() {
         ..TokenConfig::default()
     })
     .unwrap();
-    let ok = sign_hmac(&json!({"sub": "u", "aud": ["x", "rotor"], "iss": "auth.example"}), SECRET).unwrap();
+    let ok = sign_hmac(
+        &json!({"sub": "u", "aud": ["x", "rotor"], "iss": "auth.example"}),
+        SECRET,
+    )
+    .unwrap();
     assert!(v.verify_connect(&ok, NOW).is_ok());
-    let ok_str = sign_hmac(&json!({"sub": "u", "aud": "rotor", "iss": "auth.example"}), SECRET).unwrap();
+    let ok_str = sign_hmac(
+        &json!({"sub": "u", "aud": "rotor", "iss": "auth.example"}),
+        SECRET,
+    )
+    .unwrap();
     assert!(v.verify_connect(&ok_str, NOW).is_ok());
-    let wrong_aud = sign_hmac(&json!({"sub": "u", "aud": "other", "iss": "auth.example"}), SECRET).unwrap();
-    assert_eq!(v.verify_connect(&wrong_aud, NOW), Err(AuthError::Invalid("audience mismatch".into())));
+    let wrong_aud = sign_hmac(
+        &json!({"sub": "u", "aud": "other", "iss": "auth.example"}),
+        SECRET,
+    )
+    .unwrap();
+    assert_eq!(
+        v.verify_connect(&wrong_aud, NOW),
+        Err(AuthError::Invalid("audience mismatch".into()))
+    );
     let no_aud = sign_hmac(&json!({"sub": "u", "iss": "auth.example"}), SECRET).unwrap();
     assert!(v.verify_connect(&no_aud, NOW).is_err());
     let wrong_iss = sign_hmac(&json!({"sub": "u", "aud": "rotor", "iss": "evil"}), SECRET).unwrap();
-    assert_eq!(v.verify_connect(&wrong_iss, NOW), Err(AuthError::Invalid("issuer mismatch".into())));
+    assert_eq!(
+        v.verify_connect(&wrong_iss, NOW),
+        Err(AuthError::Invalid("issuer mismatch".into()))
+    );
 }
 
 #[test]
 fn malformed_claims_are_invalid() {
     let v = hmac_verifier();
-    for claims in [json!({"sub": 42}), json!({"sub": "u", "channel": "x"}), json!({"sub": "u", "nbf": NOW + 10}), json!({"sub": "u", "b64info": "%%%"})] {
+    for claims in [
+        json!({"sub": 42}),
+        json!({"sub": "u", "channel": "x"}),
+        json!({"sub": "u", "nbf": NOW + 10}),
+        json!({"sub": "u", "b64info": "%%%"}),
+    ] {
         let t = sign_hmac(&claims, SECRET).unwrap();
-        assert!(matches!(v.verify_connect(&t, NOW), Err(AuthError::Invalid(_))), "{claims}");
+        assert!(
+            matches!(v.verify_connect(&t, NOW), Err(AuthError::Invalid(_))),
+            "{claims}"
+        );
     }
-    assert!(matches!(v.verify_connect("garbage", NOW), Err(AuthError::Invalid(_))));
-    assert!(matches!(v.verify_connect("", NOW), Err(AuthError::Invalid(_))));
+    assert!(matches!(
+        v.verify_connect("garbage", NOW),
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(matches!(
+        v.verify_connect("", NOW),
+        Err(AuthError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -150,12 +235,22 @@ fn b64info_channels_and_subs_claims() {
 #[test]
 fn subscription_tokens_need_a_channel() {
     let v = hmac_verifier();
-    let t = sign_hmac(&json!({"sub": "u", "channel": "$secret", "exp": NOW + 30, "info": {"a": 1}}), SECRET).unwrap();
+    let t = sign_hmac(
+        &json!({"sub": "u", "channel": "$secret", "exp": NOW + 30, "info": {"a": 1}}),
+        SECRET,
+    )
+    .unwrap();
     let s = v.verify_subscribe(&t, NOW).unwrap();
-    assert_eq!((s.user.as_str(), s.channel.as_str(), s.expire_at), ("u", "$secret", Some(NOW + 30)));
+    assert_eq!(
+        (s.user.as_str(), s.channel.as_str(), s.expire_at),
+        ("u", "$secret", Some(NOW + 30))
+    );
     assert!(s.claim.info.is_some());
     let no_channel = sign_hmac(&json!({"sub": "u"}), SECRET).unwrap();
-    assert!(matches!(v.verify_subscribe(&no_channel, NOW), Err(AuthError::Invalid(_))));
+    assert!(matches!(
+        v.verify_subscribe(&no_channel, NOW),
+        Err(AuthError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -169,12 +264,20 @@ fn previous_hmac_secret_works_until_its_deadline() {
     .unwrap();
     let old = sign_hmac(&json!({"sub": "u"}), "old").unwrap();
     assert!(v.verify_connect(&old, NOW).is_ok());
-    assert!(matches!(v.verify_connect(&old, NOW + 100), Err(AuthError::Invalid(_))));
-    assert!(v.verify_connect(&sign_hmac(&json!({"sub": "u"}), "new").unwrap(), NOW + 1000).is_ok());
+    assert!(matches!(
+        v.verify_connect(&old, NOW + 100),
+        Err(AuthError::Invalid(_))
+    ));
+    assert!(v
+        .verify_connect(&sign_hmac(&json!({"sub": "u"}), "new").unwrap(), NOW + 1000)
+        .is_ok());
 }
 
 #[test]
 fn debug_output_hides_secrets() {
-    let cfg = TokenConfig { hmac_secret_key: "supersecret".into(), ..TokenConfig::default() };
+    let cfg = TokenConfig {
+        hmac_secret_key: "supersecret".into(),
+        ..TokenConfig::default()
+    };
     assert!(!format!("{cfg:?}").contains("supersecret"));
 }

@@ -32,10 +32,22 @@ impl std::fmt::Debug for TokenConfig {
         let redact = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
         f.debug_struct("TokenConfig")
             .field("hmac_secret_key", &redact(&self.hmac_secret_key))
-            .field("hmac_previous_secret_key", &redact(&self.hmac_previous_secret_key))
-            .field("hmac_previous_secret_key_valid_until", &self.hmac_previous_secret_key_valid_until)
-            .field("rsa_public_key", &self.rsa_public_key.lines().next().unwrap_or(""))
-            .field("ecdsa_public_key", &self.ecdsa_public_key.lines().next().unwrap_or(""))
+            .field(
+                "hmac_previous_secret_key",
+                &redact(&self.hmac_previous_secret_key),
+            )
+            .field(
+                "hmac_previous_secret_key_valid_until",
+                &self.hmac_previous_secret_key_valid_until,
+            )
+            .field(
+                "rsa_public_key",
+                &self.rsa_public_key.lines().next().unwrap_or(""),
+            )
+            .field(
+                "ecdsa_public_key",
+                &self.ecdsa_public_key.lines().next().unwrap_or(""),
+            )
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .finish()
@@ -45,7 +57,9 @@ impl std::fmt::Debug for TokenConfig {
 impl TokenConfig {
     /// True when no key of any kind is configured.
     pub fn is_empty(&self) -> bool {
-        self.hmac_secret_key.is_empty() && self.rsa_public_key.is_empty() && self.ecdsa_public_key.is_empty()
+        self.hmac_secret_key.is_empty()
+            && self.rsa_public_key.is_empty()
+            && self.ecdsa_public_key.is_empty()
     }
 }
 
@@ -74,9 +88,9 @@ fn pem_bytes(what: &str, value: &str) -> Result<Vec<u8>, AuthError> {
     if value.trim_start().starts_with("-----BEGIN") {
         return Ok(value.as_bytes().to_vec());
     }
-    std::fs::read(value).map_err(|e| AuthError::Config(format!("{what}: cannot read PEM file {value:?}: {e}")))
+    std::fs::read(value)
+        .map_err(|e| AuthError::Config(format!("{what}: cannot read PEM file {value:?}: {e}")))
 }
-
 
 impl TokenVerifier {
     /// Builds a verifier; fails with a message naming the bad key.
@@ -85,15 +99,22 @@ impl TokenVerifier {
             None
         } else {
             let pem = pem_bytes("rsa_public_key", &config.rsa_public_key)?;
-            Some(DecodingKey::from_rsa_pem(&pem).map_err(|e| AuthError::Config(format!("rsa_public_key: {e}")))?)
+            Some(
+                DecodingKey::from_rsa_pem(&pem)
+                    .map_err(|e| AuthError::Config(format!("rsa_public_key: {e}")))?,
+            )
         };
         let ecdsa = if config.ecdsa_public_key.is_empty() {
             None
         } else {
             let pem = pem_bytes("ecdsa_public_key", &config.ecdsa_public_key)?;
-            Some(DecodingKey::from_ec_pem(&pem).map_err(|e| AuthError::Config(format!("ecdsa_public_key: {e}")))?)
+            Some(
+                DecodingKey::from_ec_pem(&pem)
+                    .map_err(|e| AuthError::Config(format!("ecdsa_public_key: {e}")))?,
+            )
         };
-        let hmac = (!config.hmac_secret_key.is_empty()).then(|| DecodingKey::from_secret(config.hmac_secret_key.as_bytes()));
+        let hmac = (!config.hmac_secret_key.is_empty())
+            .then(|| DecodingKey::from_secret(config.hmac_secret_key.as_bytes()));
         let hmac_previous = (!config.hmac_previous_secret_key.is_empty()).then(|| {
             (
                 DecodingKey::from_secret(config.hmac_previous_secret_key.as_bytes()),
@@ -124,8 +145,13 @@ impl TokenVerifier {
 
     /// Verifies the signature with the key for the token's algorithm, then the time and
     /// audience/issuer claims. Expiry is reported only for correctly signed tokens.
-    fn decode<T: DeserializeOwned + HasRegistered>(&self, token: &str, now: u64) -> Result<T, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
+    fn decode<T: DeserializeOwned + HasRegistered>(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<T, AuthError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
         let alg = header.alg;
         let mut validation = Validation::new(alg);
         validation.required_spec_claims = HashSet::new();
@@ -149,8 +175,14 @@ impl TokenVerifier {
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
                 decode_with(token, self.rsa.as_ref().ok_or_else(no_key)?, &validation)?
             }
-            Algorithm::ES256 | Algorithm::ES384 => decode_with(token, self.ecdsa.as_ref().ok_or_else(no_key)?, &validation)?,
-            other => return Err(AuthError::Invalid(format!("unsupported algorithm {other:?}"))),
+            Algorithm::ES256 | Algorithm::ES384 => {
+                decode_with(token, self.ecdsa.as_ref().ok_or_else(no_key)?, &validation)?
+            }
+            other => {
+                return Err(AuthError::Invalid(format!(
+                    "unsupported algorithm {other:?}"
+                )))
+            }
         };
         let reg = claims.registered();
         if let Some(nbf) = reg.nbf {
@@ -177,7 +209,11 @@ impl TokenVerifier {
     }
 }
 
-fn decode_with<T: DeserializeOwned>(token: &str, key: &DecodingKey, validation: &Validation) -> Result<T, AuthError> {
+fn decode_with<T: DeserializeOwned>(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<T, AuthError> {
     jsonwebtoken::decode::<T>(token, key, validation)
         .map(|d| d.claims)
         .map_err(|e| AuthError::Invalid(e.to_string()))
@@ -185,6 +221,10 @@ fn decode_with<T: DeserializeOwned>(token: &str, key: &DecodingKey, validation: 
 
 /// Signs claims with an HMAC secret (HS256). Used by `rotor gentoken` and by tests.
 pub fn sign_hmac<T: Serialize>(claims: &T, secret: &str) -> Result<String, AuthError> {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .map_err(|e| AuthError::Config(e.to_string()))
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| AuthError::Config(e.to_string()))
 }

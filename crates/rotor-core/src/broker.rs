@@ -77,7 +77,9 @@ pub struct LocalBroker {
 
 impl LocalBroker {
     fn handler(&self) -> Result<&Arc<dyn BrokerHandler>, CoreError> {
-        self.handler.get().ok_or_else(|| CoreError::Internal("broker used before the node attached".into()))
+        self.handler
+            .get()
+            .ok_or_else(|| CoreError::Internal("broker used before the node attached".into()))
     }
 }
 

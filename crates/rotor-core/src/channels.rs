@@ -37,7 +37,10 @@ pub fn user_limited_allows(channel: &str, user: &str) -> Option<bool> {
 }
 
 fn valid_namespace_name(name: &str) -> bool {
-    name.len() >= 2 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    name.len() >= 2
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Resolved channel options per namespace.
@@ -59,8 +62,14 @@ impl ChannelRules {
                     ns.name
                 ));
             }
-            if namespaces.insert(ns.name.clone(), Arc::new(ns.options())).is_some() {
-                return Err(format!("channel.namespaces: duplicate namespace {:?}", ns.name));
+            if namespaces
+                .insert(ns.name.clone(), Arc::new(ns.options()))
+                .is_some()
+            {
+                return Err(format!(
+                    "channel.namespaces: duplicate namespace {:?}",
+                    ns.name
+                ));
             }
         }
         Ok(ChannelRules {
@@ -85,10 +94,15 @@ impl ChannelRules {
             return Err(CoreError::BadRequest("channel required".into()));
         }
         if channel.len() > self.max_length {
-            return Err(CoreError::BadRequest(format!("channel name longer than {}", self.max_length)));
+            return Err(CoreError::BadRequest(format!(
+                "channel name longer than {}",
+                self.max_length
+            )));
         }
         if !channel.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(CoreError::BadRequest("channel name must be printable ASCII".into()));
+            return Err(CoreError::BadRequest(
+                "channel name must be printable ASCII".into(),
+            ));
         }
         Ok(())
     }
@@ -114,16 +128,25 @@ impl Asker<'_> {
 }
 
 /// Subscribe without a subscription token.
-pub fn check_subscribe(opts: &ChannelOptions, channel: &str, asker: Asker<'_>) -> Result<(), CoreError> {
+pub fn check_subscribe(
+    opts: &ChannelOptions,
+    channel: &str,
+    asker: Asker<'_>,
+) -> Result<(), CoreError> {
     if is_private(channel) {
         return Err(CoreError::PermissionDenied);
     }
     if opts.allow_user_limited_channels {
         if let Some(allowed) = user_limited_allows(channel, asker.user) {
-            return if allowed { Ok(()) } else { Err(CoreError::PermissionDenied) };
+            return if allowed {
+                Ok(())
+            } else {
+                Err(CoreError::PermissionDenied)
+            };
         }
     }
-    if opts.allow_subscribe_for_client && (!asker.anonymous() || opts.allow_subscribe_for_anonymous) {
+    if opts.allow_subscribe_for_client && (!asker.anonymous() || opts.allow_subscribe_for_anonymous)
+    {
         return Ok(());
     }
     Err(CoreError::PermissionDenied)
@@ -131,7 +154,11 @@ pub fn check_subscribe(opts: &ChannelOptions, channel: &str, asker: Asker<'_>) -
 
 /// Publish from the client side.
 pub fn check_publish(opts: &ChannelOptions, asker: Asker<'_>) -> Result<(), CoreError> {
-    if asker.allowed(opts.allow_publish_for_subscriber, opts.allow_publish_for_client, opts.allow_publish_for_anonymous) {
+    if asker.allowed(
+        opts.allow_publish_for_subscriber,
+        opts.allow_publish_for_client,
+        opts.allow_publish_for_anonymous,
+    ) {
         Ok(())
     } else {
         Err(CoreError::PermissionDenied)
@@ -143,7 +170,11 @@ pub fn check_presence(opts: &ChannelOptions, asker: Asker<'_>) -> Result<(), Cor
     if !opts.presence {
         return Err(CoreError::NotAvailable);
     }
-    if asker.allowed(opts.allow_presence_for_subscriber, opts.allow_presence_for_client, opts.allow_presence_for_anonymous) {
+    if asker.allowed(
+        opts.allow_presence_for_subscriber,
+        opts.allow_presence_for_client,
+        opts.allow_presence_for_anonymous,
+    ) {
         Ok(())
     } else {
         Err(CoreError::PermissionDenied)
@@ -155,7 +186,11 @@ pub fn check_history(opts: &ChannelOptions, asker: Asker<'_>) -> Result<(), Core
     if !opts.history_enabled() {
         return Err(CoreError::NotAvailable);
     }
-    if asker.allowed(opts.allow_history_for_subscriber, opts.allow_history_for_client, opts.allow_history_for_anonymous) {
+    if asker.allowed(
+        opts.allow_history_for_subscriber,
+        opts.allow_history_for_client,
+        opts.allow_history_for_anonymous,
+    ) {
         Ok(())
     } else {
         Err(CoreError::PermissionDenied)
@@ -170,7 +205,10 @@ mod tests {
     use crate::config::NamespaceConfig;
 
     fn user(u: &str, subscribed: bool) -> Asker<'_> {
-        Asker { user: u, subscribed }
+        Asker {
+            user: u,
+            subscribed,
+        }
     }
 
     #[test]
@@ -184,20 +222,44 @@ mod tests {
     #[test]
     fn unknown_namespace_is_102_and_bad_names_are_rejected() {
         let cfg = ChannelConfig {
-            namespaces: vec![NamespaceConfig { name: "chat".into(), presence: true, ..NamespaceConfig::default() }],
+            namespaces: vec![NamespaceConfig {
+                name: "chat".into(),
+                presence: true,
+                ..NamespaceConfig::default()
+            }],
             ..ChannelConfig::default()
         };
         let rules = ChannelRules::new(&cfg).unwrap();
         assert!(rules.options("chat:1").unwrap().presence);
         assert!(!rules.options("plain").unwrap().presence);
-        assert_eq!(rules.options("nope:1").unwrap_err(), CoreError::UnknownChannel);
+        assert_eq!(
+            rules.options("nope:1").unwrap_err(),
+            CoreError::UnknownChannel
+        );
         assert!(rules.check_name("").is_err());
         assert!(rules.check_name(&"x".repeat(256)).is_err());
         assert!(rules.check_name("chat:ok-1").is_ok());
-        let bad = ChannelConfig { namespaces: vec![NamespaceConfig { name: "x".into(), ..NamespaceConfig::default() }], ..ChannelConfig::default() };
-        assert!(ChannelRules::new(&bad).unwrap_err().contains("invalid name"));
+        let bad = ChannelConfig {
+            namespaces: vec![NamespaceConfig {
+                name: "x".into(),
+                ..NamespaceConfig::default()
+            }],
+            ..ChannelConfig::default()
+        };
+        assert!(ChannelRules::new(&bad)
+            .unwrap_err()
+            .contains("invalid name"));
         let dup = ChannelConfig {
-            namespaces: vec![NamespaceConfig { name: "ab".into(), ..NamespaceConfig::default() }, NamespaceConfig { name: "ab".into(), ..NamespaceConfig::default() }],
+            namespaces: vec![
+                NamespaceConfig {
+                    name: "ab".into(),
+                    ..NamespaceConfig::default()
+                },
+                NamespaceConfig {
+                    name: "ab".into(),
+                    ..NamespaceConfig::default()
+                },
+            ],
             ..ChannelConfig::default()
         };
         assert!(ChannelRules::new(&dup).unwrap_err().contains("duplicate"));
@@ -206,24 +268,50 @@ mod tests {
     #[test]
     fn subscribe_is_denied_by_default_and_granted_by_options() {
         let none = ChannelOptions::default();
-        assert_eq!(check_subscribe(&none, "news", user("1", false)), Err(CoreError::PermissionDenied));
-        let open = ChannelOptions { allow_subscribe_for_client: true, ..ChannelOptions::default() };
+        assert_eq!(
+            check_subscribe(&none, "news", user("1", false)),
+            Err(CoreError::PermissionDenied)
+        );
+        let open = ChannelOptions {
+            allow_subscribe_for_client: true,
+            ..ChannelOptions::default()
+        };
         assert!(check_subscribe(&open, "news", user("1", false)).is_ok());
-        assert_eq!(check_subscribe(&open, "news", user("", false)), Err(CoreError::PermissionDenied));
-        let anon = ChannelOptions { allow_subscribe_for_anonymous: true, ..open.clone() };
+        assert_eq!(
+            check_subscribe(&open, "news", user("", false)),
+            Err(CoreError::PermissionDenied)
+        );
+        let anon = ChannelOptions {
+            allow_subscribe_for_anonymous: true,
+            ..open.clone()
+        };
         assert!(check_subscribe(&anon, "news", user("", false)).is_ok());
         // Private channels always need a token.
-        assert_eq!(check_subscribe(&anon, "$news", user("1", false)), Err(CoreError::PermissionDenied));
+        assert_eq!(
+            check_subscribe(&anon, "$news", user("1", false)),
+            Err(CoreError::PermissionDenied)
+        );
     }
 
     #[test]
     fn user_limited_channels_admit_only_listed_users() {
-        let opts = ChannelOptions { allow_user_limited_channels: true, ..ChannelOptions::default() };
+        let opts = ChannelOptions {
+            allow_user_limited_channels: true,
+            ..ChannelOptions::default()
+        };
         assert!(check_subscribe(&opts, "dialog#42,43", user("43", false)).is_ok());
-        assert_eq!(check_subscribe(&opts, "dialog#42,43", user("44", false)), Err(CoreError::PermissionDenied));
-        assert_eq!(check_subscribe(&opts, "dialog#42", user("", false)), Err(CoreError::PermissionDenied));
+        assert_eq!(
+            check_subscribe(&opts, "dialog#42,43", user("44", false)),
+            Err(CoreError::PermissionDenied)
+        );
+        assert_eq!(
+            check_subscribe(&opts, "dialog#42", user("", false)),
+            Err(CoreError::PermissionDenied)
+        );
         // Without the option, '#' has no meaning and the default deny applies.
-        assert!(check_subscribe(&ChannelOptions::default(), "dialog#42", user("42", false)).is_err());
+        assert!(
+            check_subscribe(&ChannelOptions::default(), "dialog#42", user("42", false)).is_err()
+        );
     }
 
     #[test]
@@ -238,15 +326,38 @@ mod tests {
             ..ChannelOptions::default()
         };
         assert!(check_publish(&subscriber_only, user("1", true)).is_ok());
-        assert_eq!(check_publish(&subscriber_only, user("1", false)), Err(CoreError::PermissionDenied));
-        assert_eq!(check_publish(&subscriber_only, user("", true)), Err(CoreError::PermissionDenied));
+        assert_eq!(
+            check_publish(&subscriber_only, user("1", false)),
+            Err(CoreError::PermissionDenied)
+        );
+        assert_eq!(
+            check_publish(&subscriber_only, user("", true)),
+            Err(CoreError::PermissionDenied)
+        );
         assert!(check_presence(&subscriber_only, user("1", true)).is_ok());
-        assert_eq!(check_presence(&subscriber_only, user("1", false)), Err(CoreError::PermissionDenied));
+        assert_eq!(
+            check_presence(&subscriber_only, user("1", false)),
+            Err(CoreError::PermissionDenied)
+        );
         assert!(check_history(&subscriber_only, user("1", true)).is_ok());
-        let off = ChannelOptions { allow_presence_for_client: true, allow_history_for_client: true, ..ChannelOptions::default() };
-        assert_eq!(check_presence(&off, user("1", true)), Err(CoreError::NotAvailable));
-        assert_eq!(check_history(&off, user("1", true)), Err(CoreError::NotAvailable));
-        let client = ChannelOptions { allow_publish_for_client: true, allow_publish_for_anonymous: true, ..ChannelOptions::default() };
+        let off = ChannelOptions {
+            allow_presence_for_client: true,
+            allow_history_for_client: true,
+            ..ChannelOptions::default()
+        };
+        assert_eq!(
+            check_presence(&off, user("1", true)),
+            Err(CoreError::NotAvailable)
+        );
+        assert_eq!(
+            check_history(&off, user("1", true)),
+            Err(CoreError::NotAvailable)
+        );
+        let client = ChannelOptions {
+            allow_publish_for_client: true,
+            allow_publish_for_anonymous: true,
+            ..ChannelOptions::default()
+        };
         assert!(check_publish(&client, user("", false)).is_ok());
     }
 }

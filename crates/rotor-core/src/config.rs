@@ -224,7 +224,14 @@ impl std::fmt::Debug for SubscriptionTokenConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubscriptionTokenConfig")
             .field("enabled", &self.enabled)
-            .field("hmac_secret_key", &if self.hmac_secret_key.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "hmac_secret_key",
+                &if self.hmac_secret_key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()

@@ -12,15 +12,31 @@ use crate::storage::*;
 use crate::CoreError;
 
 fn publication(n: u64) -> Publication {
-    Publication { data: Raw::from_value(&serde_json::json!({ "n": n })), info: None, offset: 0, tags: BTreeMap::new(), time: 0 }
+    Publication {
+        data: Raw::from_value(&serde_json::json!({ "n": n })),
+        info: None,
+        offset: 0,
+        tags: BTreeMap::new(),
+        time: 0,
+    }
 }
 
 fn opts(size: usize, ttl: Duration) -> HistoryOptions {
-    HistoryOptions { size, ttl, meta_ttl: Duration::from_secs(3600) }
+    HistoryOptions {
+        size,
+        ttl,
+        meta_ttl: Duration::from_secs(3600),
+    }
 }
 
 fn numbers(pubs: &[Publication]) -> Vec<u64> {
-    pubs.iter().map(|p| p.data.parse::<serde_json::Value>().unwrap()["n"].as_u64().unwrap()).collect()
+    pubs.iter()
+        .map(|p| {
+            p.data.parse::<serde_json::Value>().unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
 }
 
 fn offsets(pubs: &[Publication]) -> Vec<u64> {
@@ -30,23 +46,51 @@ fn offsets(pubs: &[Publication]) -> Vec<u64> {
 /// Offsets start at 1 and grow by one; the epoch is stable; limit 0 gives the position only.
 pub async fn history_offsets_and_epoch(store: Arc<dyn HistoryStore>) {
     let o = opts(100, Duration::from_secs(60));
-    let empty = store.read("c1", &HistoryFilter::default(), &o).await.unwrap();
+    let empty = store
+        .read("c1", &HistoryFilter::default(), &o)
+        .await
+        .unwrap();
     assert_eq!(empty.position.offset, 0, "a new stream starts at offset 0");
-    assert!(!empty.position.epoch.is_empty(), "a stream has an epoch from the start");
+    assert!(
+        !empty.position.epoch.is_empty(),
+        "a stream has an epoch from the start"
+    );
     let mut last = StreamPosition::default();
     for n in 1..=5 {
         last = store.add("c1", publication(n), &o).await.unwrap();
         assert_eq!(last.offset, n, "offsets are sequential");
     }
-    assert_eq!(last.epoch, empty.position.epoch, "the epoch does not change while the stream lives");
-    let all = store.read("c1", &HistoryFilter { limit: 100, ..HistoryFilter::default() }, &o).await.unwrap();
+    assert_eq!(
+        last.epoch, empty.position.epoch,
+        "the epoch does not change while the stream lives"
+    );
+    let all = store
+        .read(
+            "c1",
+            &HistoryFilter {
+                limit: 100,
+                ..HistoryFilter::default()
+            },
+            &o,
+        )
+        .await
+        .unwrap();
     assert_eq!(offsets(&all.publications), vec![1, 2, 3, 4, 5]);
     assert_eq!(numbers(&all.publications), vec![1, 2, 3, 4, 5]);
     assert_eq!(all.position, last);
-    let top = store.read("c1", &HistoryFilter::default(), &o).await.unwrap();
-    assert!(top.publications.is_empty(), "limit 0 returns no publications");
+    let top = store
+        .read("c1", &HistoryFilter::default(), &o)
+        .await
+        .unwrap();
+    assert!(
+        top.publications.is_empty(),
+        "limit 0 returns no publications"
+    );
     assert_eq!(top.position, last);
-    let other = store.read("c2", &HistoryFilter::default(), &o).await.unwrap();
+    let other = store
+        .read("c2", &HistoryFilter::default(), &o)
+        .await
+        .unwrap();
     assert_eq!(other.position.offset, 0, "channels have separate streams");
 }
 
@@ -57,19 +101,93 @@ pub async fn history_since_reverse_limit(store: Arc<dyn HistoryStore>) {
     for n in 1..=10 {
         epoch = store.add("s", publication(n), &o).await.unwrap().epoch;
     }
-    let since = |offset| Some(StreamPosition { offset, epoch: epoch.clone() });
-    let page = store.read("s", &HistoryFilter { since: since(7), limit: 100, reverse: false }, &o).await.unwrap();
+    let since = |offset| {
+        Some(StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        })
+    };
+    let page = store
+        .read(
+            "s",
+            &HistoryFilter {
+                since: since(7),
+                limit: 100,
+                reverse: false,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
     assert_eq!(offsets(&page.publications), vec![8, 9, 10]);
-    let page = store.read("s", &HistoryFilter { since: since(3), limit: 2, reverse: false }, &o).await.unwrap();
+    let page = store
+        .read(
+            "s",
+            &HistoryFilter {
+                since: since(3),
+                limit: 2,
+                reverse: false,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
     assert_eq!(offsets(&page.publications), vec![4, 5]);
-    let page = store.read("s", &HistoryFilter { since: None, limit: 3, reverse: true }, &o).await.unwrap();
+    let page = store
+        .read(
+            "s",
+            &HistoryFilter {
+                since: None,
+                limit: 3,
+                reverse: true,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
     assert_eq!(offsets(&page.publications), vec![10, 9, 8]);
-    let page = store.read("s", &HistoryFilter { since: since(4), limit: 2, reverse: true }, &o).await.unwrap();
+    let page = store
+        .read(
+            "s",
+            &HistoryFilter {
+                since: since(4),
+                limit: 2,
+                reverse: true,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
     assert_eq!(offsets(&page.publications), vec![3, 2]);
-    let page = store.read("s", &HistoryFilter { since: since(10), limit: 10, reverse: false }, &o).await.unwrap();
+    let page = store
+        .read(
+            "s",
+            &HistoryFilter {
+                since: since(10),
+                limit: 10,
+                reverse: false,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
     assert!(page.publications.is_empty());
-    let wrong = Some(StreamPosition { offset: 2, epoch: "not-the-epoch".into() });
-    let err = store.read("s", &HistoryFilter { since: wrong, limit: 10, reverse: false }, &o).await.unwrap_err();
+    let wrong = Some(StreamPosition {
+        offset: 2,
+        epoch: "not-the-epoch".into(),
+    });
+    let err = store
+        .read(
+            "s",
+            &HistoryFilter {
+                since: wrong,
+                limit: 10,
+                reverse: false,
+            },
+            &o,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err, CoreError::UnrecoverablePosition);
 }
 
@@ -79,16 +197,44 @@ pub async fn history_trims_by_size_and_ttl(store: Arc<dyn HistoryStore>) {
     for n in 1..=5 {
         store.add("t", publication(n), &o).await.unwrap();
     }
-    let page = store.read("t", &HistoryFilter { limit: 100, ..HistoryFilter::default() }, &o).await.unwrap();
-    assert_eq!(offsets(&page.publications), vec![3, 4, 5], "trimmed to size");
+    let page = store
+        .read(
+            "t",
+            &HistoryFilter {
+                limit: 100,
+                ..HistoryFilter::default()
+            },
+            &o,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        offsets(&page.publications),
+        vec![3, 4, 5],
+        "trimmed to size"
+    );
     assert_eq!(page.position.offset, 5);
 
     let short = opts(100, Duration::from_secs(1));
     store.add("ttl", publication(1), &short).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1300)).await;
     store.add("ttl", publication(2), &short).await.unwrap();
-    let page = store.read("ttl", &HistoryFilter { limit: 100, ..HistoryFilter::default() }, &short).await.unwrap();
-    assert_eq!(offsets(&page.publications), vec![2], "expired publications are gone");
+    let page = store
+        .read(
+            "ttl",
+            &HistoryFilter {
+                limit: 100,
+                ..HistoryFilter::default()
+            },
+            &short,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        offsets(&page.publications),
+        vec![2],
+        "expired publications are gone"
+    );
     assert_eq!(page.position.offset, 2, "the position survives expiry");
 }
 
@@ -98,7 +244,17 @@ pub async fn history_remove_keeps_position(store: Arc<dyn HistoryStore>) {
     store.add("r", publication(1), &o).await.unwrap();
     let pos = store.add("r", publication(2), &o).await.unwrap();
     store.remove("r").await.unwrap();
-    let page = store.read("r", &HistoryFilter { limit: 10, ..HistoryFilter::default() }, &o).await.unwrap();
+    let page = store
+        .read(
+            "r",
+            &HistoryFilter {
+                limit: 10,
+                ..HistoryFilter::default()
+            },
+            &o,
+        )
+        .await
+        .unwrap();
     assert!(page.publications.is_empty());
     assert_eq!(page.position, pos);
     let next = store.add("r", publication(3), &o).await.unwrap();
@@ -114,7 +270,13 @@ pub async fn history_concurrent_adds_are_gap_free(store: Arc<dyn HistoryStore>) 
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for i in 0..25u64 {
-                got.push(store.add("conc", publication(t * 100 + i), &o).await.unwrap().offset);
+                got.push(
+                    store
+                        .add("conc", publication(t * 100 + i), &o)
+                        .await
+                        .unwrap()
+                        .offset,
+                );
             }
             got
         }));
@@ -125,12 +287,27 @@ pub async fn history_concurrent_adds_are_gap_free(store: Arc<dyn HistoryStore>) 
     }
     all.sort_unstable();
     assert_eq!(all, (1..=200).collect::<Vec<_>>());
-    let page = store.read("conc", &HistoryFilter { limit: 1000, ..HistoryFilter::default() }, &o).await.unwrap();
+    let page = store
+        .read(
+            "conc",
+            &HistoryFilter {
+                limit: 1000,
+                ..HistoryFilter::default()
+            },
+            &o,
+        )
+        .await
+        .unwrap();
     assert_eq!(offsets(&page.publications), (1..=200).collect::<Vec<_>>());
 }
 
 fn info(user: &str, client: &str) -> ClientInfo {
-    ClientInfo { user: user.into(), client: client.into(), conn_info: Some(Raw::from_value(&serde_json::json!({"n": client}))), chan_info: None }
+    ClientInfo {
+        user: user.into(),
+        client: client.into(),
+        conn_info: Some(Raw::from_value(&serde_json::json!({"n": client}))),
+        chan_info: None,
+    }
 }
 
 /// Presence add, get, stats (distinct users) and remove.
@@ -141,7 +318,10 @@ pub async fn presence_basics(store: Arc<dyn PresenceStore>) {
     store.add("p", &info("u2", "c3"), ttl).await.unwrap();
     store.add("p", &info("u2", "c3"), ttl).await.unwrap();
     let got = store.get("p").await.unwrap();
-    assert_eq!(got.keys().cloned().collect::<Vec<_>>(), vec!["c1", "c2", "c3"]);
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        vec!["c1", "c2", "c3"]
+    );
     assert_eq!(got["c1"], info("u1", "c1"), "info is kept as given");
     assert_eq!(store.stats("p").await.unwrap(), (3, 2));
     store.remove("p", "c2").await.unwrap();
@@ -153,8 +333,14 @@ pub async fn presence_basics(store: Arc<dyn PresenceStore>) {
 
 /// Entries that are not refreshed within their TTL disappear.
 pub async fn presence_expires(store: Arc<dyn PresenceStore>) {
-    store.add("pe", &info("u1", "gone"), Duration::from_secs(1)).await.unwrap();
-    store.add("pe", &info("u2", "stays"), Duration::from_secs(60)).await.unwrap();
+    store
+        .add("pe", &info("u1", "gone"), Duration::from_secs(1))
+        .await
+        .unwrap();
+    store
+        .add("pe", &info("u2", "stays"), Duration::from_secs(60))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let got = store.get("pe").await.unwrap();
     assert_eq!(got.keys().cloned().collect::<Vec<_>>(), vec!["stays"]);
@@ -162,7 +348,15 @@ pub async fn presence_expires(store: Arc<dyn PresenceStore>) {
 }
 
 fn revoked(jti: &str, user: &str, revoked_at: u64, expire_at: u64) -> RevokedToken {
-    RevokedToken { jti: jti.into(), user: user.into(), expire_at, revoked_at, reason: format!("leak {jti}"), actor: "test".into(), kicked: 1 }
+    RevokedToken {
+        jti: jti.into(),
+        user: user.into(),
+        expire_at,
+        revoked_at,
+        reason: format!("leak {jti}"),
+        actor: "test".into(),
+        kicked: 1,
+    }
 }
 
 /// Revocations are listed newest first with filters, and purged after the token's expiry.
@@ -170,23 +364,90 @@ pub async fn revocations(store: Arc<dyn RevocationStore>) {
     store.revoke(revoked("a", "u1", 100, 1000)).await.unwrap();
     store.revoke(revoked("b", "u2", 200, 2000)).await.unwrap();
     store.revoke(revoked("c", "u1", 300, 0)).await.unwrap();
-    let all = store.list(&RevocationFilter { limit: 10, ..RevocationFilter::default() }).await.unwrap();
-    assert_eq!(all.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(), vec!["c", "b", "a"]);
-    assert_eq!(all[2], revoked("a", "u1", 100, 1000), "audit fields are kept");
-    let u1 = store.list(&RevocationFilter { user: Some("u1".into()), limit: 10, ..RevocationFilter::default() }).await.unwrap();
-    assert_eq!(u1.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(), vec!["c", "a"]);
-    let window = store.list(&RevocationFilter { since: Some(150), until: Some(250), limit: 10, ..RevocationFilter::default() }).await.unwrap();
-    assert_eq!(window.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(), vec!["b"]);
-    let page = store.list(&RevocationFilter { limit: 1, offset: 1, ..RevocationFilter::default() }).await.unwrap();
-    assert_eq!(page.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(), vec!["b"]);
+    let all = store
+        .list(&RevocationFilter {
+            limit: 10,
+            ..RevocationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(),
+        vec!["c", "b", "a"]
+    );
+    assert_eq!(
+        all[2],
+        revoked("a", "u1", 100, 1000),
+        "audit fields are kept"
+    );
+    let u1 = store
+        .list(&RevocationFilter {
+            user: Some("u1".into()),
+            limit: 10,
+            ..RevocationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        u1.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(),
+        vec!["c", "a"]
+    );
+    let window = store
+        .list(&RevocationFilter {
+            since: Some(150),
+            until: Some(250),
+            limit: 10,
+            ..RevocationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        window.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    let page = store
+        .list(&RevocationFilter {
+            limit: 1,
+            offset: 1,
+            ..RevocationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(),
+        vec!["b"]
+    );
     let active = store.active(1500).await.unwrap();
     let mut jtis: Vec<_> = active.iter().map(|r| r.jti.as_str()).collect();
     jtis.sort_unstable();
-    assert_eq!(jtis, vec!["b", "c"], "expired entries are not active; expire_at 0 never expires");
+    assert_eq!(
+        jtis,
+        vec!["b", "c"],
+        "expired entries are not active; expire_at 0 never expires"
+    );
     assert_eq!(store.purge_expired(1500).await.unwrap(), 1);
-    assert_eq!(store.list(&RevocationFilter { limit: 10, ..RevocationFilter::default() }).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .list(&RevocationFilter {
+                limit: 10,
+                ..RevocationFilter::default()
+            })
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     // Revoking the same jti again updates the entry instead of duplicating it.
     store.revoke(revoked("b", "u2", 400, 3000)).await.unwrap();
-    let all = store.list(&RevocationFilter { limit: 10, ..RevocationFilter::default() }).await.unwrap();
-    assert_eq!(all.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(), vec!["b", "c"]);
+    let all = store
+        .list(&RevocationFilter {
+            limit: 10,
+            ..RevocationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(),
+        vec!["b", "c"]
+    );
 }

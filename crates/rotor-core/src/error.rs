@@ -74,7 +74,9 @@ impl CoreError {
     pub fn from_connect_token(err: AuthError) -> CoreError {
         match err {
             AuthError::Expired => CoreError::TokenExpired,
-            AuthError::Invalid(_) | AuthError::Config(_) => CoreError::Disconnect(Disconnect::INVALID_TOKEN),
+            AuthError::Invalid(_) | AuthError::Config(_) => {
+                CoreError::Disconnect(Disconnect::INVALID_TOKEN)
+            }
         }
     }
 

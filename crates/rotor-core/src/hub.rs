@@ -2,7 +2,7 @@
 //! to each channel. Fan-out encodes a push once and queues the same bytes to every subscriber.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -45,7 +45,9 @@ pub struct ClientHandle {
 
 impl std::fmt::Debug for ClientHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientHandle").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("ClientHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -164,15 +166,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Hub {
     fn shard(&self, channel: &str) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        channel.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
     pub(crate) fn add_connection(&self, client: &Arc<ClientHandle>) {
         let mut c = lock(&self.conns);
         c.by_id.insert(client.id.clone(), client.clone());
-        c.by_user.entry(Arc::from(client.user())).or_default().insert(client.id.clone());
+        c.by_user
+            .entry(Arc::from(client.user()))
+            .or_default()
+            .insert(client.id.clone());
     }
 
     pub(crate) fn remove_connection(&self, client: &ClientHandle) {
@@ -187,14 +190,25 @@ impl Hub {
     }
 
     /// Adds a subscriber; true when it is the node's first subscriber of the channel.
-    pub(crate) fn subscribe(&self, channel: &str, client: &Arc<ClientHandle>, join_leave: bool) -> bool {
+    pub(crate) fn subscribe(
+        &self,
+        channel: &str,
+        client: &Arc<ClientHandle>,
+        join_leave: bool,
+    ) -> bool {
         let mut shard = lock(self.shard(channel));
         let first = !shard.channels.contains_key(channel);
         shard
             .channels
             .entry(Arc::from(channel))
             .or_default()
-            .insert(key(client), Subscriber { client: client.clone(), join_leave });
+            .insert(
+                key(client),
+                Subscriber {
+                    client: client.clone(),
+                    join_leave,
+                },
+            );
         first
     }
 
@@ -225,14 +239,22 @@ impl Hub {
             if only_join_leave && !sub.join_leave {
                 continue;
             }
-            sub.client.send(SessionMsg::Push { channel: name.clone(), push: push.clone() });
+            sub.client.send(SessionMsg::Push {
+                channel: name.clone(),
+                push: push.clone(),
+            });
             n += 1;
         }
         n
     }
 
     /// Local connections of `user`, optionally narrowed to one client or session.
-    pub(crate) fn user_connections(&self, user: &str, client: Option<&str>, session: Option<&str>) -> Vec<Arc<ClientHandle>> {
+    pub(crate) fn user_connections(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        session: Option<&str>,
+    ) -> Vec<Arc<ClientHandle>> {
         let c = lock(&self.conns);
         let Some(ids) = c.by_user.get(user) else {
             return Vec::new();
@@ -258,14 +280,22 @@ impl Hub {
     }
 
     pub fn num_subscriptions(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).channels.values().map(|m| m.len()).sum::<usize>()).sum()
+        self.shards
+            .iter()
+            .map(|s| lock(s).channels.values().map(|m| m.len()).sum::<usize>())
+            .sum()
     }
 
     /// Channels with their number of local subscribers.
     pub fn channels(&self) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         for s in self.shards.iter() {
-            out.extend(lock(s).channels.iter().map(|(k, v)| (k.to_string(), v.len())));
+            out.extend(
+                lock(s)
+                    .channels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.len())),
+            );
         }
         out
     }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rotor_auth::TokenVerifier;
-use rotor_protocol::{ClientInfo, Disconnect, Push, Publication, Raw, StreamPosition, UnsubscribeCode};
+use rotor_protocol::{
+    ClientInfo, Disconnect, Publication, Push, Raw, StreamPosition, UnsubscribeCode,
+};
 use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +32,10 @@ impl Clock {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        Clock { base_unix_ms: unix, base: tokio::time::Instant::now() }
+        Clock {
+            base_unix_ms: unix,
+            base: tokio::time::Instant::now(),
+        }
     }
 
     pub fn unix_ms(&self) -> u64 {
@@ -88,6 +93,7 @@ pub(crate) struct NodeInner {
     uid: String,
     started_at: tokio::time::Instant,
     channel_locks: Box<[AsyncMutex<()>]>,
+    lock_hasher: std::collections::hash_map::RandomState,
 }
 
 /// A rotor node. Cheap to clone.
@@ -100,12 +106,20 @@ const CHANNEL_LOCKS: usize = 256;
 
 impl Node {
     /// Builds a node; fails with a message naming the bad setting.
-    pub fn new(config: CoreConfig, storage: Storage, broker: Arc<dyn Broker>) -> Result<Node, CoreError> {
+    pub fn new(
+        config: CoreConfig,
+        storage: Storage,
+        broker: Arc<dyn Broker>,
+    ) -> Result<Node, CoreError> {
         let rules = ChannelRules::new(&config.channel).map_err(CoreError::BadRequest)?;
-        let verifier = TokenVerifier::new(&config.client.token).map_err(|e| CoreError::BadRequest(format!("client.token: {e}")))?;
-        let sub_config = config.client.subscription_token.token_config(&config.client.token);
-        let sub_verifier =
-            TokenVerifier::new(&sub_config).map_err(|e| CoreError::BadRequest(format!("client.subscription_token: {e}")))?;
+        let verifier = TokenVerifier::new(&config.client.token)
+            .map_err(|e| CoreError::BadRequest(format!("client.token: {e}")))?;
+        let sub_config = config
+            .client
+            .subscription_token
+            .token_config(&config.client.token);
+        let sub_verifier = TokenVerifier::new(&sub_config)
+            .map_err(|e| CoreError::BadRequest(format!("client.subscription_token: {e}")))?;
         let inner = Arc::new(NodeInner {
             config,
             rules,
@@ -119,6 +133,7 @@ impl Node {
             uid: uuid::Uuid::new_v4().to_string(),
             started_at: tokio::time::Instant::now(),
             channel_locks: (0..CHANNEL_LOCKS).map(|_| AsyncMutex::new(())).collect(),
+            lock_hasher: Default::default(),
         });
         broker.set_handler(Arc::new(Handler(Arc::downgrade(&inner))));
         Ok(Node { inner })
@@ -166,16 +181,19 @@ impl Node {
     /// Serializes publishing and subscribing per channel so that offsets reach subscribers in
     /// order and a recovering subscriber neither misses nor repeats a publication.
     pub(crate) async fn lock_channel(&self, channel: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        static SEED: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
-        let mut h = SEED.get_or_init(Default::default).build_hasher();
-        channel.hash(&mut h);
-        self.inner.channel_locks[(h.finish() as usize) % CHANNEL_LOCKS].lock().await
+        use std::hash::BuildHasher;
+        let slot = self.inner.lock_hasher.hash_one(channel) as usize % CHANNEL_LOCKS;
+        self.inner.channel_locks[slot].lock().await
     }
 
     /// Publishes to a channel: stores it in history when the channel keeps history, then fans
     /// it out through the broker. Returns the position (offset 0 and no epoch without history).
-    pub async fn publish(&self, channel: &str, data: Raw, options: PublishOptions) -> Result<StreamPosition, CoreError> {
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Raw,
+        options: PublishOptions,
+    ) -> Result<StreamPosition, CoreError> {
         let opts = self.channel_options(channel)?;
         let mut publication = Publication {
             data,
@@ -187,7 +205,12 @@ impl Node {
         let _guard = self.lock_channel(channel).await;
         let mut position = StreamPosition::default();
         if opts.history_enabled() && !options.skip_history {
-            position = self.inner.storage.history.add(channel, publication.clone(), &self.history_options(&opts)).await?;
+            position = self
+                .inner
+                .storage
+                .history
+                .add(channel, publication.clone(), &self.history_options(&opts))
+                .await?;
             publication.offset = position.offset;
         }
         self.inner.broker.publish(channel, &publication).await?;
@@ -214,15 +237,33 @@ impl Node {
 
     /// Reads history. `limit` < 0 means as many as allowed; it is capped by
     /// `client.history_max_publication_limit`.
-    pub async fn history(&self, channel: &str, limit: i64, since: Option<StreamPosition>, reverse: bool) -> Result<HistoryPage, CoreError> {
+    pub async fn history(
+        &self,
+        channel: &str,
+        limit: i64,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> Result<HistoryPage, CoreError> {
         let opts = self.channel_options(channel)?;
         if !opts.history_enabled() {
             return Err(CoreError::NotAvailable);
         }
         let max = self.inner.config.client.history_max_publication_limit;
-        let limit = if limit < 0 { max } else { (limit as usize).min(max) };
-        let filter = HistoryFilter { since, limit, reverse };
-        self.inner.storage.history.read(channel, &filter, &self.history_options(&opts)).await
+        let limit = if limit < 0 {
+            max
+        } else {
+            (limit as usize).min(max)
+        };
+        let filter = HistoryFilter {
+            since,
+            limit,
+            reverse,
+        };
+        self.inner
+            .storage
+            .history
+            .read(channel, &filter, &self.history_options(&opts))
+            .await
     }
 
     pub async fn history_remove(&self, channel: &str) -> Result<(), CoreError> {
@@ -277,36 +318,76 @@ struct Handler(std::sync::Weak<NodeInner>);
 impl BrokerHandler for Handler {
     fn on_publication(&self, channel: &str, publication: &Publication) {
         let Some(node) = self.0.upgrade() else { return };
-        let push = Push { channel: channel.to_string(), publication: Some(publication.clone()), ..Push::default() };
+        let push = Push {
+            channel: channel.to_string(),
+            publication: Some(publication.clone()),
+            ..Push::default()
+        };
         node.hub.broadcast(channel, encode_push(&push), false);
     }
 
     fn on_join(&self, channel: &str, info: &ClientInfo) {
         let Some(node) = self.0.upgrade() else { return };
-        let push = Push { channel: channel.to_string(), join: Some(rotor_protocol::Join { info: info.clone() }), ..Push::default() };
+        let push = Push {
+            channel: channel.to_string(),
+            join: Some(rotor_protocol::Join { info: info.clone() }),
+            ..Push::default()
+        };
         node.hub.broadcast(channel, encode_push(&push), true);
     }
 
     fn on_leave(&self, channel: &str, info: &ClientInfo) {
         let Some(node) = self.0.upgrade() else { return };
-        let push = Push { channel: channel.to_string(), leave: Some(rotor_protocol::Leave { info: info.clone() }), ..Push::default() };
+        let push = Push {
+            channel: channel.to_string(),
+            leave: Some(rotor_protocol::Leave { info: info.clone() }),
+            ..Push::default()
+        };
         node.hub.broadcast(channel, encode_push(&push), true);
     }
 
     fn on_control(&self, control: &Control) {
         let Some(node) = self.0.upgrade() else { return };
         match control {
-            Control::Disconnect { user, client, session, whitelist, code, reason } => {
-                for c in node.hub.user_connections(user, client.as_deref(), session.as_deref()) {
+            Control::Disconnect {
+                user,
+                client,
+                session,
+                whitelist,
+                code,
+                reason,
+            } => {
+                for c in node
+                    .hub
+                    .user_connections(user, client.as_deref(), session.as_deref())
+                {
                     if !whitelist.iter().any(|w| w == c.id()) {
                         c.close(Disconnect::custom(*code, reason.clone()));
                     }
                 }
             }
-            Control::Unsubscribe { user, client, session, .. }
-            | Control::Subscribe { user, client, session, .. }
-            | Control::Refresh { user, client, session, .. } => {
-                for c in node.hub.user_connections(user, client.as_deref(), session.as_deref()) {
+            Control::Unsubscribe {
+                user,
+                client,
+                session,
+                ..
+            }
+            | Control::Subscribe {
+                user,
+                client,
+                session,
+                ..
+            }
+            | Control::Refresh {
+                user,
+                client,
+                session,
+                ..
+            } => {
+                for c in node
+                    .hub
+                    .user_connections(user, client.as_deref(), session.as_deref())
+                {
                     c.send(SessionMsg::Control(Box::new(control.clone())));
                 }
             }
@@ -316,5 +397,8 @@ impl BrokerHandler for Handler {
 
 /// The default unsubscribe push for server-side unsubscribes.
 pub(crate) fn server_unsubscribe() -> rotor_protocol::UnsubscribePush {
-    rotor_protocol::UnsubscribePush { code: UnsubscribeCode::Server.code(), reason: UnsubscribeCode::Server.reason().into() }
+    rotor_protocol::UnsubscribePush {
+        code: UnsubscribeCode::Server.code(),
+        reason: UnsubscribeCode::Server.reason().into(),
+    }
 }

@@ -10,10 +10,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use rotor_protocol::{
-    decode_commands, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect, DisconnectPush, Empty, HistoryRequest,
-    HistoryResult, MethodKind, PresenceResult, PresenceStatsResult, PublishRequest, Push, Raw, RefreshPush, RefreshResult,
-    Reply, StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribePush, SubscribeRequest, SubscribeResult,
-    UnsubscribeCode, UnsubscribePush,
+    decode_commands, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect,
+    DisconnectPush, Empty, HistoryRequest, HistoryResult, MethodKind, PresenceResult,
+    PresenceStatsResult, PublishRequest, Push, Raw, RefreshPush, RefreshResult, Reply,
+    StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
+    SubscribeResult, UnsubscribeCode, UnsubscribePush,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -119,7 +120,12 @@ pub async fn run(
     let cfg = &node.config().client;
     let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
     let cancel = node.shutdown_token().child_token();
-    let (client, mut inbox) = ClientHandle::new(id, params.session_id.clone(), cfg.queue_max_size, cancel.clone());
+    let (client, mut inbox) = ClientHandle::new(
+        id,
+        params.session_id.clone(),
+        cfg.queue_max_size,
+        cancel.clone(),
+    );
     let mut s = Session {
         stale_deadline: Some(Instant::now() + cfg.stale_close_delay),
         node: node.clone(),
@@ -176,10 +182,17 @@ pub async fn run(
         tracing::debug!(client = %client.id(), user = %s.user, code = d.code, reason = %d.reason, transport = s.transport.name, "disconnect");
         if s.transport.kind == TransportKind::Emulation {
             let push = Reply::push(Push {
-                disconnect: Some(DisconnectPush { code: d.code as u32, reason: d.reason.to_string() }),
+                disconnect: Some(DisconnectPush {
+                    code: d.code as u32,
+                    reason: d.reason.to_string(),
+                }),
                 ..Push::default()
             });
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.write(vec![to_json(&push)])).await;
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                writer.write(vec![to_json(&push)]),
+            )
+            .await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.close(d)).await;
     }
@@ -227,14 +240,29 @@ impl Session {
     async fn refresh_presence(&mut self) {
         let ttl = self.presence_ttl();
         let mut any = false;
-        let subs: Vec<(Arc<str>, Option<Raw>)> = self.subs.iter().map(|(c, s)| (c.clone(), s.chan_info.clone())).collect();
+        let subs: Vec<(Arc<str>, Option<Raw>)> = self
+            .subs
+            .iter()
+            .map(|(c, s)| (c.clone(), s.chan_info.clone()))
+            .collect();
         for (channel, chan_info) in subs {
-            if !self.node.channel_options(&channel).is_ok_and(|o| o.presence) {
+            if !self
+                .node
+                .channel_options(&channel)
+                .is_ok_and(|o| o.presence)
+            {
                 continue;
             }
             any = true;
             let info = self.info(chan_info);
-            if let Err(e) = self.node.inner.storage.presence.add(&channel, &info, ttl).await {
+            if let Err(e) = self
+                .node
+                .inner
+                .storage
+                .presence
+                .add(&channel, &info, ttl)
+                .await
+            {
                 tracing::warn!(channel = %channel, error = %e, "presence refresh failed");
             }
         }
@@ -244,17 +272,26 @@ impl Session {
     fn next_deadline(&self) -> Option<Instant> {
         let clock = self.node.clock();
         let cfg = self.cfg();
-        let expiry = self.expire_at.map(|at| clock.instant_at(at) + cfg.expired_close_delay);
+        let expiry = self
+            .expire_at
+            .map(|at| clock.instant_at(at) + cfg.expired_close_delay);
         let sub_expiry = self
             .subs
             .values()
             .filter_map(|s| s.expire_at)
             .min()
             .map(|at| clock.instant_at(at) + cfg.expired_sub_close_delay);
-        [self.stale_deadline, self.next_ping, self.pong_deadline, self.next_presence, expiry, sub_expiry]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.stale_deadline,
+            self.next_ping,
+            self.pong_deadline,
+            self.next_presence,
+            expiry,
+            sub_expiry,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn emit(&mut self, reply: &Reply) {
@@ -300,16 +337,28 @@ impl Session {
             MethodKind::Unsubscribe => {
                 let channel = cmd.unsubscribe.unwrap_or_default().channel;
                 self.leave(&channel).await;
-                Ok(Some(Reply { unsubscribe: Some(Empty {}), ..Reply::default() }))
+                Ok(Some(Reply {
+                    unsubscribe: Some(Empty {}),
+                    ..Reply::default()
+                }))
             }
             MethodKind::Publish => match cmd.publish {
                 Some(p) => self.publish(p).await,
                 None => Err(CoreError::BadRequest("publish without data".into())),
             },
-            MethodKind::Presence => self.presence(cmd.presence.unwrap_or_default().channel).await,
-            MethodKind::PresenceStats => self.presence_stats(cmd.presence_stats.unwrap_or_default().channel).await,
+            MethodKind::Presence => {
+                self.presence(cmd.presence.unwrap_or_default().channel)
+                    .await
+            }
+            MethodKind::PresenceStats => {
+                self.presence_stats(cmd.presence_stats.unwrap_or_default().channel)
+                    .await
+            }
             MethodKind::History => self.history(cmd.history.unwrap_or_default()).await,
-            MethodKind::Ping => Ok(Some(Reply { ping: Some(Empty {}), ..Reply::default() })),
+            MethodKind::Ping => Ok(Some(Reply {
+                ping: Some(Empty {}),
+                ..Reply::default()
+            })),
             MethodKind::Send => {
                 tracing::debug!(client = %self.client.id(), "send: no handler configured, message dropped");
                 Ok(None)
@@ -345,13 +394,17 @@ impl Session {
 
     async fn connect(&mut self, req: ConnectRequest) -> CommandResult {
         if self.state == State::Connected {
-            return Err(Disconnect::BAD_REQUEST.with_reason("already connected").into());
+            return Err(Disconnect::BAD_REQUEST
+                .with_reason("already connected")
+                .into());
         }
         let now = self.now();
         let (user, expire_at, info, mut server_subs) = if req.token.is_empty() {
             if !self.cfg().allow_anonymous_connect_without_token {
                 tracing::info!(client = %self.client.id(), "connect without a token, disconnecting with 3501");
-                return Err(Disconnect::BAD_REQUEST.with_reason("client credentials not found").into());
+                return Err(Disconnect::BAD_REQUEST
+                    .with_reason("client credentials not found")
+                    .into());
             }
             (String::new(), None, None, BTreeMap::new())
         } else {
@@ -408,18 +461,26 @@ impl Session {
         for (ch, (chan_info, data)) in std::mem::take(&mut server_subs) {
             let recover = req.subs.get(&ch).cloned().unwrap_or_default();
             let opts = self.node.channel_options(&ch)?;
-            let want = SubscribeRequest { channel: ch.clone(), ..recover };
+            let want = SubscribeRequest {
+                channel: ch.clone(),
+                ..recover
+            };
             let mut sub_result = self.join(&ch, &opts, &want, chan_info, true, None).await?;
             sub_result.data = data;
             result.subs.insert(ch, sub_result);
         }
         tracing::debug!(client = %self.client.id(), user = %self.user, transport = self.transport.name, "connected");
-        Ok(Some(Reply { connect: Some(result), ..Reply::default() }))
+        Ok(Some(Reply {
+            connect: Some(result),
+            ..Reply::default()
+        }))
     }
 
     async fn refresh(&mut self, token: String) -> CommandResult {
         if token.is_empty() {
-            return Err(Disconnect::BAD_REQUEST.with_reason("refresh without a token").into());
+            return Err(Disconnect::BAD_REQUEST
+                .with_reason("refresh without a token")
+                .into());
         }
         let now = self.now();
         let t = match self.node.inner.verifier.verify_connect(&token, now) {
@@ -438,12 +499,19 @@ impl Session {
         if t.info.is_some() {
             self.conn_info = t.info;
         }
-        let mut result = RefreshResult { client: self.client.id().to_string(), version: self.node.config().version.clone(), ..RefreshResult::default() };
+        let mut result = RefreshResult {
+            client: self.client.id().to_string(),
+            version: self.node.config().version.clone(),
+            ..RefreshResult::default()
+        };
         if let Some(at) = t.expire_at {
             result.expires = true;
             result.ttl = at.saturating_sub(now).max(1) as u32;
         }
-        Ok(Some(Reply { refresh: Some(result), ..Reply::default() }))
+        Ok(Some(Reply {
+            refresh: Some(result),
+            ..Reply::default()
+        }))
     }
 
     // ----- subscriptions -----
@@ -458,7 +526,14 @@ impl Session {
             return Err(CoreError::LimitExceeded);
         }
         let (chan_info, expire_at, data) = if req.token.is_empty() {
-            channels::check_subscribe(&opts, &channel, Asker { user: &self.user, subscribed: false })?;
+            channels::check_subscribe(
+                &opts,
+                &channel,
+                Asker {
+                    user: &self.user,
+                    subscribed: false,
+                },
+            )?;
             (None, None, None)
         } else {
             let t = self
@@ -467,15 +542,23 @@ impl Session {
                 .sub_verifier
                 .verify_subscribe(&req.token, self.now())
                 .map_err(CoreError::from_subscribe_token)?;
-            if t.user != *self.user || t.channel != channel || (!t.client.is_empty() && t.client != self.client.id()) {
+            if t.user != *self.user
+                || t.channel != channel
+                || (!t.client.is_empty() && t.client != self.client.id())
+            {
                 tracing::info!(client = %self.client.id(), channel = %channel, "subscription token for another user or channel, disconnecting with 3500");
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
             (t.claim.info, t.expire_at, t.claim.data)
         };
-        let mut result = self.join(&channel, &opts, &req, chan_info, false, expire_at).await?;
+        let mut result = self
+            .join(&channel, &opts, &req, chan_info, false, expire_at)
+            .await?;
         result.data = data;
-        Ok(Some(Reply { subscribe: Some(result), ..Reply::default() }))
+        Ok(Some(Reply {
+            subscribe: Some(result),
+            ..Reply::default()
+        }))
     }
 
     /// Subscribes this connection: hub, broker, recovery, presence, join push.
@@ -490,11 +573,19 @@ impl Session {
     ) -> Result<SubscribeResult, CoreError> {
         let history_allowed = opts.allow_history_for_client || opts.allow_history_for_subscriber;
         let recoverable = opts.history_enabled()
-            && (opts.force_recovery || (want.recoverable && (opts.allow_recovery || history_allowed)) || (server_side && want.recover));
+            && (opts.force_recovery
+                || (want.recoverable && (opts.allow_recovery || history_allowed))
+                || (server_side && want.recover));
         let positioned = recoverable
-            || (opts.history_enabled() && (opts.force_positioning || (want.positioned && (opts.allow_positioning || history_allowed))));
+            || (opts.history_enabled()
+                && (opts.force_positioning
+                    || (want.positioned && (opts.allow_positioning || history_allowed))));
         let join_leave = opts.force_push_join_leave || (want.join_leave && opts.join_leave);
-        let mut result = SubscribeResult { recoverable, positioned, ..SubscribeResult::default() };
+        let mut result = SubscribeResult {
+            recoverable,
+            positioned,
+            ..SubscribeResult::default()
+        };
         let now = self.now();
         if let Some(at) = expire_at {
             result.expires = true;
@@ -502,7 +593,11 @@ impl Session {
         }
         {
             let _guard = self.node.lock_channel(channel).await;
-            let first = self.node.inner.hub.subscribe(channel, &self.client, join_leave);
+            let first = self
+                .node
+                .inner
+                .hub
+                .subscribe(channel, &self.client, join_leave);
             if first {
                 if let Err(e) = self.node.inner.broker.subscribe(channel).await {
                     self.node.inner.hub.unsubscribe(channel, &self.client);
@@ -510,7 +605,10 @@ impl Session {
                 }
             }
             if positioned {
-                if let Err(e) = self.position(channel, opts, want, recoverable, &mut result).await {
+                if let Err(e) = self
+                    .position(channel, opts, want, recoverable, &mut result)
+                    .await
+                {
                     drop(_guard);
                     self.unsubscribe_hub(channel).await;
                     return Err(e);
@@ -519,7 +617,14 @@ impl Session {
         }
         let info = self.info(chan_info.clone());
         if opts.presence {
-            if let Err(e) = self.node.inner.storage.presence.add(channel, &info, self.presence_ttl()).await {
+            if let Err(e) = self
+                .node
+                .inner
+                .storage
+                .presence
+                .add(channel, &info, self.presence_ttl())
+                .await
+            {
                 tracing::warn!(channel, error = %e, "presence add failed");
             }
             if self.next_presence.is_none() {
@@ -531,7 +636,14 @@ impl Session {
                 tracing::warn!(channel, error = %e, "join push failed");
             }
         }
-        self.subs.insert(Arc::from(channel), Sub { server_side, chan_info, expire_at });
+        self.subs.insert(
+            Arc::from(channel),
+            Sub {
+                server_side,
+                chan_info,
+                expire_at,
+            },
+        );
         Ok(result)
     }
 
@@ -550,7 +662,10 @@ impl Session {
             result.was_recovering = true;
             let max = self.cfg().recovery_max_publication_limit;
             let filter = HistoryFilter {
-                since: Some(StreamPosition { offset: want.offset, epoch: want.epoch.clone() }),
+                since: Some(StreamPosition {
+                    offset: want.offset,
+                    epoch: want.epoch.clone(),
+                }),
                 limit: max + 1,
                 reverse: false,
             };
@@ -573,7 +688,9 @@ impl Session {
                 Err(e) => return Err(e),
             }
         }
-        let page = store.read(channel, &HistoryFilter::default(), &hopts).await?;
+        let page = store
+            .read(channel, &HistoryFilter::default(), &hopts)
+            .await?;
         result.epoch = page.position.epoch;
         result.offset = page.position.offset;
         Ok(())
@@ -596,7 +713,14 @@ impl Session {
         self.unsubscribe_hub(channel).await;
         if let Ok(opts) = self.node.channel_options(channel) {
             if opts.presence {
-                if let Err(e) = self.node.inner.storage.presence.remove(channel, self.client.id()).await {
+                if let Err(e) = self
+                    .node
+                    .inner
+                    .storage
+                    .presence
+                    .remove(channel, self.client.id())
+                    .await
+                {
                     tracing::warn!(channel, error = %e, "presence remove failed");
                 }
             }
@@ -612,15 +736,24 @@ impl Session {
 
     async fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
         if req.channel.is_empty() || req.token.is_empty() {
-            return Err(Disconnect::BAD_REQUEST.with_reason("sub_refresh needs channel and token").into());
+            return Err(Disconnect::BAD_REQUEST
+                .with_reason("sub_refresh needs channel and token")
+                .into());
         }
         if !self.subs.contains_key(req.channel.as_str()) {
             return Err(CoreError::PermissionDenied);
         }
-        let t = match self.node.inner.sub_verifier.verify_subscribe(&req.token, self.now()) {
+        let t = match self
+            .node
+            .inner
+            .sub_verifier
+            .verify_subscribe(&req.token, self.now())
+        {
             Ok(t) => t,
             // An expired token never extends a subscription.
-            Err(rotor_auth::AuthError::Expired) => return Err(Disconnect::SUBSCRIPTION_EXPIRED.into()),
+            Err(rotor_auth::AuthError::Expired) => {
+                return Err(Disconnect::SUBSCRIPTION_EXPIRED.into())
+            }
             Err(e) => {
                 tracing::info!(client = %self.client.id(), error = %e, "sub_refresh with an invalid token, disconnecting with 3500");
                 return Err(Disconnect::INVALID_TOKEN.into());
@@ -630,58 +763,96 @@ impl Session {
             return Err(Disconnect::INVALID_TOKEN.into());
         }
         let now = self.now();
-        let sub = self.subs.get_mut(req.channel.as_str()).expect("checked above");
+        let sub = self
+            .subs
+            .get_mut(req.channel.as_str())
+            .expect("checked above");
         sub.expire_at = t.expire_at;
         let mut result = SubRefreshResult::default();
         if let Some(at) = t.expire_at {
             result.expires = true;
             result.ttl = at.saturating_sub(now).max(1) as u32;
         }
-        Ok(Some(Reply { sub_refresh: Some(result), ..Reply::default() }))
+        Ok(Some(Reply {
+            sub_refresh: Some(result),
+            ..Reply::default()
+        }))
     }
 
     // ----- publish, presence, history -----
 
     fn asker(&self, channel: &str) -> Asker<'_> {
-        Asker { user: &self.user, subscribed: self.subs.contains_key(channel) }
+        Asker {
+            user: &self.user,
+            subscribed: self.subs.contains_key(channel),
+        }
     }
 
     async fn publish(&mut self, req: PublishRequest) -> CommandResult {
         let opts = self.node.channel_options(&req.channel)?;
         channels::check_publish(&opts, self.asker(&req.channel))?;
-        let chan_info = self.subs.get(req.channel.as_str()).and_then(|s| s.chan_info.clone());
-        let options = PublishOptions { info: Some(self.info(chan_info)), ..PublishOptions::default() };
+        let chan_info = self
+            .subs
+            .get(req.channel.as_str())
+            .and_then(|s| s.chan_info.clone());
+        let options = PublishOptions {
+            info: Some(self.info(chan_info)),
+            ..PublishOptions::default()
+        };
         self.node.publish(&req.channel, req.data, options).await?;
-        Ok(Some(Reply { publish: Some(Empty {}), ..Reply::default() }))
+        Ok(Some(Reply {
+            publish: Some(Empty {}),
+            ..Reply::default()
+        }))
     }
 
     async fn presence(&mut self, channel: String) -> CommandResult {
         let opts = self.node.channel_options(&channel)?;
         channels::check_presence(&opts, self.asker(&channel))?;
         let presence = self.node.presence(&channel).await?;
-        Ok(Some(Reply { presence: Some(PresenceResult { presence }), ..Reply::default() }))
+        Ok(Some(Reply {
+            presence: Some(PresenceResult { presence }),
+            ..Reply::default()
+        }))
     }
 
     async fn presence_stats(&mut self, channel: String) -> CommandResult {
         let opts = self.node.channel_options(&channel)?;
         channels::check_presence(&opts, self.asker(&channel))?;
         let (num_clients, num_users) = self.node.presence_stats(&channel).await?;
-        Ok(Some(Reply { presence_stats: Some(PresenceStatsResult { num_clients, num_users }), ..Reply::default() }))
+        Ok(Some(Reply {
+            presence_stats: Some(PresenceStatsResult {
+                num_clients,
+                num_users,
+            }),
+            ..Reply::default()
+        }))
     }
 
     async fn history(&mut self, req: HistoryRequest) -> CommandResult {
         let opts = self.node.channel_options(&req.channel)?;
         channels::check_history(&opts, self.asker(&req.channel))?;
-        let page = self.node.history(&req.channel, req.limit as i64, req.since, req.reverse).await?;
+        let page = self
+            .node
+            .history(&req.channel, req.limit as i64, req.since, req.reverse)
+            .await?;
         Ok(Some(Reply {
-            history: Some(HistoryResult { publications: page.publications, epoch: page.position.epoch, offset: page.position.offset }),
+            history: Some(HistoryResult {
+                publications: page.publications,
+                epoch: page.position.epoch,
+                offset: page.position.offset,
+            }),
             ..Reply::default()
         }))
     }
 
     // ----- messages from the node -----
 
-    async fn on_messages(&mut self, first: SessionMsg, inbox: &mut mpsc::UnboundedReceiver<SessionMsg>) -> Option<Disconnect> {
+    async fn on_messages(
+        &mut self,
+        first: SessionMsg,
+        inbox: &mut mpsc::UnboundedReceiver<SessionMsg>,
+    ) -> Option<Disconnect> {
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(msg) = next {
@@ -703,7 +874,11 @@ impl Session {
                 }
             }
             taken += 1;
-            next = if taken < 256 { inbox.try_recv().ok() } else { None };
+            next = if taken < 256 {
+                inbox.try_recv().ok()
+            } else {
+                None
+            };
         }
         None
     }
@@ -715,10 +890,19 @@ impl Session {
         match control {
             Control::Unsubscribe { channel, .. } => {
                 if self.leave(&channel).await {
-                    self.emit_push(Push { channel, unsubscribe: Some(server_unsubscribe()), ..Push::default() });
+                    self.emit_push(Push {
+                        channel,
+                        unsubscribe: Some(server_unsubscribe()),
+                        ..Push::default()
+                    });
                 }
             }
-            Control::Subscribe { channel, info, data, .. } => {
+            Control::Subscribe {
+                channel,
+                info,
+                data,
+                ..
+            } => {
                 if self.subs.contains_key(channel.as_str()) {
                     return None;
                 }
@@ -729,17 +913,28 @@ impl Session {
                         return None;
                     }
                 };
-                let want = SubscribeRequest { channel: channel.clone(), ..SubscribeRequest::default() };
+                let want = SubscribeRequest {
+                    channel: channel.clone(),
+                    ..SubscribeRequest::default()
+                };
                 match self.join(&channel, &opts, &want, info, true, None).await {
                     Ok(r) => self.emit_push(Push {
                         channel,
-                        subscribe: Some(SubscribePush { recoverable: r.recoverable, epoch: r.epoch, offset: r.offset, positioned: r.positioned, data }),
+                        subscribe: Some(SubscribePush {
+                            recoverable: r.recoverable,
+                            epoch: r.epoch,
+                            offset: r.offset,
+                            positioned: r.positioned,
+                            data,
+                        }),
                         ..Push::default()
                     }),
                     Err(e) => tracing::warn!(channel, error = %e, "server-side subscribe failed"),
                 }
             }
-            Control::Refresh { expired, expire_at, .. } => {
+            Control::Refresh {
+                expired, expire_at, ..
+            } => {
                 if expired {
                     return Some(Disconnect::EXPIRED);
                 }
@@ -749,7 +944,10 @@ impl Session {
                     push.expires = true;
                     push.ttl = at.saturating_sub(self.now()).max(1) as u32;
                 }
-                self.emit_push(Push { refresh: Some(push), ..Push::default() });
+                self.emit_push(Push {
+                    refresh: Some(push),
+                    ..Push::default()
+                });
             }
             Control::Disconnect { .. } => {}
         }
@@ -789,7 +987,10 @@ impl Session {
         let expired: Vec<(Arc<str>, bool)> = self
             .subs
             .iter()
-            .filter(|(_, s)| s.expire_at.is_some_and(|at| clock.instant_at(at) + cfg.expired_sub_close_delay <= now))
+            .filter(|(_, s)| {
+                s.expire_at
+                    .is_some_and(|at| clock.instant_at(at) + cfg.expired_sub_close_delay <= now)
+            })
             .map(|(ch, s)| (ch.clone(), s.server_side))
             .collect();
         for (channel, server_side) in expired {
@@ -799,7 +1000,10 @@ impl Session {
             self.leave(&channel).await;
             self.emit_push(Push {
                 channel: channel.to_string(),
-                unsubscribe: Some(UnsubscribePush { code: UnsubscribeCode::Expired.code(), reason: UnsubscribeCode::Expired.reason().into() }),
+                unsubscribe: Some(UnsubscribePush {
+                    code: UnsubscribeCode::Expired.code(),
+                    reason: UnsubscribeCode::Expired.reason().into(),
+                }),
                 ..Push::default()
             });
         }
@@ -818,4 +1022,3 @@ impl Session {
         }
     }
 }
-

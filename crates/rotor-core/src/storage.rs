@@ -45,10 +45,20 @@ pub trait HistoryStore: Send + Sync {
     /// Appends a publication, assigning the next offset of the channel's stream (starting at 1
     /// and increasing by exactly one), and trims the stream to the options' size and TTL.
     /// Returns the publication's position.
-    async fn add(&self, channel: &str, publication: Publication, opts: &HistoryOptions) -> Result<StreamPosition, CoreError>;
+    async fn add(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &HistoryOptions,
+    ) -> Result<StreamPosition, CoreError>;
 
     /// Reads publications. A `since` with another epoch is `CoreError::UnrecoverablePosition`.
-    async fn read(&self, channel: &str, filter: &HistoryFilter, opts: &HistoryOptions) -> Result<HistoryPage, CoreError>;
+    async fn read(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+        opts: &HistoryOptions,
+    ) -> Result<HistoryPage, CoreError>;
 
     /// Deletes the channel's publications; the stream position is kept.
     async fn remove(&self, channel: &str) -> Result<(), CoreError>;

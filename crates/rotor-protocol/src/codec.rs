@@ -26,7 +26,9 @@ fn decode_lines<T: DeserializeOwned>(frame: &str) -> Result<Vec<T>, DecodeError>
         .map(str::trim)
         .filter(|line| !line.is_empty())
         .enumerate()
-        .map(|(index, line)| serde_json::from_str(line).map_err(|source| DecodeError::Json { index, source }))
+        .map(|(index, line)| {
+            serde_json::from_str(line).map_err(|source| DecodeError::Json { index, source })
+        })
         .collect()
 }
 

@@ -14,13 +14,24 @@ fn js_batched_connect_and_subscribe_frame_decodes_in_order() {
     assert_eq!(cmds[0].id, 9);
     assert_eq!(cmds[0].connect.as_ref().unwrap().token, "t");
     let sub = cmds[1].subscribe.as_ref().unwrap();
-    assert_eq!((sub.channel.as_str(), sub.recover, sub.offset, sub.epoch.as_str()), ("chat:room", true, 2, "b0760a04"));
+    assert_eq!(
+        (
+            sub.channel.as_str(),
+            sub.recover,
+            sub.offset,
+            sub.epoch.as_str()
+        ),
+        ("chat:room", true, 2, "b0760a04")
+    );
 }
 
 #[test]
 fn python_style_whitespace_and_key_order_do_not_matter() {
-    let a = decode_commands(r#"{"id": 3, "history": {"channel": "c", "limit": 0, "reverse": false}}"#).unwrap();
-    let b = decode_commands(r#"{"history":{"reverse":false,"limit":0,"channel":"c"},"id":3}"#).unwrap();
+    let a =
+        decode_commands(r#"{"id": 3, "history": {"channel": "c", "limit": 0, "reverse": false}}"#)
+            .unwrap();
+    let b =
+        decode_commands(r#"{"history":{"reverse":false,"limit":0,"channel":"c"},"id":3}"#).unwrap();
     assert_eq!(a, b);
     assert_eq!(a[0].method(), MethodKind::History);
 }
@@ -28,7 +39,10 @@ fn python_style_whitespace_and_key_order_do_not_matter() {
 #[test]
 fn empty_command_is_a_pong_and_unknown_method_is_detected() {
     assert_eq!(decode_commands("{}").unwrap()[0].method(), MethodKind::Pong);
-    assert_eq!(decode_commands(r#"{"id":4,"frobnicate":{}}"#).unwrap()[0].method(), MethodKind::Unknown);
+    assert_eq!(
+        decode_commands(r#"{"id":4,"frobnicate":{}}"#).unwrap()[0].method(),
+        MethodKind::Unknown
+    );
 }
 
 #[test]
@@ -45,13 +59,19 @@ fn empty_results_are_written_and_empty_fields_omitted() {
         subscribe: Some(SubscribeResult::default()),
         ..Reply::default()
     };
-    assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"id":3,"subscribe":{}}"#);
+    assert_eq!(
+        serde_json::to_string(&r).unwrap(),
+        r#"{"id":3,"subscribe":{}}"#
+    );
     let r = Reply {
         id: 4,
         presence: Some(PresenceResult::default()),
         ..Reply::default()
     };
-    assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"id":4,"presence":{"presence":{}}}"#);
+    assert_eq!(
+        serde_json::to_string(&r).unwrap(),
+        r#"{"id":4,"presence":{"presence":{}}}"#
+    );
     assert_eq!(serde_json::to_string(&Reply::default()).unwrap(), "{}");
     let e = Reply::error(5, ErrorCode::TokenExpired.to_error());
     assert_eq!(
@@ -77,7 +97,8 @@ fn publication_data_is_raw_json_and_offsets_are_numbers() {
         serde_json::to_string(&p).unwrap(),
         r#"{"push":{"channel":"news","pub":{"data":{"text": "hi"},"offset":7}}}"#
     );
-    let back: Reply = serde_json::from_str(r#"{"push":{"channel":"n","pub":{"data":1,"offset":"12"}}}"#).unwrap();
+    let back: Reply =
+        serde_json::from_str(r#"{"push":{"channel":"n","pub":{"data":1,"offset":"12"}}}"#).unwrap();
     assert_eq!(back.push.unwrap().publication.unwrap().offset, 12);
 }
 
@@ -95,7 +116,8 @@ fn arb_raw() -> impl Strategy<Value = Raw> {
     prop_oneof![
         any::<i64>().prop_map(|n| Raw::from_value(&n)),
         ".{0,20}".prop_map(|s| Raw::from_value(&s)),
-        (".{0,8}", any::<bool>()).prop_map(|(k, b)| Raw::from_value(&serde_json::json!({ k: b, "n": null }))),
+        (".{0,8}", any::<bool>())
+            .prop_map(|(k, b)| Raw::from_value(&serde_json::json!({ k: b, "n": null }))),
     ]
 }
 
@@ -110,37 +132,65 @@ fn arb_subscribe() -> impl Strategy<Value = SubscribeRequest> {
         any::<(bool, bool, bool)>(),
         any::<i32>(),
     )
-        .prop_map(|(channel, token, recover, epoch, offset, data, (positioned, recoverable, join_leave), flag)| SubscribeRequest {
-            channel,
-            token,
-            recover,
-            epoch,
-            offset,
-            data,
-            positioned,
-            recoverable,
-            join_leave,
-            delta: String::new(),
-            flag,
-        })
+        .prop_map(
+            |(
+                channel,
+                token,
+                recover,
+                epoch,
+                offset,
+                data,
+                (positioned, recoverable, join_leave),
+                flag,
+            )| SubscribeRequest {
+                channel,
+                token,
+                recover,
+                epoch,
+                offset,
+                data,
+                positioned,
+                recoverable,
+                join_leave,
+                delta: String::new(),
+                flag,
+            },
+        )
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
     let id = any::<u32>();
     prop_oneof![
-        (id.clone(), ".{0,30}", proptest::option::of(arb_raw()), "[a-z]{0,5}").prop_map(|(id, token, data, name)| Command {
+        (id, ".{0,30}", proptest::option::of(arb_raw()), "[a-z]{0,5}").prop_map(
+            |(id, token, data, name)| Command {
+                id,
+                connect: Some(ConnectRequest {
+                    token,
+                    data,
+                    name,
+                    ..ConnectRequest::default()
+                }),
+                ..Command::default()
+            }
+        ),
+        (id, arb_subscribe()).prop_map(|(id, s)| Command {
             id,
-            connect: Some(ConnectRequest { token, data, name, ..ConnectRequest::default() }),
+            subscribe: Some(s),
             ..Command::default()
         }),
-        (id.clone(), arb_subscribe()).prop_map(|(id, s)| Command { id, subscribe: Some(s), ..Command::default() }),
-        (id.clone(), ".{0,10}", arb_raw()).prop_map(|(id, channel, data)| Command {
+        (id, ".{0,10}", arb_raw()).prop_map(|(id, channel, data)| Command {
             id,
             publish: Some(PublishRequest { channel, data }),
             ..Command::default()
         }),
-        (id.clone(), ".{0,10}", -1i32..100, proptest::option::of((any::<u64>(), "[a-z]{0,4}")), any::<bool>()).prop_map(
-            |(id, channel, limit, since, reverse)| Command {
+        (
+            id,
+            ".{0,10}",
+            -1i32..100,
+            proptest::option::of((any::<u64>(), "[a-z]{0,4}")),
+            any::<bool>()
+        )
+            .prop_map(|(id, channel, limit, since, reverse)| Command {
                 id,
                 history: Some(HistoryRequest {
                     channel,
@@ -149,9 +199,12 @@ fn arb_command() -> impl Strategy<Value = Command> {
                     reverse,
                 }),
                 ..Command::default()
-            }
-        ),
-        (id.clone(), ".{0,40}").prop_map(|(id, token)| Command { id, refresh: Some(RefreshRequest { token }), ..Command::default() }),
+            }),
+        (id, ".{0,40}").prop_map(|(id, token)| Command {
+            id,
+            refresh: Some(RefreshRequest { token }),
+            ..Command::default()
+        }),
         (id, ".{0,10}", ".{0,10}").prop_map(|(id, channel, token)| Command {
             id,
             sub_refresh: Some(SubRefreshRequest { channel, token }),
@@ -161,11 +214,21 @@ fn arb_command() -> impl Strategy<Value = Command> {
 }
 
 fn arb_publication() -> impl Strategy<Value = Publication> {
-    (arb_raw(), any::<u64>(), proptest::option::of(("[a-z0-9]{0,6}", "[a-f0-9-]{0,10}")), proptest::collection::btree_map("[a-z]{1,4}", ".{0,4}", 0..3))
+    (
+        arb_raw(),
+        any::<u64>(),
+        proptest::option::of(("[a-z0-9]{0,6}", "[a-f0-9-]{0,10}")),
+        proptest::collection::btree_map("[a-z]{1,4}", ".{0,4}", 0..3),
+    )
         .prop_map(|(data, offset, info, tags)| Publication {
             data,
             offset,
-            info: info.map(|(user, client)| ClientInfo { user, client, conn_info: None, chan_info: None }),
+            info: info.map(|(user, client)| ClientInfo {
+                user,
+                client,
+                conn_info: None,
+                chan_info: None,
+            }),
             tags,
             time: 0,
         })
@@ -173,19 +236,61 @@ fn arb_publication() -> impl Strategy<Value = Publication> {
 
 fn arb_reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
-        (1u32.., any::<(u32, bool)>(), "[a-z ]{0,10}").prop_map(|(id, (code, temporary), message)| Reply::error(id, Error { code, message, temporary })),
-        (1u32.., "[a-f0-9-]{1,36}", any::<bool>(), any::<u32>(), 0u32..100).prop_map(|(id, client, expires, ttl, ping)| Reply {
-            id,
-            connect: Some(ConnectResult { client, expires, ttl, ping, pong: ping > 0, ..ConnectResult::default() }),
-            ..Reply::default()
-        }),
-        (1u32.., proptest::collection::vec(arb_publication(), 0..4), "[a-f0-9]{0,8}", any::<u64>()).prop_map(|(id, publications, epoch, offset)| Reply {
-            id,
-            subscribe: Some(SubscribeResult { recoverable: true, publications, epoch, offset, ..SubscribeResult::default() }),
-            ..Reply::default()
-        }),
-        ("[a-z:]{0,10}", arb_publication()).prop_map(|(channel, p)| Reply::push(Push { channel, publication: Some(p), ..Push::default() })),
-        (3000u32..5000, ".{0,20}").prop_map(|(code, reason)| Reply::push(Push { disconnect: Some(DisconnectPush { code, reason }), ..Push::default() })),
+        (1u32.., any::<(u32, bool)>(), "[a-z ]{0,10}").prop_map(
+            |(id, (code, temporary), message)| Reply::error(
+                id,
+                Error {
+                    code,
+                    message,
+                    temporary
+                }
+            )
+        ),
+        (
+            1u32..,
+            "[a-f0-9-]{1,36}",
+            any::<bool>(),
+            any::<u32>(),
+            0u32..100
+        )
+            .prop_map(|(id, client, expires, ttl, ping)| Reply {
+                id,
+                connect: Some(ConnectResult {
+                    client,
+                    expires,
+                    ttl,
+                    ping,
+                    pong: ping > 0,
+                    ..ConnectResult::default()
+                }),
+                ..Reply::default()
+            }),
+        (
+            1u32..,
+            proptest::collection::vec(arb_publication(), 0..4),
+            "[a-f0-9]{0,8}",
+            any::<u64>()
+        )
+            .prop_map(|(id, publications, epoch, offset)| Reply {
+                id,
+                subscribe: Some(SubscribeResult {
+                    recoverable: true,
+                    publications,
+                    epoch,
+                    offset,
+                    ..SubscribeResult::default()
+                }),
+                ..Reply::default()
+            }),
+        ("[a-z:]{0,10}", arb_publication()).prop_map(|(channel, p)| Reply::push(Push {
+            channel,
+            publication: Some(p),
+            ..Push::default()
+        })),
+        (3000u32..5000, ".{0,20}").prop_map(|(code, reason)| Reply::push(Push {
+            disconnect: Some(DisconnectPush { code, reason }),
+            ..Push::default()
+        })),
         Just(Reply::default()),
     ]
 }

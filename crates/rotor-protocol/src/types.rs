@@ -187,7 +187,11 @@ pub struct SubscribeRequest {
     pub recover: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub epoch: String,
-    #[serde(default, skip_serializing_if = "is_zero_u64", deserialize_with = "offset::deserialize")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero_u64",
+        deserialize_with = "offset::deserialize"
+    )]
     pub offset: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Raw>,
@@ -217,7 +221,11 @@ pub struct SubscribeResult {
     pub publications: Vec<Publication>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub recovered: bool,
-    #[serde(default, skip_serializing_if = "is_zero_u64", deserialize_with = "offset::deserialize")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero_u64",
+        deserialize_with = "offset::deserialize"
+    )]
     pub offset: u64,
     #[serde(default, skip_serializing_if = "is_false")]
     pub positioned: bool,
@@ -294,7 +302,11 @@ pub struct HistoryResult {
     pub publications: Vec<Publication>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub epoch: String,
-    #[serde(default, skip_serializing_if = "is_zero_u64", deserialize_with = "offset::deserialize")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero_u64",
+        deserialize_with = "offset::deserialize"
+    )]
     pub offset: u64,
 }
 
@@ -369,7 +381,11 @@ pub struct Publication {
     pub data: Raw,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<ClientInfo>,
-    #[serde(default, skip_serializing_if = "is_zero_u64", deserialize_with = "offset::deserialize")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero_u64",
+        deserialize_with = "offset::deserialize"
+    )]
     pub offset: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
@@ -408,7 +424,11 @@ pub struct SubscribePush {
     pub recoverable: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub epoch: String,
-    #[serde(default, skip_serializing_if = "is_zero_u64", deserialize_with = "offset::deserialize")]
+    #[serde(
+        default,
+        skip_serializing_if = "is_zero_u64",
+        deserialize_with = "offset::deserialize"
+    )]
     pub offset: u64,
     #[serde(default, skip_serializing_if = "is_false")]
     pub positioned: bool,

@@ -14,8 +14,8 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
-use crate::server::AppState;
 use crate::json_response;
+use crate::server::AppState;
 
 /// Compares without leaking the position of the first difference through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -35,16 +35,30 @@ fn authorized(state: &AppState, headers: &HeaderMap, query: &BTreeMap<String, St
     }
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     let given = header("x-api-key")
-        .or_else(|| header("authorization").and_then(|v| v.strip_prefix("apikey ").or_else(|| v.strip_prefix("Apikey "))))
+        .or_else(|| {
+            header("authorization").and_then(|v| {
+                v.strip_prefix("apikey ")
+                    .or_else(|| v.strip_prefix("Apikey "))
+            })
+        })
         .or_else(|| query.get("api_key").map(String::as_str));
     given.is_some_and(|k| constant_time_eq(k.trim().as_bytes(), api.key.as_bytes()))
 }
 
 /// Handles one API request.
-pub async fn handle(state: AppState, method: String, headers: HeaderMap, query: BTreeMap<String, String>, body: Bytes) -> Response {
+pub async fn handle(
+    state: AppState,
+    method: String,
+    headers: HeaderMap,
+    query: BTreeMap<String, String>,
+    body: Bytes,
+) -> Response {
     if !authorized(&state, &headers, &query) {
         tracing::info!(method, "server API request with a wrong or missing key");
-        return json_response(StatusCode::UNAUTHORIZED, &json!({"error": {"code": 101, "message": "unauthorized"}}));
+        return json_response(
+            StatusCode::UNAUTHORIZED,
+            &json!({"error": {"code": 101, "message": "unauthorized"}}),
+        );
     }
     let params: Value = if body.is_empty() {
         json!({})
@@ -53,7 +67,10 @@ pub async fn handle(state: AppState, method: String, headers: HeaderMap, query: 
             Ok(v) => v,
             Err(e) => {
                 tracing::info!(method, error = %e, "server API request body is not JSON");
-                return json_response(StatusCode::BAD_REQUEST, &json!({"error": {"code": 107, "message": format!("bad request: {e}")}}));
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &json!({"error": {"code": 107, "message": format!("bad request: {e}")}}),
+                );
             }
         }
     };
@@ -63,7 +80,10 @@ pub async fn handle(state: AppState, method: String, headers: HeaderMap, query: 
     match call(&state.node, &method, params).await {
         Some(Ok(result)) => json_response(StatusCode::OK, &json!({ "result": result })),
         Some(Err(e)) => json_response(StatusCode::OK, &json!({ "error": error_json(&e) })),
-        None => json_response(StatusCode::NOT_FOUND, &json!({"error": {"code": 104, "message": "method not found"}})),
+        None => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": {"code": 104, "message": "method not found"}}),
+        ),
     }
 }
 
@@ -98,7 +118,9 @@ async fn batch(node: &Node, params: Value) -> Value {
         match call(node, &method, params).await {
             Some(Ok(result)) => json!({ method: result }),
             Some(Err(e)) => json!({"error": error_json(&e)}),
-            None => json!({"error": {"code": ErrorCode::MethodNotFound.code(), "message": "method not found"}}),
+            None => {
+                json!({"error": {"code": ErrorCode::MethodNotFound.code(), "message": "method not found"}})
+            }
         }
     };
     let replies: Vec<Value> = if req.parallel {
@@ -157,8 +179,12 @@ fn payload(data: Option<Raw>, b64data: Option<String>) -> Result<Raw, CoreError>
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b)
                 .map_err(|_| CoreError::BadRequest("b64data is not valid base64".into()))?;
-            let text = std::str::from_utf8(&bytes).map_err(|_| CoreError::BadRequest("b64data must hold JSON for JSON clients".into()))?;
-            Raw::from_json(text).map_err(|_| CoreError::BadRequest("b64data must hold JSON for JSON clients".into()))
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                CoreError::BadRequest("b64data must hold JSON for JSON clients".into())
+            })?;
+            Raw::from_json(text).map_err(|_| {
+                CoreError::BadRequest("b64data must hold JSON for JSON clients".into())
+            })
         }
         (None, None) => Err(CoreError::BadRequest("data required".into())),
     }
@@ -262,7 +288,15 @@ fn is_zero(v: &u64) -> bool {
 fn publications_json(pubs: &[Publication]) -> Value {
     Value::Array(
         pubs.iter()
-            .map(|p| serde_json::to_value(ApiPublication { data: &p.data, info: p.info.as_ref(), offset: p.offset, tags: &p.tags }).expect("serializes"))
+            .map(|p| {
+                serde_json::to_value(ApiPublication {
+                    data: &p.data,
+                    info: p.info.as_ref(),
+                    offset: p.offset,
+                    tags: &p.tags,
+                })
+                .expect("serializes")
+            })
             .collect(),
     )
 }
@@ -272,46 +306,62 @@ async fn call(node: &Node, method: &str, params: Value) -> Option<Result<Value, 
     Some(match method {
         "publish" => publish(node, params).await,
         "broadcast" => broadcast(node, params).await,
-        "presence" => async {
-            let p: ChannelParams = parse(params)?;
-            required("channel", &p.channel)?;
-            Ok(json!({ "presence": node.presence(&p.channel).await? }))
-        }
-        .await,
-        "presence_stats" => async {
-            let p: ChannelParams = parse(params)?;
-            required("channel", &p.channel)?;
-            let (num_clients, num_users) = node.presence_stats(&p.channel).await?;
-            Ok(json!({ "num_clients": num_clients, "num_users": num_users }))
-        }
-        .await,
-        "history" => async {
-            let p: HistoryParams = parse(params)?;
-            required("channel", &p.channel)?;
-            let page = node.history(&p.channel, p.limit, p.since, p.reverse).await?;
-            let mut out = position_json(&page.position);
-            out["publications"] = publications_json(&page.publications);
-            Ok(out)
-        }
-        .await,
-        "history_remove" => async {
-            let p: ChannelParams = parse(params)?;
-            required("channel", &p.channel)?;
-            node.history_remove(&p.channel).await?;
-            Ok(json!({}))
-        }
-        .await,
-        "channels" => async {
-            let p: ChannelsParams = if params.is_null() { ChannelsParams::default() } else { parse(params)? };
-            let mut channels = serde_json::Map::new();
-            for (name, n) in node.hub().channels() {
-                if p.pattern.is_empty() || glob_match(&p.pattern, &name) {
-                    channels.insert(name, json!({ "num_clients": n }));
-                }
+        "presence" => {
+            async {
+                let p: ChannelParams = parse(params)?;
+                required("channel", &p.channel)?;
+                Ok(json!({ "presence": node.presence(&p.channel).await? }))
             }
-            Ok(json!({ "channels": channels }))
+            .await
         }
-        .await,
+        "presence_stats" => {
+            async {
+                let p: ChannelParams = parse(params)?;
+                required("channel", &p.channel)?;
+                let (num_clients, num_users) = node.presence_stats(&p.channel).await?;
+                Ok(json!({ "num_clients": num_clients, "num_users": num_users }))
+            }
+            .await
+        }
+        "history" => {
+            async {
+                let p: HistoryParams = parse(params)?;
+                required("channel", &p.channel)?;
+                let page = node
+                    .history(&p.channel, p.limit, p.since, p.reverse)
+                    .await?;
+                let mut out = position_json(&page.position);
+                out["publications"] = publications_json(&page.publications);
+                Ok(out)
+            }
+            .await
+        }
+        "history_remove" => {
+            async {
+                let p: ChannelParams = parse(params)?;
+                required("channel", &p.channel)?;
+                node.history_remove(&p.channel).await?;
+                Ok(json!({}))
+            }
+            .await
+        }
+        "channels" => {
+            async {
+                let p: ChannelsParams = if params.is_null() {
+                    ChannelsParams::default()
+                } else {
+                    parse(params)?
+                };
+                let mut channels = serde_json::Map::new();
+                for (name, n) in node.hub().channels() {
+                    if p.pattern.is_empty() || glob_match(&p.pattern, &name) {
+                        channels.insert(name, json!({ "num_clients": n }));
+                    }
+                }
+                Ok(json!({ "channels": channels }))
+            }
+            .await
+        }
         "info" => {
             let i = node.info();
             Ok(json!({"nodes": [{
@@ -319,59 +369,80 @@ async fn call(node: &Node, method: &str, params: Value) -> Option<Result<Value, 
                 "num_users": i.num_users, "num_channels": i.num_channels, "num_subs": i.num_subs, "uptime": i.uptime,
             }]}))
         }
-        "disconnect" => async {
-            let p: DisconnectParams = parse(params)?;
-            required("user", &p.target.user)?;
-            let d = p.disconnect.unwrap_or_default();
-            let (code, reason) = if d.code == 0 {
-                let def = rotor_protocol::Disconnect::FORCE_NO_RECONNECT;
-                (def.code, def.reason.to_string())
-            } else {
-                (d.code, d.reason)
-            };
-            node.control(Control::Disconnect {
-                user: p.target.user,
-                client: p.target.client,
-                session: p.target.session,
-                whitelist: p.whitelist,
-                code,
-                reason,
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        .await,
-        "unsubscribe" => async {
-            let p: SubscribeParams = parse(params)?;
-            required("user", &p.user)?;
-            node.channel_options(&p.channel)?;
-            node.control(Control::Unsubscribe { user: p.user, channel: p.channel, client: p.client, session: p.session }).await?;
-            Ok(json!({}))
-        }
-        .await,
-        "subscribe" => async {
-            let p: SubscribeParams = parse(params)?;
-            required("user", &p.user)?;
-            node.channel_options(&p.channel)?;
-            node.control(Control::Subscribe { user: p.user, channel: p.channel, client: p.client, session: p.session, info: p.info, data: p.data })
+        "disconnect" => {
+            async {
+                let p: DisconnectParams = parse(params)?;
+                required("user", &p.target.user)?;
+                let d = p.disconnect.unwrap_or_default();
+                let (code, reason) = if d.code == 0 {
+                    let def = rotor_protocol::Disconnect::FORCE_NO_RECONNECT;
+                    (def.code, def.reason.to_string())
+                } else {
+                    (d.code, d.reason)
+                };
+                node.control(Control::Disconnect {
+                    user: p.target.user,
+                    client: p.target.client,
+                    session: p.target.session,
+                    whitelist: p.whitelist,
+                    code,
+                    reason,
+                })
                 .await?;
-            Ok(json!({}))
+                Ok(json!({}))
+            }
+            .await
         }
-        .await,
-        "refresh" => async {
-            let p: RefreshParams = parse(params)?;
-            required("user", &p.target.user)?;
-            node.control(Control::Refresh {
-                user: p.target.user,
-                client: p.target.client,
-                session: p.target.session,
-                expired: p.expired,
-                expire_at: p.expire_at,
-            })
-            .await?;
-            Ok(json!({}))
+        "unsubscribe" => {
+            async {
+                let p: SubscribeParams = parse(params)?;
+                required("user", &p.user)?;
+                node.channel_options(&p.channel)?;
+                node.control(Control::Unsubscribe {
+                    user: p.user,
+                    channel: p.channel,
+                    client: p.client,
+                    session: p.session,
+                })
+                .await?;
+                Ok(json!({}))
+            }
+            .await
         }
-        .await,
+        "subscribe" => {
+            async {
+                let p: SubscribeParams = parse(params)?;
+                required("user", &p.user)?;
+                node.channel_options(&p.channel)?;
+                node.control(Control::Subscribe {
+                    user: p.user,
+                    channel: p.channel,
+                    client: p.client,
+                    session: p.session,
+                    info: p.info,
+                    data: p.data,
+                })
+                .await?;
+                Ok(json!({}))
+            }
+            .await
+        }
+        "refresh" => {
+            async {
+                let p: RefreshParams = parse(params)?;
+                required("user", &p.target.user)?;
+                node.control(Control::Refresh {
+                    user: p.target.user,
+                    client: p.target.client,
+                    session: p.target.session,
+                    expired: p.expired,
+                    expire_at: p.expire_at,
+                })
+                .await?;
+                Ok(json!({}))
+            }
+            .await
+        }
         _ => return None,
     })
 }
@@ -380,7 +451,17 @@ async fn publish(node: &Node, params: Value) -> Result<Value, CoreError> {
     let p: PublishParams = parse(params)?;
     required("channel", &p.channel)?;
     let data = payload(p.data, p.b64data)?;
-    let pos = node.publish(&p.channel, data, PublishOptions { skip_history: p.skip_history, tags: p.tags, info: None }).await?;
+    let pos = node
+        .publish(
+            &p.channel,
+            data,
+            PublishOptions {
+                skip_history: p.skip_history,
+                tags: p.tags,
+                info: None,
+            },
+        )
+        .await?;
     Ok(position_json(&pos))
 }
 
@@ -392,7 +473,11 @@ async fn broadcast(node: &Node, params: Value) -> Result<Value, CoreError> {
     let data = payload(p.data, p.b64data)?;
     let mut responses = Vec::new();
     for ch in &p.channels {
-        let opts = PublishOptions { skip_history: p.skip_history, tags: p.tags.clone(), info: None };
+        let opts = PublishOptions {
+            skip_history: p.skip_history,
+            tags: p.tags.clone(),
+            info: None,
+        };
         responses.push(match node.publish(ch, data.clone(), opts).await {
             Ok(pos) => json!({ "result": position_json(&pos) }),
             Err(e) => json!({ "error": error_json(&e) }),

@@ -11,7 +11,11 @@ use crate::server::Server;
 use crate::ServerError;
 
 #[derive(Parser, Debug)]
-#[command(name = "rotor", version, about = "rotor: a real-time messaging server speaking the Centrifugo protocol")]
+#[command(
+    name = "rotor",
+    version,
+    about = "rotor: a real-time messaging server speaking the Centrifugo protocol"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: Common,
@@ -89,11 +93,21 @@ fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
         let level = &config.log.level;
-        let spec = if level.contains('=') || level.contains(',') { level.clone() } else { format!("warn,rotor={level},rotor_server={level},rotor_core={level}") };
+        let spec = if level.contains('=') || level.contains(',') {
+            level.clone()
+        } else {
+            format!("warn,rotor={level},rotor_server={level},rotor_core={level}")
+        };
         EnvFilter::new(spec)
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn secret() -> String {
@@ -102,7 +116,10 @@ fn secret() -> String {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Runs the command line; the process exit code.
@@ -122,7 +139,10 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         Command::Serve => {
             let config = cli.common.load()?;
             init_logging(&config);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| ServerError::Cli(e.to_string()))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ServerError::Cli(e.to_string()))?;
             runtime.block_on(serve(config))
         }
         Command::Genconfig { output } => {
@@ -133,9 +153,14 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             match output {
                 Some(path) => {
                     if path.exists() {
-                        return Err(ServerError::Cli(format!("{} exists; not overwriting it", path.display())));
+                        return Err(ServerError::Cli(format!(
+                            "{} exists; not overwriting it",
+                            path.display()
+                        )));
                     }
-                    std::fs::write(&path, text).map_err(|e| ServerError::Cli(format!("cannot write {}: {e}", path.display())))?;
+                    std::fs::write(&path, text).map_err(|e| {
+                        ServerError::Cli(format!("cannot write {}: {e}", path.display()))
+                    })?;
                     eprintln!("wrote {}", path.display());
                 }
                 None => print!("{text}"),
@@ -146,7 +171,10 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             let config = cli.common.load()?;
             let secret = &config.client.token.hmac_secret_key;
             if secret.is_empty() {
-                return Err(ServerError::Cli("client.token.hmac_secret_key is not set; gentoken signs HS256 tokens with it".into()));
+                return Err(ServerError::Cli(
+                    "client.token.hmac_secret_key is not set; gentoken signs HS256 tokens with it"
+                        .into(),
+                ));
             }
             let ttl = rotor_core::duration::parse(&ttl).map_err(ServerError::Cli)?;
             let mut claims = serde_json::json!({ "sub": user, "iat": now() });
@@ -159,14 +187,18 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             if !config.client.token.issuer.is_empty() {
                 claims["iss"] = config.client.token.issuer.clone().into();
             }
-            let token = rotor_auth::sign_hmac(&claims, secret).map_err(|e| ServerError::Cli(e.to_string()))?;
+            let token = rotor_auth::sign_hmac(&claims, secret)
+                .map_err(|e| ServerError::Cli(e.to_string()))?;
             println!("{token}");
             Ok(())
         }
         Command::Checktoken { token } => {
             let config = cli.common.load()?;
-            let verifier = rotor_auth::TokenVerifier::new(&config.client.token).map_err(|e| ServerError::Config(e.to_string()))?;
-            let t = verifier.verify_connect(&token, now()).map_err(|e| ServerError::Cli(format!("token rejected: {e}")))?;
+            let verifier = rotor_auth::TokenVerifier::new(&config.client.token)
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+            let t = verifier
+                .verify_connect(&token, now())
+                .map_err(|e| ServerError::Cli(format!("token rejected: {e}")))?;
             let expires = match t.expire_at {
                 Some(at) => format!("in {}s (at {at})", at.saturating_sub(now())),
                 None => "never".to_string(),
@@ -190,27 +222,26 @@ fn run(cli: Cli) -> Result<(), ServerError> {
 }
 
 async fn serve(config: Config) -> Result<(), ServerError> {
+    // Signal handlers go in before anyone can connect, so an early SIGTERM is still graceful.
+    let signal = shutdown_signal();
     let running = Server::new(config)?.start().await?;
     // The address on its own line, for scripts and tests that start rotor on port 0.
     println!("listening on {}", running.addr());
-    wait_for_signal().await;
+    signal.await;
     tracing::info!("shutting down: closing connections with 3001");
     running.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("can install a SIGTERM handler");
+/// Installs SIGINT/SIGTERM handlers now; the returned future completes on either signal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("can install a SIGINT handler");
+    async move {
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

@@ -23,7 +23,10 @@ pub struct HttpServerConfig {
 
 impl Default for HttpServerConfig {
     fn default() -> Self {
-        HttpServerConfig { address: "0.0.0.0".into(), port: 8000 }
+        HttpServerConfig {
+            address: "0.0.0.0".into(),
+            port: 8000,
+        }
     }
 }
 
@@ -41,14 +44,25 @@ pub struct HttpApiConfig {
 
 impl Default for HttpApiConfig {
     fn default() -> Self {
-        HttpApiConfig { key: String::new(), insecure: false, handler_prefix: "/api".into() }
+        HttpApiConfig {
+            key: String::new(),
+            insecure: false,
+            handler_prefix: "/api".into(),
+        }
     }
 }
 
 impl std::fmt::Debug for HttpApiConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpApiConfig")
-            .field("key", &if self.key.is_empty() { "" } else { "<redacted>" })
+            .field(
+                "key",
+                &if self.key.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .field("insecure", &self.insecure)
             .field("handler_prefix", &self.handler_prefix)
             .finish()
@@ -98,7 +112,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into(), format: "text".into() }
+        LogConfig {
+            level: "info".into(),
+            format: "text".into(),
+        }
     }
 }
 
@@ -121,7 +138,9 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { timeout: Duration::from_secs(5) }
+        ShutdownConfig {
+            timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -136,7 +155,9 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { kind: "memory".into() }
+        StorageConfig {
+            kind: "memory".into(),
+        }
     }
 }
 
@@ -159,7 +180,9 @@ impl Config {
     /// The part the core needs.
     pub fn core(&self) -> CoreConfig {
         let name = if self.node.name.is_empty() {
-            std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "rotor".into())
+            std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "rotor".into())
         } else {
             self.node.name.clone()
         };
@@ -173,30 +196,60 @@ impl Config {
 
     /// Loads a file (or the defaults when `path` is `None`), then applies environment
     /// variables and `--set key=value` overrides.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>, sets: &[String]) -> Result<Config, ServerError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Config, ServerError> {
         let mut value = match path {
             Some(p) => read_file(p)?,
             None => Value::Object(Default::default()),
         };
-        let leaves = leaf_paths(&serde_json::to_value(Config::default()).expect("config serializes"));
+        let leaves =
+            leaf_paths(&serde_json::to_value(Config::default()).expect("config serializes"));
         for (name, raw) in env {
-            let Some(rest) = name.strip_prefix("ROTOR_") else { continue };
-            let Some((path, default)) = leaves.iter().find(|(p, _)| p.join("_").to_uppercase() == rest) else {
-                return Err(ServerError::Config(format!("environment variable {name} does not name a configuration key")));
+            let Some(rest) = name.strip_prefix("ROTOR_") else {
+                continue;
             };
-            set_path(&mut value, path, parse_like(default, &raw).map_err(|e| ServerError::Config(format!("{name}: {e}")))?);
+            let Some((path, default)) = leaves
+                .iter()
+                .find(|(p, _)| p.join("_").to_uppercase() == rest)
+            else {
+                return Err(ServerError::Config(format!(
+                    "environment variable {name} does not name a configuration key"
+                )));
+            };
+            set_path(
+                &mut value,
+                path,
+                parse_like(default, &raw)
+                    .map_err(|e| ServerError::Config(format!("{name}: {e}")))?,
+            );
         }
         for set in sets {
             let (key, raw) = set
                 .split_once('=')
                 .ok_or_else(|| ServerError::Config(format!("--set {set:?}: expected key=value")))?;
             let path: Vec<String> = key.split('.').map(str::to_string).collect();
-            let default = leaves.iter().find(|(p, _)| *p == path).map(|(_, d)| d.clone()).unwrap_or(Value::Null);
-            set_path(&mut value, &path, parse_like(&default, raw).map_err(|e| ServerError::Config(format!("--set {key}: {e}")))?);
+            let default = leaves
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, d)| d.clone())
+                .unwrap_or(Value::Null);
+            set_path(
+                &mut value,
+                &path,
+                parse_like(&default, raw)
+                    .map_err(|e| ServerError::Config(format!("--set {key}: {e}")))?,
+            );
         }
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
-            ServerError::Config(if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) })
+            ServerError::Config(if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            })
         })?;
         config.validate()?;
         Ok(config)
@@ -205,29 +258,48 @@ impl Config {
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), ServerError> {
         if self.storage.kind != "memory" {
-            return Err(ServerError::Config(format!("storage.type: unknown storage {:?} (supported: memory)", self.storage.kind)));
+            return Err(ServerError::Config(format!(
+                "storage.type: unknown storage {:?} (supported: memory)",
+                self.storage.kind
+            )));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ServerError::Config(format!("log.format: {:?} is not text or json", self.log.format)));
+            return Err(ServerError::Config(format!(
+                "log.format: {:?} is not text or json",
+                self.log.format
+            )));
         }
         if !self.http_api.insecure && self.http_api.key.is_empty() {
             tracing::warn!("http_api.key is empty: the server API refuses every request (set a key or http_api.insecure)");
         }
         rotor_core::channels::ChannelRules::new(&self.channel).map_err(ServerError::Config)?;
-        rotor_auth::TokenVerifier::new(&self.client.token).map_err(|e| ServerError::Config(format!("client.token: {e}")))?;
+        rotor_auth::TokenVerifier::new(&self.client.token)
+            .map_err(|e| ServerError::Config(format!("client.token: {e}")))?;
         Ok(())
     }
 }
 
 fn read_file(path: &Path) -> Result<Value, ServerError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let name = path.display();
     match ext.as_str() {
-        "json" => serde_json::from_str(&text).map_err(|e| ServerError::Config(format!("{name}: {e}"))),
-        "toml" => toml::from_str::<Value>(&text).map_err(|e| ServerError::Config(format!("{name}: {e}"))),
-        "yaml" | "yml" => serde_yaml_ng::from_str::<Value>(&text).map_err(|e| ServerError::Config(format!("{name}: {e}"))),
-        _ => Err(ServerError::Config(format!("{name}: unknown config format (use .json, .toml, .yaml or .yml)"))),
+        "json" => {
+            serde_json::from_str(&text).map_err(|e| ServerError::Config(format!("{name}: {e}")))
+        }
+        "toml" => {
+            toml::from_str::<Value>(&text).map_err(|e| ServerError::Config(format!("{name}: {e}")))
+        }
+        "yaml" | "yml" => serde_yaml_ng::from_str::<Value>(&text)
+            .map_err(|e| ServerError::Config(format!("{name}: {e}"))),
+        _ => Err(ServerError::Config(format!(
+            "{name}: unknown config format (use .json, .toml, .yaml or .yml)"
+        ))),
     }
 }
 
@@ -260,7 +332,9 @@ fn parse_like(default: &Value, raw: &str) -> Result<Value, String> {
             "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
             _ => Err(format!("{raw:?} is not a boolean")),
         },
-        Value::Number(_) => serde_json::from_str(raw).map_err(|_| format!("{raw:?} is not a number")),
+        Value::Number(_) => {
+            serde_json::from_str(raw).map_err(|_| format!("{raw:?} is not a number"))
+        }
         _ => Ok(serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))),
     }
 }
@@ -271,12 +345,18 @@ fn set_path(root: &mut Value, path: &[String], value: Value) {
         if !cur.is_object() {
             *cur = Value::Object(Default::default());
         }
-        cur = cur.as_object_mut().expect("made an object").entry(key.clone()).or_insert_with(|| Value::Object(Default::default()));
+        cur = cur
+            .as_object_mut()
+            .expect("made an object")
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
     }
     if !cur.is_object() {
         *cur = Value::Object(Default::default());
     }
-    cur.as_object_mut().expect("made an object").insert(path[path.len() - 1].clone(), value);
+    cur.as_object_mut()
+        .expect("made an object")
+        .insert(path[path.len() - 1].clone(), value);
 }
 
 /// The default configuration as pretty JSON (for `rotor genconfig`).

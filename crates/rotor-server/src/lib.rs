@@ -39,20 +39,30 @@ pub enum ServerError {
 pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
     let Some(origin) = origin else { return true };
     let origin = origin.to_ascii_lowercase();
-    allowed.iter().any(|p| api::glob_match(&p.to_ascii_lowercase(), &origin))
+    allowed
+        .iter()
+        .any(|p| api::glob_match(&p.to_ascii_lowercase(), &origin))
 }
 
 pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {
     let mut res = Response::new(text.into());
     *res.status_mut() = status;
-    res.headers_mut().insert("content-type", HeaderValue::from_static("text/plain; charset=utf-8"));
+    res.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     res
 }
 
 pub(crate) fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
-    let mut res = Response::new(serde_json::to_string(value).expect("json serializes").into());
+    let mut res = Response::new(
+        serde_json::to_string(value)
+            .expect("json serializes")
+            .into(),
+    );
     *res.status_mut() = status;
-    res.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    res.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     res
 }
 
@@ -62,7 +72,10 @@ mod tests {
 
     #[test]
     fn origins() {
-        let allowed = vec!["https://*.example.com".to_string(), "http://localhost:3000".to_string()];
+        let allowed = vec![
+            "https://*.example.com".to_string(),
+            "http://localhost:3000".to_string(),
+        ];
         assert!(origin_allowed(None, &[]));
         assert!(!origin_allowed(Some("https://app.example.com"), &[]));
         assert!(origin_allowed(Some("https://App.Example.com"), &allowed));

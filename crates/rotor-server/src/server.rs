@@ -27,7 +27,13 @@ fn exact_path(path: String) -> impl Filter<Extract = (), Error = warp::Rejection
     warp::path::full()
         .and_then(move |full: warp::path::FullPath| {
             let ok = full.as_str() == path;
-            async move { if ok { Ok(()) } else { Err(warp::reject::not_found()) } }
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            }
         })
         .untuple_one()
 }
@@ -41,11 +47,20 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
         .and(warp::path!("health"))
         .map(|| json_response(StatusCode::OK, &serde_json::json!({})));
 
-    let api_prefix = state.config.http_api.handler_prefix.trim_end_matches('/').to_string();
+    let api_prefix = state
+        .config
+        .http_api
+        .handler_prefix
+        .trim_end_matches('/')
+        .to_string();
     let api = warp::post()
         .and(warp::path::full())
         .and_then(move |full: warp::path::FullPath| {
-            let method = full.as_str().strip_prefix(&api_prefix).and_then(|rest| rest.strip_prefix('/')).map(str::to_string);
+            let method = full
+                .as_str()
+                .strip_prefix(&api_prefix)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .map(str::to_string);
             async move {
                 match method {
                     Some(m) if !m.is_empty() && !m.contains('/') => Ok(m),
@@ -54,13 +69,21 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             }
         })
         .and(warp::header::headers_cloned())
-        .and(warp::query::<BTreeMap<String, String>>().or(warp::any().map(BTreeMap::new)).unify())
+        .and(
+            warp::query::<BTreeMap<String, String>>()
+                .or(warp::any().map(BTreeMap::new))
+                .unify(),
+        )
         .and(warp::body::content_length_limit(16 * 1024 * 1024))
         .and(warp::body::bytes())
         .and(with_state.clone())
-        .then(|method: String, headers: HeaderMap, query: BTreeMap<String, String>, body: Bytes, state: AppState| {
-            api::handle(state, method, headers, query, body)
-        });
+        .then(
+            |method: String,
+             headers: HeaderMap,
+             query: BTreeMap<String, String>,
+             body: Bytes,
+             state: AppState| { api::handle(state, method, headers, query, body) },
+        );
 
     let mut all = health.boxed().or(api).unify().boxed();
     if !state.config.websocket.disabled {
@@ -83,6 +106,7 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
 pub struct Server {
     config: Arc<Config>,
     node: Node,
+    history: Arc<rotor_store_memory::MemoryHistory>,
 }
 
 /// A listening server.
@@ -97,9 +121,18 @@ pub struct RunningServer {
 impl Server {
     /// Builds the node from the configuration.
     pub fn new(config: Config) -> Result<Server, ServerError> {
-        let storage = rotor_store_memory::storage();
+        let history = rotor_store_memory::MemoryHistory::new();
+        let storage = rotor_core::storage::Storage {
+            history: history.clone(),
+            presence: rotor_store_memory::MemoryPresence::new(),
+            revocations: rotor_store_memory::MemoryRevocations::new(),
+        };
         let node = Node::new(config.core(), storage, Arc::new(LocalBroker::default()))?;
-        Ok(Server { config: Arc::new(config), node })
+        Ok(Server {
+            config: Arc::new(config),
+            node,
+            history,
+        })
     }
 
     pub fn node(&self) -> &Node {
@@ -108,17 +141,41 @@ impl Server {
 
     /// Binds the configured address and starts serving.
     pub async fn start(self) -> Result<RunningServer, ServerError> {
-        let addr = format!("{}:{}", self.config.http_server.address, self.config.http_server.port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr: addr.clone(), source })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind { addr, source })?;
-        let state = AppState { node: self.node.clone(), config: self.config.clone() };
+        let addr = format!(
+            "{}:{}",
+            self.config.http_server.address, self.config.http_server.port
+        );
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let state = AppState {
+            node: self.node.clone(),
+            config: self.config.clone(),
+        };
         let stop_accepting = CancellationToken::new();
         let stop = stop_accepting.clone();
         let task = tokio::spawn(async move {
-            warp::serve(routes(state)).incoming(listener).graceful(async move { stop.cancelled().await }).run().await;
+            warp::serve(routes(state))
+                .incoming(listener)
+                .graceful(async move { stop.cancelled().await })
+                .run()
+                .await;
         });
+        spawn_history_sweeper(self.node.clone(), self.history.clone());
         tracing::info!(address = %local, version = env!("CARGO_PKG_VERSION"), "rotor listening");
-        Ok(RunningServer { addr: local, node: self.node, config: self.config, stop_accepting, task })
+        Ok(RunningServer {
+            addr: local,
+            node: self.node,
+            config: self.config,
+            stop_accepting,
+            task,
+        })
     }
 }
 
@@ -139,11 +196,35 @@ impl RunningServer {
         self.stop_accepting.cancel();
         let left = self.node.shutdown(timeout).await;
         if left > 0 {
-            tracing::warn!(left, "connections still open at the end of the shutdown timeout");
+            tracing::warn!(
+                left,
+                "connections still open at the end of the shutdown timeout"
+            );
         }
-        if tokio::time::timeout(Duration::from_secs(1), self.task).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), self.task)
+            .await
+            .is_err()
+        {
             tracing::warn!("HTTP requests still running after shutdown; abandoning them");
         }
         tracing::info!("rotor stopped");
     }
+}
+
+/// Drops expired publications and forgotten streams from in-memory history once a minute, so
+/// channels nobody reads again do not keep memory.
+fn spawn_history_sweeper(node: Node, history: Arc<rotor_store_memory::MemoryHistory>) {
+    let stop = node.shutdown_token();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {
+                    let left = history.sweep(|ch| node.channel_options(ch).ok().map(|o| o.history_ttl));
+                    tracing::debug!(streams = left, "history sweep");
+                }
+            }
+        }
+    });
 }

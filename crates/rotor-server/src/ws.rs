@@ -8,7 +8,9 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use rotor_core::session::{self, Inbound, SessionParams, TransportInfo, TransportKind, TransportReader, TransportWriter};
+use rotor_core::session::{
+    self, Inbound, SessionParams, TransportInfo, TransportKind, TransportReader, TransportWriter,
+};
 use rotor_protocol::Disconnect;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -23,18 +25,34 @@ use crate::{origin_allowed, plain};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-const TRANSPORT: TransportInfo = TransportInfo { name: "websocket", kind: TransportKind::WebSocket };
+const TRANSPORT: TransportInfo = TransportInfo {
+    name: "websocket",
+    kind: TransportKind::WebSocket,
+};
 
 /// Answers a WebSocket upgrade request and starts the session once the upgrade completes.
 pub fn upgrade(state: AppState, headers: HeaderMap, on_upgrade: Option<OnUpgrade>) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
     let is_upgrade = header("upgrade").eq_ignore_ascii_case("websocket")
-        && header("connection").split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        && header("connection")
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     let key = header("sec-websocket-key");
     if !is_upgrade || key.is_empty() || header("sec-websocket-version") != "13" {
-        return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)\n");
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (version 13)\n",
+        );
     }
-    if !origin_allowed(headers.get("origin").and_then(|v| v.to_str().ok()), &state.config.client.allowed_origins) {
+    if !origin_allowed(
+        headers.get("origin").and_then(|v| v.to_str().ok()),
+        &state.config.client.allowed_origins,
+    ) {
         tracing::info!(origin = header("origin"), "websocket origin not allowed");
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
@@ -57,17 +75,34 @@ pub fn upgrade(state: AppState, headers: HeaderMap, on_upgrade: Option<OnUpgrade
                 return;
             }
         };
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
         let (sink, stream) = socket.split();
-        let params = SessionParams { transport: TRANSPORT, session_id: None };
-        session::run(state.node.clone(), params, WsReader { stream }, WsWriter { sink, write_timeout }).await;
+        let params = SessionParams {
+            transport: TRANSPORT,
+            session_id: None,
+        };
+        session::run(
+            state.node.clone(),
+            params,
+            WsReader { stream },
+            WsWriter {
+                sink,
+                write_timeout,
+            },
+        )
+        .await;
     });
     let mut res = Response::default();
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     h.insert("connection", HeaderValue::from_static("upgrade"));
     h.insert("upgrade", HeaderValue::from_static("websocket"));
-    h.insert("sec-websocket-accept", HeaderValue::from_str(&accept).expect("base64 is a valid header value"));
+    h.insert(
+        "sec-websocket-accept",
+        HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
+    );
     res
 }
 
@@ -83,13 +118,18 @@ impl TransportReader for WsReader {
                 Some(Ok(Message::Text(text))) => return Inbound::Frame(text.to_string()),
                 Some(Ok(Message::Binary(_))) => {
                     tracing::info!("binary frame on the JSON protocol, disconnecting with 3501");
-                    return Inbound::Refused(Disconnect::BAD_REQUEST.with_reason("binary frames are not supported"));
+                    return Inbound::Refused(
+                        Disconnect::BAD_REQUEST.with_reason("binary frames are not supported"),
+                    );
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => return Inbound::Closed,
                 Some(Err(WsError::Capacity(e))) => {
                     tracing::info!(error = %e, "websocket message too large, closing with 1009");
-                    return Inbound::Refused(Disconnect::custom(1009, "message size limit exceeded"));
+                    return Inbound::Refused(Disconnect::custom(
+                        1009,
+                        "message size limit exceeded",
+                    ));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "websocket read error");
@@ -108,16 +148,31 @@ struct WsWriter {
 #[async_trait]
 impl TransportWriter for WsWriter {
     async fn write(&mut self, messages: Vec<String>) -> std::io::Result<()> {
-        let frame = if messages.len() == 1 { messages.into_iter().next().unwrap_or_default() } else { messages.join("\n") };
-        match tokio::time::timeout(self.write_timeout, self.sink.send(Message::Text(frame.into()))).await {
+        let frame = if messages.len() == 1 {
+            messages.into_iter().next().unwrap_or_default()
+        } else {
+            messages.join("\n")
+        };
+        match tokio::time::timeout(
+            self.write_timeout,
+            self.sink.send(Message::Text(frame.into())),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(std::io::Error::other(e)),
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "websocket write timed out")),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "websocket write timed out",
+            )),
         }
     }
 
     async fn close(&mut self, disconnect: &Disconnect) {
-        let frame = CloseFrame { code: CloseCode::from(disconnect.code), reason: disconnect.close_reason().to_string().into() };
+        let frame = CloseFrame {
+            code: CloseCode::from(disconnect.code),
+            reason: disconnect.close_reason().to_string().into(),
+        };
         let _ = self.sink.send(Message::Close(Some(frame))).await;
         let _ = self.sink.close().await;
     }

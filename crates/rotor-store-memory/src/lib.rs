@@ -33,7 +33,12 @@ struct Stream {
 
 impl Stream {
     fn new(meta_ttl: Duration) -> Stream {
-        Stream { epoch: new_epoch(), top: 0, pubs: VecDeque::new(), meta_expires: Instant::now() + meta_ttl }
+        Stream {
+            epoch: new_epoch(),
+            top: 0,
+            pubs: VecDeque::new(),
+            meta_expires: Instant::now() + meta_ttl,
+        }
     }
 
     fn trim(&mut self, size: usize, ttl: Duration, now: Instant) {
@@ -46,7 +51,10 @@ impl Stream {
     }
 
     fn position(&self) -> StreamPosition {
-        StreamPosition { offset: self.top, epoch: self.epoch.clone() }
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
     }
 }
 
@@ -61,7 +69,12 @@ impl MemoryHistory {
         Arc::new(MemoryHistory::default())
     }
 
-    fn stream<'a>(map: &'a mut HashMap<String, Stream>, channel: &str, meta_ttl: Duration, now: Instant) -> &'a mut Stream {
+    fn stream<'a>(
+        map: &'a mut HashMap<String, Stream>,
+        channel: &str,
+        meta_ttl: Duration,
+        now: Instant,
+    ) -> &'a mut Stream {
         let fresh = match map.get(channel) {
             Some(s) => s.meta_expires <= now,
             None => true,
@@ -88,7 +101,12 @@ impl MemoryHistory {
 
 #[async_trait]
 impl HistoryStore for MemoryHistory {
-    async fn add(&self, channel: &str, mut publication: Publication, opts: &HistoryOptions) -> Result<StreamPosition, CoreError> {
+    async fn add(
+        &self,
+        channel: &str,
+        mut publication: Publication,
+        opts: &HistoryOptions,
+    ) -> Result<StreamPosition, CoreError> {
         let now = Instant::now();
         let mut map = lock(&self.streams);
         let s = Self::stream(&mut map, channel, opts.meta_ttl, now);
@@ -100,7 +118,12 @@ impl HistoryStore for MemoryHistory {
         Ok(s.position())
     }
 
-    async fn read(&self, channel: &str, filter: &HistoryFilter, opts: &HistoryOptions) -> Result<HistoryPage, CoreError> {
+    async fn read(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+        opts: &HistoryOptions,
+    ) -> Result<HistoryPage, CoreError> {
         let now = Instant::now();
         let mut map = lock(&self.streams);
         let s = Self::stream(&mut map, channel, opts.meta_ttl, now);
@@ -113,12 +136,24 @@ impl HistoryStore for MemoryHistory {
         let pubs = s.pubs.iter().map(|(_, p)| p);
         let publications: Vec<Publication> = match (&filter.since, filter.reverse) {
             (_, _) if filter.limit == 0 => Vec::new(),
-            (Some(since), false) => pubs.filter(|p| p.offset > since.offset).take(filter.limit).cloned().collect(),
-            (Some(since), true) => pubs.rev().filter(|p| p.offset < since.offset).take(filter.limit).cloned().collect(),
+            (Some(since), false) => pubs
+                .filter(|p| p.offset > since.offset)
+                .take(filter.limit)
+                .cloned()
+                .collect(),
+            (Some(since), true) => pubs
+                .rev()
+                .filter(|p| p.offset < since.offset)
+                .take(filter.limit)
+                .cloned()
+                .collect(),
             (None, false) => pubs.take(filter.limit).cloned().collect(),
             (None, true) => pubs.rev().take(filter.limit).cloned().collect(),
         };
-        Ok(HistoryPage { publications, position: s.position() })
+        Ok(HistoryPage {
+            publications,
+            position: s.position(),
+        })
     }
 
     async fn remove(&self, channel: &str) -> Result<(), CoreError> {
@@ -178,7 +213,11 @@ impl PresenceStore for MemoryPresence {
     async fn get(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, CoreError> {
         let mut map = lock(&self.channels);
         Ok(Self::live(&mut map, channel)
-            .map(|e| e.iter().map(|(k, (info, _))| (k.clone(), info.clone())).collect())
+            .map(|e| {
+                e.iter()
+                    .map(|(k, (info, _))| (k.clone(), info.clone()))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
@@ -187,7 +226,8 @@ impl PresenceStore for MemoryPresence {
         let Some(entries) = Self::live(&mut map, channel) else {
             return Ok((0, 0));
         };
-        let users: std::collections::HashSet<&str> = entries.values().map(|(i, _)| i.user.as_str()).collect();
+        let users: std::collections::HashSet<&str> =
+            entries.values().map(|(i, _)| i.user.as_str()).collect();
         Ok((entries.len() as u32, users.len() as u32))
     }
 }
@@ -212,7 +252,11 @@ impl RevocationStore for MemoryRevocations {
     }
 
     async fn active(&self, now: u64) -> Result<Vec<RevokedToken>, CoreError> {
-        Ok(lock(&self.entries).values().filter(|e| e.expire_at == 0 || e.expire_at > now).cloned().collect())
+        Ok(lock(&self.entries)
+            .values()
+            .filter(|e| e.expire_at == 0 || e.expire_at > now)
+            .cloned()
+            .collect())
     }
 
     async fn list(&self, filter: &RevocationFilter) -> Result<Vec<RevokedToken>, CoreError> {
@@ -224,8 +268,16 @@ impl RevocationStore for MemoryRevocations {
             .filter(|e| filter.until.is_none_or(|t| e.revoked_at <= t))
             .cloned()
             .collect();
-        out.sort_by(|a, b| b.revoked_at.cmp(&a.revoked_at).then_with(|| a.jti.cmp(&b.jti)));
-        Ok(out.into_iter().skip(filter.offset).take(filter.limit).collect())
+        out.sort_by(|a, b| {
+            b.revoked_at
+                .cmp(&a.revoked_at)
+                .then_with(|| a.jti.cmp(&b.jti))
+        });
+        Ok(out
+            .into_iter()
+            .skip(filter.offset)
+            .take(filter.limit)
+            .collect())
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, CoreError> {
@@ -238,7 +290,11 @@ impl RevocationStore for MemoryRevocations {
 
 /// The three in-memory stores as the node's storage.
 pub fn storage() -> Storage {
-    Storage { history: MemoryHistory::new(), presence: MemoryPresence::new(), revocations: MemoryRevocations::new() }
+    Storage {
+        history: MemoryHistory::new(),
+        presence: MemoryPresence::new(),
+        revocations: MemoryRevocations::new(),
+    }
 }
 
 #[cfg(test)]
@@ -290,16 +346,29 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn forgotten_streams_get_a_new_epoch_and_sweep_drops_them() {
         let h = MemoryHistory::new();
-        let o = HistoryOptions { size: 10, ttl: Duration::from_secs(5), meta_ttl: Duration::from_secs(60) };
+        let o = HistoryOptions {
+            size: 10,
+            ttl: Duration::from_secs(5),
+            meta_ttl: Duration::from_secs(60),
+        };
         let first = h.add("x", suite_pub(), &o).await.unwrap();
         tokio::time::sleep(Duration::from_secs(61)).await;
         assert_eq!(h.sweep(|_| Some(Duration::from_secs(5))), 0);
         let second = h.add("x", suite_pub(), &o).await.unwrap();
         assert_eq!(second.offset, 1);
-        assert_ne!(second.epoch, first.epoch, "a recreated stream has a new epoch");
+        assert_ne!(
+            second.epoch, first.epoch,
+            "a recreated stream has a new epoch"
+        );
     }
 
     fn suite_pub() -> Publication {
-        Publication { data: rotor_protocol::Raw::from_value(&1), info: None, offset: 0, tags: BTreeMap::new(), time: 0 }
+        Publication {
+            data: rotor_protocol::Raw::from_value(&1),
+            info: None,
+            offset: 0,
+            tags: BTreeMap::new(),
+            time: 0,
+        }
     }
 }

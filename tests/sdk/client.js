@@ -1,0 +1,109 @@
+// Drives the official centrifuge-js client from JSON commands on stdin and reports every
+// event as one JSON line on stdout. Used by rotor's end-to-end tests; see tests/src/lib.rs.
+//
+// Environment: BASE (http://host:port), TRANSPORT (websocket | http_stream | sse),
+// TOKEN (initial connection token), GET_TOKEN=1 (ask the test for tokens through stdin).
+'use strict';
+const { Centrifuge, UnauthorizedError } = require('centrifuge');
+const WebSocket = require('ws');
+const { EventSource } = require('eventsource');
+const readline = require('readline');
+
+const out = (event, data = {}) => process.stdout.write(JSON.stringify({ event, ...data }) + '\n');
+const fail = (error) => { out('fail', { error: String((error && error.stack) || error) }); process.exit(1); };
+process.on('unhandledRejection', fail);
+
+const env = process.env;
+const base = env.BASE;
+const transport = env.TRANSPORT || 'websocket';
+const wsBase = base.replace(/^http/, 'ws');
+const endpoints = {
+  websocket: `${wsBase}/connection/websocket`,
+  http_stream: `${base}/connection/http_stream`,
+  sse: `${base}/connection/sse`,
+};
+
+// Tokens requested by getToken are answered by {"op":"token"} commands, in order.
+const tokenWaiters = [];
+const askToken = (what) => new Promise((resolve, reject) => {
+  tokenWaiters.push({ resolve, reject });
+  out('get_token', what);
+});
+
+const options = {
+  websocket: WebSocket,
+  eventsource: EventSource,
+  emulationEndpoint: `${base}/emulation`,
+  token: env.TOKEN || '',
+  minReconnectDelay: 100,
+  maxReconnectDelay: 500,
+  timeout: 5000,
+};
+if (env.GET_TOKEN === '1') options.getToken = () => askToken({});
+
+const client = new Centrifuge([{ transport, endpoint: endpoints[transport] }], options);
+client.on('connecting', (ctx) => out('connecting', { code: ctx.code, reason: ctx.reason }));
+client.on('connected', (ctx) => out('connected', { client: ctx.client, transport: ctx.transport, data: ctx.data }));
+client.on('disconnected', (ctx) => out('disconnected', { code: ctx.code, reason: ctx.reason }));
+client.on('error', (ctx) => out('error', { type: ctx.type, error: ctx.error }));
+client.on('publication', (ctx) => out('server_publication', { channel: ctx.channel, data: ctx.data, offset: ctx.offset }));
+client.on('subscribed', (ctx) => out('server_subscribed', { channel: ctx.channel, recovered: ctx.recovered }));
+client.on('message', (ctx) => out('message', { data: ctx.data }));
+
+const subs = {};
+function subscription(channel, opts = {}) {
+  if (subs[channel]) return subs[channel];
+  const subOpts = { ...opts };
+  if (opts.getToken) subOpts.getToken = (ctx) => askToken({ channel: ctx.channel });
+  const sub = client.newSubscription(channel, subOpts);
+  sub.on('subscribing', (ctx) => out('subscribing', { channel, code: ctx.code, reason: ctx.reason }));
+  sub.on('subscribed', (ctx) => out('subscribed', {
+    channel, recoverable: ctx.recoverable, positioned: ctx.positioned, wasRecovering: ctx.wasRecovering,
+    recovered: ctx.recovered, streamPosition: ctx.streamPosition, data: ctx.data,
+  }));
+  sub.on('unsubscribed', (ctx) => out('unsubscribed', { channel, code: ctx.code, reason: ctx.reason }));
+  sub.on('publication', (ctx) => out('publication', { channel, data: ctx.data, offset: ctx.offset, info: ctx.info }));
+  sub.on('join', (ctx) => out('join', { channel, info: ctx.info }));
+  sub.on('leave', (ctx) => out('leave', { channel, info: ctx.info }));
+  sub.on('error', (ctx) => out('sub_error', { channel, type: ctx.type, error: ctx.error }));
+  subs[channel] = sub;
+  return sub;
+}
+
+async function run(op, cmd) {
+  const sub = () => subscription(cmd.channel);
+  switch (op) {
+    case 'connect': client.connect(); return undefined;
+    case 'disconnect': client.disconnect(); return undefined;
+    case 'subscribe': subscription(cmd.channel, cmd.options || {}).subscribe(); return undefined;
+    case 'unsubscribe': sub().unsubscribe(); return undefined;
+    case 'publish': return sub().publish(cmd.data);
+    case 'client_publish': return client.publish(cmd.channel, cmd.data);
+    case 'presence': return sub().presence();
+    case 'presence_stats': return sub().presenceStats();
+    case 'history': return sub().history(cmd.options || {});
+    case 'rpc': return client.rpc(cmd.method, cmd.data);
+    case 'quit': process.exit(0); return undefined;
+    default: throw new Error(`unknown op ${op}`);
+  }
+}
+
+readline.createInterface({ input: process.stdin }).on('line', async (line) => {
+  if (!line.trim()) return;
+  const cmd = JSON.parse(line);
+  if (cmd.op === 'token') {
+    const waiter = tokenWaiters.shift();
+    if (!waiter) return fail('token given but none asked for');
+    if (cmd.unauthorized) waiter.reject(new UnauthorizedError('refused by test'));
+    else waiter.resolve(cmd.token);
+    return;
+  }
+  try {
+    const result = await run(cmd.op, cmd);
+    out('result', { op: cmd.op, result: result === undefined ? null : result });
+  } catch (e) {
+    out('op_error', { op: cmd.op, code: e && e.code, message: (e && e.message) || String(e) });
+  }
+}).on('close', () => process.exit(0));
+
+out('ready');

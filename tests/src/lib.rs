@@ -1,0 +1,486 @@
+//! Harness for rotor's end-to-end tests: starts the real server on `127.0.0.1:0`, makes
+//! tokens, speaks raw HTTP and WebSocket, and runs the official SDKs (centrifuge-js under
+//! Node, centrifuge-python and cent under Python) as child processes.
+//!
+//! SDK tests need `tests/sdk/install.sh` to have run. Locally they skip with a loud message
+//! when the SDKs are missing; under `CI=true` they fail instead.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use rotor_core::config::{ChannelOptions, NamespaceConfig};
+use rotor_server::{Config, RunningServer, Server};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+pub const SECRET: &str = "e2e-secret";
+pub const API_KEY: &str = "e2e-api-key";
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A configuration for tests: HMAC secret, API key, and namespaces:
+/// - `chat`: presence, join/leave, history (100, 5m), forced recovery, subscriber permissions;
+/// - `open`: anyone connected may subscribe and publish, no history;
+/// - `locked`: nothing allowed without a token.
+pub fn test_config() -> Config {
+    let mut c = Config::default();
+    c.http_server.address = "127.0.0.1".into();
+    c.http_server.port = 0;
+    c.client.token.hmac_secret_key = SECRET.into();
+    c.http_api.key = API_KEY.into();
+    c.channel.without_namespace = ChannelOptions {
+        allow_subscribe_for_client: true,
+        allow_publish_for_subscriber: true,
+        ..ChannelOptions::default()
+    };
+    c.channel.namespaces = vec![
+        NamespaceConfig {
+            name: "chat".into(),
+            presence: true,
+            join_leave: true,
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            force_recovery: true,
+            allow_subscribe_for_client: true,
+            allow_publish_for_subscriber: true,
+            allow_presence_for_subscriber: true,
+            allow_history_for_subscriber: true,
+            ..NamespaceConfig::default()
+        },
+        NamespaceConfig {
+            name: "open".into(),
+            allow_subscribe_for_client: true,
+            allow_publish_for_client: true,
+            ..NamespaceConfig::default()
+        },
+        NamespaceConfig {
+            name: "locked".into(),
+            ..NamespaceConfig::default()
+        },
+    ];
+    c
+}
+
+/// The real server, running in this process on a free port.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    running: Option<RunningServer>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> TestServer {
+        let running = Server::new(config)
+            .expect("valid config")
+            .start()
+            .await
+            .expect("server starts");
+        TestServer {
+            addr: running.addr(),
+            running: Some(running),
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn node(&self) -> &rotor_core::Node {
+        self.running.as_ref().expect("running").node()
+    }
+
+    /// Calls the server API with the right key; returns the HTTP status and the JSON body.
+    pub async fn api(&self, method: &str, body: Value) -> (u16, Value) {
+        http_post(
+            self.addr,
+            &format!("/api/{method}"),
+            &[("X-API-Key", API_KEY)],
+            &body.to_string(),
+        )
+        .await
+    }
+
+    /// Graceful shutdown (clients get 3001).
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+/// An HS256 token signed with [`SECRET`].
+pub fn token(claims: Value) -> String {
+    rotor_auth::sign_hmac(&claims, SECRET).unwrap()
+}
+
+/// A connection token for `user` valid for an hour.
+pub fn user_token(user: &str) -> String {
+    token(json!({"sub": user, "exp": now() + 3600}))
+}
+
+/// Raw HTTP/1.1 POST; returns status and body parsed as JSON (Null when not JSON).
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Value) {
+    let mut extra = String::new();
+    for (k, v) in headers {
+        extra.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    let (status, body) = http_raw(addr, &req).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Sends a raw request and reads the whole response (the request must ask to close).
+pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Where the SDK packages live.
+pub fn sdk_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sdk")
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether the official SDKs are installed. Missing SDKs skip the test loudly, except under
+/// `CI=true`, where they fail it.
+pub fn sdks_available(test: &str) -> bool {
+    let dir = sdk_dir();
+    let ok = dir.join("node_modules/centrifuge/package.json").exists()
+        && dir.join(".venv/bin/python").exists();
+    if !ok {
+        if in_ci() {
+            panic!(
+                "{test}: the official SDKs are not installed in {} (run tests/sdk/install.sh)",
+                dir.display()
+            );
+        }
+        eprintln!("\n!!!!! SKIPPED {test}: official SDKs missing; run tests/sdk/install.sh (or tests/run) !!!!!\n");
+    }
+    ok
+}
+
+/// A running SDK script: JSON lines on stdout are events; lines on stdin are go-signals.
+pub struct Script {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    /// Every event so far, in order.
+    pub seen: Vec<Value>,
+    /// Events read but not yet taken by `expect`.
+    pending: std::collections::VecDeque<Value>,
+    name: String,
+}
+
+impl Script {
+    /// Starts `node <script>` from `tests/sdk` with `env`.
+    pub fn node(script: &str, env: &[(&str, String)]) -> Script {
+        Script::spawn("node", script, env)
+    }
+
+    /// Starts the virtualenv's `python <script>` from `tests/sdk` with `env`.
+    pub fn python(script: &str, env: &[(&str, String)]) -> Script {
+        let py = sdk_dir().join(".venv/bin/python");
+        Script::spawn(py.to_str().unwrap(), script, env)
+    }
+
+    fn spawn(program: &str, script: &str, env: &[(&str, String)]) -> Script {
+        let mut cmd = Command::new(program);
+        cmd.arg(script)
+            .current_dir(sdk_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program} {script}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        Script {
+            stdin: child.stdin.take(),
+            lines: BufReader::new(stdout).lines(),
+            child,
+            seen: Vec::new(),
+            pending: Default::default(),
+            name: script.to_string(),
+        }
+    }
+
+    /// Takes the oldest not-yet-taken event whose `event` field is `name`, waiting for it if
+    /// needed (each event is taken at most once, in order). Panics after `timeout`, listing
+    /// what was seen.
+    pub async fn expect(&mut self, name: &str, timeout: Duration) -> Value {
+        self.expect_where(name, |_| true, timeout).await
+    }
+
+    /// Like [`Script::expect`], for the oldest `name` event that also satisfies `pred`.
+    pub async fn expect_where(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Value {
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|v| v["event"] == name && pred(v))
+        {
+            return self.pending.remove(i).expect("found above");
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let line = match tokio::time::timeout_at(deadline, self.lines.next_line()).await {
+                Ok(Ok(Some(l))) => l,
+                Ok(Ok(None)) => panic!(
+                    "{}: exited before {name:?}; seen: {:#?}",
+                    self.name, self.seen
+                ),
+                Ok(Err(e)) => panic!("{}: read error {e}", self.name),
+                Err(_) => panic!(
+                    "{}: no {name:?} within {timeout:?}; seen: {:#?}",
+                    self.name, self.seen
+                ),
+            };
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                eprintln!("[{}] {line}", self.name);
+                continue;
+            };
+            self.seen.push(v.clone());
+            if v["event"] == name && pred(&v) {
+                return v;
+            }
+            if v["event"] == "fail" {
+                panic!(
+                    "{}: script failed: {}; seen: {:#?}",
+                    self.name, v["error"], self.seen
+                );
+            }
+            self.pending.push_back(v);
+        }
+    }
+
+    /// Sends a go-signal line to the script.
+    pub async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Waits for the script to exit successfully.
+    pub async fn finish(mut self, timeout: Duration) -> Vec<Value> {
+        drop(self.stdin.take());
+        while let Ok(Ok(Some(line))) = tokio::time::timeout(timeout, self.lines.next_line()).await {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["event"] == "fail" {
+                    panic!(
+                        "{}: script failed: {}; seen: {:#?}",
+                        self.name, v["error"], self.seen
+                    );
+                }
+                self.seen.push(v);
+            } else {
+                eprintln!("[{}] {line}", self.name);
+            }
+        }
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("script exits")
+            .unwrap();
+        assert!(
+            status.success(),
+            "{} exited with {status}; seen: {:#?}",
+            self.name,
+            self.seen
+        );
+        self.seen
+    }
+}
+
+/// Runs `cent` (the official server-API client) for one call and returns its result as JSON.
+pub async fn cent(server: &TestServer, method: &str, request: Value) -> Value {
+    let mut s = Script::python(
+        "cent_call.py",
+        &[
+            ("API_URL", format!("{}/api", server.http_url())),
+            ("API_KEY", API_KEY.into()),
+            ("METHOD", method.into()),
+            ("REQUEST", request.to_string()),
+        ],
+    );
+    let v = s.expect("result", Duration::from_secs(20)).await;
+    s.finish(Duration::from_secs(10)).await;
+    v["result"].clone()
+}
+
+/// A raw WebSocket client speaking JSON text frames, for tests below the SDKs.
+pub struct RawWs {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+/// What a raw client received.
+#[derive(Debug)]
+pub enum Received {
+    /// The messages of one text frame (pings `{}` included).
+    Messages(Vec<Value>),
+    /// A close frame.
+    Close(u16, String),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+impl RawWs {
+    pub async fn connect(url: &str) -> RawWs {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        RawWs { ws }
+    }
+
+    /// Connects and sends a connect command with `token`; returns the connect reply.
+    pub async fn connected(url: &str, token: &str) -> (RawWs, Value) {
+        let mut ws = RawWs::connect(url).await;
+        ws.send(&json!({"id": 1, "connect": {"token": token}}).to_string())
+            .await;
+        let reply = ws.reply().await;
+        assert!(
+            reply["connect"]["client"].is_string(),
+            "connect failed: {reply}"
+        );
+        (ws, reply)
+    }
+
+    pub async fn send(&mut self, text: &str) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Binary(
+                bytes.into(),
+            ))
+            .await
+            .expect("send");
+    }
+
+    pub async fn recv(&mut self, timeout: Duration) -> Received {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = match tokio::time::timeout(timeout, self.ws.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(_))) | Ok(None) => return Received::Ended,
+                Err(_) => panic!("nothing received within {timeout:?}"),
+            };
+            match msg {
+                Message::Text(t) => {
+                    assert!(
+                        !t.ends_with('\n') && !t.contains("\n\n"),
+                        "frames never hold blank lines: {t:?}"
+                    );
+                    return Received::Messages(
+                        t.split('\n')
+                            .map(|l| serde_json::from_str(l).expect("JSON message"))
+                            .collect(),
+                    );
+                }
+                Message::Close(Some(f)) => {
+                    return Received::Close(f.code.into(), f.reason.to_string())
+                }
+                Message::Close(None) => return Received::Close(1005, String::new()),
+                Message::Binary(_) => {
+                    panic!("the server must never send binary frames to JSON clients")
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next non-ping message.
+    pub async fn message(&mut self) -> Value {
+        loop {
+            match self.recv(Duration::from_secs(10)).await {
+                Received::Messages(ms) => {
+                    if let Some(m) = ms
+                        .into_iter()
+                        .find(|m| m.as_object().is_some_and(|o| !o.is_empty()))
+                    {
+                        return m;
+                    }
+                }
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next reply (a message with an id).
+    pub async fn reply(&mut self) -> Value {
+        loop {
+            let m = self.message().await;
+            if m.get("id").is_some() {
+                return m;
+            }
+        }
+    }
+
+    /// Waits for the close frame, skipping messages; returns its code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match self.recv(Duration::from_secs(10)).await {
+                Received::Messages(_) => continue,
+                Received::Close(code, reason) => return (code, reason),
+                Received::Ended => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests against the real rotor server. One test binary, several modules.
+
+mod e2e {
+    pub mod api;
+    pub mod auth;
+    pub mod bad_input;
+    pub mod cli;
+    pub mod sdk;
+}

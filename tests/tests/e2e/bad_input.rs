@@ -1,0 +1,195 @@
+//! Hostile or broken input gets the protocol's code, never a panic or a hang, and never hurts
+//! other clients.
+
+use std::time::Duration;
+
+use rotor_tests::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn garbage_frame_gets_3501_and_other_clients_keep_receiving() {
+    let server = TestServer::start(test_config()).await;
+    let (mut good, _) = RawWs::connected(&server.ws_url(), &user_token("good")).await;
+    good.send(r#"{"id":2,"subscribe":{"channel":"chat:g"}}"#)
+        .await;
+    assert_eq!(good.reply().await["id"], 2);
+
+    let (mut bad, _) = RawWs::connected(&server.ws_url(), &user_token("bad")).await;
+    bad.send(r#"{"id":2,"subscribe":{"channel":"chat:g"}}"#)
+        .await;
+    bad.reply().await;
+    bad.send("\u{1}\u{2} this is not json {{{").await;
+    assert_eq!(bad.closed().await.0, 3501);
+
+    let (status, body) = server
+        .api(
+            "publish",
+            json!({"channel": "chat:g", "data": "still here"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let push = good.message().await;
+    assert_eq!(push["push"]["pub"]["data"], "still here");
+    let stats = server
+        .api("presence_stats", json!({"channel": "chat:g"}))
+        .await
+        .1;
+    assert_eq!(
+        stats["result"]["num_clients"], 1,
+        "the bad client left presence: {stats}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_their_codes() {
+    let server = TestServer::start(test_config()).await;
+    // A command before connect.
+    let mut ws = RawWs::connect(&server.ws_url()).await;
+    ws.send(r#"{"id":1,"subscribe":{"channel":"chat:x"}}"#)
+        .await;
+    assert_eq!(ws.closed().await.0, 3501);
+    // A binary frame.
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("u")).await;
+    ws.send_binary(vec![0, 1, 2]).await;
+    assert_eq!(ws.closed().await.0, 3501);
+    // A command without an id (other than send/pong).
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("u")).await;
+    ws.send(r#"{"subscribe":{"channel":"chat:x"}}"#).await;
+    assert_eq!(ws.closed().await.0, 3501);
+    // A message over the size limit closes with 1009 (terminal for centrifuge-js).
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("u")).await;
+    let big = format!(
+        r#"{{"id":2,"publish":{{"channel":"open:x","data":"{}"}}}}"#,
+        "x".repeat(70_000)
+    );
+    ws.send(&big).await;
+    assert_eq!(ws.closed().await.0, 1009);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_that_keep_the_connection() {
+    let server = TestServer::start(test_config()).await;
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("u")).await;
+    let cases = [
+        (r#"{"id":2,"frobnicate":{}}"#, 104),
+        (r#"{"id":3,"subscribe":{"channel":"nope:x"}}"#, 102),
+        (r#"{"id":4,"subscribe":{"channel":"locked:x"}}"#, 103),
+        (r#"{"id":5,"subscribe":{"channel":"$private"}}"#, 103),
+        (r#"{"id":6,"rpc":{"method":"m","data":{}}}"#, 108),
+        (r#"{"id":7,"presence":{"channel":"open:x"}}"#, 108),
+        (r#"{"id":8,"history":{"channel":"chat:x","limit":1}}"#, 103),
+        (r#"{"id":9,"publish":{"channel":"chat:x","data":1}}"#, 103),
+        (r#"{"id":10,"subscribe":{"channel":""}}"#, 107),
+    ];
+    for (cmd, code) in cases {
+        ws.send(cmd).await;
+        let reply = ws.reply().await;
+        assert_eq!(reply["error"]["code"], code, "{cmd} -> {reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "messages are always present: {reply}"
+        );
+    }
+    ws.send(r#"{"id":11,"subscribe":{"channel":"chat:x"}}"#)
+        .await;
+    assert!(ws.reply().await["subscribe"].is_object());
+    ws.send(r#"{"id":12,"subscribe":{"channel":"chat:x"}}"#)
+        .await;
+    assert_eq!(ws.reply().await["error"]["code"], 105);
+    // Unsubscribe always succeeds, subscribed or not.
+    ws.send(r#"{"id":13,"unsubscribe":{"channel":"chat:never"}}"#)
+        .await;
+    assert_eq!(ws.reply().await, json!({"id": 13, "unsubscribe": {}}));
+    // Batched commands are answered in order in one frame, with empty results written.
+    ws.send("{\"id\":14,\"publish\":{\"channel\":\"open:x\",\"data\":{}}}\n{\"id\":15,\"unsubscribe\":{\"channel\":\"chat:x\"}}").await;
+    match ws.recv(Duration::from_secs(5)).await {
+        Received::Messages(m) => assert_eq!(
+            m,
+            vec![
+                json!({"id": 14, "publish": {}}),
+                json!({"id": 15, "unsubscribe": {}})
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn pings_are_sent_and_a_missing_pong_closes_with_3012() {
+    let mut config = test_config();
+    config.client.ping_interval = Duration::from_millis(1000);
+    config.client.pong_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    let (mut ws, reply) = RawWs::connected(&server.ws_url(), &user_token("u")).await;
+    assert_eq!(reply["connect"]["ping"], 1);
+    assert_eq!(reply["connect"]["pong"], true);
+    // Answering pings keeps the connection.
+    for _ in 0..2 {
+        match ws.recv(Duration::from_secs(3)).await {
+            Received::Messages(m) => {
+                assert_eq!(m, vec![json!({})], "a server ping is an empty object")
+            }
+            other => panic!("{other:?}"),
+        }
+        ws.send("{}").await;
+    }
+    // Not answering closes it.
+    match ws.recv(Duration::from_secs(3)).await {
+        Received::Messages(m) => assert_eq!(m, vec![json!({})]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ws.closed().await, (3012, "no pong".to_string()));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_that_never_connects_is_closed_as_stale() {
+    let mut config = test_config();
+    config.client.stale_close_delay = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    let mut ws = RawWs::connect(&server.ws_url()).await;
+    assert_eq!(ws.closed().await.0, 3502);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn origin_check() {
+    let mut config = test_config();
+    config.client.allowed_origins = vec!["https://app.example.com".into()];
+    let server = TestServer::start(config).await;
+    let req = |origin: &str| {
+        format!(
+            "GET /connection/websocket HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: {origin}\r\n\r\n"
+        )
+    };
+    let (status, _) = http_head(server.addr, &req("https://evil.example.com")).await;
+    assert_eq!(status, 403);
+    let (status, _) = http_head(server.addr, &req("https://app.example.com")).await;
+    assert_eq!(status, 101);
+    server.shutdown().await;
+}
+
+/// Sends a request and reads only the status line (for upgrades that keep the socket open).
+async fn http_head(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    (
+        text.split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        text,
+    )
+}

@@ -1,0 +1,190 @@
+//! The `rotor` binary as a process: gentoken output accepted by serve, config errors naming the
+//! key, environment overrides, and SIGTERM closing clients with 3001.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use rotor_tests::*;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_rotor-under-test");
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rotor-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn gentoken_output_is_accepted_by_serve_and_sigterm_sends_3001() {
+    let config = temp_config(
+        "rotor.toml",
+        "[client.token]\nhmac_secret_key = \"cli-secret\"\n[http_server]\naddress = \"127.0.0.1\"\nport = 0\n[channel.without_namespace]\nallow_subscribe_for_client = true\n",
+    );
+    let path = config.to_str().unwrap();
+    let (ok, token, err) = run(
+        &[
+            "--config", path, "gentoken", "--user", "dave", "--ttl", "10m",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let token = token.trim().to_string();
+    let (ok, out, err) = run(&["--config", path, "checktoken", &token], &[]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"dave\""), "{out}");
+
+    let mut serve = Command::new(BIN)
+        .args(["--config", path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(serve.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let (mut ws, reply) =
+        RawWs::connected(&format!("ws://{addr}/connection/websocket"), &token).await;
+    assert_eq!(reply["connect"]["expires"], true);
+    let ttl = reply["connect"]["ttl"].as_u64().unwrap();
+    assert!((590..=600).contains(&ttl), "gentoken --ttl 10m: {ttl}");
+    ws.send(r#"{"id":2,"subscribe":{"channel":"news"}}"#).await;
+    assert!(ws.reply().await["subscribe"].is_object());
+
+    let pid = serve.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(ws.closed().await, (3001, "shutdown".to_string()));
+    let status = tokio::time::timeout(Duration::from_secs(10), serve.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "graceful shutdown exits 0: {status}");
+}
+
+#[tokio::test]
+async fn config_errors_name_the_key() {
+    let bad = temp_config("bad.json", r#"{"client": {"tokn": {}}}"#);
+    let (ok, _, err) = run(&["--config", bad.to_str().unwrap(), "checkconfig"], &[]).await;
+    assert!(!ok);
+    assert!(err.contains("client") && err.contains("tokn"), "{err}");
+
+    let bad = temp_config("bad.yaml", "client:\n  ping_interval: 5 parsecs\n");
+    let (ok, _, err) = run(&["--config", bad.to_str().unwrap(), "checkconfig"], &[]).await;
+    assert!(!ok);
+    assert!(err.contains("client.ping_interval"), "{err}");
+
+    let (ok, _, err) = run(&["checkconfig"], &[("ROTOR_CLIENT_NO_SUCH_KEY", "1")]).await;
+    assert!(!ok);
+    assert!(err.contains("ROTOR_CLIENT_NO_SUCH_KEY"), "{err}");
+
+    let good = temp_config("good.yaml", "http_api:\n  key: k\n");
+    let (ok, out, err) = run(&["--config", good.to_str().unwrap(), "checkconfig"], &[]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("configuration OK"));
+}
+
+#[tokio::test]
+async fn environment_overrides_the_file_and_set_overrides_the_environment() {
+    let config = temp_config(
+        "env.json",
+        r#"{"client": {"token": {"hmac_secret_key": "from-file"}}}"#,
+    );
+    let path = config.to_str().unwrap();
+    let t = rotor_auth::sign_hmac(&json!({"sub": "e"}), "from-env").unwrap();
+    let (ok, _, err) = run(
+        &["--config", path, "checktoken", &t],
+        &[("ROTOR_CLIENT_TOKEN_HMAC_SECRET_KEY", "from-env")],
+    )
+    .await;
+    assert!(ok, "the environment wins over the file: {err}");
+    let (ok, _, _) = run(&["--config", path, "checktoken", &t], &[]).await;
+    assert!(!ok, "without the variable the file's secret is used");
+    let t2 = rotor_auth::sign_hmac(&json!({"sub": "e"}), "from-flag").unwrap();
+    let (ok, _, err) = run(
+        &[
+            "--config",
+            path,
+            "--set",
+            "client.token.hmac_secret_key=from-flag",
+            "checktoken",
+            &t2,
+        ],
+        &[("ROTOR_CLIENT_TOKEN_HMAC_SECRET_KEY", "from-env")],
+    )
+    .await;
+    assert!(ok, "--set wins over the environment: {err}");
+}
+
+#[tokio::test]
+async fn genconfig_output_is_a_valid_config() {
+    let (ok, out, err) = run(&["genconfig"], &[]).await;
+    assert!(ok, "{err}");
+    let path = temp_config("generated.json", &out);
+    let (ok, _, err) = run(&["--config", path.to_str().unwrap(), "checkconfig"], &[]).await;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v["client"]["token"]["hmac_secret_key"]
+            .as_str()
+            .is_some_and(|s| s.len() >= 32),
+        "fresh secret"
+    );
+    assert!(
+        v["http_api"]["key"].as_str().is_some_and(|s| s.len() >= 32),
+        "fresh API key"
+    );
+}
+
+#[test]
+fn example_config_lists_every_key_at_its_default() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/rotor.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let example: toml::Value = toml::from_str(&text).unwrap();
+    let example = serde_json::to_value(example).unwrap();
+    let defaults = serde_json::to_value(rotor_server::Config::default()).unwrap();
+    assert_eq!(
+        example, defaults,
+        "config/rotor.example.toml must list every key at its default value"
+    );
+    rotor_server::Config::load(Some(&path), std::iter::empty(), &[]).unwrap();
+}
+
+#[test]
+fn dev_config_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.toml");
+    let c = rotor_server::Config::load(Some(&path), std::iter::empty(), &[]).unwrap();
+    assert_eq!(c.storage.kind, "memory");
+    assert!(!c.client.token.hmac_secret_key.is_empty());
+}
