@@ -23,7 +23,9 @@ const endpoints = {
   sse: `${base}/connection/sse`,
 };
 
-// Tokens requested by getToken are answered by {"op":"token"} commands, in order.
+// Tokens requested by getToken are answered by {"op":"token"} commands; one answer settles
+// every request still waiting (requests made for an attempt the SDK abandoned are ignored
+// by the SDK itself).
 const tokenWaiters = [];
 const askToken = (what) => new Promise((resolve, reject) => {
   tokenWaiters.push({ resolve, reject });
@@ -92,10 +94,11 @@ readline.createInterface({ input: process.stdin }).on('line', async (line) => {
   if (!line.trim()) return;
   const cmd = JSON.parse(line);
   if (cmd.op === 'token') {
-    const waiter = tokenWaiters.shift();
-    if (!waiter) return fail('token given but none asked for');
-    if (cmd.unauthorized) waiter.reject(new UnauthorizedError('refused by test'));
-    else waiter.resolve(cmd.token);
+    if (tokenWaiters.length === 0) return fail('token given but none asked for');
+    for (const waiter of tokenWaiters.splice(0)) {
+      if (cmd.unauthorized) waiter.reject(new UnauthorizedError('refused by test'));
+      else waiter.resolve(cmd.token);
+    }
     return;
   }
   try {

@@ -484,3 +484,68 @@ impl RawWs {
         }
     }
 }
+
+/// An in-process transport for driving the core directly (no sockets), e.g. to run
+/// thousands of sessions on tokio's paused clock.
+pub mod mem {
+    use async_trait::async_trait;
+    use rotor_core::session::{Inbound, TransportReader, TransportWriter};
+    use rotor_protocol::Disconnect;
+    use tokio::sync::mpsc;
+
+    /// What the session sent.
+    #[derive(Debug)]
+    pub enum Out {
+        Messages(Vec<String>),
+        Closed(Disconnect, tokio::time::Instant),
+    }
+
+    pub struct Reader(pub mpsc::UnboundedReceiver<String>);
+
+    #[async_trait]
+    impl TransportReader for Reader {
+        async fn read(&mut self) -> Inbound {
+            match self.0.recv().await {
+                Some(f) => Inbound::Frame(f),
+                None => Inbound::Closed,
+            }
+        }
+    }
+
+    pub struct Writer(pub mpsc::UnboundedSender<Out>);
+
+    #[async_trait]
+    impl TransportWriter for Writer {
+        async fn write(&mut self, messages: Vec<String>) -> std::io::Result<()> {
+            let _ = self.0.send(Out::Messages(messages));
+            Ok(())
+        }
+        async fn close(&mut self, d: &Disconnect) {
+            let _ = self
+                .0
+                .send(Out::Closed(d.clone(), tokio::time::Instant::now()));
+        }
+    }
+
+    /// Starts a session on `node`; returns the frame sender and the output receiver.
+    pub fn session(
+        node: &rotor_core::Node,
+    ) -> (mpsc::UnboundedSender<String>, mpsc::UnboundedReceiver<Out>) {
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let params = rotor_core::session::SessionParams {
+            transport: rotor_core::session::TransportInfo {
+                name: "memory",
+                kind: rotor_core::session::TransportKind::WebSocket,
+            },
+            session_id: None,
+        };
+        tokio::spawn(rotor_core::session::run(
+            node.clone(),
+            params,
+            Reader(in_rx),
+            Writer(out_tx),
+        ));
+        (in_tx, out_rx)
+    }
+}

@@ -1,12 +1,14 @@
 //! JWT verification: turns connection and subscription tokens into typed credentials.
 //!
 //! Supports HS256/384/512 (with an optional previous secret for rotation), RS256/384/512 and
-//! ES256/384 with keys given as PEM text or PEM files, plus audience and issuer checks. Time is
+//! ES256/384 with keys given as PEM text or PEM files, or RSA/EC keys from a JWKS endpoint
+//! (cached, looked up by `kid`), plus audience and issuer checks. Time is
 //! passed in by the caller so expiry logic is testable. This crate must not know about
 //! sessions, channels or transports, and must not decide protocol codes: it reports *what*
 //! is wrong with a token (expired or invalid), the core decides what the client sees.
 
 mod claims;
+mod jwks;
 mod verifier;
 
 pub use claims::{ChannelOverride, ConnectToken, SubscribeToken, SubscriptionClaim};
@@ -21,6 +23,9 @@ pub enum AuthError {
     /// The token cannot be trusted (bad signature, malformed, wrong audience, ...).
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The keys cannot be obtained right now (JWKS endpoint down): a temporary condition.
+    #[error("token keys unavailable: {0}")]
+    Unavailable(String),
     /// The key configuration itself is unusable.
     #[error("token key configuration: {0}")]
     Config(String),

@@ -22,22 +22,22 @@ fn hmac_verifier() -> TokenVerifier {
     .unwrap()
 }
 
-#[test]
-fn hmac_token_yields_user_expiry_and_info() {
+#[tokio::test]
+async fn hmac_token_yields_user_expiry_and_info() {
     let t = sign_hmac(
         &json!({"sub": "42", "exp": NOW + 60, "info": {"name": "Ann"}, "jti": "j1", "iat": NOW}),
         SECRET,
     )
     .unwrap();
-    let c = hmac_verifier().verify_connect(&t, NOW).unwrap();
+    let c = hmac_verifier().verify_connect(&t, NOW).await.unwrap();
     assert_eq!(c.user, "42");
     assert_eq!(c.expire_at, Some(NOW + 60));
     assert_eq!(c.jti.as_deref(), Some("j1"));
     assert_eq!(c.info.unwrap().get(), r#"{"name":"Ann"}"#);
 }
 
-#[test]
-fn every_hmac_size_verifies_and_a_bad_signature_is_invalid() {
+#[tokio::test]
+async fn every_hmac_size_verifies_and_a_bad_signature_is_invalid() {
     let v = hmac_verifier();
     for alg in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
         let t = sign(
@@ -45,33 +45,43 @@ fn every_hmac_size_verifies_and_a_bad_signature_is_invalid() {
             &EncodingKey::from_secret(SECRET.as_bytes()),
             json!({"sub": "u"}),
         );
-        assert_eq!(v.verify_connect(&t, NOW).unwrap().user, "u", "{alg:?}");
+        assert_eq!(
+            v.verify_connect(&t, NOW).await.unwrap().user,
+            "u",
+            "{alg:?}"
+        );
         let bad = sign(
             alg,
             &EncodingKey::from_secret(b"other"),
             json!({"sub": "u"}),
         );
         assert!(
-            matches!(v.verify_connect(&bad, NOW), Err(AuthError::Invalid(_))),
+            matches!(
+                v.verify_connect(&bad, NOW).await,
+                Err(AuthError::Invalid(_))
+            ),
             "{alg:?}"
         );
     }
 }
 
-#[test]
-fn expired_is_reported_only_for_correctly_signed_tokens() {
+#[tokio::test]
+async fn expired_is_reported_only_for_correctly_signed_tokens() {
     let v = hmac_verifier();
     let expired = sign_hmac(&json!({"sub": "u", "exp": NOW}), SECRET).unwrap();
-    assert_eq!(v.verify_connect(&expired, NOW), Err(AuthError::Expired));
+    assert_eq!(
+        v.verify_connect(&expired, NOW).await,
+        Err(AuthError::Expired)
+    );
     let forged_expired = sign_hmac(&json!({"sub": "u", "exp": NOW - 5}), "wrong").unwrap();
     assert!(matches!(
-        v.verify_connect(&forged_expired, NOW),
+        v.verify_connect(&forged_expired, NOW).await,
         Err(AuthError::Invalid(_))
     ));
 }
 
-#[test]
-fn expire_at_overrides_exp_and_zero_means_never() {
+#[tokio::test]
+async fn expire_at_overrides_exp_and_zero_means_never() {
     let v = hmac_verifier();
     let t = sign_hmac(
         &json!({"sub": "u", "exp": NOW + 10, "expire_at": NOW + 100}),
@@ -79,7 +89,7 @@ fn expire_at_overrides_exp_and_zero_means_never() {
     )
     .unwrap();
     assert_eq!(
-        v.verify_connect(&t, NOW).unwrap().expire_at,
+        v.verify_connect(&t, NOW).await.unwrap().expire_at,
         Some(NOW + 100)
     );
     let t = sign_hmac(
@@ -87,14 +97,14 @@ fn expire_at_overrides_exp_and_zero_means_never() {
         SECRET,
     )
     .unwrap();
-    assert_eq!(v.verify_connect(&t, NOW).unwrap().expire_at, None);
+    assert_eq!(v.verify_connect(&t, NOW).await.unwrap().expire_at, None);
     // exp is still checked at connect even when expire_at is 0.
     let t = sign_hmac(&json!({"sub": "u", "exp": NOW - 1, "expire_at": 0}), SECRET).unwrap();
-    assert_eq!(v.verify_connect(&t, NOW), Err(AuthError::Expired));
+    assert_eq!(v.verify_connect(&t, NOW).await, Err(AuthError::Expired));
 }
 
-#[test]
-fn rsa_and_ecdsa_keys_from_pem_files_and_text() {
+#[tokio::test]
+async fn rsa_and_ecdsa_keys_from_pem_files_and_text() {
     let dir = keys_dir();
     let rsa_priv = std::fs::read(format!("{dir}/rsa.key")).unwrap();
     let ec256_priv = std::fs::read(format!("{dir}/ec256.key")).unwrap();
@@ -110,24 +120,28 @@ fn rsa_and_ecdsa_keys_from_pem_files_and_text() {
             &EncodingKey::from_rsa_pem(&rsa_priv).unwrap(),
             json!({"sub": "r"}),
         );
-        assert_eq!(v.verify_connect(&t, NOW).unwrap().user, "r", "{alg:?}");
+        assert_eq!(
+            v.verify_connect(&t, NOW).await.unwrap().user,
+            "r",
+            "{alg:?}"
+        );
     }
     let t = sign(
         Algorithm::ES256,
         &EncodingKey::from_ec_pem(&ec256_priv).unwrap(),
         json!({"sub": "e"}),
     );
-    assert_eq!(v.verify_connect(&t, NOW).unwrap().user, "e");
+    assert_eq!(v.verify_connect(&t, NOW).await.unwrap().user, "e");
     // An HMAC token is refused when no HMAC key is configured.
     let t = sign_hmac(&json!({"sub": "h"}), SECRET).unwrap();
     assert!(matches!(
-        v.verify_connect(&t, NOW),
+        v.verify_connect(&t, NOW).await,
         Err(AuthError::Invalid(_))
     ));
 }
 
-#[test]
-fn es384_verifies() {
+#[tokio::test]
+async fn es384_verifies() {
     let dir = keys_dir();
     let v = TokenVerifier::new(&TokenConfig {
         ecdsa_public_key: format!("{dir}/ec384.pub"),
@@ -137,7 +151,7 @@ fn es384_verifies() {
     let key =
         EncodingKey::from_ec_pem(&std::fs::read(format!("{dir}/ec384.key")).unwrap()).unwrap();
     let t = sign(Algorithm::ES384, &key, json!({"sub": "e384"}));
-    assert_eq!(v.verify_connect(&t, NOW).unwrap().user, "e384");
+    assert_eq!(v.verify_connect(&t, NOW).await.unwrap().user, "e384");
 }
 
 #[test]
@@ -150,8 +164,8 @@ fn bad_key_config_names_the_key() {
     assert!(err.to_string().contains("rsa_public_key"), "{err}");
 }
 
-#[test]
-fn audience_and_issuer_are_checked_when_configured() {
+#[tokio::test]
+async fn audience_and_issuer_are_checked_when_configured() {
     let v = TokenVerifier::new(&TokenConfig {
         hmac_secret_key: SECRET.into(),
         audience: "rotor".into(),
@@ -164,33 +178,33 @@ fn audience_and_issuer_are_checked_when_configured() {
         SECRET,
     )
     .unwrap();
-    assert!(v.verify_connect(&ok, NOW).is_ok());
+    assert!(v.verify_connect(&ok, NOW).await.is_ok());
     let ok_str = sign_hmac(
         &json!({"sub": "u", "aud": "rotor", "iss": "auth.example"}),
         SECRET,
     )
     .unwrap();
-    assert!(v.verify_connect(&ok_str, NOW).is_ok());
+    assert!(v.verify_connect(&ok_str, NOW).await.is_ok());
     let wrong_aud = sign_hmac(
         &json!({"sub": "u", "aud": "other", "iss": "auth.example"}),
         SECRET,
     )
     .unwrap();
     assert_eq!(
-        v.verify_connect(&wrong_aud, NOW),
+        v.verify_connect(&wrong_aud, NOW).await,
         Err(AuthError::Invalid("audience mismatch".into()))
     );
     let no_aud = sign_hmac(&json!({"sub": "u", "iss": "auth.example"}), SECRET).unwrap();
-    assert!(v.verify_connect(&no_aud, NOW).is_err());
+    assert!(v.verify_connect(&no_aud, NOW).await.is_err());
     let wrong_iss = sign_hmac(&json!({"sub": "u", "aud": "rotor", "iss": "evil"}), SECRET).unwrap();
     assert_eq!(
-        v.verify_connect(&wrong_iss, NOW),
+        v.verify_connect(&wrong_iss, NOW).await,
         Err(AuthError::Invalid("issuer mismatch".into()))
     );
 }
 
-#[test]
-fn malformed_claims_are_invalid() {
+#[tokio::test]
+async fn malformed_claims_are_invalid() {
     let v = hmac_verifier();
     for claims in [
         json!({"sub": 42}),
@@ -200,22 +214,22 @@ fn malformed_claims_are_invalid() {
     ] {
         let t = sign_hmac(&claims, SECRET).unwrap();
         assert!(
-            matches!(v.verify_connect(&t, NOW), Err(AuthError::Invalid(_))),
+            matches!(v.verify_connect(&t, NOW).await, Err(AuthError::Invalid(_))),
             "{claims}"
         );
     }
     assert!(matches!(
-        v.verify_connect("garbage", NOW),
+        v.verify_connect("garbage", NOW).await,
         Err(AuthError::Invalid(_))
     ));
     assert!(matches!(
-        v.verify_connect("", NOW),
+        v.verify_connect("", NOW).await,
         Err(AuthError::Invalid(_))
     ));
 }
 
-#[test]
-fn b64info_channels_and_subs_claims() {
+#[tokio::test]
+async fn b64info_channels_and_subs_claims() {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(r#"{"role":"admin"}"#);
     let t = sign_hmac(
@@ -223,7 +237,7 @@ fn b64info_channels_and_subs_claims() {
         SECRET,
     )
     .unwrap();
-    let c = hmac_verifier().verify_connect(&t, NOW).unwrap();
+    let c = hmac_verifier().verify_connect(&t, NOW).await.unwrap();
     assert_eq!(c.info.unwrap().get(), r#"{"role":"admin"}"#);
     assert_eq!(c.channels, vec!["news".to_string()]);
     let sub = &c.subs["chat:1"];
@@ -232,15 +246,15 @@ fn b64info_channels_and_subs_claims() {
     assert!(c.meta.is_some());
 }
 
-#[test]
-fn subscription_tokens_need_a_channel() {
+#[tokio::test]
+async fn subscription_tokens_need_a_channel() {
     let v = hmac_verifier();
     let t = sign_hmac(
         &json!({"sub": "u", "channel": "$secret", "exp": NOW + 30, "info": {"a": 1}}),
         SECRET,
     )
     .unwrap();
-    let s = v.verify_subscribe(&t, NOW).unwrap();
+    let s = v.verify_subscribe(&t, NOW).await.unwrap();
     assert_eq!(
         (s.user.as_str(), s.channel.as_str(), s.expire_at),
         ("u", "$secret", Some(NOW + 30))
@@ -248,13 +262,13 @@ fn subscription_tokens_need_a_channel() {
     assert!(s.claim.info.is_some());
     let no_channel = sign_hmac(&json!({"sub": "u"}), SECRET).unwrap();
     assert!(matches!(
-        v.verify_subscribe(&no_channel, NOW),
+        v.verify_subscribe(&no_channel, NOW).await,
         Err(AuthError::Invalid(_))
     ));
 }
 
-#[test]
-fn previous_hmac_secret_works_until_its_deadline() {
+#[tokio::test]
+async fn previous_hmac_secret_works_until_its_deadline() {
     let v = TokenVerifier::new(&TokenConfig {
         hmac_secret_key: "new".into(),
         hmac_previous_secret_key: "old".into(),
@@ -263,13 +277,14 @@ fn previous_hmac_secret_works_until_its_deadline() {
     })
     .unwrap();
     let old = sign_hmac(&json!({"sub": "u"}), "old").unwrap();
-    assert!(v.verify_connect(&old, NOW).is_ok());
+    assert!(v.verify_connect(&old, NOW).await.is_ok());
     assert!(matches!(
-        v.verify_connect(&old, NOW + 100),
+        v.verify_connect(&old, NOW + 100).await,
         Err(AuthError::Invalid(_))
     ));
     assert!(v
         .verify_connect(&sign_hmac(&json!({"sub": "u"}), "new").unwrap(), NOW + 1000)
+        .await
         .is_ok());
 }
 

@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::claims::{HasRegistered, RawConnectClaims, RawSubscribeClaims};
+use crate::jwks::Jwks;
 use crate::{AuthError, ConnectToken, SubscribeToken};
 
 /// Key and claim-check settings, named as Centrifugo v6 names them under `client.token`.
@@ -25,6 +26,9 @@ pub struct TokenConfig {
     pub audience: String,
     /// When set, the token's `iss` must equal it.
     pub issuer: String,
+    /// JWKS URL. When set, tokens must name a key (`kid`) of that set, and the keys above are
+    /// not used.
+    pub jwks_public_endpoint: String,
 }
 
 impl std::fmt::Debug for TokenConfig {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for TokenConfig {
             )
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
+            .field("jwks_public_endpoint", &self.jwks_public_endpoint)
             .finish()
     }
 }
@@ -71,6 +76,7 @@ pub struct TokenVerifier {
     ecdsa: Option<DecodingKey>,
     audience: Option<String>,
     issuer: Option<String>,
+    jwks: Option<Jwks>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -79,6 +85,7 @@ impl std::fmt::Debug for TokenVerifier {
             .field("hmac", &self.hmac.is_some())
             .field("rsa", &self.rsa.is_some())
             .field("ecdsa", &self.ecdsa.is_some())
+            .field("jwks", &self.jwks.is_some())
             .finish()
     }
 }
@@ -128,24 +135,33 @@ impl TokenVerifier {
             ecdsa,
             audience: (!config.audience.is_empty()).then(|| config.audience.clone()),
             issuer: (!config.issuer.is_empty()).then(|| config.issuer.clone()),
+            jwks: if config.jwks_public_endpoint.is_empty() {
+                None
+            } else {
+                Some(Jwks::new(&config.jwks_public_endpoint)?)
+            },
         })
     }
 
     /// Verifies a connection token at time `now` (Unix seconds).
-    pub fn verify_connect(&self, token: &str, now: u64) -> Result<ConnectToken, AuthError> {
-        let claims: RawConnectClaims = self.decode(token, now)?;
+    pub async fn verify_connect(&self, token: &str, now: u64) -> Result<ConnectToken, AuthError> {
+        let claims: RawConnectClaims = self.decode(token, now).await?;
         claims.into_token()
     }
 
     /// Verifies a subscription token at time `now` (Unix seconds).
-    pub fn verify_subscribe(&self, token: &str, now: u64) -> Result<SubscribeToken, AuthError> {
-        let claims: RawSubscribeClaims = self.decode(token, now)?;
+    pub async fn verify_subscribe(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<SubscribeToken, AuthError> {
+        let claims: RawSubscribeClaims = self.decode(token, now).await?;
         claims.into_token()
     }
 
     /// Verifies the signature with the key for the token's algorithm, then the time and
     /// audience/issuer claims. Expiry is reported only for correctly signed tokens.
-    fn decode<T: DeserializeOwned + HasRegistered>(
+    async fn decode<T: DeserializeOwned + HasRegistered>(
         &self,
         token: &str,
         now: u64,
@@ -159,29 +175,44 @@ impl TokenVerifier {
         validation.validate_nbf = false;
         validation.validate_aud = false;
         let no_key = || AuthError::Invalid(format!("no key configured for algorithm {alg:?}"));
-        let claims: T = match alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                let key = self.hmac.as_ref().ok_or_else(no_key);
-                match key.and_then(|k| decode_with(token, k, &validation)) {
-                    Ok(c) => c,
-                    Err(err) => match &self.hmac_previous {
-                        Some((prev, until)) if *until > now => {
-                            decode_with(token, prev, &validation).map_err(|_| err)?
-                        }
-                        _ => return Err(err),
-                    },
-                }
-            }
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
-                decode_with(token, self.rsa.as_ref().ok_or_else(no_key)?, &validation)?
-            }
-            Algorithm::ES256 | Algorithm::ES384 => {
-                decode_with(token, self.ecdsa.as_ref().ok_or_else(no_key)?, &validation)?
-            }
-            other => {
+        let claims: T = if let Some(jwks) = &self.jwks {
+            let kid = header
+                .kid
+                .as_deref()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
+            let key = jwks.key(kid).await?;
+            if key.alg.is_some_and(|a| a != alg) {
                 return Err(AuthError::Invalid(format!(
-                    "unsupported algorithm {other:?}"
-                )))
+                    "key {kid:?} is not for {alg:?}"
+                )));
+            }
+            decode_with(token, &key.key, &validation)?
+        } else {
+            match alg {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                    let key = self.hmac.as_ref().ok_or_else(no_key);
+                    match key.and_then(|k| decode_with(token, k, &validation)) {
+                        Ok(c) => c,
+                        Err(err) => match &self.hmac_previous {
+                            Some((prev, until)) if *until > now => {
+                                decode_with(token, prev, &validation).map_err(|_| err)?
+                            }
+                            _ => return Err(err),
+                        },
+                    }
+                }
+                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
+                    decode_with(token, self.rsa.as_ref().ok_or_else(no_key)?, &validation)?
+                }
+                Algorithm::ES256 | Algorithm::ES384 => {
+                    decode_with(token, self.ecdsa.as_ref().ok_or_else(no_key)?, &validation)?
+                }
+                other => {
+                    return Err(AuthError::Invalid(format!(
+                        "unsupported algorithm {other:?}"
+                    )))
+                }
             }
         };
         let reg = claims.registered();

@@ -108,6 +108,27 @@ impl ChannelRules {
     }
 }
 
+/// Channel options with a token's `override` claim applied.
+pub fn with_override(opts: &ChannelOptions, o: &rotor_auth::ChannelOverride) -> ChannelOptions {
+    let mut out = opts.clone();
+    if let Some(v) = o.presence {
+        out.presence = v.value;
+    }
+    if let Some(v) = o.join_leave {
+        out.join_leave = v.value;
+    }
+    if let Some(v) = o.force_push_join_leave {
+        out.force_push_join_leave = v.value;
+    }
+    if let Some(v) = o.force_recovery {
+        out.force_recovery = v.value;
+    }
+    if let Some(v) = o.force_positioning {
+        out.force_positioning = v.value;
+    }
+    out
+}
+
 /// The connection asking, as permissions see it.
 #[derive(Debug, Clone, Copy)]
 pub struct Asker<'a> {

@@ -124,6 +124,7 @@ pub struct SubscriptionTokenConfig {
     pub ecdsa_public_key: String,
     pub audience: String,
     pub issuer: String,
+    pub jwks_public_endpoint: String,
 }
 
 impl SubscriptionTokenConfig {
@@ -138,6 +139,7 @@ impl SubscriptionTokenConfig {
             ecdsa_public_key: self.ecdsa_public_key.clone(),
             audience: self.audience.clone(),
             issuer: self.issuer.clone(),
+            jwks_public_endpoint: self.jwks_public_endpoint.clone(),
             ..TokenConfig::default()
         }
     }

@@ -70,10 +70,12 @@ impl CoreError {
     }
 
     /// A connection token problem at connect: expired is error 109 (the SDK fetches a new
-    /// token), anything else ends the connection with 3500.
+    /// token), keys that cannot be fetched are a temporary error 100 (the SDK retries),
+    /// anything else ends the connection with 3500.
     pub fn from_connect_token(err: AuthError) -> CoreError {
         match err {
             AuthError::Expired => CoreError::TokenExpired,
+            AuthError::Unavailable(e) => CoreError::Unavailable(e),
             AuthError::Invalid(_) | AuthError::Config(_) => {
                 CoreError::Disconnect(Disconnect::INVALID_TOKEN)
             }
@@ -84,6 +86,7 @@ impl CoreError {
     pub fn from_subscribe_token(err: AuthError) -> CoreError {
         match err {
             AuthError::Expired => CoreError::TokenExpired,
+            AuthError::Unavailable(e) => CoreError::Unavailable(e),
             AuthError::Invalid(_) | AuthError::Config(_) => CoreError::PermissionDenied,
         }
     }

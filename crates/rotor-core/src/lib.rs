@@ -14,6 +14,7 @@ pub mod config;
 pub mod conformance;
 pub mod duration;
 mod error;
+pub mod events;
 pub mod hub;
 pub mod node;
 pub mod session;

@@ -88,6 +88,7 @@ pub(crate) struct NodeInner {
     pub(crate) storage: Storage,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) hub: Hub,
+    pub(crate) observer: Arc<dyn crate::events::Observer>,
     pub(crate) clock: Clock,
     pub(crate) shutdown: CancellationToken,
     uid: String,
@@ -110,6 +111,7 @@ impl Node {
         config: CoreConfig,
         storage: Storage,
         broker: Arc<dyn Broker>,
+        observer: Arc<dyn crate::events::Observer>,
     ) -> Result<Node, CoreError> {
         let rules = ChannelRules::new(&config.channel).map_err(CoreError::BadRequest)?;
         let verifier = TokenVerifier::new(&config.client.token)
@@ -128,6 +130,7 @@ impl Node {
             storage,
             broker: broker.clone(),
             hub: Hub::default(),
+            observer,
             clock: Clock::new(),
             shutdown: CancellationToken::new(),
             uid: uuid::Uuid::new_v4().to_string(),

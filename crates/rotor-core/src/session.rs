@@ -22,10 +22,12 @@ use tokio::time::Instant;
 use crate::broker::Control;
 use crate::channels::{self, Asker};
 use crate::config::ChannelOptions;
+use crate::events::{RefreshOutcome, TokenKind};
 use crate::hub::{ClientHandle, SessionMsg};
 use crate::node::{server_unsubscribe, Node, PublishOptions};
 use crate::storage::HistoryFilter;
 use crate::CoreError;
+use rotor_auth::AuthError;
 
 /// How a transport delivers messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +90,9 @@ enum State {
 
 struct Sub {
     server_side: bool,
+    /// Effective options (after token overrides) that cleanup needs.
+    presence: bool,
+    join_leave: bool,
     chan_info: Option<Raw>,
     /// Unix seconds; `None` = does not expire.
     expire_at: Option<u64>,
@@ -197,6 +202,11 @@ pub async fn run(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.close(d)).await;
     }
     s.cleanup().await;
+    if s.state == State::Connected {
+        node.inner
+            .observer
+            .disconnected(s.transport.name, ending.as_ref().map(|d| d.code));
+    }
     ending
 }
 
@@ -243,16 +253,10 @@ impl Session {
         let subs: Vec<(Arc<str>, Option<Raw>)> = self
             .subs
             .iter()
+            .filter(|(_, s)| s.presence)
             .map(|(c, s)| (c.clone(), s.chan_info.clone()))
             .collect();
         for (channel, chan_info) in subs {
-            if !self
-                .node
-                .channel_options(&channel)
-                .is_ok_and(|o| o.presence)
-            {
-                continue;
-            }
             any = true;
             let info = self.info(chan_info);
             if let Err(e) = self
@@ -408,7 +412,13 @@ impl Session {
             }
             (String::new(), None, None, BTreeMap::new())
         } else {
-            let token = match self.node.inner.verifier.verify_connect(&req.token, now) {
+            let token = match self
+                .node
+                .inner
+                .verifier
+                .verify_connect(&req.token, now)
+                .await
+            {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::info!(client = %self.client.id(), error = %e, "connect refused");
@@ -418,13 +428,11 @@ impl Session {
             if token.user.is_empty() && self.cfg().disallow_anonymous_connection_tokens {
                 return Err(Disconnect::PERMISSION_DENIED.into());
             }
-            let mut subs: BTreeMap<String, (Option<Raw>, Option<Raw>)> = BTreeMap::new();
+            let mut subs: BTreeMap<String, rotor_auth::SubscriptionClaim> = BTreeMap::new();
             for ch in token.channels {
-                subs.insert(ch, (None, None));
+                subs.insert(ch, rotor_auth::SubscriptionClaim::default());
             }
-            for (ch, claim) in token.subs {
-                subs.insert(ch, (claim.info, claim.data));
-            }
+            subs.extend(token.subs);
             (token.user, token.expire_at, token.info, subs)
         };
         // Server-side channels must all be known before the connection is accepted.
@@ -458,9 +466,10 @@ impl Session {
             result.session = self.client.session().unwrap_or_default().to_string();
             result.node = self.node.uid().to_string();
         }
-        for (ch, (chan_info, data)) in std::mem::take(&mut server_subs) {
+        for (ch, claim) in std::mem::take(&mut server_subs) {
             let recover = req.subs.get(&ch).cloned().unwrap_or_default();
-            let opts = self.node.channel_options(&ch)?;
+            let opts = channels::with_override(&*self.node.channel_options(&ch)?, &claim.override_);
+            let (chan_info, data) = (claim.info, claim.data);
             let want = SubscribeRequest {
                 channel: ch.clone(),
                 ..recover
@@ -470,6 +479,10 @@ impl Session {
             result.subs.insert(ch, sub_result);
         }
         tracing::debug!(client = %self.client.id(), user = %self.user, transport = self.transport.name, "connected");
+        self.node.inner.observer.connected(
+            self.transport.name,
+            expire_at.map(|at| at.saturating_sub(now)),
+        );
         Ok(Some(Reply {
             connect: Some(result),
             ..Reply::default()
@@ -477,23 +490,49 @@ impl Session {
     }
 
     async fn refresh(&mut self, token: String) -> CommandResult {
-        if token.is_empty() {
-            return Err(Disconnect::BAD_REQUEST
-                .with_reason("refresh without a token")
-                .into());
-        }
         let now = self.now();
-        let t = match self.node.inner.verifier.verify_connect(&token, now) {
+        let lag = self
+            .expire_at
+            .map(|at| self.node.clock().unix_ms() as f64 / 1000.0 - at as f64);
+        let outcome = self.refresh_inner(token, now).await;
+        let kind = match &outcome {
+            Ok(_) => RefreshOutcome::Ok,
+            Err((kind, _)) => *kind,
+        };
+        self.node
+            .inner
+            .observer
+            .refresh(TokenKind::Connection, kind, lag);
+        outcome.map_err(|(_, e)| e)
+    }
+
+    async fn refresh_inner(
+        &mut self,
+        token: String,
+        now: u64,
+    ) -> Result<Option<Reply>, (RefreshOutcome, CoreError)> {
+        if token.is_empty() {
+            let d = Disconnect::BAD_REQUEST.with_reason("refresh without a token");
+            return Err((RefreshOutcome::Empty, d.into()));
+        }
+        let t = match self.node.inner.verifier.verify_connect(&token, now).await {
             Ok(t) => t,
-            Err(rotor_auth::AuthError::Expired) => return Err(Disconnect::EXPIRED.into()),
+            Err(AuthError::Expired) => {
+                tracing::info!(client = %self.client.id(), "refresh with an expired token, disconnecting with 3005");
+                return Err((RefreshOutcome::Expired, Disconnect::EXPIRED.into()));
+            }
+            Err(AuthError::Unavailable(e)) => {
+                tracing::warn!(client = %self.client.id(), error = %e, "refresh: token keys unavailable, answering 100");
+                return Err((RefreshOutcome::Unavailable, CoreError::Unavailable(e)));
+            }
             Err(e) => {
                 tracing::info!(client = %self.client.id(), error = %e, "refresh with an invalid token, disconnecting with 3500");
-                return Err(Disconnect::INVALID_TOKEN.into());
+                return Err((RefreshOutcome::Invalid, Disconnect::INVALID_TOKEN.into()));
             }
         };
         if t.user != *self.user {
             tracing::info!(client = %self.client.id(), "refresh token is for another user, disconnecting with 3500");
-            return Err(Disconnect::INVALID_TOKEN.into());
+            return Err((RefreshOutcome::Mismatch, Disconnect::INVALID_TOKEN.into()));
         }
         self.expire_at = t.expire_at;
         if t.info.is_some() {
@@ -525,7 +564,7 @@ impl Session {
         if self.subs.values().filter(|s| !s.server_side).count() >= self.cfg().channel_limit {
             return Err(CoreError::LimitExceeded);
         }
-        let (chan_info, expire_at, data) = if req.token.is_empty() {
+        let (chan_info, expire_at, data, opts) = if req.token.is_empty() {
             channels::check_subscribe(
                 &opts,
                 &channel,
@@ -534,13 +573,14 @@ impl Session {
                     subscribed: false,
                 },
             )?;
-            (None, None, None)
+            (None, None, None, (*opts).clone())
         } else {
             let t = self
                 .node
                 .inner
                 .sub_verifier
                 .verify_subscribe(&req.token, self.now())
+                .await
                 .map_err(CoreError::from_subscribe_token)?;
             if t.user != *self.user
                 || t.channel != channel
@@ -549,7 +589,8 @@ impl Session {
                 tracing::info!(client = %self.client.id(), channel = %channel, "subscription token for another user or channel, disconnecting with 3500");
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
-            (t.claim.info, t.expire_at, t.claim.data)
+            let opts = channels::with_override(&opts, &t.claim.override_);
+            (t.claim.info, t.expire_at, t.claim.data, opts)
         };
         let mut result = self
             .join(&channel, &opts, &req, chan_info, false, expire_at)
@@ -640,6 +681,8 @@ impl Session {
             Arc::from(channel),
             Sub {
                 server_side,
+                presence: opts.presence,
+                join_leave: opts.join_leave,
                 chan_info,
                 expire_at,
             },
@@ -711,63 +754,88 @@ impl Session {
             return false;
         };
         self.unsubscribe_hub(channel).await;
-        if let Ok(opts) = self.node.channel_options(channel) {
-            if opts.presence {
-                if let Err(e) = self
-                    .node
-                    .inner
-                    .storage
-                    .presence
-                    .remove(channel, self.client.id())
-                    .await
-                {
-                    tracing::warn!(channel, error = %e, "presence remove failed");
-                }
+        if sub.presence {
+            let presence = &self.node.inner.storage.presence;
+            if let Err(e) = presence.remove(channel, self.client.id()).await {
+                tracing::warn!(channel, error = %e, "presence remove failed");
             }
-            if opts.join_leave {
-                let info = self.info(sub.chan_info);
-                if let Err(e) = self.node.inner.broker.publish_leave(channel, &info).await {
-                    tracing::warn!(channel, error = %e, "leave push failed");
-                }
+        }
+        if sub.join_leave {
+            let info = self.info(sub.chan_info);
+            if let Err(e) = self.node.inner.broker.publish_leave(channel, &info).await {
+                tracing::warn!(channel, error = %e, "leave push failed");
             }
         }
         true
     }
 
     async fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
+        let lag = self
+            .subs
+            .get(req.channel.as_str())
+            .and_then(|s| s.expire_at)
+            .map(|at| self.node.clock().unix_ms() as f64 / 1000.0 - at as f64);
+        let outcome = self.sub_refresh_inner(req).await;
+        let kind = match &outcome {
+            Ok(_) => RefreshOutcome::Ok,
+            Err((kind, _)) => *kind,
+        };
+        self.node
+            .inner
+            .observer
+            .refresh(TokenKind::Subscription, kind, lag);
+        outcome.map_err(|(_, e)| e)
+    }
+
+    async fn sub_refresh_inner(
+        &mut self,
+        req: SubRefreshRequest,
+    ) -> Result<Option<Reply>, (RefreshOutcome, CoreError)> {
         if req.channel.is_empty() || req.token.is_empty() {
-            return Err(Disconnect::BAD_REQUEST
-                .with_reason("sub_refresh needs channel and token")
-                .into());
+            let d = Disconnect::BAD_REQUEST.with_reason("sub_refresh needs channel and token");
+            return Err((RefreshOutcome::Empty, d.into()));
         }
         if !self.subs.contains_key(req.channel.as_str()) {
-            return Err(CoreError::PermissionDenied);
+            return Err((RefreshOutcome::Mismatch, CoreError::PermissionDenied));
         }
+        let now = self.now();
         let t = match self
             .node
             .inner
             .sub_verifier
-            .verify_subscribe(&req.token, self.now())
+            .verify_subscribe(&req.token, now)
+            .await
         {
             Ok(t) => t,
             // An expired token never extends a subscription.
-            Err(rotor_auth::AuthError::Expired) => {
-                return Err(Disconnect::SUBSCRIPTION_EXPIRED.into())
+            Err(AuthError::Expired) => {
+                tracing::info!(client = %self.client.id(), channel = %req.channel, "sub_refresh with an expired token, disconnecting with 3006");
+                return Err((
+                    RefreshOutcome::Expired,
+                    Disconnect::SUBSCRIPTION_EXPIRED.into(),
+                ));
+            }
+            Err(AuthError::Unavailable(e)) => {
+                tracing::warn!(client = %self.client.id(), error = %e, "sub_refresh: token keys unavailable, answering 100");
+                return Err((RefreshOutcome::Unavailable, CoreError::Unavailable(e)));
             }
             Err(e) => {
                 tracing::info!(client = %self.client.id(), error = %e, "sub_refresh with an invalid token, disconnecting with 3500");
-                return Err(Disconnect::INVALID_TOKEN.into());
+                return Err((RefreshOutcome::Invalid, Disconnect::INVALID_TOKEN.into()));
             }
         };
         if t.user != *self.user || t.channel != req.channel {
-            return Err(Disconnect::INVALID_TOKEN.into());
+            tracing::info!(client = %self.client.id(), channel = %req.channel, "sub_refresh token for another user or channel, disconnecting with 3500");
+            return Err((RefreshOutcome::Mismatch, Disconnect::INVALID_TOKEN.into()));
         }
-        let now = self.now();
         let sub = self
             .subs
             .get_mut(req.channel.as_str())
             .expect("checked above");
         sub.expire_at = t.expire_at;
+        if t.claim.info.is_some() {
+            sub.chan_info = t.claim.info;
+        }
         let mut result = SubRefreshResult::default();
         if let Some(at) = t.expire_at {
             result.expires = true;
@@ -971,6 +1039,10 @@ impl Session {
         if let Some(at) = self.expire_at {
             if clock.instant_at(at) + cfg.expired_close_delay <= now {
                 tracing::info!(client = %self.client.id(), user = %self.user, "connection expired, disconnecting with 3005");
+                self.node
+                    .inner
+                    .observer
+                    .connection_expired(self.transport.name);
                 return Some(Disconnect::EXPIRED);
             }
         }
@@ -994,9 +1066,12 @@ impl Session {
             .map(|(ch, s)| (ch.clone(), s.server_side))
             .collect();
         for (channel, server_side) in expired {
+            self.node.inner.observer.subscription_expired();
             if server_side {
+                tracing::info!(client = %self.client.id(), channel = %channel, "server-side subscription expired, disconnecting with 3006");
                 return Some(Disconnect::SUBSCRIPTION_EXPIRED);
             }
+            tracing::info!(client = %self.client.id(), channel = %channel, "subscription expired, unsubscribing with 2501");
             self.leave(&channel).await;
             self.emit_push(Push {
                 channel: channel.to_string(),

@@ -196,8 +196,12 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             let config = cli.common.load()?;
             let verifier = rotor_auth::TokenVerifier::new(&config.client.token)
                 .map_err(|e| ServerError::Config(e.to_string()))?;
-            let t = verifier
-                .verify_connect(&token, now())
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ServerError::Cli(e.to_string()))?;
+            let t = runtime
+                .block_on(verifier.verify_connect(&token, now()))
                 .map_err(|e| ServerError::Cli(format!("token rejected: {e}")))?;
             let expires = match t.expire_at {
                 Some(at) => format!("in {}s (at {at})", at.saturating_sub(now())),

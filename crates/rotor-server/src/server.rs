@@ -127,7 +127,12 @@ impl Server {
             presence: rotor_store_memory::MemoryPresence::new(),
             revocations: rotor_store_memory::MemoryRevocations::new(),
         };
-        let node = Node::new(config.core(), storage, Arc::new(LocalBroker::default()))?;
+        let node = Node::new(
+            config.core(),
+            storage,
+            Arc::new(LocalBroker::default()),
+            Arc::new(rotor_core::events::NoObserver),
+        )?;
         Ok(Server {
             config: Arc::new(config),
             node,

@@ -1,0 +1,69 @@
+//! Hooks for metrics: the core reports what happens to connections and tokens through an
+//! [`Observer`]; the server implements it with Prometheus counters. Calls are made on the
+//! session's task and must be cheap and must not block.
+
+/// Which token a refresh was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    Connection,
+    Subscription,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Connection => "connection",
+            TokenKind::Subscription => "subscription",
+        }
+    }
+}
+
+/// How a refresh (`refresh` or `sub_refresh`) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefreshOutcome {
+    /// Extended.
+    Ok,
+    /// The new token had already expired (3005 / 3006).
+    Expired,
+    /// Bad signature, malformed, wrong audience... (3500).
+    Invalid,
+    /// A valid token for another user or channel (3500).
+    Mismatch,
+    /// No token in the request (3501).
+    Empty,
+    /// Keys could not be fetched (error 100, the client retries).
+    Unavailable,
+}
+
+impl RefreshOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefreshOutcome::Ok => "ok",
+            RefreshOutcome::Expired => "expired",
+            RefreshOutcome::Invalid => "invalid",
+            RefreshOutcome::Mismatch => "mismatch",
+            RefreshOutcome::Empty => "empty",
+            RefreshOutcome::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Receives core events. Every method has an empty default.
+pub trait Observer: Send + Sync {
+    /// A connect succeeded; `expires_in` is the seconds until the connection's expiry.
+    fn connected(&self, _transport: &'static str, _expires_in: Option<u64>) {}
+    /// A connection ended with this code (`None`: the client went away).
+    fn disconnected(&self, _transport: &'static str, _code: Option<u16>) {}
+    /// A connection was closed with 3005 because its expiry plus grace passed.
+    fn connection_expired(&self, _transport: &'static str) {}
+    /// A subscription was ended (2501 or 3006) because its token expired.
+    fn subscription_expired(&self) {}
+    /// A refresh ended. `lag` is seconds from the old expiry to the refresh (negative when
+    /// the client refreshed ahead of expiry), when the old token had an expiry.
+    fn refresh(&self, _kind: TokenKind, _outcome: RefreshOutcome, _lag: Option<f64>) {}
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
