@@ -27,7 +27,7 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// A configuration for tests: HMAC secret, API key, and namespaces:
+/// A configuration for tests: HMAC secret, API key, every transport on, and namespaces:
 /// - `chat`: presence, join/leave, history (100, 5m), forced recovery, subscriber permissions;
 /// - `open`: anyone connected may subscribe and publish, no history;
 /// - `locked`: nothing allowed without a token.
@@ -37,6 +37,12 @@ pub fn test_config() -> Config {
     c.http_server.port = 0;
     c.client.token.hmac_secret_key = SECRET.into();
     c.http_api.key = API_KEY.into();
+    c.http_stream.enabled = true;
+    c.sse.enabled = true;
+    c.uni_websocket.enabled = true;
+    c.uni_sse.enabled = true;
+    c.uni_sse.token_cookie = "rotor_token".into();
+    c.uni_http_stream.enabled = true;
     c.channel.without_namespace = ChannelOptions {
         allow_subscribe_for_client: true,
         allow_publish_for_subscriber: true,
@@ -78,7 +84,16 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: Config) -> TestServer {
-        let running = Server::new(config)
+        TestServer::start_observed(config, std::sync::Arc::new(rotor_core::events::NoObserver))
+            .await
+    }
+
+    /// Starts with an observer of core events.
+    pub async fn start_observed(
+        config: Config,
+        observer: std::sync::Arc<dyn rotor_core::events::Observer>,
+    ) -> TestServer {
+        let running = Server::with_observer(config, observer)
             .expect("valid config")
             .start()
             .await
@@ -254,18 +269,27 @@ impl Script {
         self.expect_where(name, |_| true, timeout).await
     }
 
-    /// Like [`Script::expect`], for the oldest `name` event that also satisfies `pred`.
+    /// The oldest not-yet-taken event named any of `names`.
+    pub async fn expect_any(&mut self, names: &[&str], timeout: Duration) -> Value {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        self.expect_where(
+            "",
+            move |v| names.iter().any(|n| v["event"] == n.as_str()),
+            timeout,
+        )
+        .await
+    }
+
+    /// Like [`Script::expect`], for the oldest `name` event that also satisfies `pred`
+    /// (an empty `name` matches any event).
     pub async fn expect_where(
         &mut self,
         name: &str,
         pred: impl Fn(&Value) -> bool,
         timeout: Duration,
     ) -> Value {
-        if let Some(i) = self
-            .pending
-            .iter()
-            .position(|v| v["event"] == name && pred(v))
-        {
+        let named = |v: &Value| name.is_empty() || v["event"] == name;
+        if let Some(i) = self.pending.iter().position(|v| named(v) && pred(v)) {
             return self.pending.remove(i).expect("found above");
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -287,7 +311,7 @@ impl Script {
                 continue;
             };
             self.seen.push(v.clone());
-            if v["event"] == name && pred(&v) {
+            if named(&v) && pred(&v) {
                 return v;
             }
             if v["event"] == "fail" {
@@ -539,6 +563,7 @@ pub mod mem {
                 kind: rotor_core::session::TransportKind::WebSocket,
             },
             session_id: None,
+            uni_connect: None,
         };
         tokio::spawn(rotor_core::session::run(
             node.clone(),
@@ -547,5 +572,148 @@ pub mod mem {
             Writer(out_tx),
         ));
         (in_tx, out_rx)
+    }
+}
+
+/// A streamed HTTP response read incrementally (chunked transfer encoding), for the
+/// HTTP-streaming and SSE transports.
+pub struct HttpStream {
+    stream: tokio::net::TcpStream,
+    pub status: u16,
+    pub headers: String,
+    raw: Vec<u8>,
+    body: Vec<u8>,
+    ended: bool,
+}
+
+impl HttpStream {
+    /// Sends `request` (a full HTTP/1.1 request) and reads the response head.
+    pub async fn open(addr: SocketAddr, request: &str) -> HttpStream {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut s = HttpStream {
+            stream,
+            status: 0,
+            headers: String::new(),
+            raw: Vec::new(),
+            body: Vec::new(),
+            ended: false,
+        };
+        loop {
+            if let Some(pos) = s.raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&s.raw[..pos]).to_string();
+                s.raw.drain(..pos + 4);
+                s.status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                s.headers = head.to_ascii_lowercase();
+                break;
+            }
+            assert!(
+                s.fill(Duration::from_secs(10)).await,
+                "connection closed before the response head"
+            );
+        }
+        if !s.headers.contains("transfer-encoding: chunked") {
+            // Whole body (error responses): read to the end.
+            while s.fill(Duration::from_secs(10)).await {}
+            s.body = std::mem::take(&mut s.raw);
+            s.ended = true;
+        }
+        s
+    }
+
+    async fn fill(&mut self, timeout: Duration) -> bool {
+        let mut buf = [0u8; 8192];
+        match tokio::time::timeout(timeout, self.stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.raw.extend_from_slice(&buf[..n]);
+                true
+            }
+            Err(_) => panic!("stream idle for {timeout:?}"),
+        }
+    }
+
+    /// Moves complete chunks from `raw` to `body`; returns false at the last chunk.
+    fn dechunk(&mut self) -> bool {
+        loop {
+            let Some(line_end) = self.raw.windows(2).position(|w| w == b"\r\n") else {
+                return true;
+            };
+            let size_text = String::from_utf8_lossy(&self.raw[..line_end]).to_string();
+            let size = usize::from_str_radix(size_text.trim(), 16).expect("chunk size");
+            if size == 0 {
+                self.ended = true;
+                return false;
+            }
+            if self.raw.len() < line_end + 2 + size + 2 {
+                return true;
+            }
+            self.body
+                .extend_from_slice(&self.raw[line_end + 2..line_end + 2 + size]);
+            self.raw.drain(..line_end + 2 + size + 2);
+        }
+    }
+
+    /// The next line of the body (HTTP streaming), or `None` when the body ended.
+    pub async fn line(&mut self) -> Option<String> {
+        loop {
+            if !self.ended {
+                self.dechunk();
+            }
+            if let Some(pos) = self.body.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.body.drain(..=pos).collect();
+                return Some(String::from_utf8_lossy(&line[..line.len() - 1]).to_string());
+            }
+            if self.ended || !self.fill(Duration::from_secs(10)).await {
+                return None;
+            }
+        }
+    }
+
+    /// The next JSON message: a line for HTTP streaming, a `data:` event for SSE.
+    pub async fn message(&mut self) -> Option<Value> {
+        loop {
+            let line = self.line().await?;
+            let text = line.strip_prefix("data: ").unwrap_or(&line).trim();
+            if text.is_empty() {
+                continue;
+            }
+            return Some(
+                serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON: {text:?}: {e}")),
+            );
+        }
+    }
+
+    /// The next message that is not a ping (`{}`).
+    pub async fn push(&mut self) -> Option<Value> {
+        loop {
+            let m = self.message().await?;
+            if m.as_object().is_some_and(|o| !o.is_empty()) {
+                return Some(m);
+            }
+        }
+    }
+}
+
+/// Percent-encodes a query parameter value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl HttpStream {
+    /// The next reply or push, skipping pings.
+    pub async fn push_or_reply(&mut self) -> Value {
+        self.push().await.expect("stream ended")
     }
 }

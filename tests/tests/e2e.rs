@@ -9,4 +9,6 @@ mod e2e {
     pub mod expiry_scale;
     pub mod jwks;
     pub mod sdk;
+    pub mod transports;
+    pub mod uni;
 }

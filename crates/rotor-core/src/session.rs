@@ -37,6 +37,11 @@ pub enum TransportKind {
     /// HTTP-streaming and SSE emulation: commands arrive by `/emulation` POST; a disconnect is
     /// written as a push before the stream ends; the connect reply carries session and node.
     Emulation,
+    /// Unidirectional (uni_websocket, uni_sse, uni_http_stream): the connect request comes
+    /// with the HTTP request, pushes are sent bare (`{"channel":…,"pub":…}`), pings are `{}`
+    /// with no pong expected, and a disconnect is a bare `{"disconnect":…}`. Client frames
+    /// after the connect are ignored.
+    Unidirectional,
 }
 
 /// A transport's identity.
@@ -80,6 +85,8 @@ pub struct SessionParams {
     pub transport: TransportInfo,
     /// The emulation session id the transport routes `/emulation` POSTs by.
     pub session_id: Option<Arc<str>>,
+    /// For unidirectional transports: the connect request that came with the HTTP request.
+    pub uni_connect: Option<ConnectRequest>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -146,9 +153,16 @@ pub async fn run(
         next_presence: None,
         out: Vec::new(),
     };
+    let mut first = match params.uni_connect {
+        Some(req) => Some(s.uni_connect(req).await),
+        None => None,
+    };
     let ending = loop {
         let deadline = s.next_deadline();
-        let mut ending = tokio::select! {
+        let mut ending = if let Some(result) = first.take() {
+            result
+        } else {
+            tokio::select! {
             biased;
             _ = cancel.cancelled() => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
             msg = inbox.recv() => match msg {
@@ -161,6 +175,7 @@ pub async fn run(
                 Inbound::Closed => break None,
             },
             _ = sleep_until_opt(deadline) => s.on_timer().await,
+            }
         };
         if !s.out.is_empty() {
             let messages = std::mem::take(&mut s.out);
@@ -185,19 +200,21 @@ pub async fn run(
     };
     if let Some(d) = &ending {
         tracing::debug!(client = %client.id(), user = %s.user, code = d.code, reason = %d.reason, transport = s.transport.name, "disconnect");
-        if s.transport.kind == TransportKind::Emulation {
-            let push = Reply::push(Push {
-                disconnect: Some(DisconnectPush {
-                    code: d.code as u32,
-                    reason: d.reason.to_string(),
-                }),
-                ..Push::default()
-            });
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                writer.write(vec![to_json(&push)]),
-            )
-            .await;
+        let push = Push {
+            disconnect: Some(DisconnectPush {
+                code: d.code as u32,
+                reason: d.reason.to_string(),
+            }),
+            ..Push::default()
+        };
+        let message = match s.transport.kind {
+            TransportKind::WebSocket => None,
+            TransportKind::Emulation => Some(to_json(&Reply::push(push))),
+            TransportKind::Unidirectional => Some(to_json(&push)),
+        };
+        if let Some(m) = message {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.write(vec![m]))
+                .await;
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.close(d)).await;
     }
@@ -303,12 +320,51 @@ impl Session {
     }
 
     fn emit_push(&mut self, push: Push) {
-        self.emit(&Reply::push(push));
+        if self.transport.kind == TransportKind::Unidirectional {
+            self.out.push(to_json(&push));
+        } else {
+            self.emit(&Reply::push(push));
+        }
+    }
+
+    /// Whether the client answers pings (bidirectional transports only).
+    fn expects_pong(&self) -> bool {
+        self.transport.kind != TransportKind::Unidirectional && !self.cfg().pong_timeout.is_zero()
+    }
+
+    /// The connect of a unidirectional transport: the result goes out as a bare `connect`
+    /// push, and an error becomes a disconnect (there is no reply to carry it).
+    async fn uni_connect(&mut self, req: ConnectRequest) -> Option<Disconnect> {
+        match self.connect(req).await {
+            Ok(Some(reply)) => {
+                self.emit_push(Push {
+                    connect: reply.connect,
+                    ..Push::default()
+                });
+                None
+            }
+            Ok(None) => None,
+            Err(CoreError::Disconnect(d)) => Some(d),
+            Err(e) => {
+                let d = match e.code().map(|c| c.code()) {
+                    Some(109) | Some(110) => Disconnect::EXPIRED,
+                    Some(111) => Disconnect::TOO_MANY_REQUESTS,
+                    Some(103) => Disconnect::PERMISSION_DENIED,
+                    _ => Disconnect::SERVER_ERROR,
+                };
+                tracing::info!(client = %self.client.id(), error = %e, code = d.code, "unidirectional connect refused");
+                Some(d)
+            }
+        }
     }
 
     // ----- input -----
 
     async fn on_frame(&mut self, frame: &str) -> Option<Disconnect> {
+        if self.transport.kind == TransportKind::Unidirectional {
+            tracing::debug!(client = %self.client.id(), "ignoring a frame on a unidirectional transport");
+            return None;
+        }
         let commands = match decode_commands(frame) {
             Ok(c) => c,
             Err(e) => {
@@ -455,15 +511,17 @@ impl Session {
             client: self.client.id().to_string(),
             version: self.node.config().version.clone(),
             ping,
-            pong: ping > 0 && !cfg.pong_timeout.is_zero(),
+            pong: ping > 0 && self.expects_pong(),
             ..ConnectResult::default()
         };
         if let Some(at) = expire_at {
             result.expires = true;
             result.ttl = at.saturating_sub(now).max(1) as u32;
         }
+        if let Some(session) = self.client.session() {
+            result.session = session.to_string();
+        }
         if self.transport.kind == TransportKind::Emulation {
-            result.session = self.client.session().unwrap_or_default().to_string();
             result.node = self.node.uid().to_string();
         }
         for (ch, claim) in std::mem::take(&mut server_subs) {
@@ -927,7 +985,11 @@ impl Session {
             self.client.taken(&msg);
             match msg {
                 SessionMsg::Push { channel, push } => {
-                    if self.subs.contains_key(&channel) {
+                    if !self.subs.contains_key(&channel) {
+                        // Unsubscribed while the push was queued.
+                    } else if self.transport.kind == TransportKind::Unidirectional {
+                        self.out.push(push.to_string());
+                    } else {
                         let mut wrapped = String::with_capacity(push.len() + 9);
                         wrapped.push_str("{\"push\":");
                         wrapped.push_str(&push);
@@ -1049,7 +1111,7 @@ impl Session {
         if self.next_ping.is_some_and(|d| d <= now) {
             self.out.push("{}".into());
             self.next_ping = Some(now + cfg.ping_interval);
-            if !cfg.pong_timeout.is_zero() && self.pong_deadline.is_none() {
+            if self.expects_pong() && self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + cfg.pong_timeout);
             }
         }

@@ -100,6 +100,78 @@ impl Default for WebSocketConfig {
     }
 }
 
+macro_rules! transport_config {
+    ($(#[$outer:meta])* $name:ident, $path:literal { $($(#[$m:meta])* $field:ident: $ty:ty = $default:expr,)* }) => {
+        $(#[$outer])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            /// Serve this transport (off by default, as in Centrifugo).
+            pub enabled: bool,
+            /// Path of the endpoint.
+            pub handler_prefix: String,
+            /// How long one write may take before the connection is closed.
+            #[serde(with = "rotor_core::duration")]
+            pub write_timeout: Duration,
+            $($(#[$m])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    enabled: false,
+                    handler_prefix: $path.into(),
+                    write_timeout: Duration::from_secs(1),
+                    $($field: $default,)*
+                }
+            }
+        }
+    };
+}
+
+transport_config!(
+    /// `http_stream.*`: bidirectional emulation over a streamed HTTP response.
+    HttpStreamConfig, "/connection/http_stream" {}
+);
+transport_config!(
+    /// `sse.*`: bidirectional emulation over Server-Sent Events.
+    SseConfig, "/connection/sse" {}
+);
+transport_config!(
+    /// `uni_websocket.*`: server-to-client pushes over WebSocket, no commands.
+    UniWebSocketConfig, "/connection/uni_websocket" {}
+);
+transport_config!(
+    /// `uni_sse.*`: server-to-client pushes over Server-Sent Events.
+    UniSseConfig, "/connection/uni_sse" {
+        /// Name of a cookie that carries the connection token (EventSource cannot set
+        /// headers, and tokens in URLs end up in logs). Empty: no cookie is read.
+        token_cookie: String = String::new(),
+    }
+);
+transport_config!(
+    /// `uni_http_stream.*`: server-to-client pushes over a streamed HTTP response.
+    UniHttpStreamConfig, "/connection/uni_http_stream" {}
+);
+
+/// `emulation.*`: where http_stream and sse clients POST their commands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmulationConfig {
+    pub handler_prefix: String,
+    /// Largest request body accepted on emulation and HTTP connect endpoints (413 beyond).
+    pub max_request_body_size: usize,
+}
+
+impl Default for EmulationConfig {
+    fn default() -> Self {
+        EmulationConfig {
+            handler_prefix: "/emulation".into(),
+            max_request_body_size: 65536,
+        }
+    }
+}
+
 /// `log.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -170,6 +242,12 @@ pub struct Config {
     pub channel: ChannelConfig,
     pub http_api: HttpApiConfig,
     pub websocket: WebSocketConfig,
+    pub http_stream: HttpStreamConfig,
+    pub sse: SseConfig,
+    pub emulation: EmulationConfig,
+    pub uni_websocket: UniWebSocketConfig,
+    pub uni_sse: UniSseConfig,
+    pub uni_http_stream: UniHttpStreamConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
     pub node: NodeConfig,

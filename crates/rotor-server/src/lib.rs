@@ -8,6 +8,8 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod server;
+mod stream;
+mod uni;
 mod ws;
 
 pub use config::Config;
@@ -42,6 +44,11 @@ pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
     allowed
         .iter()
         .any(|p| api::glob_match(&p.to_ascii_lowercase(), &origin))
+}
+
+/// A new id for an emulation or unidirectional session.
+pub(crate) fn new_session_id() -> std::sync::Arc<str> {
+    std::sync::Arc::from(uuid::Uuid::new_v4().to_string())
 }
 
 pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response {

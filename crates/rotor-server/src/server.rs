@@ -7,19 +7,49 @@ use std::time::Duration;
 
 use rotor_core::broker::LocalBroker;
 use rotor_core::Node;
+use std::collections::HashMap;
 use tokio_util::sync::CancellationToken;
-use warp::http::{HeaderMap, StatusCode};
+
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::hyper::body::Bytes;
 use warp::Filter;
 
 use crate::config::Config;
-use crate::{api, json_response, ws, ServerError};
+use crate::stream::{self, Framing};
+use crate::{api, json_response, origin_allowed, ws, ServerError};
+
+/// Refuses requests from browser origins that are not allowed (403); allowed cross-origin
+/// requests get the CORS headers browsers need to read the response.
+fn with_origin(
+    state: &AppState,
+    headers: &HeaderMap,
+    respond: impl FnOnce() -> warp::reply::Response,
+) -> warp::reply::Response {
+    let origin = headers.get("origin").and_then(|v| v.to_str().ok());
+    if !origin_allowed(origin, &state.config.client.allowed_origins) {
+        tracing::info!(origin = origin.unwrap_or(""), "origin not allowed");
+        return crate::plain(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let mut res = respond();
+    if let Some(o) = origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        let h = res.headers_mut();
+        h.insert("access-control-allow-origin", o);
+        h.insert(
+            "access-control-allow-credentials",
+            HeaderValue::from_static("true"),
+        );
+        h.insert("vary", HeaderValue::from_static("origin"));
+    }
+    res
+}
 
 /// What every route handler gets.
 #[derive(Clone)]
 pub struct AppState {
     pub node: Node,
     pub config: Arc<Config>,
+    /// Emulation sessions on this node, for routing `/emulation` POSTs.
+    pub sessions: Arc<crate::stream::Sessions>,
 }
 
 /// Matches one configured path exactly.
@@ -86,14 +116,190 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
         );
 
     let mut all = health.boxed().or(api).unify().boxed();
-    if !state.config.websocket.disabled {
+    let cfg = state.config.clone();
+    let query = || {
+        warp::query::<HashMap<String, String>>()
+            .or(warp::any().map(HashMap::new))
+            .unify()
+    };
+    let body_limit = cfg.emulation.max_request_body_size as u64;
+    let mut cors_paths: Vec<String> = Vec::new();
+    if !cfg.websocket.disabled {
         let websocket = warp::get()
-            .and(exact_path(state.config.websocket.handler_prefix.clone()))
+            .and(exact_path(cfg.websocket.handler_prefix.clone()))
             .and(warp::header::headers_cloned())
             .and(warp::ext::optional::<warp::hyper::upgrade::OnUpgrade>())
             .and(with_state.clone())
-            .map(|headers, on_upgrade, state: AppState| ws::upgrade(state, headers, on_upgrade));
+            .map(|headers, on_upgrade, state: AppState| {
+                ws::upgrade(state, headers, on_upgrade, ws::Mode::Bidirectional)
+            });
         all = all.or(websocket).unify().boxed();
+    }
+    if cfg.uni_websocket.enabled {
+        let uni_ws = warp::get()
+            .and(exact_path(cfg.uni_websocket.handler_prefix.clone()))
+            .and(warp::header::headers_cloned())
+            .and(warp::ext::optional::<warp::hyper::upgrade::OnUpgrade>())
+            .and(query())
+            .and(with_state.clone())
+            .map(
+                |headers: HeaderMap,
+                 on_upgrade,
+                 mut q: HashMap<String, String>,
+                 state: AppState| {
+                    let bearer = crate::uni::token_from_headers(&headers, "");
+                    let mode = ws::Mode::Unidirectional {
+                        cf_connect: q.remove("cf_connect"),
+                        bearer,
+                    };
+                    ws::upgrade(state, headers, on_upgrade, mode)
+                },
+            );
+        all = all.or(uni_ws).unify().boxed();
+    }
+    if cfg.http_stream.enabled {
+        cors_paths.push(cfg.http_stream.handler_prefix.clone());
+        let http_stream = warp::post()
+            .and(exact_path(cfg.http_stream.handler_prefix.clone()))
+            .and(warp::header::headers_cloned())
+            .and(warp::body::content_length_limit(body_limit))
+            .and(warp::body::bytes())
+            .and(with_state.clone())
+            .map(|headers: HeaderMap, body: Bytes, state: AppState| {
+                with_origin(&state, &headers, || {
+                    match String::from_utf8(body.to_vec()) {
+                        Ok(connect) => stream::emulation(state.clone(), connect, Framing::Lines),
+                        Err(_) => crate::plain(StatusCode::BAD_REQUEST, "body is not UTF-8\n"),
+                    }
+                })
+            });
+        all = all.or(http_stream).unify().boxed();
+    }
+    if cfg.sse.enabled {
+        cors_paths.push(cfg.sse.handler_prefix.clone());
+        let sse = warp::get()
+            .and(exact_path(cfg.sse.handler_prefix.clone()))
+            .and(warp::header::headers_cloned())
+            .and(query())
+            .and(with_state.clone())
+            .map(
+                |headers: HeaderMap, mut q: HashMap<String, String>, state: AppState| {
+                    with_origin(&state, &headers, || match q.remove("cf_connect") {
+                        Some(connect) => {
+                            stream::emulation(state.clone(), connect, Framing::EventStream)
+                        }
+                        None => crate::plain(
+                            StatusCode::BAD_REQUEST,
+                            "cf_connect query parameter required\n",
+                        ),
+                    })
+                },
+            );
+        all = all.or(sse).unify().boxed();
+    }
+    if cfg.http_stream.enabled || cfg.sse.enabled {
+        cors_paths.push(cfg.emulation.handler_prefix.clone());
+        let emulation = warp::post()
+            .and(exact_path(cfg.emulation.handler_prefix.clone()))
+            .and(warp::header::headers_cloned())
+            .and(warp::body::content_length_limit(body_limit))
+            .and(warp::body::bytes())
+            .and(with_state.clone())
+            .map(|headers: HeaderMap, body: Bytes, state: AppState| {
+                with_origin(&state, &headers, || {
+                    let mut res = warp::reply::Response::default();
+                    *res.status_mut() = stream::post(&state, &body);
+                    res
+                })
+            });
+        all = all.or(emulation).unify().boxed();
+    }
+    if cfg.uni_http_stream.enabled {
+        cors_paths.push(cfg.uni_http_stream.handler_prefix.clone());
+        let uni_http_stream = warp::post()
+            .and(exact_path(cfg.uni_http_stream.handler_prefix.clone()))
+            .and(warp::header::headers_cloned())
+            .and(warp::body::content_length_limit(body_limit))
+            .and(warp::body::bytes())
+            .and(with_state.clone())
+            .map(|headers: HeaderMap, body: Bytes, state: AppState| {
+                with_origin(&state, &headers, || {
+                    let bearer = crate::uni::token_from_headers(&headers, "");
+                    match crate::uni::connect_request(&String::from_utf8_lossy(&body), bearer) {
+                        Ok(req) => stream::unidirectional(state.clone(), req, Framing::Lines),
+                        Err(e) => {
+                            tracing::info!(error = %e, "uni_http_stream: bad connect request");
+                            crate::plain(StatusCode::BAD_REQUEST, "bad connect request\n")
+                        }
+                    }
+                })
+            });
+        all = all.or(uni_http_stream).unify().boxed();
+    }
+    if cfg.uni_sse.enabled {
+        cors_paths.push(cfg.uni_sse.handler_prefix.clone());
+        let uni_sse = warp::get()
+            .and(exact_path(cfg.uni_sse.handler_prefix.clone()))
+            .and(warp::header::headers_cloned())
+            .and(query())
+            .and(with_state.clone())
+            .map(
+                |headers: HeaderMap, mut q: HashMap<String, String>, state: AppState| {
+                    with_origin(&state, &headers, || {
+                        let token = crate::uni::token_from_headers(
+                            &headers,
+                            &state.config.uni_sse.token_cookie,
+                        );
+                        match crate::uni::connect_request(
+                            &q.remove("cf_connect").unwrap_or_default(),
+                            token,
+                        ) {
+                            Ok(req) => {
+                                stream::unidirectional(state.clone(), req, Framing::EventStream)
+                            }
+                            Err(e) => {
+                                tracing::info!(error = %e, "uni_sse: bad connect request");
+                                crate::plain(StatusCode::BAD_REQUEST, "bad connect request\n")
+                            }
+                        }
+                    })
+                },
+            );
+        all = all.or(uni_sse).unify().boxed();
+    }
+    if !cors_paths.is_empty() {
+        let preflight = warp::options()
+            .and(warp::path::full())
+            .and(warp::header::headers_cloned())
+            .and(with_state.clone())
+            .and_then(
+                move |full: warp::path::FullPath, headers: HeaderMap, state: AppState| {
+                    let known = cors_paths.iter().any(|p| p == full.as_str());
+                    async move {
+                        if !known {
+                            return Err(warp::reject::not_found());
+                        }
+                        Ok(with_origin(&state, &headers, || {
+                            let mut res = warp::reply::Response::default();
+                            *res.status_mut() = StatusCode::NO_CONTENT;
+                            let h = res.headers_mut();
+                            h.insert(
+                                "access-control-allow-methods",
+                                HeaderValue::from_static("GET, POST, OPTIONS"),
+                            );
+                            h.insert(
+                                "access-control-allow-headers",
+                                HeaderValue::from_static(
+                                    "content-type, authorization, accept, cache-control, pragma",
+                                ),
+                            );
+                            h.insert("access-control-max-age", HeaderValue::from_static("300"));
+                            res
+                        }))
+                    }
+                },
+            );
+        all = all.or(preflight).unify().boxed();
     }
     all.with(warp::log::custom(|info| {
         tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
@@ -121,6 +327,14 @@ pub struct RunningServer {
 impl Server {
     /// Builds the node from the configuration.
     pub fn new(config: Config) -> Result<Server, ServerError> {
+        Server::with_observer(config, Arc::new(rotor_core::events::NoObserver))
+    }
+
+    /// Builds the node with an observer of core events (metrics).
+    pub fn with_observer(
+        config: Config,
+        observer: Arc<dyn rotor_core::events::Observer>,
+    ) -> Result<Server, ServerError> {
         let history = rotor_store_memory::MemoryHistory::new();
         let storage = rotor_core::storage::Storage {
             history: history.clone(),
@@ -131,7 +345,7 @@ impl Server {
             config.core(),
             storage,
             Arc::new(LocalBroker::default()),
-            Arc::new(rotor_core::events::NoObserver),
+            observer,
         )?;
         Ok(Server {
             config: Arc::new(config),
@@ -162,6 +376,7 @@ impl Server {
         let state = AppState {
             node: self.node.clone(),
             config: self.config.clone(),
+            sessions: Default::default(),
         };
         let stop_accepting = CancellationToken::new();
         let stop = stop_accepting.clone();

@@ -29,9 +29,30 @@ const TRANSPORT: TransportInfo = TransportInfo {
     name: "websocket",
     kind: TransportKind::WebSocket,
 };
+const UNI_TRANSPORT: TransportInfo = TransportInfo {
+    name: "uni_websocket",
+    kind: TransportKind::Unidirectional,
+};
+
+/// Which WebSocket endpoint answered.
+pub enum Mode {
+    /// `/connection/websocket`: commands in, replies and pushes out.
+    Bidirectional,
+    /// `/connection/uni_websocket`: the connect request comes in the `cf_connect` query
+    /// parameter or as the first message; after that only pushes go out.
+    Unidirectional {
+        cf_connect: Option<String>,
+        bearer: Option<String>,
+    },
+}
 
 /// Answers a WebSocket upgrade request and starts the session once the upgrade completes.
-pub fn upgrade(state: AppState, headers: HeaderMap, on_upgrade: Option<OnUpgrade>) -> Response {
+pub fn upgrade(
+    state: AppState,
+    headers: HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+    mode: Mode,
+) -> Response {
     let header = |name: &str| {
         headers
             .get(name)
@@ -66,7 +87,10 @@ pub fn upgrade(state: AppState, headers: HeaderMap, on_upgrade: Option<OnUpgrade
         .write_buffer_size(ws.write_buffer_size)
         .max_message_size(Some(ws.message_size_limit))
         .max_frame_size(Some(ws.message_size_limit));
-    let write_timeout = ws.write_timeout;
+    let write_timeout = match mode {
+        Mode::Bidirectional => ws.write_timeout,
+        Mode::Unidirectional { .. } => state.config.uni_websocket.write_timeout,
+    };
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -79,20 +103,52 @@ pub fn upgrade(state: AppState, headers: HeaderMap, on_upgrade: Option<OnUpgrade
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
         let (sink, stream) = socket.split();
-        let params = SessionParams {
-            transport: TRANSPORT,
-            session_id: None,
+        let mut reader = WsReader { stream };
+        let mut writer = WsWriter {
+            sink,
+            write_timeout,
         };
-        session::run(
-            state.node.clone(),
-            params,
-            WsReader { stream },
-            WsWriter {
-                sink,
-                write_timeout,
+        let params = match mode {
+            Mode::Bidirectional => SessionParams {
+                transport: TRANSPORT,
+                session_id: None,
+                uni_connect: None,
             },
-        )
-        .await;
+            Mode::Unidirectional { cf_connect, bearer } => {
+                let first = match cf_connect {
+                    Some(c) => Some(c),
+                    None => {
+                        let wait = state.config.client.stale_close_delay;
+                        match tokio::time::timeout(wait, reader.read()).await {
+                            Ok(Inbound::Frame(f)) => Some(f),
+                            Ok(_) => return,
+                            Err(_) => None,
+                        }
+                    }
+                };
+                let req = match first.map(|f| crate::uni::connect_request(&f, bearer)) {
+                    Some(Ok(req)) => req,
+                    Some(Err(e)) => {
+                        tracing::info!(error = %e, "uni_websocket: bad connect request, closing with 3501");
+                        writer.close(&Disconnect::BAD_REQUEST).await;
+                        return;
+                    }
+                    None => {
+                        tracing::info!(
+                            "uni_websocket: no connect request in time, closing with 3502"
+                        );
+                        writer.close(&Disconnect::STALE).await;
+                        return;
+                    }
+                };
+                SessionParams {
+                    transport: UNI_TRANSPORT,
+                    session_id: Some(crate::new_session_id()),
+                    uni_connect: Some(req),
+                }
+            }
+        };
+        session::run(state.node.clone(), params, reader, writer).await;
     });
     let mut res = Response::default();
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -9,19 +9,19 @@ use serde_json::{json, Value};
 
 const T: Duration = Duration::from_secs(10);
 
-fn client_env(server: &TestServer, token: String) -> Vec<(&'static str, String)> {
+pub fn client_env(server: &TestServer, token: String) -> Vec<(&'static str, String)> {
     vec![("BASE", server.http_url()), ("TOKEN", token)]
 }
 
 /// Sends a command and waits for its result.
-async fn cmd(s: &mut Script, c: Value) -> Value {
+pub async fn cmd(s: &mut Script, c: Value) -> Value {
     s.send(&c.to_string()).await;
     let op = c["op"].clone();
     s.expect_where("result", |v| v["op"] == op, T).await["result"].clone()
 }
 
 /// The scenario both SDKs go through; `s` is a started client script.
-async fn full_flow(server: &TestServer, s: &mut Script, user: &str) {
+pub async fn full_flow(server: &TestServer, s: &mut Script, user: &str) {
     s.expect("ready", T).await;
     s.send(
         &json!({"op": "subscribe", "channel": "chat:room", "options": {"joinLeave": true}})

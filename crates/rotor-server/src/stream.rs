@@ -1,0 +1,242 @@
+//! HTTP transports that stream their response: bidirectional emulation (`http_stream`,
+//! `sse`, with commands arriving by `POST /emulation`) and the unidirectional
+//! `uni_http_stream` and `uni_sse`. Each is a reader and a writer around channels; the
+//! protocol itself is the core's.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rotor_core::session::{
+    self, Inbound, SessionParams, TransportInfo, TransportKind, TransportReader, TransportWriter,
+};
+use rotor_protocol::{ConnectRequest, Disconnect};
+use tokio::sync::mpsc;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::server::AppState;
+
+/// How messages are framed on the response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One JSON message per line, each ending with `\n`.
+    Lines,
+    /// `data: <json>\n\n` per message.
+    EventStream,
+}
+
+/// Commands still to be delivered to emulation sessions, by session id.
+#[derive(Default)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, mpsc::Sender<String>>>,
+}
+
+impl Sessions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<String>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Commands a session may have waiting before `/emulation` POSTs are refused with 503.
+const COMMAND_BACKLOG: usize = 256;
+/// Body chunks waiting to be sent to the client.
+const BODY_BACKLOG: usize = 16;
+
+struct BodyStream(mpsc::Receiver<Bytes>);
+
+impl futures_util::Stream for BodyStream {
+    type Item = Result<Bytes, Infallible>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx).map(|o| o.map(Ok))
+    }
+}
+
+struct StreamReader {
+    /// Frames POSTed to `/emulation`; `None` for unidirectional transports.
+    commands: Option<mpsc::Receiver<String>>,
+    /// Closed when the client goes away (the response body is dropped).
+    body: mpsc::Sender<Bytes>,
+}
+
+#[async_trait]
+impl TransportReader for StreamReader {
+    async fn read(&mut self) -> Inbound {
+        let body = self.body.clone();
+        match &mut self.commands {
+            Some(rx) => tokio::select! {
+                f = rx.recv() => f.map(Inbound::Frame).unwrap_or(Inbound::Closed),
+                _ = body.closed() => Inbound::Closed,
+            },
+            None => {
+                body.closed().await;
+                Inbound::Closed
+            }
+        }
+    }
+}
+
+struct StreamWriter {
+    body: mpsc::Sender<Bytes>,
+    framing: Framing,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl TransportWriter for StreamWriter {
+    async fn write(&mut self, messages: Vec<String>) -> std::io::Result<()> {
+        let mut chunk = String::with_capacity(messages.iter().map(|m| m.len() + 8).sum());
+        for m in &messages {
+            match self.framing {
+                Framing::Lines => {
+                    chunk.push_str(m);
+                    chunk.push('\n');
+                }
+                Framing::EventStream => {
+                    chunk.push_str("data: ");
+                    chunk.push_str(m);
+                    chunk.push_str("\n\n");
+                }
+            }
+        }
+        match tokio::time::timeout(self.timeout, self.body.send(Bytes::from(chunk))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "client went away",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "stream write timed out",
+            )),
+        }
+    }
+
+    async fn close(&mut self, _disconnect: &Disconnect) {
+        // The body ends when the session drops this writer.
+    }
+}
+
+fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing) -> Response {
+    let mut res = warp::reply::stream(BodyStream(rx)).into_response();
+    let h = res.headers_mut();
+    let content_type = match framing {
+        Framing::Lines => "application/json",
+        Framing::EventStream => "text/event-stream; charset=utf-8",
+    };
+    h.insert("content-type", HeaderValue::from_static(content_type));
+    h.insert(
+        "cache-control",
+        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+    );
+    h.insert("pragma", HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    res
+}
+
+/// Starts a bidirectional emulation session whose first frame is `connect` (the POST body
+/// of `http_stream`, the `cf_connect` parameter of `sse`).
+pub fn emulation(state: AppState, connect: String, framing: Framing) -> Response {
+    let (name, timeout) = match framing {
+        Framing::Lines => ("http_stream", state.config.http_stream.write_timeout),
+        Framing::EventStream => ("sse", state.config.sse.write_timeout),
+    };
+    let session_id = crate::new_session_id();
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_BACKLOG);
+    cmd_tx.try_send(connect).expect("a new channel has room");
+    let (body_tx, body_rx) = mpsc::channel(BODY_BACKLOG);
+    state.sessions.lock().insert(session_id.to_string(), cmd_tx);
+    let params = SessionParams {
+        transport: TransportInfo {
+            name,
+            kind: TransportKind::Emulation,
+        },
+        session_id: Some(session_id.clone()),
+        uni_connect: None,
+    };
+    let reader = StreamReader {
+        commands: Some(cmd_rx),
+        body: body_tx.clone(),
+    };
+    let writer = StreamWriter {
+        body: body_tx,
+        framing,
+        timeout,
+    };
+    tokio::spawn(async move {
+        session::run(state.node.clone(), params, reader, writer).await;
+        state.sessions.lock().remove(&*session_id);
+    });
+    streaming_response(body_rx, framing)
+}
+
+/// Starts a unidirectional streaming session with its connect request.
+pub fn unidirectional(state: AppState, req: ConnectRequest, framing: Framing) -> Response {
+    let (name, timeout) = match framing {
+        Framing::Lines => (
+            "uni_http_stream",
+            state.config.uni_http_stream.write_timeout,
+        ),
+        Framing::EventStream => ("uni_sse", state.config.uni_sse.write_timeout),
+    };
+    let (body_tx, body_rx) = mpsc::channel(BODY_BACKLOG);
+    let params = SessionParams {
+        transport: TransportInfo {
+            name,
+            kind: TransportKind::Unidirectional,
+        },
+        session_id: Some(crate::new_session_id()),
+        uni_connect: Some(req),
+    };
+    let reader = StreamReader {
+        commands: None,
+        body: body_tx.clone(),
+    };
+    let writer = StreamWriter {
+        body: body_tx,
+        framing,
+        timeout,
+    };
+    tokio::spawn(session::run(state.node.clone(), params, reader, writer));
+    streaming_response(body_rx, framing)
+}
+
+#[derive(serde::Deserialize)]
+struct EmulationRequest {
+    session: String,
+    #[allow(dead_code)]
+    #[serde(default)]
+    node: String,
+    /// The commands as one JSON string, `\n`-joined.
+    data: String,
+}
+
+/// `POST /emulation`: 204 when the commands were handed to the session, 404 for an unknown
+/// session (the client reconnects), 400 for a bad body, 503 when the session's backlog is full.
+pub fn post(state: &AppState, body: &[u8]) -> StatusCode {
+    let req: EmulationRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(error = %e, "emulation request is not {{session, node, data: string}}");
+            return StatusCode::BAD_REQUEST;
+        }
+    };
+    let Some(tx) = state.sessions.lock().get(&req.session).cloned() else {
+        tracing::debug!(session = %req.session, "emulation request for an unknown session");
+        return StatusCode::NOT_FOUND;
+    };
+    match tx.try_send(req.data) {
+        Ok(()) => StatusCode::NO_CONTENT,
+        Err(mpsc::error::TrySendError::Closed(_)) => StatusCode::NOT_FOUND,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::warn!(session = %req.session, "emulation session has {COMMAND_BACKLOG} commands waiting; refusing more");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Unidirectional transports with plain HTTP and WebSocket clients: connect, publications,
+//! pings, the expiry disconnect, and connect errors mapped to disconnect codes.
+
+use std::time::Duration;
+
+use rotor_tests::*;
+use serde_json::{json, Value};
+
+fn config() -> rotor_server::Config {
+    let mut c = test_config();
+    c.client.expired_close_delay = Duration::from_secs(1);
+    c
+}
+
+fn http_stream_request(body: &str, extra_headers: &str) -> String {
+    format!(
+        "POST /connection/uni_http_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn uni_http_stream_connects_receives_and_is_expired() {
+    let server = TestServer::start(config()).await;
+    let t = token(json!({"sub": "walt", "exp": now() + 2, "channels": ["chat:uni"]}));
+    let mut s = HttpStream::open(
+        server.addr,
+        &http_stream_request(&json!({"token": t}).to_string(), ""),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    let connect = s.push().await.unwrap();
+    assert!(
+        connect["connect"]["client"].is_string(),
+        "a bare connect push: {connect}"
+    );
+    assert!(connect["connect"]["session"].is_string(), "{connect}");
+    assert_eq!(connect["connect"]["expires"], true);
+    assert!(
+        connect["connect"]["subs"]["chat:uni"].is_object(),
+        "{connect}"
+    );
+    assert!(
+        connect["connect"].get("pong").is_none(),
+        "no pong on unidirectional transports: {connect}"
+    );
+
+    server
+        .api(
+            "publish",
+            json!({"channel": "chat:uni", "data": {"hello": "uni"}}),
+        )
+        .await;
+    let p = s.push().await.unwrap();
+    assert_eq!(
+        p,
+        json!({"channel": "chat:uni", "pub": {"data": {"hello": "uni"}, "offset": 1, "time": p["pub"]["time"]}})
+    );
+
+    let d = s.push().await.unwrap();
+    assert_eq!(d["disconnect"]["code"], 3005, "expiry disconnect: {d}");
+    assert_eq!(d["disconnect"]["reason"], "connection expired");
+    assert!(
+        s.line().await.is_none(),
+        "the stream ends after the disconnect"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn uni_connect_errors_become_disconnects() {
+    let server = TestServer::start(config()).await;
+    let cases: Vec<(String, u64)> = vec![
+        (token(json!({"sub": "x", "exp": now() - 5})), 3005),
+        (
+            rotor_auth::sign_hmac(&json!({"sub": "x"}), "bad").unwrap(),
+            3500,
+        ),
+        (String::new(), 3501),
+        (token(json!({"sub": "x", "channels": ["nope:1"]})), 3004),
+    ];
+    for (t, code) in cases {
+        let mut s = HttpStream::open(
+            server.addr,
+            &http_stream_request(&json!({"token": t}).to_string(), ""),
+        )
+        .await;
+        assert_eq!(s.status, 200);
+        let d = s.push().await.unwrap();
+        assert_eq!(d["disconnect"]["code"], code, "{d}");
+        assert!(s.line().await.is_none());
+    }
+    let s = HttpStream::open(
+        server.addr,
+        &http_stream_request("{broken", "Connection: close\r\n"),
+    )
+    .await;
+    assert_eq!(s.status, 400);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn uni_http_stream_takes_a_bearer_token_and_pings() {
+    let mut c = config();
+    c.client.ping_interval = Duration::from_millis(1000);
+    c.client.pong_timeout = Duration::from_millis(200);
+    let server = TestServer::start(c).await;
+    let header = format!("Authorization: Bearer {}\r\n", user_token("xena"));
+    let mut s = HttpStream::open(server.addr, &http_stream_request("", &header)).await;
+    let connect = s.push().await.unwrap();
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    for _ in 0..2 {
+        assert_eq!(
+            s.message().await.unwrap(),
+            json!({}),
+            "pings are {{}} and need no answer"
+        );
+    }
+    assert_eq!(
+        server.node().info().num_clients,
+        1,
+        "still connected past the pong timeout"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn uni_sse_with_cf_connect_or_a_cookie() {
+    let server = TestServer::start(config()).await;
+    let t = token(json!({"sub": "yuri", "channels": ["chat:sse"]}));
+    let by_query = format!(
+        "GET /connection/uni_sse?cf_connect={} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n",
+        urlencode(&json!({"token": t}).to_string())
+    );
+    let by_cookie = format!("GET /connection/uni_sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nCookie: other=1; rotor_token={t}\r\n\r\n");
+    for req in [by_query, by_cookie] {
+        let mut s = HttpStream::open(server.addr, &req).await;
+        assert_eq!(s.status, 200);
+        assert!(
+            s.headers.contains("content-type: text/event-stream"),
+            "{}",
+            s.headers
+        );
+        let connect = s.push().await.unwrap();
+        assert!(connect["connect"]["client"].is_string(), "{connect}");
+        server
+            .api(
+                "publish",
+                json!({"channel": "chat:sse", "data": "over sse"}),
+            )
+            .await;
+        let p = s.push().await.unwrap();
+        assert_eq!(p["channel"], "chat:sse");
+        assert_eq!(p["pub"]["data"], "over sse");
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn uni_websocket_first_message_or_cf_connect() {
+    let server = TestServer::start(config()).await;
+    let url = format!("ws://{}/connection/uni_websocket", server.addr);
+    let t = token(json!({"sub": "zed", "channels": ["chat:uws"]}));
+
+    let mut ws = RawWs::connect(&url).await;
+    ws.send(&json!({"token": t}).to_string()).await;
+    let connect = ws.message().await;
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    server
+        .api("publish", json!({"channel": "chat:uws", "data": 1}))
+        .await;
+    let p: Value = ws.message().await;
+    assert_eq!(
+        (p["channel"].as_str(), p["pub"]["data"].as_u64()),
+        (Some("chat:uws"), Some(1)),
+        "{p}"
+    );
+    // Frames from the client after the connect are ignored, not errors.
+    ws.send("anything").await;
+    server.api("disconnect", json!({"user": "zed"})).await;
+    let d = ws.message().await;
+    assert_eq!(d["disconnect"]["code"], 3503, "{d}");
+    assert_eq!(
+        ws.closed().await.0,
+        3503,
+        "a close frame follows the disconnect push"
+    );
+
+    let mut ws = RawWs::connect(&format!(
+        "{url}?cf_connect={}",
+        urlencode(&json!({"token": t}).to_string())
+    ))
+    .await;
+    let connect = ws.message().await;
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+
+    let mut ws = RawWs::connect(&url).await;
+    ws.send("{not json").await;
+    assert_eq!(ws.closed().await.0, 3501);
+    server.shutdown().await;
+}
