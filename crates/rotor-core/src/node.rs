@@ -94,7 +94,14 @@ pub(crate) struct NodeInner {
     uid: String,
     started_at: tokio::time::Instant,
     channel_locks: Box<[AsyncMutex<()>]>,
+    deliver_locks: Box<[AsyncMutex<()>]>,
     lock_hasher: std::collections::hash_map::RandomState,
+}
+
+/// Both per-channel locks (see [`Node::lock_channel`]).
+pub(crate) struct ChannelGuard<'a> {
+    _submit: tokio::sync::MutexGuard<'a, ()>,
+    _deliver: tokio::sync::MutexGuard<'a, ()>,
 }
 
 /// A rotor node. Cheap to clone.
@@ -136,6 +143,7 @@ impl Node {
             uid: uuid::Uuid::new_v4().to_string(),
             started_at: tokio::time::Instant::now(),
             channel_locks: (0..CHANNEL_LOCKS).map(|_| AsyncMutex::new(())).collect(),
+            deliver_locks: (0..CHANNEL_LOCKS).map(|_| AsyncMutex::new(())).collect(),
             lock_hasher: Default::default(),
         });
         broker.set_handler(Arc::new(Handler(Arc::downgrade(&inner))));
@@ -181,12 +189,22 @@ impl Node {
         }
     }
 
-    /// Serializes publishing and subscribing per channel so that offsets reach subscribers in
-    /// order and a recovering subscriber neither misses nor repeats a publication.
-    pub(crate) async fn lock_channel(&self, channel: &str) -> tokio::sync::MutexGuard<'_, ()> {
+    fn lock_slot(&self, channel: &str) -> usize {
         use std::hash::BuildHasher;
-        let slot = self.inner.lock_hasher.hash_one(channel) as usize % CHANNEL_LOCKS;
-        self.inner.channel_locks[slot].lock().await
+        self.inner.lock_hasher.hash_one(channel) as usize % CHANNEL_LOCKS
+    }
+
+    /// Excludes publishing on this node: held by a subscriber while it joins the hub and reads
+    /// its recovery position, so it neither misses nor repeats a publication. Waits for
+    /// publications already submitted to be delivered.
+    pub(crate) async fn lock_channel(&self, channel: &str) -> ChannelGuard<'_> {
+        let slot = self.lock_slot(channel);
+        let submit = self.inner.channel_locks[slot].lock().await;
+        let deliver = self.inner.deliver_locks[slot].lock().await;
+        ChannelGuard {
+            _submit: submit,
+            _deliver: deliver,
+        }
     }
 
     /// Publishes to a channel: stores it in history when the channel keeps history, then fans
@@ -205,15 +223,24 @@ impl Node {
             tags: options.tags,
             time: self.inner.clock.unix_ms(),
         };
-        let _guard = self.lock_channel(channel).await;
+        // Two fair (FIFO) locks per channel: the submit lock orders publications as they enter
+        // the history store; the deliver lock is taken before the submit lock is released, so
+        // publications reach the broker in the same order, while the store is free to write a
+        // whole queue of them at once (group commit).
+        let slot = self.lock_slot(channel);
+        let submit = self.inner.channel_locks[slot].lock().await;
+        let stored = (opts.history_enabled() && !options.skip_history).then(|| {
+            self.inner.storage.history.add(
+                channel,
+                publication.clone(),
+                &self.history_options(&opts),
+            )
+        });
+        let _deliver = self.inner.deliver_locks[slot].lock().await;
+        drop(submit);
         let mut position = StreamPosition::default();
-        if opts.history_enabled() && !options.skip_history {
-            position = self
-                .inner
-                .storage
-                .history
-                .add(channel, publication.clone(), &self.history_options(&opts))
-                .await?;
+        if let Some(stored) = stored {
+            position = stored.await?;
             publication.offset = position.offset;
         }
         self.inner.broker.publish(channel, &publication).await?;

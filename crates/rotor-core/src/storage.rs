@@ -40,17 +40,25 @@ pub struct HistoryPage {
     pub position: StreamPosition,
 }
 
+/// A boxed future that owns what it needs.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
 #[async_trait]
 pub trait HistoryStore: Send + Sync {
     /// Appends a publication, assigning the next offset of the channel's stream (starting at 1
     /// and increasing by exactly one), and trims the stream to the options' size and TTL.
-    /// Returns the publication's position.
-    async fn add(
+    /// The future resolves to the publication's position once it is stored.
+    ///
+    /// The publication's place in the channel's order is fixed when `add` is *called*, not
+    /// when the future is polled: two `add` calls for a channel get offsets in call order.
+    /// That lets a store batch many publications into one write (group commit) while the
+    /// node still delivers them in order.
+    fn add(
         &self,
         channel: &str,
         publication: Publication,
         opts: &HistoryOptions,
-    ) -> Result<StreamPosition, CoreError>;
+    ) -> BoxFuture<Result<StreamPosition, CoreError>>;
 
     /// Reads publications. A `since` with another epoch is `CoreError::UnrecoverablePosition`.
     async fn read(

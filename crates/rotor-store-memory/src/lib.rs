@@ -101,12 +101,12 @@ impl MemoryHistory {
 
 #[async_trait]
 impl HistoryStore for MemoryHistory {
-    async fn add(
+    fn add(
         &self,
         channel: &str,
         mut publication: Publication,
         opts: &HistoryOptions,
-    ) -> Result<StreamPosition, CoreError> {
+    ) -> BoxFuture<Result<StreamPosition, CoreError>> {
         let now = Instant::now();
         let mut map = lock(&self.streams);
         let s = Self::stream(&mut map, channel, opts.meta_ttl, now);
@@ -115,7 +115,7 @@ impl HistoryStore for MemoryHistory {
         s.pubs.push_back((now, publication));
         s.trim(opts.size, opts.ttl, now);
         s.meta_expires = now + opts.meta_ttl;
-        Ok(s.position())
+        Box::pin(std::future::ready(Ok(s.position())))
     }
 
     async fn read(

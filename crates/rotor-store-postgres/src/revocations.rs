@@ -1,0 +1,94 @@
+use rotor_core::storage::{RevocationFilter, RevocationStore, RevokedToken};
+use rotor_core::CoreError;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use crate::unavailable;
+
+/// The revocation list in Postgres.
+pub struct PgRevocations {
+    pool: PgPool,
+}
+
+impl PgRevocations {
+    pub fn new(pool: PgPool) -> PgRevocations {
+        PgRevocations { pool }
+    }
+}
+
+const COLUMNS: &str = "jti, user_id, expire_at, revoked_at, reason, actor, kicked";
+
+fn entry(r: &PgRow) -> RevokedToken {
+    RevokedToken {
+        jti: r.get(0),
+        user: r.get(1),
+        expire_at: r.get::<i64, _>(2) as u64,
+        revoked_at: r.get::<i64, _>(3) as u64,
+        reason: r.get(4),
+        actor: r.get(5),
+        kicked: r.get::<i32, _>(6) as u32,
+    }
+}
+
+#[async_trait::async_trait]
+impl RevocationStore for PgRevocations {
+    async fn revoke(&self, e: RevokedToken) -> Result<(), CoreError> {
+        sqlx::query(
+            r#"INSERT INTO rotor_revocations (jti, user_id, expire_at, revoked_at, reason, actor, kicked)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)
+               ON CONFLICT (jti) DO UPDATE SET user_id = EXCLUDED.user_id, expire_at = EXCLUDED.expire_at,
+                   revoked_at = EXCLUDED.revoked_at, reason = EXCLUDED.reason, actor = EXCLUDED.actor,
+                   kicked = EXCLUDED.kicked"#,
+        )
+        .bind(&e.jti)
+        .bind(&e.user)
+        .bind(e.expire_at as i64)
+        .bind(e.revoked_at as i64)
+        .bind(&e.reason)
+        .bind(&e.actor)
+        .bind(e.kicked as i32)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn active(&self, now: u64) -> Result<Vec<RevokedToken>, CoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rotor_revocations WHERE expire_at = 0 OR expire_at > $1"
+        ))
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows.iter().map(entry).collect())
+    }
+
+    async fn list(&self, f: &RevocationFilter) -> Result<Vec<RevokedToken>, CoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM rotor_revocations
+             WHERE ($1::text IS NULL OR user_id = $1) AND ($2::bigint IS NULL OR revoked_at >= $2)
+               AND ($3::bigint IS NULL OR revoked_at <= $3)
+             ORDER BY revoked_at DESC, jti ASC LIMIT $4 OFFSET $5"
+        ))
+        .bind(f.user.as_deref())
+        .bind(f.since.map(|v| v as i64))
+        .bind(f.until.map(|v| v as i64))
+        .bind(f.limit as i64)
+        .bind(f.offset as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows.iter().map(entry).collect())
+    }
+
+    async fn purge_expired(&self, now: u64) -> Result<u64, CoreError> {
+        let r =
+            sqlx::query("DELETE FROM rotor_revocations WHERE expire_at <> 0 AND expire_at <= $1")
+                .bind(now as i64)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        Ok(r.rows_affected())
+    }
+}

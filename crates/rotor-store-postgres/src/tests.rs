@@ -1,0 +1,223 @@
+//! The storage conformance suite on a real Postgres (each test in its own schema), plus
+//! retention and the unavailable-database behaviour.
+//!
+//! Needs PostgreSQL at `TEST_PG_DSN` (default `postgres://postgres@127.0.0.1:5432/test`).
+//! Without it the tests skip loudly, except under `CI=true`, where they fail.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rotor_core::conformance as suite;
+use rotor_core::storage::{HistoryFilter, HistoryOptions, HistoryStore};
+use rotor_core::CoreError;
+use rotor_protocol::{Publication, Raw};
+
+use super::*;
+
+fn dsn() -> String {
+    std::env::var("TEST_PG_DSN")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A migrated pool on a fresh schema, or `None` (skip) when Postgres is not reachable.
+async fn fresh(test: &str) -> Option<(PgPool, PgOptions)> {
+    let schema = format!("t_{}_{:08x}", test, rand::random::<u32>());
+    let opts = PgOptions {
+        dsn: dsn(),
+        schema,
+        pool_size: 8,
+        acquire_timeout: Duration::from_secs(5),
+        batch_max_size: 256,
+    };
+    let pool = match connect(&opts).await {
+        Ok(p) => p,
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("{test}: Postgres is required under CI: {e}");
+            }
+            eprintln!(
+                "\n!!!!! SKIPPED {test}: no Postgres at {} ({e}) !!!!!\n",
+                dsn()
+            );
+            return None;
+        }
+    };
+    migrate(&pool).await.expect("migrations apply");
+    Some((pool, opts))
+}
+
+async fn drop_schema(pool: &PgPool, opts: &PgOptions) {
+    let _ = sqlx::query(&format!(
+        "DROP SCHEMA {} CASCADE",
+        quote_ident(&opts.schema)
+    ))
+    .execute(pool)
+    .await;
+}
+
+macro_rules! conformance {
+    ($($name:ident: $store:ident,)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let Some((pool, opts)) = fresh(stringify!($name)).await else { return };
+            let storage = storage(pool.clone(), &opts);
+            suite::$name(storage.$store.clone()).await;
+            drop_schema(&pool, &opts).await;
+        }
+    )*};
+}
+
+conformance! {
+    history_offsets_and_epoch: history,
+    history_since_reverse_limit: history,
+    history_trims_by_size_and_ttl: history,
+    history_remove_keeps_position: history,
+    history_concurrent_adds_are_gap_free: history,
+    presence_basics: presence,
+    presence_expires: presence,
+    revocations: revocations,
+}
+
+fn publication(n: u64) -> Publication {
+    Publication {
+        data: Raw::from_value(&n),
+        info: None,
+        offset: 0,
+        tags: Default::default(),
+        time: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishers_are_batched_into_few_transactions() {
+    let Some((pool, opts)) = fresh("batching").await else {
+        return;
+    };
+    let history = Arc::new(PgHistory::new(pool.clone(), 64));
+    let o = HistoryOptions {
+        size: 10_000,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(3600),
+    };
+    let before: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // 500 publications submitted at once to two channels.
+    let futures: Vec<_> = (0..500u64)
+        .map(|n| history.add(if n % 2 == 0 { "even" } else { "odd" }, publication(n), &o))
+        .collect();
+    let mut offsets = (Vec::new(), Vec::new());
+    for (n, f) in futures.into_iter().enumerate() {
+        let p = f.await.unwrap();
+        if n % 2 == 0 {
+            offsets.0.push(p.offset)
+        } else {
+            offsets.1.push(p.offset)
+        }
+    }
+    assert_eq!(
+        offsets.0,
+        (1..=250).collect::<Vec<_>>(),
+        "in submission order, gap-free"
+    );
+    assert_eq!(offsets.1, (1..=250).collect::<Vec<_>>());
+    let after: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // Other sessions commit too, so allow slack; one transaction per publication would be 500.
+    assert!(
+        after - before < 100,
+        "group commit: {} transactions for 500 publications",
+        after - before
+    );
+    drop_schema(&pool, &opts).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_expired_rows_in_batches() {
+    let Some((pool, opts)) = fresh("retention").await else {
+        return;
+    };
+    let s = storage(pool.clone(), &opts);
+    let short = HistoryOptions {
+        size: 1000,
+        ttl: Duration::from_millis(200),
+        meta_ttl: Duration::from_secs(3600),
+    };
+    for n in 0..25 {
+        s.history.add("r", publication(n), &short).await.unwrap();
+    }
+    let info = rotor_protocol::ClientInfo {
+        user: "u".into(),
+        client: "c".into(),
+        conn_info: None,
+        chan_info: None,
+    };
+    s.presence
+        .add("r", &info, Duration::from_millis(200))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let purged = purge(&pool, 10).await.unwrap();
+    assert_eq!(
+        (purged.publications, purged.presence),
+        (25, 1),
+        "{purged:?}"
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM rotor_publications")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    // The stream position survives; the next publication continues the sequence.
+    assert_eq!(
+        s.history
+            .add("r", publication(99), &short)
+            .await
+            .unwrap()
+            .offset,
+        26
+    );
+    drop_schema(&pool, &opts).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_a_temporary_error() {
+    // Nothing listens on port 1.
+    let opts = PgOptions {
+        dsn: "postgres://postgres@127.0.0.1:1/test".into(),
+        schema: "public".into(),
+        pool_size: 2,
+        acquire_timeout: Duration::from_millis(500),
+        batch_max_size: 16,
+    };
+    assert!(matches!(connect(&opts).await, Err(PgError::Connect(_))));
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy(&opts.dsn)
+        .unwrap();
+    let s = storage(pool, &opts);
+    let o = HistoryOptions {
+        size: 10,
+        ttl: Duration::from_secs(60),
+        meta_ttl: Duration::from_secs(60),
+    };
+    let err = s.history.add("x", publication(1), &o).await.unwrap_err();
+    assert!(matches!(err, CoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        err.to_error().temporary,
+        "clients see a temporary error 100"
+    );
+    let err = s
+        .history
+        .read("x", &HistoryFilter::default(), &o)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CoreError::Unavailable(_)));
+}
