@@ -94,6 +94,7 @@ impl TestServer {
         observer: std::sync::Arc<dyn rotor_core::events::Observer>,
     ) -> TestServer {
         let running = Server::with_observer(config, observer)
+            .await
             .expect("valid config")
             .start()
             .await
@@ -715,5 +716,57 @@ impl HttpStream {
     /// The next reply or push, skipping pings.
     pub async fn push_or_reply(&mut self) -> Value {
         self.push().await.expect("stream ended")
+    }
+}
+
+/// A fresh Postgres schema for one test, dropped by [`PgSchema::drop_now`].
+pub struct PgSchema {
+    pub dsn: String,
+    pub schema: String,
+    pool: rotor_store_postgres::PgPool,
+}
+
+impl PgSchema {
+    /// Creates and migrates a schema, or returns `None` (skip loudly) when Postgres is not
+    /// reachable; under `CI=true` a missing Postgres fails the test instead.
+    pub async fn create(test: &str) -> Option<PgSchema> {
+        let dsn = std::env::var("TEST_PG_DSN")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("e2e_{test}_{}", std::process::id());
+        let opts = rotor_store_postgres::PgOptions {
+            dsn: dsn.clone(),
+            schema: schema.clone(),
+            pool_size: 2,
+            acquire_timeout: Duration::from_secs(5),
+            batch_max_size: 16,
+        };
+        match rotor_store_postgres::connect(&opts).await {
+            Ok(pool) => {
+                // A schema left over from an earlier, interrupted run starts afresh.
+                let _ = rotor_store_postgres::drop_schema(&pool, &schema).await;
+                pool.close().await;
+                let pool = rotor_store_postgres::connect(&opts).await.unwrap();
+                rotor_store_postgres::migrate(&pool).await.unwrap();
+                Some(PgSchema { dsn, schema, pool })
+            }
+            Err(e) => {
+                if in_ci() {
+                    panic!("{test}: Postgres is required under CI: {e}");
+                }
+                eprintln!("\n!!!!! SKIPPED {test}: no Postgres at {dsn} ({e}) !!!!!\n");
+                None
+            }
+        }
+    }
+
+    /// Points a config at this schema.
+    pub fn configure(&self, config: &mut Config) {
+        config.storage.kind = "postgres".into();
+        config.storage.postgres.dsn = self.dsn.clone();
+        config.storage.postgres.schema = self.schema.clone();
+    }
+
+    pub async fn drop_now(self) {
+        let _ = rotor_store_postgres::drop_schema(&self.pool, &self.schema).await;
     }
 }

@@ -69,6 +69,8 @@ pub enum Command {
     },
     /// Load and check the configuration, then exit.
     Checkconfig,
+    /// Apply pending database migrations (storage.type = "postgres"), then exit.
+    Migrate,
 }
 
 impl Common {
@@ -218,9 +220,35 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         }
         Command::Checkconfig => {
             let config = cli.common.load()?;
-            Server::new(config)?;
+            Server::check(&config)?;
             println!("configuration OK");
             Ok(())
+        }
+        Command::Migrate => {
+            let config = cli.common.load()?;
+            init_logging(&config);
+            if config.storage.kind != "postgres" {
+                return Err(ServerError::Cli(
+                    "migrate needs storage.type = \"postgres\"".into(),
+                ));
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ServerError::Cli(e.to_string()))?;
+            runtime.block_on(async {
+                let pool = rotor_store_postgres::connect(&config.storage.postgres.options())
+                    .await
+                    .map_err(|e| ServerError::Storage(e.to_string()))?;
+                rotor_store_postgres::migrate(&pool)
+                    .await
+                    .map_err(|e| ServerError::Storage(e.to_string()))?;
+                println!(
+                    "migrations applied (schema {:?})",
+                    config.storage.postgres.schema
+                );
+                Ok(())
+            })
         }
     }
 }
@@ -228,7 +256,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
 async fn serve(config: Config) -> Result<(), ServerError> {
     // Signal handlers go in before anyone can connect, so an early SIGTERM is still graceful.
     let signal = shutdown_signal();
-    let running = Server::new(config)?.start().await?;
+    let running = Server::new(config).await?.start().await?;
     // The address on its own line, for scripts and tests that start rotor on port 0.
     println!("listening on {}", running.addr());
     signal.await;

@@ -220,15 +220,90 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `memory` (the only backend so far).
+    /// `memory` (this process only) or `postgres` (survives restarts, shared by nodes).
     #[serde(rename = "type")]
     pub kind: String,
+    pub postgres: PostgresConfig,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             kind: "memory".into(),
+            postgres: PostgresConfig::default(),
+        }
+    }
+}
+
+/// `storage.postgres.*`
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Connection string, e.g. `postgres://rotor:secret@db:5432/rotor`.
+    pub dsn: String,
+    /// Schema for rotor's tables (created if missing).
+    pub schema: String,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// How long an operation waits for a connection; past it, clients get error 100.
+    #[serde(with = "rotor_core::duration")]
+    pub acquire_timeout: Duration,
+    /// Most publications written in one transaction (group commit).
+    pub batch_max_size: usize,
+    /// Apply pending migrations at startup (otherwise run `rotor migrate`).
+    pub migrate_on_start: bool,
+    /// How often expired history, presence and revocation rows are deleted.
+    #[serde(with = "rotor_core::duration")]
+    pub retention_interval: Duration,
+    /// Rows deleted per statement by the retention job.
+    pub retention_batch_size: u32,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            dsn: String::new(),
+            schema: "public".into(),
+            pool_size: 16,
+            acquire_timeout: Duration::from_secs(2),
+            batch_max_size: 512,
+            migrate_on_start: true,
+            retention_interval: Duration::from_secs(60),
+            retention_batch_size: 5000,
+        }
+    }
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the password.
+        let dsn = match self.dsn.split_once("://").and_then(|(scheme, rest)| {
+            rest.split_once('@')
+                .map(|(user, host)| (scheme, user, host))
+        }) {
+            Some((scheme, user, host)) => {
+                format!("{scheme}://{}@{host}", user.split(':').next().unwrap_or(""))
+            }
+            None => self.dsn.clone(),
+        };
+        f.debug_struct("PostgresConfig")
+            .field("dsn", &dsn)
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .field("batch_max_size", &self.batch_max_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresConfig {
+    /// The store's options.
+    pub fn options(&self) -> rotor_store_postgres::PgOptions {
+        rotor_store_postgres::PgOptions {
+            dsn: self.dsn.clone(),
+            schema: self.schema.clone(),
+            pool_size: self.pool_size,
+            acquire_timeout: self.acquire_timeout,
+            batch_max_size: self.batch_max_size,
         }
     }
 }
@@ -335,11 +410,20 @@ impl Config {
 
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), ServerError> {
-        if self.storage.kind != "memory" {
-            return Err(ServerError::Config(format!(
-                "storage.type: unknown storage {:?} (supported: memory)",
-                self.storage.kind
-            )));
+        match self.storage.kind.as_str() {
+            "memory" => {}
+            "postgres" => {
+                if self.storage.postgres.dsn.is_empty() {
+                    return Err(ServerError::Config(
+                        "storage.postgres.dsn: required when storage.type is postgres".into(),
+                    ));
+                }
+            }
+            other => {
+                return Err(ServerError::Config(format!(
+                    "storage.type: unknown storage {other:?} (use memory or postgres)"
+                )));
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ServerError::Config(format!(

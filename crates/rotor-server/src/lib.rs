@@ -31,6 +31,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Core(#[from] rotor_core::CoreError),
+    #[error("storage: {0}")]
+    Storage(String),
     #[error("{0}")]
     Cli(String),
 }

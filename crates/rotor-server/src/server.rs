@@ -312,7 +312,13 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
 pub struct Server {
     config: Arc<Config>,
     node: Node,
-    history: Arc<rotor_store_memory::MemoryHistory>,
+    background: Background,
+}
+
+/// Storage housekeeping that runs while the server does.
+enum Background {
+    Memory(Arc<rotor_store_memory::MemoryHistory>),
+    Postgres(rotor_store_postgres::PgPool),
 }
 
 /// A listening server.
@@ -325,21 +331,43 @@ pub struct RunningServer {
 }
 
 impl Server {
-    /// Builds the node from the configuration.
-    pub fn new(config: Config) -> Result<Server, ServerError> {
-        Server::with_observer(config, Arc::new(rotor_core::events::NoObserver))
+    /// Builds the node from the configuration (connecting to and migrating the database when
+    /// storage is Postgres).
+    pub async fn new(config: Config) -> Result<Server, ServerError> {
+        Server::with_observer(config, Arc::new(rotor_core::events::NoObserver)).await
     }
 
     /// Builds the node with an observer of core events (metrics).
-    pub fn with_observer(
+    pub async fn with_observer(
         config: Config,
         observer: Arc<dyn rotor_core::events::Observer>,
     ) -> Result<Server, ServerError> {
-        let history = rotor_store_memory::MemoryHistory::new();
-        let storage = rotor_core::storage::Storage {
-            history: history.clone(),
-            presence: rotor_store_memory::MemoryPresence::new(),
-            revocations: rotor_store_memory::MemoryRevocations::new(),
+        let (storage, background) = match config.storage.kind.as_str() {
+            "postgres" => {
+                let pg = &config.storage.postgres;
+                let opts = pg.options();
+                let pool = rotor_store_postgres::connect(&opts)
+                    .await
+                    .map_err(|e| ServerError::Storage(e.to_string()))?;
+                if pg.migrate_on_start {
+                    rotor_store_postgres::migrate(&pool)
+                        .await
+                        .map_err(|e| ServerError::Storage(e.to_string()))?;
+                }
+                (
+                    rotor_store_postgres::storage(pool.clone(), &opts),
+                    Background::Postgres(pool),
+                )
+            }
+            _ => {
+                let history = rotor_store_memory::MemoryHistory::new();
+                let storage = rotor_core::storage::Storage {
+                    history: history.clone(),
+                    presence: rotor_store_memory::MemoryPresence::new(),
+                    revocations: rotor_store_memory::MemoryRevocations::new(),
+                };
+                (storage, Background::Memory(history))
+            }
         };
         let node = Node::new(
             config.core(),
@@ -350,8 +378,19 @@ impl Server {
         Ok(Server {
             config: Arc::new(config),
             node,
-            history,
+            background,
         })
+    }
+
+    /// Checks everything the node checks (namespaces, token keys) without touching storage.
+    pub fn check(config: &Config) -> Result<(), ServerError> {
+        Node::new(
+            config.core(),
+            rotor_store_memory::storage(),
+            Arc::new(LocalBroker::default()),
+            Arc::new(rotor_core::events::NoObserver),
+        )?;
+        Ok(())
     }
 
     pub fn node(&self) -> &Node {
@@ -387,7 +426,21 @@ impl Server {
                 .run()
                 .await;
         });
-        spawn_history_sweeper(self.node.clone(), self.history.clone());
+        match &self.background {
+            Background::Memory(history) => {
+                spawn_history_sweeper(self.node.clone(), history.clone())
+            }
+            Background::Postgres(pool) => {
+                let pg = &self.config.storage.postgres;
+                let stop = self.node.shutdown_token();
+                rotor_store_postgres::spawn_retention(
+                    pool.clone(),
+                    pg.retention_interval,
+                    i64::from(pg.retention_batch_size.max(1)),
+                    async move { stop.cancelled().await },
+                );
+            }
+        }
         tracing::info!(address = %local, version = env!("CARGO_PKG_VERSION"), "rotor listening");
         Ok(RunningServer {
             addr: local,

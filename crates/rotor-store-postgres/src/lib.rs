@@ -22,7 +22,8 @@ use std::time::Duration;
 use rotor_core::storage::Storage;
 use rotor_core::CoreError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Executor, PgPool};
+use sqlx::Executor;
+pub use sqlx::PgPool;
 
 pub use history::PgHistory;
 pub use presence::PgPresence;
@@ -91,6 +92,14 @@ pub async fn migrate(pool: &PgPool) -> Result<(), PgError> {
         .run(pool)
         .await
         .map_err(|e| PgError::Migrate(e.to_string()))
+}
+
+/// Drops a schema and everything in it (test teardown, decommissioning).
+pub async fn drop_schema(pool: &PgPool, schema: &str) -> Result<(), PgError> {
+    pool.execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)).as_str())
+        .await
+        .map_err(|e| PgError::Connect(e.to_string()))?;
+    Ok(())
 }
 
 /// The three stores on one pool, with the history batcher running.

@@ -168,17 +168,42 @@ async fn genconfig_output_is_a_valid_config() {
 
 #[test]
 fn example_config_lists_every_key_at_its_default() {
+    fn leaves(v: &serde_json::Value, prefix: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, child) in m {
+                    leaves(child, format!("{prefix}.{k}"), out);
+                }
+            }
+            _ => out.push(prefix),
+        }
+    }
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/rotor.example.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let example: toml::Value = toml::from_str(&text).unwrap();
-    let example = serde_json::to_value(example).unwrap();
-    let defaults = serde_json::to_value(rotor_server::Config::default()).unwrap();
-    assert_eq!(
-        example, defaults,
-        "config/rotor.example.toml must list every key at its default value"
+    let raw: toml::Value = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let (mut in_file, mut all) = (Vec::new(), Vec::new());
+    leaves(
+        &serde_json::to_value(raw).unwrap(),
+        String::new(),
+        &mut in_file,
     );
-    rotor_server::Config::load(Some(&path), std::iter::empty(), &[]).unwrap();
+    leaves(
+        &serde_json::to_value(rotor_server::Config::default()).unwrap(),
+        String::new(),
+        &mut all,
+    );
+    in_file.sort();
+    all.sort();
+    assert_eq!(
+        in_file, all,
+        "config/rotor.example.toml must list every key"
+    );
+    let loaded = rotor_server::Config::load(Some(&path), std::iter::empty(), &[]).unwrap();
+    assert_eq!(
+        loaded,
+        rotor_server::Config::default(),
+        "and every value at its default"
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ async fn ten_thousand_staggered_expiries_close_within_their_grace() {
     let mut config = test_config();
     config.client.expired_close_delay = GRACE;
     config.client.ping_interval = Duration::ZERO;
-    let server = rotor_server::Server::new(config).unwrap();
+    let server = rotor_server::Server::new(config).await.unwrap();
     let node = server.node().clone();
     let clock = node.clock();
     let base = clock.unix();
