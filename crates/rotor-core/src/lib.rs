@@ -17,6 +17,7 @@ mod error;
 pub mod events;
 pub mod hub;
 pub mod node;
+mod order;
 pub mod session;
 pub mod storage;
 

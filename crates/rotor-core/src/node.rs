@@ -9,7 +9,6 @@ use rotor_auth::TokenVerifier;
 use rotor_protocol::{
     ClientInfo, Disconnect, Publication, Push, Raw, StreamPosition, UnsubscribeCode,
 };
-use tokio::sync::Mutex as AsyncMutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{Broker, BrokerHandler, Control};
@@ -93,15 +92,7 @@ pub(crate) struct NodeInner {
     pub(crate) shutdown: CancellationToken,
     uid: String,
     started_at: tokio::time::Instant,
-    channel_locks: Box<[AsyncMutex<()>]>,
-    deliver_locks: Box<[AsyncMutex<()>]>,
-    lock_hasher: std::collections::hash_map::RandomState,
-}
-
-/// Both per-channel locks (see [`Node::lock_channel`]).
-pub(crate) struct ChannelGuard<'a> {
-    _submit: tokio::sync::MutexGuard<'a, ()>,
-    _deliver: tokio::sync::MutexGuard<'a, ()>,
+    order: crate::order::Sequencer,
 }
 
 /// A rotor node. Cheap to clone.
@@ -109,8 +100,6 @@ pub(crate) struct ChannelGuard<'a> {
 pub struct Node {
     pub(crate) inner: Arc<NodeInner>,
 }
-
-const CHANNEL_LOCKS: usize = 256;
 
 impl Node {
     /// Builds a node; fails with a message naming the bad setting.
@@ -142,9 +131,7 @@ impl Node {
             shutdown: CancellationToken::new(),
             uid: uuid::Uuid::new_v4().to_string(),
             started_at: tokio::time::Instant::now(),
-            channel_locks: (0..CHANNEL_LOCKS).map(|_| AsyncMutex::new(())).collect(),
-            deliver_locks: (0..CHANNEL_LOCKS).map(|_| AsyncMutex::new(())).collect(),
-            lock_hasher: Default::default(),
+            order: Default::default(),
         });
         broker.set_handler(Arc::new(Handler(Arc::downgrade(&inner))));
         Ok(Node { inner })
@@ -189,22 +176,14 @@ impl Node {
         }
     }
 
-    fn lock_slot(&self, channel: &str) -> usize {
-        use std::hash::BuildHasher;
-        self.inner.lock_hasher.hash_one(channel) as usize % CHANNEL_LOCKS
-    }
-
     /// Excludes publishing on this node: held by a subscriber while it joins the hub and reads
     /// its recovery position, so it neither misses nor repeats a publication. Waits for
-    /// publications already submitted to be delivered.
-    pub(crate) async fn lock_channel(&self, channel: &str) -> ChannelGuard<'_> {
-        let slot = self.lock_slot(channel);
-        let submit = self.inner.channel_locks[slot].lock().await;
-        let deliver = self.inner.deliver_locks[slot].lock().await;
-        ChannelGuard {
-            _submit: submit,
-            _deliver: deliver,
-        }
+    /// publications already in flight to be delivered.
+    pub(crate) async fn lock_channel(
+        &self,
+        channel: &str,
+    ) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.inner.order.exclusive(channel).await
     }
 
     /// Publishes to a channel: stores it in history when the channel keeps history, then fans
@@ -223,26 +202,29 @@ impl Node {
             tags: options.tags,
             time: self.inner.clock.unix_ms(),
         };
-        // Two fair (FIFO) locks per channel: the submit lock orders publications as they enter
-        // the history store; the deliver lock is taken before the submit lock is released, so
-        // publications reach the broker in the same order, while the store is free to write a
-        // whole queue of them at once (group commit).
-        let slot = self.lock_slot(channel);
-        let submit = self.inner.channel_locks[slot].lock().await;
-        let stored = (opts.history_enabled() && !options.skip_history).then(|| {
-            self.inner.storage.history.add(
-                channel,
-                publication.clone(),
-                &self.history_options(&opts),
-            )
-        });
-        let _deliver = self.inner.deliver_locks[slot].lock().await;
-        drop(submit);
+        // The ticket fixes this publication's place when it enters the history store; it is
+        // handed to the broker only after every earlier one, while the store is free to
+        // commit many at once (group commit).
+        let history =
+            (opts.history_enabled() && !options.skip_history).then(|| self.history_options(&opts));
+        let (ticket, stored) = self
+            .inner
+            .order
+            .submit(channel, || {
+                history.map(|h| {
+                    self.inner
+                        .storage
+                        .history
+                        .add(channel, publication.clone(), &h)
+                })
+            })
+            .await;
         let mut position = StreamPosition::default();
         if let Some(stored) = stored {
             position = stored.await?;
             publication.offset = position.offset;
         }
+        ticket.turn().await;
         self.inner.broker.publish(channel, &publication).await?;
         Ok(position)
     }

@@ -221,3 +221,98 @@ async fn an_unreachable_database_is_a_temporary_error() {
         .unwrap_err();
     assert!(matches!(err, CoreError::Unavailable(_)));
 }
+
+/// Records what reaches the broker, in order.
+#[derive(Default)]
+struct Recording(std::sync::Mutex<Vec<u64>>);
+
+#[async_trait::async_trait]
+impl rotor_core::broker::Broker for Recording {
+    fn set_handler(&self, _h: Arc<dyn rotor_core::broker::BrokerHandler>) {}
+    async fn publish(&self, _c: &str, p: &Publication) -> Result<(), CoreError> {
+        self.0.lock().unwrap().push(p.offset);
+        Ok(())
+    }
+    async fn publish_join(
+        &self,
+        _c: &str,
+        _i: &rotor_protocol::ClientInfo,
+    ) -> Result<(), CoreError> {
+        Ok(())
+    }
+    async fn publish_leave(
+        &self,
+        _c: &str,
+        _i: &rotor_protocol::ClientInfo,
+    ) -> Result<(), CoreError> {
+        Ok(())
+    }
+    async fn publish_control(&self, _c: &rotor_core::broker::Control) -> Result<(), CoreError> {
+        Ok(())
+    }
+    async fn subscribe(&self, _c: &str) -> Result<(), CoreError> {
+        Ok(())
+    }
+    async fn unsubscribe(&self, _c: &str) -> Result<(), CoreError> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_channel_is_committed_in_groups_and_delivered_in_order() {
+    let Some((pool, opts)) = fresh("hot").await else {
+        return;
+    };
+    let mut config = rotor_core::config::CoreConfig::default();
+    config.channel.namespaces = vec![rotor_core::config::NamespaceConfig {
+        name: "chat".into(),
+        history_size: 1000,
+        history_ttl: Duration::from_secs(60),
+        ..Default::default()
+    }];
+    let broker = Arc::new(Recording::default());
+    let node = rotor_core::Node::new(
+        config,
+        storage(pool.clone(), &opts),
+        broker.clone(),
+        Arc::new(rotor_core::events::NoObserver),
+    )
+    .unwrap();
+    let xacts = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let before = xacts().await;
+    let tasks: Vec<_> = (0..300u64)
+        .map(|n| {
+            let node = node.clone();
+            tokio::spawn(async move {
+                node.publish("chat:hot", Raw::from_value(&n), Default::default())
+                    .await
+                    .unwrap()
+                    .offset
+            })
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for t in tasks {
+        offsets.push(t.await.unwrap());
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets, (1..=300).collect::<Vec<_>>());
+    assert_eq!(
+        *broker.0.lock().unwrap(),
+        (1..=300).collect::<Vec<_>>(),
+        "delivered in offset order"
+    );
+    let spent = xacts().await - before;
+    assert!(
+        spent < 100,
+        "one channel, 300 concurrent publishes, {spent} transactions"
+    );
+    drop_schema(&pool, &opts).await;
+}
