@@ -329,3 +329,71 @@ async fn while_postgres_is_unreachable_publish_fails_temporarily_and_clients_sta
     server.shutdown().await;
     pg.drop_now().await;
 }
+
+#[tokio::test]
+async fn rotor_migrate_applies_the_migrations() {
+    let Some(pg) = PgSchema::create("migrate").await else {
+        return;
+    };
+    let schema = format!("{}_fresh", pg.schema);
+    let path = std::env::temp_dir().join(format!("rotor-pg-{}-migrate.toml", std::process::id()));
+    std::fs::write(&path, format!("[storage]\ntype = \"postgres\"\n[storage.postgres]\ndsn = \"{}\"\nschema = \"{schema}\"\n", pg.dsn)).unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("migrate")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+    // Running it again is a no-op.
+    let again = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("migrate")
+        .output()
+        .await
+        .unwrap();
+    assert!(again.status.success());
+    // A server with migrate_on_start = false starts on the migrated schema and keeps history.
+    std::fs::write(
+        &path,
+        format!(
+            "[http_server]\naddress = \"127.0.0.1\"\nport = 0\n[http_api]\nkey = \"{API_KEY}\"\n[storage]\ntype = \"postgres\"\n[storage.postgres]\ndsn = \"{}\"\nschema = \"{schema}\"\nmigrate_on_start = false\n[channel.without_namespace]\nhistory_size = 10\nhistory_ttl = \"1m\"\n",
+            pg.dsn
+        ),
+    )
+    .unwrap();
+    let (mut server, addr) = spawn(&path).await;
+    let r = api(addr, "publish", json!({"channel": "plain", "data": 1})).await;
+    assert_eq!(r["result"]["offset"], 1, "{r}");
+    let _ = server.kill().await;
+    let out = Command::new("psql")
+        .args([
+            pg.dsn.as_str(),
+            "-q",
+            "-c",
+            &format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"),
+        ])
+        .output()
+        .await;
+    let _ = out;
+    pg.drop_now().await;
+    // postgres without a dsn is a configuration error.
+    let bad = std::env::temp_dir().join(format!("rotor-pg-{}-nodsn.toml", std::process::id()));
+    std::fs::write(&bad, "[storage]\ntype = \"postgres\"\n").unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&bad)
+        .arg("checkconfig")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("storage.postgres.dsn"));
+}
