@@ -9,6 +9,7 @@ mod e2e {
     pub mod expiry_scale;
     pub mod jwks;
     pub mod postgres;
+    pub mod revocation;
     pub mod sdk;
     pub mod transports;
     pub mod uni;

@@ -37,6 +37,15 @@ pub enum Control {
         info: Option<rotor_protocol::Raw>,
         data: Option<rotor_protocol::Raw>,
     },
+    /// A token was revoked by its jti: refuse it and close connections using it.
+    Revoke { jti: String, expire_at: u64 },
+    /// A user's tokens issued before a time were invalidated.
+    InvalidateUser {
+        user: String,
+        channel: String,
+        issued_before: u64,
+        expire_at: u64,
+    },
     /// Extend (or expire) a user's connections.
     Refresh {
         user: String,

@@ -451,3 +451,50 @@ pub async fn revocations(store: Arc<dyn RevocationStore>) {
         vec!["b", "c"]
     );
 }
+
+fn invalidation(user: &str, channel: &str, issued_before: u64, expire_at: u64) -> UserInvalidation {
+    UserInvalidation {
+        user: user.into(),
+        issued_before,
+        channel: channel.into(),
+        expire_at,
+        invalidated_at: 50,
+        reason: "compromised".into(),
+        actor: "test".into(),
+        kicked: 2,
+    }
+}
+
+/// User invalidations: replaced per (user, channel), filtered by expiry, purged.
+pub async fn user_invalidations(store: Arc<dyn RevocationStore>) {
+    store
+        .invalidate_user(invalidation("u1", "", 100, 1000))
+        .await
+        .unwrap();
+    store
+        .invalidate_user(invalidation("u1", "", 200, 2000))
+        .await
+        .unwrap();
+    store
+        .invalidate_user(invalidation("u1", "chat:x", 150, 0))
+        .await
+        .unwrap();
+    store
+        .invalidate_user(invalidation("u2", "", 100, 500))
+        .await
+        .unwrap();
+    let mut active = store.active_invalidations(600).await.unwrap();
+    active.sort_by(|a, b| {
+        (a.user.clone(), a.channel.clone()).cmp(&(b.user.clone(), b.channel.clone()))
+    });
+    assert_eq!(
+        active,
+        vec![
+            invalidation("u1", "", 200, 2000),
+            invalidation("u1", "chat:x", 150, 0)
+        ],
+        "the newer replaces the older; expired ones are not active"
+    );
+    assert!(store.purge_expired(600).await.unwrap() >= 1);
+    assert_eq!(store.active_invalidations(0).await.unwrap().len(), 2);
+}

@@ -33,6 +33,8 @@ pub enum RefreshOutcome {
     Empty,
     /// Keys could not be fetched (error 100, the client retries).
     Unavailable,
+    /// The new token was revoked (3500).
+    Revoked,
 }
 
 impl RefreshOutcome {
@@ -44,6 +46,7 @@ impl RefreshOutcome {
             RefreshOutcome::Mismatch => "mismatch",
             RefreshOutcome::Empty => "empty",
             RefreshOutcome::Unavailable => "unavailable",
+            RefreshOutcome::Revoked => "revoked",
         }
     }
 }
@@ -61,6 +64,32 @@ pub trait Observer: Send + Sync {
     /// A refresh ended. `lag` is seconds from the old expiry to the refresh (negative when
     /// the client refreshed ahead of expiry), when the old token had an expiry.
     fn refresh(&self, _kind: TokenKind, _outcome: RefreshOutcome, _lag: Option<f64>) {}
+    /// A token (`"token"`) or a user's tokens (`"user"`) were revoked on this node's API.
+    fn revoked(&self, _kind: &'static str) {}
+    /// A revoked or invalidated token was refused.
+    fn rejected(&self, _stage: Stage, _reason: crate::revocation::Refusal) {}
+    /// Live connections closed because their token was revoked.
+    fn kicked(&self, _n: usize) {}
+}
+
+/// Where a token was refused by the revocation list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Connect,
+    Refresh,
+    Subscribe,
+    SubRefresh,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Refresh => "refresh",
+            Stage::Subscribe => "subscribe",
+            Stage::SubRefresh => "sub_refresh",
+        }
+    }
 }
 
 /// Observes nothing.

@@ -41,6 +41,8 @@ pub struct ClientHandle {
     queue_limit: usize,
     pub(crate) cancel: CancellationToken,
     reason: OnceLock<Disconnect>,
+    /// The connection token's `jti` and `iat`, for revocation.
+    creds: std::sync::Mutex<(Option<Arc<str>>, Option<u64>)>,
 }
 
 impl std::fmt::Debug for ClientHandle {
@@ -68,6 +70,7 @@ impl ClientHandle {
             queue_limit,
             cancel,
             reason: OnceLock::new(),
+            creds: std::sync::Mutex::new((None, None)),
         };
         (Arc::new(handle), rx)
     }
@@ -105,6 +108,21 @@ impl ClientHandle {
     /// Called by the session for every message it takes off the queue.
     pub(crate) fn taken(&self, msg: &SessionMsg) {
         self.queued.fetch_sub(msg.cost(), Ordering::Relaxed);
+    }
+
+    /// Records the current connection token's `jti` and `iat`.
+    pub(crate) fn set_creds(&self, jti: Option<&str>, iat: Option<u64>) {
+        *self.creds.lock().unwrap_or_else(|e| e.into_inner()) = (jti.map(Arc::from), iat);
+    }
+
+    /// The current connection token's `jti` and `iat`.
+    pub(crate) fn creds(&self) -> (Option<Arc<str>>, Option<u64>) {
+        self.creds.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Whether the connection is already closing.
+    pub(crate) fn closing(&self) -> bool {
+        self.cancel.is_cancelled()
     }
 
     /// Ends the connection with `disconnect` (the first reason given wins).
@@ -265,6 +283,11 @@ impl Hub {
             .filter(|h| session.is_none_or(|want| h.session.as_deref() == Some(want)))
             .cloned()
             .collect()
+    }
+
+    /// Every local connection.
+    pub(crate) fn all_connections(&self) -> Vec<Arc<ClientHandle>> {
+        lock(&self.conns).by_id.values().cloned().collect()
     }
 
     pub fn num_clients(&self) -> usize {

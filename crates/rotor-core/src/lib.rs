@@ -18,6 +18,7 @@ pub mod events;
 pub mod hub;
 pub mod node;
 mod order;
+pub mod revocation;
 pub mod session;
 pub mod storage;
 

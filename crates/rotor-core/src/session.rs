@@ -22,9 +22,9 @@ use tokio::time::Instant;
 use crate::broker::Control;
 use crate::channels::{self, Asker};
 use crate::config::ChannelOptions;
-use crate::events::{RefreshOutcome, TokenKind};
+use crate::events::{RefreshOutcome, Stage, TokenKind};
 use crate::hub::{ClientHandle, SessionMsg};
-use crate::node::{server_unsubscribe, Node, PublishOptions};
+use crate::node::{revoked_disconnect, server_unsubscribe, Node, PublishOptions};
 use crate::storage::HistoryFilter;
 use crate::CoreError;
 use rotor_auth::AuthError;
@@ -259,6 +259,20 @@ impl Session {
         }
     }
 
+    /// The revocation check, reported to the observer when it refuses.
+    fn refusal(
+        &self,
+        stage: Stage,
+        jti: Option<&str>,
+        user: &str,
+        iat: Option<u64>,
+        channel: Option<&str>,
+    ) -> Option<crate::revocation::Refusal> {
+        let r = self.node.token_refusal(jti, user, iat, channel)?;
+        self.node.inner.observer.rejected(stage, r);
+        Some(r)
+    }
+
     fn presence_ttl(&self) -> std::time::Duration {
         self.cfg().presence_update_interval * 2 + std::time::Duration::from_secs(6)
     }
@@ -484,6 +498,17 @@ impl Session {
             if token.user.is_empty() && self.cfg().disallow_anonymous_connection_tokens {
                 return Err(Disconnect::PERMISSION_DENIED.into());
             }
+            if let Some(r) = self.refusal(
+                Stage::Connect,
+                token.jti.as_deref(),
+                &token.user,
+                token.iat,
+                None,
+            ) {
+                tracing::info!(client = %self.client.id(), user = %token.user, reason = r.as_str(), "connect with a revoked token, disconnecting with 3500");
+                return Err(revoked_disconnect().into());
+            }
+            self.client.set_creds(token.jti.as_deref(), token.iat);
             let mut subs: BTreeMap<String, rotor_auth::SubscriptionClaim> = BTreeMap::new();
             for ch in token.channels {
                 subs.insert(ch, rotor_auth::SubscriptionClaim::default());
@@ -592,6 +617,11 @@ impl Session {
             tracing::info!(client = %self.client.id(), "refresh token is for another user, disconnecting with 3500");
             return Err((RefreshOutcome::Mismatch, Disconnect::INVALID_TOKEN.into()));
         }
+        if let Some(r) = self.refusal(Stage::Refresh, t.jti.as_deref(), &t.user, t.iat, None) {
+            tracing::info!(client = %self.client.id(), reason = r.as_str(), "refresh with a revoked token, disconnecting with 3500");
+            return Err((RefreshOutcome::Revoked, revoked_disconnect().into()));
+        }
+        self.client.set_creds(t.jti.as_deref(), t.iat);
         self.expire_at = t.expire_at;
         if t.info.is_some() {
             self.conn_info = t.info;
@@ -646,6 +676,16 @@ impl Session {
             {
                 tracing::info!(client = %self.client.id(), channel = %channel, "subscription token for another user or channel, disconnecting with 3500");
                 return Err(Disconnect::INVALID_TOKEN.into());
+            }
+            if let Some(r) = self.refusal(
+                Stage::Subscribe,
+                t.jti.as_deref(),
+                &t.user,
+                t.iat,
+                Some(&channel),
+            ) {
+                tracing::info!(client = %self.client.id(), channel = %channel, reason = r.as_str(), "subscription token revoked");
+                return Err(CoreError::PermissionDenied);
             }
             let opts = channels::with_override(&opts, &t.claim.override_);
             (t.claim.info, t.expire_at, t.claim.data, opts)
@@ -886,6 +926,16 @@ impl Session {
             tracing::info!(client = %self.client.id(), channel = %req.channel, "sub_refresh token for another user or channel, disconnecting with 3500");
             return Err((RefreshOutcome::Mismatch, Disconnect::INVALID_TOKEN.into()));
         }
+        if let Some(r) = self.refusal(
+            Stage::SubRefresh,
+            t.jti.as_deref(),
+            &t.user,
+            t.iat,
+            Some(&req.channel),
+        ) {
+            tracing::info!(client = %self.client.id(), channel = %req.channel, reason = r.as_str(), "sub_refresh with a revoked token, disconnecting with 3500");
+            return Err((RefreshOutcome::Revoked, revoked_disconnect().into()));
+        }
         let sub = self
             .subs
             .get_mut(req.channel.as_str())
@@ -1079,7 +1129,10 @@ impl Session {
                     ..Push::default()
                 });
             }
-            Control::Disconnect { .. } => {}
+            // Applied by the node to every connection (see `node::kick`).
+            Control::Disconnect { .. }
+            | Control::Revoke { .. }
+            | Control::InvalidateUser { .. } => {}
         }
         None
     }

@@ -114,8 +114,29 @@ pub trait RevocationStore: Send + Sync {
     async fn active(&self, now: u64) -> Result<Vec<RevokedToken>, CoreError>;
     /// Newest first.
     async fn list(&self, filter: &RevocationFilter) -> Result<Vec<RevokedToken>, CoreError>;
-    /// Deletes entries whose token expired before `now`; returns how many.
+    /// Deletes entries whose token expired before `now` (both kinds); returns how many.
     async fn purge_expired(&self, now: u64) -> Result<u64, CoreError>;
+    /// Records that every token of a user issued before a time is invalid (replacing an
+    /// earlier invalidation of the same user and channel).
+    async fn invalidate_user(&self, entry: UserInvalidation) -> Result<(), CoreError>;
+    /// Every user invalidation still in force at `now`.
+    async fn active_invalidations(&self, now: u64) -> Result<Vec<UserInvalidation>, CoreError>;
+}
+
+/// All tokens of `user` with `iat` before `issued_before` are invalid (optionally only
+/// subscription tokens of one channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserInvalidation {
+    pub user: String,
+    pub issued_before: u64,
+    /// Empty: connection and subscription tokens; else subscription tokens of this channel.
+    pub channel: String,
+    /// When the entry may be dropped (Unix seconds); 0 = keep.
+    pub expire_at: u64,
+    pub invalidated_at: u64,
+    pub reason: String,
+    pub actor: String,
+    pub kicked: u32,
 }
 
 /// The storage a node uses.

@@ -443,8 +443,82 @@ async fn call(node: &Node, method: &str, params: Value) -> Option<Result<Value, 
             }
             .await
         }
+        "revoke_token" => async {
+            let p: RevokeParams = parse(params)?;
+            node.revoke_token(&p.uid, p.expire_at, &p.user, &p.reason, p.actor.as_deref().unwrap_or("api")).await?;
+            Ok(json!({}))
+        }
+        .await,
+        "invalidate_user_tokens" => async {
+            let p: InvalidateParams = parse(params)?;
+            let before = p.issued_before.unwrap_or_else(|| node.clock().unix());
+            node.invalidate_user_tokens(&p.user, before, &p.channel, p.expire_at, &p.reason, p.actor.as_deref().unwrap_or("api")).await?;
+            Ok(json!({}))
+        }
+        .await,
+        "revoked_tokens" => async {
+            let p: RevokedTokensParams = if params.is_null() { RevokedTokensParams::default() } else { parse(params)? };
+            let filter = rotor_core::storage::RevocationFilter {
+                user: p.user.filter(|u| !u.is_empty()),
+                since: p.since,
+                until: p.until,
+                limit: p.limit.unwrap_or(100).clamp(1, 1000),
+                offset: p.offset,
+            };
+            let entries = node.storage().revocations.list(&filter).await?;
+            let tokens: Vec<Value> = entries
+                .into_iter()
+                .map(|e| {
+                    json!({"jti": e.jti, "user": e.user, "revoked_at": e.revoked_at, "expire_at": e.expire_at,
+                           "reason": e.reason, "actor": e.actor, "kicked": e.kicked})
+                })
+                .collect();
+            Ok(json!({ "tokens": tokens }))
+        }
+        .await,
         _ => return None,
     })
+}
+
+#[derive(Deserialize)]
+struct RevokeParams {
+    /// The token's `jti`.
+    #[serde(default)]
+    uid: String,
+    /// When the token itself expires (Unix seconds); the entry is dropped after it. 0 keeps it.
+    #[serde(default)]
+    expire_at: u64,
+    #[serde(default)]
+    reason: String,
+    /// Whose token it was, when known (connections using it are looked up otherwise).
+    #[serde(default)]
+    user: String,
+    /// Who revoked it, for the audit trail (default "api"; the CLI sends "cli:<user>").
+    actor: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct InvalidateParams {
+    #[serde(default)]
+    user: String,
+    issued_before: Option<u64>,
+    #[serde(default)]
+    channel: String,
+    #[serde(default)]
+    expire_at: u64,
+    #[serde(default)]
+    reason: String,
+    actor: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct RevokedTokensParams {
+    user: Option<String>,
+    since: Option<u64>,
+    until: Option<u64>,
+    limit: Option<usize>,
+    #[serde(default)]
+    offset: usize,
 }
 
 async fn publish(node: &Node, params: Value) -> Result<Value, CoreError> {

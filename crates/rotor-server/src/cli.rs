@@ -71,6 +71,131 @@ pub enum Command {
     Checkconfig,
     /// Apply pending database migrations (storage.type = "postgres"), then exit.
     Migrate,
+    /// Revoke a token by its jti on a running server (through its API).
+    Revoke {
+        /// The token's jti.
+        jti: String,
+        /// Why, for the audit trail.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// When the token itself expires (Unix seconds); the entry is dropped after it.
+        #[arg(long, default_value_t = 0)]
+        expire_at: u64,
+        /// Whose token it is, if known.
+        #[arg(long, default_value = "")]
+        user: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revocations recorded by a running server.
+    Revocations {
+        #[command(subcommand)]
+        command: RevocationsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RevocationsCommand {
+    /// List revocations, newest first.
+    List {
+        /// Only this user's.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only since this time: Unix seconds, or a duration ago such as 1h.
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// Where the server API is; defaults come from the configuration.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// API base URL, e.g. http://127.0.0.1:8000/api (default: from http_server and http_api).
+    #[arg(long)]
+    pub api_url: Option<String>,
+    /// API key (default: http_api.key).
+    #[arg(long, env = "ROTOR_API_KEY_FOR_CLI", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl ApiArgs {
+    fn resolve(&self, config: &Config) -> (String, String) {
+        let url = self.api_url.clone().unwrap_or_else(|| {
+            let host = match config.http_server.address.as_str() {
+                "" | "0.0.0.0" | "::" => "127.0.0.1",
+                other => other,
+            };
+            format!(
+                "http://{host}:{}{}",
+                config.http_server.port, config.http_api.handler_prefix
+            )
+        });
+        (
+            url.trim_end_matches('/').to_string(),
+            self.api_key
+                .clone()
+                .unwrap_or_else(|| config.http_api.key.clone()),
+        )
+    }
+}
+
+/// Calls the server API of a running server.
+fn call_api(
+    url: &str,
+    key: &str,
+    method: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value, ServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Cli(e.to_string()))?;
+    runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{url}/{method}"))
+            .header("X-API-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| ServerError::Cli(format!("cannot reach {url}: {e}")))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(ServerError::Cli("the server refused the API key".into()));
+        }
+        if let Some(e) = v.get("error") {
+            return Err(ServerError::Cli(format!(
+                "{method} failed: {} ({})",
+                e["message"].as_str().unwrap_or("?"),
+                e["code"]
+            )));
+        }
+        if !status.is_success() {
+            return Err(ServerError::Cli(format!(
+                "{method} failed with HTTP {status}"
+            )));
+        }
+        Ok(v["result"].clone())
+    })
+}
+
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
 }
 
 impl Common {
@@ -222,6 +347,87 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             let config = cli.common.load()?;
             Server::check(&config)?;
             println!("configuration OK");
+            Ok(())
+        }
+        Command::Revoke {
+            jti,
+            reason,
+            expire_at,
+            user,
+            api,
+        } => {
+            let config = cli.common.load()?;
+            let (url, key) = api.resolve(&config);
+            call_api(
+                &url,
+                &key,
+                "revoke_token",
+                serde_json::json!({"uid": jti, "reason": reason, "expire_at": expire_at, "user": user, "actor": cli_actor()}),
+            )?;
+            println!("revoked {jti}");
+            Ok(())
+        }
+        Command::Revocations {
+            command:
+                RevocationsCommand::List {
+                    user,
+                    since,
+                    limit,
+                    json,
+                    api,
+                },
+        } => {
+            let config = cli.common.load()?;
+            let (url, key) = api.resolve(&config);
+            let since = match since {
+                None => None,
+                Some(s) => Some(match s.parse::<u64>() {
+                    Ok(t) => t,
+                    Err(_) => now().saturating_sub(
+                        rotor_core::duration::parse(&s)
+                            .map_err(ServerError::Cli)?
+                            .as_secs(),
+                    ),
+                }),
+            };
+            let result = call_api(
+                &url,
+                &key,
+                "revoked_tokens",
+                serde_json::json!({"user": user, "since": since, "limit": limit}),
+            )?;
+            let tokens = result["tokens"].as_array().cloned().unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&tokens).expect("serializes")
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<24} {:<16} {:>12} {:>6} {:<16} REASON",
+                "REVOKED", "JTI", "USER", "TOKEN_EXPIRY", "KICKED", "ACTOR"
+            );
+            for t in &tokens {
+                let ago = now().saturating_sub(t["revoked_at"].as_u64().unwrap_or(0));
+                let expiry = match t["expire_at"].as_u64().unwrap_or(0) {
+                    0 => "-".to_string(),
+                    at => at.to_string(),
+                };
+                println!(
+                    "{:<20} {:<24} {:<16} {:>12} {:>6} {:<16} {}",
+                    format!("{ago}s ago"),
+                    t["jti"].as_str().unwrap_or(""),
+                    t["user"].as_str().unwrap_or(""),
+                    expiry,
+                    t["kicked"],
+                    t["actor"].as_str().unwrap_or(""),
+                    t["reason"].as_str().unwrap_or("")
+                );
+            }
+            if tokens.is_empty() {
+                println!("(no revocations)");
+            }
             Ok(())
         }
         Command::Migrate => {

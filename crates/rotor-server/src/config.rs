@@ -172,6 +172,25 @@ impl Default for EmulationConfig {
     }
 }
 
+/// `revocation.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RevocationConfig {
+    /// How often the in-memory revocation list is reloaded from storage. Revocations made on
+    /// another node sharing the storage take effect here within this delay (at once through
+    /// a shared broker).
+    #[serde(with = "rotor_core::duration")]
+    pub sync_interval: Duration,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        RevocationConfig {
+            sync_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 /// `log.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -324,6 +343,7 @@ pub struct Config {
     pub uni_sse: UniSseConfig,
     pub uni_http_stream: UniHttpStreamConfig,
     pub storage: StorageConfig,
+    pub revocation: RevocationConfig,
     pub log: LogConfig,
     pub node: NodeConfig,
     pub shutdown: ShutdownConfig,

@@ -417,6 +417,11 @@ impl Server {
             config: self.config.clone(),
             sessions: Default::default(),
         };
+        // Revocations from storage are in force before the first client connects.
+        if let Err(e) = self.node.sync_revocations().await {
+            tracing::warn!(error = %e, "could not load the revocation list; retrying every sync interval");
+        }
+        spawn_revocation_sync(self.node.clone(), self.config.revocation.sync_interval);
         let stop_accepting = CancellationToken::new();
         let stop = stop_accepting.clone();
         let task = tokio::spawn(async move {
@@ -497,6 +502,23 @@ fn spawn_history_sweeper(node: Node, history: Arc<rotor_store_memory::MemoryHist
                     let left = history.sweep(|ch| node.channel_options(ch).ok().map(|o| o.history_ttl));
                     tracing::debug!(streams = left, "history sweep");
                 }
+            }
+        }
+    });
+}
+
+/// Reloads the revocation list from storage every `interval` until shutdown.
+fn spawn_revocation_sync(node: Node, interval: Duration) {
+    let stop = node.shutdown_token();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => if let Err(e) = node.sync_revocations().await {
+                    tracing::warn!(error = %e, "revocation sync failed; keeping the list in memory");
+                },
             }
         }
     });

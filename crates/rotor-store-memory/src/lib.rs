@@ -236,6 +236,7 @@ impl PresenceStore for MemoryPresence {
 #[derive(Default)]
 pub struct MemoryRevocations {
     entries: Mutex<HashMap<String, RevokedToken>>,
+    users: Mutex<HashMap<(String, String), UserInvalidation>>,
 }
 
 impl MemoryRevocations {
@@ -284,7 +285,23 @@ impl RevocationStore for MemoryRevocations {
         let mut entries = lock(&self.entries);
         let before = entries.len();
         entries.retain(|_, e| e.expire_at == 0 || e.expire_at > now);
-        Ok((before - entries.len()) as u64)
+        let mut users = lock(&self.users);
+        let users_before = users.len();
+        users.retain(|_, e| e.expire_at == 0 || e.expire_at > now);
+        Ok((before - entries.len() + users_before - users.len()) as u64)
+    }
+
+    async fn invalidate_user(&self, entry: UserInvalidation) -> Result<(), CoreError> {
+        lock(&self.users).insert((entry.user.clone(), entry.channel.clone()), entry);
+        Ok(())
+    }
+
+    async fn active_invalidations(&self, now: u64) -> Result<Vec<UserInvalidation>, CoreError> {
+        Ok(lock(&self.users)
+            .values()
+            .filter(|e| e.expire_at == 0 || e.expire_at > now)
+            .cloned()
+            .collect())
     }
 }
 
@@ -341,6 +358,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn revocations() {
         suite::revocations(MemoryRevocations::new()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn user_invalidations() {
+        suite::user_invalidations(MemoryRevocations::new()).await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -50,7 +50,14 @@ pub async fn purge(pool: &PgPool, batch: i64) -> Result<Purged, sqlx::Error> {
             "expire_at <> 0 AND expire_at <= extract(epoch from now())::bigint",
             batch,
         )
-        .await?,
+        .await?
+            + delete_in_batches(
+                pool,
+                "rotor_user_invalidations",
+                "expire_at <> 0 AND expire_at <= extract(epoch from now())::bigint",
+                batch,
+            )
+            .await?,
     })
 }
 

@@ -1,4 +1,4 @@
-use rotor_core::storage::{RevocationFilter, RevocationStore, RevokedToken};
+use rotor_core::storage::{RevocationFilter, RevocationStore, RevokedToken, UserInvalidation};
 use rotor_core::CoreError;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -83,12 +83,64 @@ impl RevocationStore for PgRevocations {
     }
 
     async fn purge_expired(&self, now: u64) -> Result<u64, CoreError> {
-        let r =
-            sqlx::query("DELETE FROM rotor_revocations WHERE expire_at <> 0 AND expire_at <= $1")
-                .bind(now as i64)
-                .execute(&self.pool)
-                .await
-                .map_err(unavailable)?;
-        Ok(r.rows_affected())
+        let mut n = 0;
+        for table in ["rotor_revocations", "rotor_user_invalidations"] {
+            let r = sqlx::query(&format!(
+                "DELETE FROM {table} WHERE expire_at <> 0 AND expire_at <= $1"
+            ))
+            .bind(now as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            n += r.rows_affected();
+        }
+        Ok(n)
+    }
+
+    async fn invalidate_user(&self, e: UserInvalidation) -> Result<(), CoreError> {
+        sqlx::query(
+            r#"INSERT INTO rotor_user_invalidations
+                   (user_id, channel, issued_before, expire_at, invalidated_at, reason, actor, kicked)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (user_id, channel) DO UPDATE SET issued_before = EXCLUDED.issued_before,
+                   expire_at = EXCLUDED.expire_at, invalidated_at = EXCLUDED.invalidated_at,
+                   reason = EXCLUDED.reason, actor = EXCLUDED.actor, kicked = EXCLUDED.kicked"#,
+        )
+        .bind(&e.user)
+        .bind(&e.channel)
+        .bind(e.issued_before as i64)
+        .bind(e.expire_at as i64)
+        .bind(e.invalidated_at as i64)
+        .bind(&e.reason)
+        .bind(&e.actor)
+        .bind(e.kicked as i32)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn active_invalidations(&self, now: u64) -> Result<Vec<UserInvalidation>, CoreError> {
+        let rows = sqlx::query(
+            "SELECT user_id, channel, issued_before, expire_at, invalidated_at, reason, actor, kicked
+             FROM rotor_user_invalidations WHERE expire_at = 0 OR expire_at > $1",
+        )
+        .bind(now as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| UserInvalidation {
+                user: r.get(0),
+                channel: r.get(1),
+                issued_before: r.get::<i64, _>(2) as u64,
+                expire_at: r.get::<i64, _>(3) as u64,
+                invalidated_at: r.get::<i64, _>(4) as u64,
+                reason: r.get(5),
+                actor: r.get(6),
+                kicked: r.get::<i32, _>(7) as u32,
+            })
+            .collect())
     }
 }

@@ -76,6 +76,7 @@ conformance! {
     presence_basics: presence,
     presence_expires: presence,
     revocations: revocations,
+    user_invalidations: revocations,
 }
 
 fn publication(n: u64) -> Publication {
