@@ -8,6 +8,7 @@ mod e2e {
     pub mod expiry;
     pub mod expiry_scale;
     pub mod jwks;
+    pub mod metrics;
     pub mod postgres;
     pub mod revocation;
     pub mod sdk;

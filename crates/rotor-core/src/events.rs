@@ -55,6 +55,9 @@ impl RefreshOutcome {
 pub trait Observer: Send + Sync {
     /// A connect succeeded; `expires_in` is the seconds until the connection's expiry.
     fn connected(&self, _transport: &'static str, _expires_in: Option<u64>) {}
+    /// A connect was refused; `reason` is one of `token_expired`, `invalid_token`, `revoked`,
+    /// `bad_request`, `permission_denied`, `unknown_channel`, `unavailable`, `other`.
+    fn connect_refused(&self, _transport: &'static str, _reason: &'static str) {}
     /// A connection ended with this code (`None`: the client went away).
     fn disconnected(&self, _transport: &'static str, _code: Option<u16>) {}
     /// A connection was closed with 3005 because its expiry plus grace passed.
@@ -96,3 +99,36 @@ impl Stage {
 pub struct NoObserver;
 
 impl Observer for NoObserver {}
+
+/// Sends every event to several observers.
+pub struct Fanout(pub Vec<std::sync::Arc<dyn Observer>>);
+
+impl Observer for Fanout {
+    fn connected(&self, t: &'static str, e: Option<u64>) {
+        self.0.iter().for_each(|o| o.connected(t, e));
+    }
+    fn connect_refused(&self, t: &'static str, r: &'static str) {
+        self.0.iter().for_each(|o| o.connect_refused(t, r));
+    }
+    fn disconnected(&self, t: &'static str, c: Option<u16>) {
+        self.0.iter().for_each(|o| o.disconnected(t, c));
+    }
+    fn connection_expired(&self, t: &'static str) {
+        self.0.iter().for_each(|o| o.connection_expired(t));
+    }
+    fn subscription_expired(&self) {
+        self.0.iter().for_each(|o| o.subscription_expired());
+    }
+    fn refresh(&self, k: TokenKind, r: RefreshOutcome, l: Option<f64>) {
+        self.0.iter().for_each(|o| o.refresh(k, r, l));
+    }
+    fn revoked(&self, k: &'static str) {
+        self.0.iter().for_each(|o| o.revoked(k));
+    }
+    fn rejected(&self, s: Stage, r: crate::revocation::Refusal) {
+        self.0.iter().for_each(|o| o.rejected(s, r));
+    }
+    fn kicked(&self, n: usize) {
+        self.0.iter().for_each(|o| o.kicked(n));
+    }
+}

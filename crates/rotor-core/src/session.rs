@@ -349,7 +349,14 @@ impl Session {
     /// The connect of a unidirectional transport: the result goes out as a bare `connect`
     /// push, and an error becomes a disconnect (there is no reply to carry it).
     async fn uni_connect(&mut self, req: ConnectRequest) -> Option<Disconnect> {
-        match self.connect(req).await {
+        let result = self.connect(req).await;
+        if let Err(e) = &result {
+            self.node
+                .inner
+                .observer
+                .connect_refused(self.transport.name, refusal_reason(e));
+        }
+        match result {
             Ok(Some(reply)) => {
                 self.emit_push(Push {
                     connect: reply.connect,
@@ -406,7 +413,16 @@ impl Session {
             return Err(Disconnect::BAD_REQUEST);
         }
         let result: CommandResult = match method {
-            MethodKind::Connect => self.connect(cmd.connect.unwrap_or_default()).await,
+            MethodKind::Connect => {
+                let r = self.connect(cmd.connect.unwrap_or_default()).await;
+                if let Err(e) = &r {
+                    self.node
+                        .inner
+                        .observer
+                        .connect_refused(self.transport.name, refusal_reason(e));
+                }
+                r
+            }
             MethodKind::Subscribe => self.subscribe(cmd.subscribe.unwrap_or_default()).await,
             MethodKind::Unsubscribe => {
                 let channel = cmd.unsubscribe.unwrap_or_default().channel;
@@ -1210,5 +1226,19 @@ impl Session {
         if self.state == State::Connected {
             self.node.inner.hub.remove_connection(&self.client);
         }
+    }
+}
+
+/// How a refused connect is counted.
+fn refusal_reason(e: &CoreError) -> &'static str {
+    match e {
+        CoreError::TokenExpired => "token_expired",
+        CoreError::UnknownChannel => "unknown_channel",
+        CoreError::Unavailable(_) => "unavailable",
+        CoreError::Disconnect(d) if d.code == 3500 && d.reason == "token revoked" => "revoked",
+        CoreError::Disconnect(d) if d.code == 3500 => "invalid_token",
+        CoreError::Disconnect(d) if d.code == 3501 => "bad_request",
+        CoreError::Disconnect(d) if d.code == 3507 => "permission_denied",
+        _ => "other",
     }
 }

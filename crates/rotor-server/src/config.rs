@@ -191,6 +191,27 @@ impl Default for RevocationConfig {
     }
 }
 
+/// `prometheus.*`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusConfig {
+    /// Serve metrics in the Prometheus text format (off by default, as in Centrifugo).
+    pub enabled: bool,
+    pub handler_prefix: String,
+    /// Also export node gauges under Centrifugo's names (`centrifugo_node_num_clients`, …).
+    pub centrifugo_aliases: bool,
+}
+
+impl Default for PrometheusConfig {
+    fn default() -> Self {
+        PrometheusConfig {
+            enabled: false,
+            handler_prefix: "/metrics".into(),
+            centrifugo_aliases: true,
+        }
+    }
+}
+
 /// `log.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -344,6 +365,7 @@ pub struct Config {
     pub uni_http_stream: UniHttpStreamConfig,
     pub storage: StorageConfig,
     pub revocation: RevocationConfig,
+    pub prometheus: PrometheusConfig,
     pub log: LogConfig,
     pub node: NodeConfig,
     pub shutdown: ShutdownConfig,

@@ -50,6 +50,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Emulation sessions on this node, for routing `/emulation` POSTs.
     pub sessions: Arc<crate::stream::Sessions>,
+    /// Set when `prometheus.enabled`.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Matches one configured path exactly.
@@ -116,6 +118,20 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
         );
 
     let mut all = health.boxed().or(api).unify().boxed();
+    if let Some(metrics) = state.metrics.clone() {
+        let node = state.node.clone();
+        let route = warp::get()
+            .and(exact_path(state.config.prometheus.handler_prefix.clone()))
+            .map(move || {
+                let mut res = warp::reply::Response::new(metrics.render(&node).into());
+                res.headers_mut().insert(
+                    "content-type",
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                res
+            });
+        all = all.or(route).unify().boxed();
+    }
     let cfg = state.config.clone();
     let query = || {
         warp::query::<HashMap<String, String>>()
@@ -301,11 +317,32 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             );
         all = all.or(preflight).unify().boxed();
     }
-    all.with(warp::log::custom(|info| {
-        tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
-    }))
-    .map(warp::Reply::into_response)
-    .boxed()
+    all.recover(rejection)
+        .unify()
+        .with(warp::log::custom(|info| {
+            tracing::debug!(method = %info.method(), path = info.path(), status = info.status().as_u16(), "http");
+        }))
+        .map(warp::Reply::into_response)
+        .boxed()
+}
+
+/// Requests no route took: 404 for unknown paths (warp would say 405 when some route
+/// matched another method), 413 for bodies over the limit, 400 otherwise.
+async fn rejection(
+    err: warp::Rejection,
+) -> Result<warp::reply::Response, std::convert::Infallible> {
+    let (status, text) =
+        if err.is_not_found() || err.find::<warp::reject::MethodNotAllowed>().is_some() {
+            (StatusCode::NOT_FOUND, "not found\n")
+        } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+        } else if err.find::<warp::reject::LengthRequired>().is_some() {
+            (StatusCode::LENGTH_REQUIRED, "content-length required\n")
+        } else {
+            tracing::debug!(?err, "bad request");
+            (StatusCode::BAD_REQUEST, "bad request\n")
+        };
+    Ok(crate::plain(status, text))
 }
 
 /// A configured server, not yet listening.
@@ -313,6 +350,7 @@ pub struct Server {
     config: Arc<Config>,
     node: Node,
     background: Background,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 /// Storage housekeeping that runs while the server does.
@@ -369,6 +407,15 @@ impl Server {
                 (storage, Background::Memory(history))
             }
         };
+        let metrics = config.prometheus.enabled.then(|| {
+            Arc::new(crate::metrics::Metrics::new(
+                config.prometheus.centrifugo_aliases,
+            ))
+        });
+        let observer: Arc<dyn rotor_core::events::Observer> = match &metrics {
+            Some(m) => Arc::new(rotor_core::events::Fanout(vec![m.clone(), observer])),
+            None => observer,
+        };
         let node = Node::new(
             config.core(),
             storage,
@@ -379,6 +426,7 @@ impl Server {
             config: Arc::new(config),
             node,
             background,
+            metrics,
         })
     }
 
@@ -416,6 +464,7 @@ impl Server {
             node: self.node.clone(),
             config: self.config.clone(),
             sessions: Default::default(),
+            metrics: self.metrics.clone(),
         };
         // Revocations from storage are in force before the first client connects.
         if let Err(e) = self.node.sync_revocations().await {

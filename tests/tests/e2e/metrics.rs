@@ -1,0 +1,185 @@
+//! `/metrics` after real traffic: connects and refusals, expiries, refreshes, revocations,
+//! disconnect codes, node gauges and their Centrifugo aliases.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rotor_tests::*;
+use serde_json::json;
+
+async fn scrape(server: &TestServer) -> HashMap<String, f64> {
+    let (status, body) = http_raw(
+        server.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
+
+fn get(m: &HashMap<String, f64>, series: &str) -> f64 {
+    *m.get(series).unwrap_or_else(|| {
+        panic!(
+            "{series} missing; have: {:#?}",
+            m.keys()
+                .filter(|k| k.starts_with(series.split('{').next().unwrap()))
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+#[tokio::test]
+async fn metrics_follow_the_token_lifecycle() {
+    let mut config = test_config();
+    config.prometheus.enabled = true;
+    config.client.expired_close_delay = Duration::from_millis(500);
+    let server = TestServer::start(config).await;
+
+    // Two good connects; one will be refreshed, one revoked.
+    let (mut a, _) = RawWs::connected(
+        &server.ws_url(),
+        &token(json!({"sub": "m1", "exp": now() + 60})),
+    )
+    .await;
+    let (mut b, _) = RawWs::connected(
+        &server.ws_url(),
+        &token(json!({"sub": "m2", "jti": "mj", "iat": now()})),
+    )
+    .await;
+    // Refused connects: expired token, forged token.
+    for t in [
+        token(json!({"sub": "x", "exp": now() - 5})),
+        rotor_auth::sign_hmac(&json!({"sub": "x"}), "nope").unwrap(),
+    ] {
+        let mut ws = RawWs::connect(&server.ws_url()).await;
+        ws.send(&json!({"id": 1, "connect": {"token": t}}).to_string())
+            .await;
+        let _ = ws.recv(Duration::from_secs(5)).await;
+    }
+    a.send(
+        &json!({"id": 2, "refresh": {"token": token(json!({"sub": "m1", "exp": now() + 120}))}})
+            .to_string(),
+    )
+    .await;
+    assert!(a.reply().await["refresh"].is_object());
+    server.api("revoke_token", json!({"uid": "mj"})).await;
+    assert_eq!(b.closed().await.0, 3500);
+    let mut again = RawWs::connect(&server.ws_url()).await;
+    again.send(&json!({"id": 1, "connect": {"token": token(json!({"sub": "m2", "jti": "mj", "iat": now()}))}}).to_string()).await;
+    assert_eq!(again.closed().await.0, 3500);
+    // One that expires and is closed after the grace.
+    let (mut c, _) = RawWs::connected(
+        &server.ws_url(),
+        &token(json!({"sub": "m3", "exp": now() + 1})),
+    )
+    .await;
+    assert_eq!(c.closed().await.0, 3005);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let m = scrape(&server).await;
+    assert_eq!(
+        get(&m, r#"rotor_connects_total{transport="websocket"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"rotor_connect_refusals_total{reason="token_expired",transport="websocket"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"rotor_connect_refusals_total{reason="invalid_token",transport="websocket"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"rotor_connect_refusals_total{reason="revoked",transport="websocket"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"rotor_refreshes_total{kind="connection",result="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(&m, r#"rotor_refresh_lag_seconds_count{kind="connection"}"#),
+        1.0
+    );
+    assert!(
+        get(&m, r#"rotor_refresh_lag_seconds_sum{kind="connection"}"#) < -50.0,
+        "refreshed about a minute early"
+    );
+    assert_eq!(get(&m, r#"rotor_revocations_total{kind="token"}"#), 1.0);
+    assert_eq!(get(&m, "rotor_revocation_kicked_connections_total"), 1.0);
+    assert_eq!(
+        get(
+            &m,
+            r#"rotor_revocation_rejections_total{reason="revoked",stage="connect"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"rotor_connection_expirations_total{transport="websocket"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"rotor_disconnects_total{code="3005",transport="websocket"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            r#"rotor_disconnects_total{code="3500",transport="websocket"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(&m, "rotor_connection_expires_in_seconds_count"),
+        2.0,
+        "two connects had an expiry"
+    );
+    assert_eq!(
+        get(&m, r#"rotor_connections{transport="websocket"}"#),
+        1.0,
+        "only the refreshed one is open"
+    );
+    assert_eq!(get(&m, "rotor_node_clients"), 1.0);
+    assert_eq!(
+        get(&m, "centrifugo_node_num_clients"),
+        1.0,
+        "Centrifugo alias"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_are_off_unless_enabled() {
+    let server = TestServer::start(test_config()).await;
+    let (status, _) = http_raw(
+        server.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.shutdown().await;
+}
