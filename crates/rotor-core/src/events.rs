@@ -73,6 +73,14 @@ pub trait Observer: Send + Sync {
     fn rejected(&self, _stage: Stage, _reason: crate::revocation::Refusal) {}
     /// Live connections closed because their token was revoked.
     fn kicked(&self, _n: usize) {}
+    /// A client command was handled; `error` is the error code it was answered with.
+    fn command(&self, _method: &'static str, _duration: std::time::Duration, _error: Option<u32>) {}
+    /// Messages and bytes written to a client in one transport write.
+    fn sent(&self, _transport: &'static str, _messages: usize, _bytes: usize) {}
+    /// A frame (bytes) read from a client.
+    fn received(&self, _transport: &'static str, _bytes: usize) {}
+    /// A publication went out to the broker (`history`: it was stored first).
+    fn published(&self, _history: bool) {}
 }
 
 /// Where a token was refused by the revocation list.
@@ -130,5 +138,17 @@ impl Observer for Fanout {
     }
     fn kicked(&self, n: usize) {
         self.0.iter().for_each(|o| o.kicked(n));
+    }
+    fn command(&self, m: &'static str, d: std::time::Duration, e: Option<u32>) {
+        self.0.iter().for_each(|o| o.command(m, d, e));
+    }
+    fn sent(&self, t: &'static str, m: usize, b: usize) {
+        self.0.iter().for_each(|o| o.sent(t, m, b));
+    }
+    fn received(&self, t: &'static str, b: usize) {
+        self.0.iter().for_each(|o| o.received(t, b));
+    }
+    fn published(&self, h: bool) {
+        self.0.iter().for_each(|o| o.published(h));
     }
 }

@@ -228,6 +228,7 @@ impl Node {
         }
         ticket.turn().await;
         self.inner.broker.publish(channel, &publication).await?;
+        self.inner.observer.published(publication.offset > 0);
         Ok(position)
     }
 

@@ -170,7 +170,10 @@ pub async fn run(
                 None => None,
             },
             inbound = reader.read() => match inbound {
-                Inbound::Frame(frame) => s.on_frame(&frame).await,
+                Inbound::Frame(frame) => {
+                    node.inner.observer.received(s.transport.name, frame.len());
+                    s.on_frame(&frame).await
+                }
                 Inbound::Refused(d) => Some(d),
                 Inbound::Closed => break None,
             },
@@ -179,6 +182,10 @@ pub async fn run(
         };
         if !s.out.is_empty() {
             let messages = std::mem::take(&mut s.out);
+            let bytes = messages.iter().map(String::len).sum();
+            node.inner
+                .observer
+                .sent(s.transport.name, messages.len(), bytes);
             let write = tokio::select! {
                 r = writer.write(messages) => r,
                 _ = cancel.cancelled() => Ok(()),
@@ -412,6 +419,7 @@ impl Session {
             tracing::info!(client = %self.client.id(), method = method.name(), "command before connect, disconnecting with 3501");
             return Err(Disconnect::BAD_REQUEST);
         }
+        let started = Instant::now();
         let result: CommandResult = match method {
             MethodKind::Connect => {
                 let r = self.connect(cmd.connect.unwrap_or_default()).await;
@@ -462,6 +470,16 @@ impl Session {
             }
             MethodKind::Unknown => Err(CoreError::MethodNotFound),
         };
+        let error = match &result {
+            Ok(_) => None,
+            Err(e) => Some(e.code().map(|c| c.code()).unwrap_or(0)),
+        };
+        if method != MethodKind::Pong {
+            self.node
+                .inner
+                .observer
+                .command(method.name(), started.elapsed(), error);
+        }
         match result {
             Ok(Some(mut reply)) => {
                 reply.id = id;

@@ -29,6 +29,14 @@ pub struct Metrics {
     revocations: IntCounterVec,
     revocation_rejections: IntCounterVec,
     kicked: IntCounter,
+    commands: IntCounterVec,
+    command_errors: IntCounterVec,
+    command_duration: HistogramVec,
+    messages_sent: IntCounterVec,
+    bytes_sent: IntCounterVec,
+    messages_received: IntCounterVec,
+    bytes_received: IntCounterVec,
+    publications: IntCounterVec,
     node_gauges: Vec<NodeGauge>,
 }
 
@@ -91,6 +99,21 @@ impl Metrics {
         )
         .expect("valid");
         registry.register(Box::new(kicked.clone())).expect("unique");
+
+        let command_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rotor_command_duration_seconds",
+                "Time to handle a client command, by method.",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+            &["method"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(command_duration.clone()))
+            .expect("unique");
 
         let mut node_gauges: Vec<NodeGauge> = Vec::new();
         let mut gauge = |name: &str, help: &str, read: fn(&rotor_core::NodeInfo) -> usize| {
@@ -184,6 +207,49 @@ impl Metrics {
                 "Revoked or invalidated tokens refused, by stage and reason.",
                 &["stage", "reason"],
             ),
+            commands: counter_vec(
+                &registry,
+                "rotor_commands_total",
+                "Client commands handled, by method.",
+                &["method"],
+            ),
+            command_errors: counter_vec(
+                &registry,
+                "rotor_command_errors_total",
+                "Client commands answered with an error, by method and code.",
+                &["method", "code"],
+            ),
+            messages_sent: counter_vec(
+                &registry,
+                "rotor_transport_messages_sent_total",
+                "Messages written to clients, by transport.",
+                &["transport"],
+            ),
+            bytes_sent: counter_vec(
+                &registry,
+                "rotor_transport_bytes_sent_total",
+                "Bytes of messages written to clients, by transport.",
+                &["transport"],
+            ),
+            messages_received: counter_vec(
+                &registry,
+                "rotor_transport_frames_received_total",
+                "Frames read from clients, by transport.",
+                &["transport"],
+            ),
+            bytes_received: counter_vec(
+                &registry,
+                "rotor_transport_bytes_received_total",
+                "Bytes read from clients, by transport.",
+                &["transport"],
+            ),
+            publications: counter_vec(
+                &registry,
+                "rotor_publications_total",
+                "Publications sent out, by whether they were kept in history.",
+                &["history"],
+            ),
+            command_duration,
             registry,
             connections,
             expires_in,
@@ -263,5 +329,234 @@ impl Observer for Metrics {
 
     fn kicked(&self, n: usize) {
         self.kicked.inc_by(n as u64);
+    }
+
+    fn command(&self, method: &'static str, duration: std::time::Duration, error: Option<u32>) {
+        self.commands.with_label_values(&[method]).inc();
+        self.command_duration
+            .with_label_values(&[method])
+            .observe(duration.as_secs_f64());
+        if let Some(code) = error {
+            self.command_errors
+                .with_label_values(&[method, &code.to_string()])
+                .inc();
+        }
+    }
+
+    fn sent(&self, transport: &'static str, messages: usize, bytes: usize) {
+        self.messages_sent
+            .with_label_values(&[transport])
+            .inc_by(messages as u64);
+        self.bytes_sent
+            .with_label_values(&[transport])
+            .inc_by(bytes as u64);
+    }
+
+    fn received(&self, transport: &'static str, bytes: usize) {
+        self.messages_received.with_label_values(&[transport]).inc();
+        self.bytes_received
+            .with_label_values(&[transport])
+            .inc_by(bytes as u64);
+    }
+
+    fn published(&self, history: bool) {
+        self.publications
+            .with_label_values(&[if history { "yes" } else { "no" }])
+            .inc();
+    }
+}
+
+/// Storage latency and errors, recorded around every storage call.
+pub struct StorageMetrics {
+    duration: HistogramVec,
+    errors: IntCounterVec,
+}
+
+impl Metrics {
+    /// Wraps the node's storage so every call is timed (`rotor_storage_operation_duration_seconds`)
+    /// and failures counted (`rotor_storage_errors_total`), by backend and operation.
+    pub fn instrument(
+        &self,
+        storage: rotor_core::storage::Storage,
+        backend: &'static str,
+    ) -> rotor_core::storage::Storage {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rotor_storage_operation_duration_seconds",
+                "Storage call latency by backend and operation.",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ]),
+            &["backend", "op"],
+        )
+        .expect("valid");
+        self.registry
+            .register(Box::new(duration.clone()))
+            .expect("unique");
+        let errors = counter_vec(
+            &self.registry,
+            "rotor_storage_errors_total",
+            "Failed storage calls by backend and operation.",
+            &["backend", "op"],
+        );
+        // Every operation's error series exists from the start (at 0), so dashboards and
+        // alerts see zero rather than no data.
+        for op in [
+            "history_add",
+            "history_read",
+            "history_remove",
+            "presence_add",
+            "presence_remove",
+            "presence_get",
+            "presence_stats",
+            "revoke",
+            "revocations_active",
+            "revocations_list",
+            "revocations_purge",
+            "invalidate_user",
+            "invalidations_active",
+        ] {
+            errors.with_label_values(&[backend, op]);
+        }
+        let m = Arc::new(StorageMetrics { duration, errors });
+        rotor_core::storage::Storage {
+            history: Arc::new(Timed {
+                inner: storage.history,
+                backend,
+                m: m.clone(),
+            }),
+            presence: Arc::new(Timed {
+                inner: storage.presence,
+                backend,
+                m: m.clone(),
+            }),
+            revocations: Arc::new(Timed {
+                inner: storage.revocations,
+                backend,
+                m,
+            }),
+        }
+    }
+}
+
+use std::sync::Arc;
+
+use rotor_core::storage::{
+    BoxFuture, HistoryFilter, HistoryOptions, HistoryPage, HistoryStore, PresenceStore,
+    RevocationFilter, RevocationStore, RevokedToken, UserInvalidation,
+};
+use rotor_core::CoreError;
+use rotor_protocol::{ClientInfo, Publication, StreamPosition};
+
+struct Timed<T: ?Sized> {
+    inner: Arc<T>,
+    backend: &'static str,
+    m: Arc<StorageMetrics>,
+}
+
+impl<T: ?Sized> Timed<T> {
+    async fn time<R>(
+        &self,
+        op: &'static str,
+        f: impl std::future::Future<Output = Result<R, CoreError>>,
+    ) -> Result<R, CoreError> {
+        record(&self.m, self.backend, op, f).await
+    }
+}
+
+async fn record<R>(
+    m: &StorageMetrics,
+    backend: &'static str,
+    op: &'static str,
+    f: impl std::future::Future<Output = Result<R, CoreError>>,
+) -> Result<R, CoreError> {
+    let start = std::time::Instant::now();
+    let r = f.await;
+    m.duration
+        .with_label_values(&[backend, op])
+        .observe(start.elapsed().as_secs_f64());
+    if r.is_err() {
+        m.errors.with_label_values(&[backend, op]).inc();
+    }
+    r
+}
+
+#[async_trait::async_trait]
+impl HistoryStore for Timed<dyn HistoryStore> {
+    fn add(
+        &self,
+        channel: &str,
+        publication: Publication,
+        opts: &HistoryOptions,
+    ) -> BoxFuture<Result<StreamPosition, CoreError>> {
+        let fut = self.inner.add(channel, publication, opts);
+        let (m, backend) = (self.m.clone(), self.backend);
+        Box::pin(async move { record(&m, backend, "history_add", fut).await })
+    }
+    async fn read(
+        &self,
+        channel: &str,
+        filter: &HistoryFilter,
+        opts: &HistoryOptions,
+    ) -> Result<HistoryPage, CoreError> {
+        self.time("history_read", self.inner.read(channel, filter, opts))
+            .await
+    }
+    async fn remove(&self, channel: &str) -> Result<(), CoreError> {
+        self.time("history_remove", self.inner.remove(channel))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl PresenceStore for Timed<dyn PresenceStore> {
+    async fn add(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+        ttl: std::time::Duration,
+    ) -> Result<(), CoreError> {
+        self.time("presence_add", self.inner.add(channel, info, ttl))
+            .await
+    }
+    async fn remove(&self, channel: &str, client_id: &str) -> Result<(), CoreError> {
+        self.time("presence_remove", self.inner.remove(channel, client_id))
+            .await
+    }
+    async fn get(
+        &self,
+        channel: &str,
+    ) -> Result<std::collections::BTreeMap<String, ClientInfo>, CoreError> {
+        self.time("presence_get", self.inner.get(channel)).await
+    }
+    async fn stats(&self, channel: &str) -> Result<(u32, u32), CoreError> {
+        self.time("presence_stats", self.inner.stats(channel)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl RevocationStore for Timed<dyn RevocationStore> {
+    async fn revoke(&self, entry: RevokedToken) -> Result<(), CoreError> {
+        self.time("revoke", self.inner.revoke(entry)).await
+    }
+    async fn active(&self, now: u64) -> Result<Vec<RevokedToken>, CoreError> {
+        self.time("revocations_active", self.inner.active(now))
+            .await
+    }
+    async fn list(&self, filter: &RevocationFilter) -> Result<Vec<RevokedToken>, CoreError> {
+        self.time("revocations_list", self.inner.list(filter)).await
+    }
+    async fn purge_expired(&self, now: u64) -> Result<u64, CoreError> {
+        self.time("revocations_purge", self.inner.purge_expired(now))
+            .await
+    }
+    async fn invalidate_user(&self, entry: UserInvalidation) -> Result<(), CoreError> {
+        self.time("invalidate_user", self.inner.invalidate_user(entry))
+            .await
+    }
+    async fn active_invalidations(&self, now: u64) -> Result<Vec<UserInvalidation>, CoreError> {
+        self.time("invalidations_active", self.inner.active_invalidations(now))
+            .await
     }
 }

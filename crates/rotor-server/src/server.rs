@@ -412,6 +412,17 @@ impl Server {
                 config.prometheus.centrifugo_aliases,
             ))
         });
+        let storage = match &metrics {
+            Some(m) => {
+                let backend = if config.storage.kind == "postgres" {
+                    "postgres"
+                } else {
+                    "memory"
+                };
+                m.instrument(storage, backend)
+            }
+            None => storage,
+        };
         let observer: Arc<dyn rotor_core::events::Observer> = match &metrics {
             Some(m) => Arc::new(rotor_core::events::Fanout(vec![m.clone(), observer])),
             None => observer,

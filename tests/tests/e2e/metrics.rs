@@ -183,3 +183,158 @@ async fn metrics_are_off_unless_enabled() {
     assert_eq!(status, 404);
     server.shutdown().await;
 }
+
+/// Metric names referenced by an expression (`rotor_…`, `centrifugo_…`).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &expr[i..];
+        let starts = rest.starts_with("rotor_") || rest.starts_with("centrifugo_");
+        let boundary = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+        if starts && boundary {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(rest.len());
+            out.push(rest[..end].to_string());
+            i += end;
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn exprs_in(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, child) in m {
+                match (k.as_str(), child) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => exprs_in(child, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|c| exprs_in(c, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_dashboard_and_alert_expression_uses_exported_metrics() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let mut exprs = Vec::new();
+    let mut dashboards = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            dashboards += 1;
+            exprs_in(
+                &serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap(),
+                &mut exprs,
+            );
+        }
+    }
+    let rules = std::fs::read_to_string(dir.join("prometheus/rotor-alerts.yml")).unwrap();
+    exprs.extend(
+        rules
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .map(str::to_string),
+    );
+    assert!(
+        dashboards >= 4 && exprs.len() > 30,
+        "{dashboards} dashboards, {} expressions",
+        exprs.len()
+    );
+
+    // A server that has served the traffic those panels are about.
+    let mut config = test_config();
+    config.prometheus.enabled = true;
+    config.client.expired_close_delay = Duration::from_millis(300);
+    config.client.expired_sub_close_delay = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    let (mut a, _) = RawWs::connected(
+        &server.ws_url(),
+        &token(json!({"sub": "t1", "exp": now() + 60})),
+    )
+    .await;
+    a.send(
+        &json!({"id": 2, "refresh": {"token": token(json!({"sub": "t1", "exp": now() + 60}))}})
+            .to_string(),
+    )
+    .await;
+    a.reply().await;
+    let st = token(json!({"sub": "t1", "channel": "$chat:s", "exp": now() + 60}));
+    a.send(&json!({"id": 3, "subscribe": {"channel": "$chat:s", "token": st}}).to_string())
+        .await;
+    a.reply().await;
+    a.send(&json!({"id": 4, "sub_refresh": {"channel": "$chat:s", "token": token(json!({"sub": "t1", "channel": "$chat:s", "exp": now() + 1}))}}).to_string()).await;
+    a.reply().await;
+    a.send(r#"{"id":5,"subscribe":{"channel":"nope:x"}}"#).await;
+    a.reply().await;
+    a.send(r#"{"id":6,"presence":{"channel":"$chat:s"}}"#).await;
+    a.reply().await;
+    server
+        .api("publish", json!({"channel": "$chat:s", "data": 1}))
+        .await;
+    server
+        .api("publish", json!({"channel": "open:x", "data": 1}))
+        .await;
+    let (mut b, _) = RawWs::connected(
+        &server.ws_url(),
+        &token(json!({"sub": "t2", "jti": "jj", "iat": now()})),
+    )
+    .await;
+    server.api("revoke_token", json!({"uid": "jj"})).await;
+    b.closed().await;
+    let mut c = RawWs::connect(&server.ws_url()).await;
+    c.send(&json!({"id": 1, "connect": {"token": token(json!({"sub": "t2", "jti": "jj", "iat": now()}))}}).to_string()).await;
+    c.closed().await;
+    let (mut d, _) = RawWs::connected(
+        &server.ws_url(),
+        &token(json!({"sub": "t3", "exp": now() + 1})),
+    )
+    .await;
+    d.closed().await;
+    // The subscription refreshed to a 1s token expires too (2501).
+    loop {
+        let m = a.message().await;
+        if m["push"]["unsubscribe"]["code"] == 2501 {
+            break;
+        }
+    }
+
+    let (_, body) = http_raw(
+        server.addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mut exported = std::collections::HashSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            exported.insert(name.to_string());
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    exported.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for e in &exprs {
+        for name in metric_names(e) {
+            if !exported.contains(&name) {
+                missing.push(format!("{name} (in {e})"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "referenced but not exported: {missing:#?}"
+    );
+    server.shutdown().await;
+}
