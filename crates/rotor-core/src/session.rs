@@ -608,18 +608,28 @@ impl Session {
 
     async fn refresh(&mut self, token: String) -> CommandResult {
         let now = self.now();
-        let lag = self
-            .expire_at
-            .map(|at| self.node.clock().unix_ms() as f64 / 1000.0 - at as f64);
+        let lag = self.lag_after(self.expire_at);
         let outcome = self.refresh_inner(token, now).await;
-        let kind = match &outcome {
+        self.report_refresh(TokenKind::Connection, lag, outcome)
+    }
+
+    /// Seconds from `expire_at` to now (negative before it).
+    fn lag_after(&self, expire_at: Option<u64>) -> Option<f64> {
+        expire_at.map(|at| self.node.clock().unix_ms() as f64 / 1000.0 - at as f64)
+    }
+
+    /// Reports a refresh's outcome and lag to the observer, then drops the outcome kind.
+    fn report_refresh(
+        &self,
+        kind: TokenKind,
+        lag: Option<f64>,
+        outcome: Result<Option<Reply>, (RefreshOutcome, CoreError)>,
+    ) -> CommandResult {
+        let result = match &outcome {
             Ok(_) => RefreshOutcome::Ok,
-            Err((kind, _)) => *kind,
+            Err((r, _)) => *r,
         };
-        self.node
-            .inner
-            .observer
-            .refresh(TokenKind::Connection, kind, lag);
+        self.node.inner.observer.refresh(kind, result, lag);
         outcome.map_err(|(_, e)| e)
     }
 
@@ -902,21 +912,13 @@ impl Session {
     }
 
     async fn sub_refresh(&mut self, req: SubRefreshRequest) -> CommandResult {
-        let lag = self
-            .subs
-            .get(req.channel.as_str())
-            .and_then(|s| s.expire_at)
-            .map(|at| self.node.clock().unix_ms() as f64 / 1000.0 - at as f64);
+        let lag = self.lag_after(
+            self.subs
+                .get(req.channel.as_str())
+                .and_then(|s| s.expire_at),
+        );
         let outcome = self.sub_refresh_inner(req).await;
-        let kind = match &outcome {
-            Ok(_) => RefreshOutcome::Ok,
-            Err((kind, _)) => *kind,
-        };
-        self.node
-            .inner
-            .observer
-            .refresh(TokenKind::Subscription, kind, lag);
-        outcome.map_err(|(_, e)| e)
+        self.report_refresh(TokenKind::Subscription, lag, outcome)
     }
 
     async fn sub_refresh_inner(

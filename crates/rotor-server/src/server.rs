@@ -54,6 +54,21 @@ pub struct AppState {
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
+/// `POST path` with a body of at most `limit` bytes: yields the headers, the body and the
+/// state (the HTTP connect and emulation endpoints).
+fn post_body(
+    path: String,
+    limit: u64,
+    state: AppState,
+) -> impl Filter<Extract = (HeaderMap, Bytes, AppState), Error = warp::Rejection> + Clone {
+    warp::post()
+        .and(exact_path(path))
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .and(warp::any().map(move || state.clone()))
+}
+
 /// Matches one configured path exactly.
 fn exact_path(path: String) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::path::full()
@@ -175,20 +190,19 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
     }
     if cfg.http_stream.enabled {
         cors_paths.push(cfg.http_stream.handler_prefix.clone());
-        let http_stream = warp::post()
-            .and(exact_path(cfg.http_stream.handler_prefix.clone()))
-            .and(warp::header::headers_cloned())
-            .and(warp::body::content_length_limit(body_limit))
-            .and(warp::body::bytes())
-            .and(with_state.clone())
-            .map(|headers: HeaderMap, body: Bytes, state: AppState| {
-                with_origin(&state, &headers, || {
-                    match String::from_utf8(body.to_vec()) {
-                        Ok(connect) => stream::emulation(state.clone(), connect, Framing::Lines),
-                        Err(_) => crate::plain(StatusCode::BAD_REQUEST, "body is not UTF-8\n"),
-                    }
-                })
-            });
+        let http_stream = post_body(
+            cfg.http_stream.handler_prefix.clone(),
+            body_limit,
+            state.clone(),
+        )
+        .map(|headers: HeaderMap, body: Bytes, state: AppState| {
+            with_origin(&state, &headers, || {
+                match String::from_utf8(body.to_vec()) {
+                    Ok(connect) => stream::emulation(state.clone(), connect, Framing::Lines),
+                    Err(_) => crate::plain(StatusCode::BAD_REQUEST, "body is not UTF-8\n"),
+                }
+            })
+        });
         all = all.or(http_stream).unify().boxed();
     }
     if cfg.sse.enabled {
@@ -215,41 +229,39 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
     }
     if cfg.http_stream.enabled || cfg.sse.enabled {
         cors_paths.push(cfg.emulation.handler_prefix.clone());
-        let emulation = warp::post()
-            .and(exact_path(cfg.emulation.handler_prefix.clone()))
-            .and(warp::header::headers_cloned())
-            .and(warp::body::content_length_limit(body_limit))
-            .and(warp::body::bytes())
-            .and(with_state.clone())
-            .map(|headers: HeaderMap, body: Bytes, state: AppState| {
-                with_origin(&state, &headers, || {
-                    let mut res = warp::reply::Response::default();
-                    *res.status_mut() = stream::post(&state, &body);
-                    res
-                })
-            });
+        let emulation = post_body(
+            cfg.emulation.handler_prefix.clone(),
+            body_limit,
+            state.clone(),
+        )
+        .map(|headers: HeaderMap, body: Bytes, state: AppState| {
+            with_origin(&state, &headers, || {
+                let mut res = warp::reply::Response::default();
+                *res.status_mut() = stream::post(&state, &body);
+                res
+            })
+        });
         all = all.or(emulation).unify().boxed();
     }
     if cfg.uni_http_stream.enabled {
         cors_paths.push(cfg.uni_http_stream.handler_prefix.clone());
-        let uni_http_stream = warp::post()
-            .and(exact_path(cfg.uni_http_stream.handler_prefix.clone()))
-            .and(warp::header::headers_cloned())
-            .and(warp::body::content_length_limit(body_limit))
-            .and(warp::body::bytes())
-            .and(with_state.clone())
-            .map(|headers: HeaderMap, body: Bytes, state: AppState| {
-                with_origin(&state, &headers, || {
-                    let bearer = crate::uni::token_from_headers(&headers, "");
-                    match crate::uni::connect_request(&String::from_utf8_lossy(&body), bearer) {
-                        Ok(req) => stream::unidirectional(state.clone(), req, Framing::Lines),
-                        Err(e) => {
-                            tracing::info!(error = %e, "uni_http_stream: bad connect request");
-                            crate::plain(StatusCode::BAD_REQUEST, "bad connect request\n")
-                        }
+        let uni_http_stream = post_body(
+            cfg.uni_http_stream.handler_prefix.clone(),
+            body_limit,
+            state.clone(),
+        )
+        .map(|headers: HeaderMap, body: Bytes, state: AppState| {
+            with_origin(&state, &headers, || {
+                let bearer = crate::uni::token_from_headers(&headers, "");
+                match crate::uni::connect_request(&String::from_utf8_lossy(&body), bearer) {
+                    Ok(req) => stream::unidirectional(state.clone(), req, Framing::Lines),
+                    Err(e) => {
+                        tracing::info!(error = %e, "uni_http_stream: bad connect request");
+                        crate::plain(StatusCode::BAD_REQUEST, "bad connect request\n")
                     }
-                })
-            });
+                }
+            })
+        });
         all = all.or(uni_http_stream).unify().boxed();
     }
     if cfg.uni_sse.enabled {
