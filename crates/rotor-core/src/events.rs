@@ -79,8 +79,10 @@ pub trait Observer: Send + Sync {
     fn sent(&self, _transport: &'static str, _messages: usize, _bytes: usize) {}
     /// A frame (bytes) read from a client.
     fn received(&self, _transport: &'static str, _bytes: usize) {}
-    /// A publication went out to the broker (`history`: it was stored first).
-    fn published(&self, _history: bool) {}
+    /// A publication went out to the broker (`history`: it was stored first) in `took`.
+    fn published(&self, _history: bool, _took: std::time::Duration) {}
+    /// The broker delivered a publication to this node `lag` after it was accepted.
+    fn delivered(&self, _lag: std::time::Duration) {}
 }
 
 /// Where a token was refused by the revocation list.
@@ -148,7 +150,10 @@ impl Observer for Fanout {
     fn received(&self, t: &'static str, b: usize) {
         self.0.iter().for_each(|o| o.received(t, b));
     }
-    fn published(&self, h: bool) {
-        self.0.iter().for_each(|o| o.published(h));
+    fn published(&self, h: bool, t: std::time::Duration) {
+        self.0.iter().for_each(|o| o.published(h, t));
+    }
+    fn delivered(&self, l: std::time::Duration) {
+        self.0.iter().for_each(|o| o.delivered(l));
     }
 }

@@ -43,6 +43,8 @@ pub struct ClientHandle {
     reason: OnceLock<Disconnect>,
     /// The connection token's `jti` and `iat`, for revocation.
     creds: std::sync::Mutex<(Option<Arc<str>>, Option<u64>)>,
+    /// When the connection expires (Unix seconds, 0 = never), for the expiry gauges.
+    expire_at: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for ClientHandle {
@@ -71,6 +73,7 @@ impl ClientHandle {
             cancel,
             reason: OnceLock::new(),
             creds: std::sync::Mutex::new((None, None)),
+            expire_at: std::sync::atomic::AtomicU64::new(0),
         };
         (Arc::new(handle), rx)
     }
@@ -113,6 +116,11 @@ impl ClientHandle {
     /// Records the current connection token's `jti` and `iat`.
     pub(crate) fn set_creds(&self, jti: Option<&str>, iat: Option<u64>) {
         *self.creds.lock().unwrap_or_else(|e| e.into_inner()) = (jti.map(Arc::from), iat);
+    }
+
+    /// Records when the connection expires (`None`: never).
+    pub(crate) fn set_expire_at(&self, at: Option<u64>) {
+        self.expire_at.store(at.unwrap_or(0), Ordering::Relaxed);
     }
 
     /// The current connection token's `jti` and `iat`.
@@ -288,6 +296,27 @@ impl Hub {
     /// Every local connection.
     pub(crate) fn all_connections(&self) -> Vec<Arc<ClientHandle>> {
         lock(&self.conns).by_id.values().cloned().collect()
+    }
+
+    /// How many connections expire at all, and how many expire before each of `deadlines`
+    /// (Unix seconds).
+    pub fn expiry_counts(&self, deadlines: &[u64]) -> (usize, Vec<usize>) {
+        let conns = lock(&self.conns);
+        let mut with_expiry = 0;
+        let mut within = vec![0; deadlines.len()];
+        for c in conns.by_id.values() {
+            let at = c.expire_at.load(Ordering::Relaxed);
+            if at == 0 {
+                continue;
+            }
+            with_expiry += 1;
+            for (n, d) in within.iter_mut().zip(deadlines) {
+                if at <= *d {
+                    *n += 1;
+                }
+            }
+        }
+        (with_expiry, within)
     }
 
     pub fn num_clients(&self) -> usize {

@@ -227,8 +227,11 @@ impl Node {
             publication.offset = position.offset;
         }
         ticket.turn().await;
+        let sent = std::time::Instant::now();
         self.inner.broker.publish(channel, &publication).await?;
-        self.inner.observer.published(publication.offset > 0);
+        self.inner
+            .observer
+            .published(publication.offset > 0, sent.elapsed());
         Ok(position)
     }
 
@@ -457,6 +460,10 @@ struct Handler(std::sync::Weak<NodeInner>);
 impl BrokerHandler for Handler {
     fn on_publication(&self, channel: &str, publication: &Publication) {
         let Some(node) = self.0.upgrade() else { return };
+        if publication.time > 0 {
+            let lag = node.clock.unix_ms().saturating_sub(publication.time);
+            node.observer.delivered(Duration::from_millis(lag));
+        }
         let push = Push {
             channel: channel.to_string(),
             publication: Some(publication.clone()),

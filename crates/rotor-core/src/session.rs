@@ -558,6 +558,7 @@ impl Session {
         let _ = self.client.user.set(self.user.clone());
         self.conn_info = info;
         self.expire_at = expire_at;
+        self.client.set_expire_at(expire_at);
         self.state = State::Connected;
         self.stale_deadline = None;
         self.node.inner.hub.add_connection(&self.client);
@@ -667,6 +668,7 @@ impl Session {
         }
         self.client.set_creds(t.jti.as_deref(), t.iat);
         self.expire_at = t.expire_at;
+        self.client.set_expire_at(t.expire_at);
         if t.info.is_some() {
             self.conn_info = t.info;
         }
@@ -1155,6 +1157,7 @@ impl Session {
                     return Some(Disconnect::EXPIRED);
                 }
                 self.expire_at = expire_at.filter(|at| *at > 0);
+                self.client.set_expire_at(self.expire_at);
                 let mut push = RefreshPush::default();
                 if let Some(at) = self.expire_at {
                     push.expires = true;

@@ -200,6 +200,10 @@ pub struct PrometheusConfig {
     pub handler_prefix: String,
     /// Also export node gauges under Centrifugo's names (`centrifugo_node_num_clients`, …).
     pub centrifugo_aliases: bool,
+    /// Serve metrics (and `/health`) on this separate port instead of the main one; 0 = off.
+    pub internal_port: u16,
+    /// Interface of the internal port.
+    pub internal_address: String,
 }
 
 impl Default for PrometheusConfig {
@@ -208,6 +212,8 @@ impl Default for PrometheusConfig {
             enabled: false,
             handler_prefix: "/metrics".into(),
             centrifugo_aliases: true,
+            internal_port: 0,
+            internal_address: "127.0.0.1".into(),
         }
     }
 }

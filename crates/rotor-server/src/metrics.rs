@@ -37,8 +37,15 @@ pub struct Metrics {
     messages_received: IntCounterVec,
     bytes_received: IntCounterVec,
     publications: IntCounterVec,
+    broker_publish: Histogram,
+    broker_lag: Histogram,
+    with_expiry: IntGauge,
+    expiring: IntGaugeVec,
     node_gauges: Vec<NodeGauge>,
 }
+
+/// Windows for `rotor_connections_expiring{within}`.
+const EXPIRY_WINDOWS: [(u64, &str); 4] = [(60, "1m"), (300, "5m"), (900, "15m"), (3600, "1h")];
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -113,6 +120,42 @@ impl Metrics {
         .expect("valid");
         registry
             .register(Box::new(command_duration.clone()))
+            .expect("unique");
+
+        let latency = |name: &str, help: &str| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(vec![
+                0.00001, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0,
+            ]))
+            .expect("valid");
+            registry.register(Box::new(h.clone())).expect("unique");
+            h
+        };
+        let broker_publish = latency(
+            "rotor_broker_publish_duration_seconds",
+            "Time to hand a publication to the broker.",
+        );
+        let broker_lag = latency(
+            "rotor_broker_delivery_lag_seconds",
+            "Time from accepting a publication to the broker delivering it to this node (includes history writes).",
+        );
+        let with_expiry = IntGauge::new(
+            "rotor_connections_with_expiry",
+            "Connections whose token expires.",
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(with_expiry.clone()))
+            .expect("unique");
+        let expiring = IntGaugeVec::new(
+            Opts::new(
+                "rotor_connections_expiring",
+                "Connections whose expiry falls within the window from now.",
+            ),
+            &["within"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(expiring.clone()))
             .expect("unique");
 
         let mut node_gauges: Vec<NodeGauge> = Vec::new();
@@ -250,6 +293,10 @@ impl Metrics {
                 &["history"],
             ),
             command_duration,
+            broker_publish,
+            broker_lag,
+            with_expiry,
+            expiring,
             registry,
             connections,
             expires_in,
@@ -265,6 +312,13 @@ impl Metrics {
         let info = node.info();
         for (g, read) in &self.node_gauges {
             g.set(read(&info) as i64);
+        }
+        let now = node.clock().unix();
+        let deadlines: Vec<u64> = EXPIRY_WINDOWS.iter().map(|(s, _)| now + s).collect();
+        let (with_expiry, within) = node.hub().expiry_counts(&deadlines);
+        self.with_expiry.set(with_expiry as i64);
+        for ((_, label), n) in EXPIRY_WINDOWS.iter().zip(within) {
+            self.expiring.with_label_values(&[label]).set(n as i64);
         }
         let mut buf = Vec::new();
         TextEncoder::new()
@@ -359,10 +413,15 @@ impl Observer for Metrics {
             .inc_by(bytes as u64);
     }
 
-    fn published(&self, history: bool) {
+    fn published(&self, history: bool, took: std::time::Duration) {
         self.publications
             .with_label_values(&[if history { "yes" } else { "no" }])
             .inc();
+        self.broker_publish.observe(took.as_secs_f64());
+    }
+
+    fn delivered(&self, lag: std::time::Duration) {
+        self.broker_lag.observe(lag.as_secs_f64());
     }
 }
 

@@ -69,6 +69,23 @@ fn post_body(
         .and(warp::any().map(move || state.clone()))
 }
 
+/// `GET /metrics` (at `prometheus.handler_prefix`), when metrics are on.
+fn metrics_route(state: &AppState) -> Option<warp::filters::BoxedFilter<(warp::reply::Response,)>> {
+    let metrics = state.metrics.clone()?;
+    let node = state.node.clone();
+    let route = warp::get()
+        .and(exact_path(state.config.prometheus.handler_prefix.clone()))
+        .map(move || {
+            let mut res = warp::reply::Response::new(metrics.render(&node).into());
+            res.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            res
+        });
+    Some(route.boxed())
+}
+
 /// Matches one configured path exactly.
 fn exact_path(path: String) -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::path::full()
@@ -133,19 +150,10 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
         );
 
     let mut all = health.boxed().or(api).unify().boxed();
-    if let Some(metrics) = state.metrics.clone() {
-        let node = state.node.clone();
-        let route = warp::get()
-            .and(exact_path(state.config.prometheus.handler_prefix.clone()))
-            .map(move || {
-                let mut res = warp::reply::Response::new(metrics.render(&node).into());
-                res.headers_mut().insert(
-                    "content-type",
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                res
-            });
-        all = all.or(route).unify().boxed();
+    if state.config.prometheus.internal_port == 0 {
+        if let Some(route) = metrics_route(&state) {
+            all = all.or(route).unify().boxed();
+        }
     }
     let cfg = state.config.clone();
     let query = || {
@@ -496,6 +504,31 @@ impl Server {
         spawn_revocation_sync(self.node.clone(), self.config.revocation.sync_interval);
         let stop_accepting = CancellationToken::new();
         let stop = stop_accepting.clone();
+        let prom = &self.config.prometheus;
+        if prom.internal_port > 0 {
+            if let Some(route) = metrics_route(&state) {
+                let addr = format!("{}:{}", prom.internal_address, prom.internal_port);
+                let internal = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                let health = warp::get()
+                    .and(warp::path!("health"))
+                    .map(|| json_response(StatusCode::OK, &serde_json::json!({})));
+                let routes = route.or(health).unify().recover(rejection).unify();
+                let stop = stop_accepting.clone();
+                tokio::spawn(async move {
+                    warp::serve(routes)
+                        .incoming(internal)
+                        .graceful(async move { stop.cancelled().await })
+                        .run()
+                        .await;
+                });
+                tracing::info!(address = %addr, "metrics on the internal port");
+            }
+        }
         let task = tokio::spawn(async move {
             warp::serve(routes(state))
                 .incoming(listener)

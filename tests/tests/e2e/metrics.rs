@@ -80,9 +80,21 @@ async fn metrics_follow_the_token_lifecycle() {
     )
     .await;
     assert_eq!(c.closed().await.0, 3005);
+    server
+        .api("publish", json!({"channel": "chat:m", "data": 1}))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let m = scrape(&server).await;
+    assert_eq!(
+        get(&m, "rotor_connections_with_expiry"),
+        1.0,
+        "the refreshed connection (expires in ~2 minutes)"
+    );
+    assert_eq!(get(&m, r#"rotor_connections_expiring{within="1m"}"#), 0.0);
+    assert_eq!(get(&m, r#"rotor_connections_expiring{within="5m"}"#), 1.0);
+    assert_eq!(get(&m, "rotor_broker_publish_duration_seconds_count"), 1.0);
+    assert_eq!(get(&m, "rotor_broker_delivery_lag_seconds_count"), 1.0);
     assert_eq!(
         get(&m, r#"rotor_connects_total{transport="websocket"}"#),
         3.0
@@ -169,6 +181,30 @@ async fn metrics_follow_the_token_lifecycle() {
         1.0,
         "Centrifugo alias"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn metrics_on_an_internal_port_leave_the_public_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut config = test_config();
+    config.prometheus.enabled = true;
+    config.prometheus.internal_port = port;
+    let server = TestServer::start(config).await;
+    let req = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        http_raw(server.addr, req).await.0,
+        404,
+        "not on the public port"
+    );
+    let internal: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, body) = http_raw(internal, req).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("rotor_node_clients"), "{body}");
     server.shutdown().await;
 }
 
