@@ -62,6 +62,11 @@ impl RotorProcess {
         RotorProcess { child, addr }
     }
 
+    /// The server's process id (for reading its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
