@@ -770,3 +770,29 @@ impl PgSchema {
         let _ = rotor_store_postgres::drop_schema(&self.pool, &self.schema).await;
     }
 }
+
+/// Starts the `rotor` binary (`bin`, from `CARGO_BIN_EXE_…`) with a config file and waits
+/// until it prints the address it listens on. Killed when the returned child is dropped.
+pub async fn spawn_rotor(bin: &str, config: &std::path::Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .expect("rotor starts in time")
+        .expect("stdout readable")
+        .expect("rotor printed its address");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("an address");
+    (child, addr)
+}

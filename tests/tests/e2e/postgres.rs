@@ -1,13 +1,11 @@
 //! Postgres storage end to end: recovery across a killed and restarted server, gap-free
 //! offsets from two server processes, and behaviour while the database is unreachable.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use rotor_tests::*;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rotor-under-test");
 const T: Duration = Duration::from_secs(15);
@@ -53,28 +51,8 @@ allow_subscribe_for_client = true
 }
 
 /// Starts the rotor binary and waits until it listens.
-async fn spawn(config: &std::path::Path) -> (Child, std::net::SocketAddr) {
-    let mut child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(T, lines.next_line())
-        .await
-        .expect("rotor starts")
-        .unwrap()
-        .expect("a line");
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .parse()
-        .unwrap();
-    (child, addr)
+async fn spawn(config: &std::path::Path) -> (tokio::process::Child, std::net::SocketAddr) {
+    spawn_rotor(BIN, config).await
 }
 
 async fn api(

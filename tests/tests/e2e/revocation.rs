@@ -173,26 +173,7 @@ async fn revocations_survive_restarts_reach_other_processes_and_show_in_the_cli(
         ),
     )
     .unwrap();
-    let spawn = || async {
-        let mut child = Command::new(bin)
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
-            child.stdout.take().unwrap(),
-        ));
-        let line = tokio::time::timeout(T, lines.next_line())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        let addr: std::net::SocketAddr =
-            line.strip_prefix("listening on ").unwrap().parse().unwrap();
-        (child, addr)
-    };
+    let spawn = || spawn_rotor(bin, &cfg);
     let (mut a, addr_a) = spawn().await;
     let (mut b, addr_b) = spawn().await;
     let t = jti_token("dee", "multi-1", 3600);
