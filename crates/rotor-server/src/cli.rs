@@ -23,6 +23,9 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// Environment variables the command line reads itself (not configuration overrides).
+const CLI_ENV: [&str; 2] = ["ROTOR_CONFIG", "ROTOR_API_KEY_FOR_CLI"];
+
 /// Options every command accepts.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Common {
@@ -211,7 +214,8 @@ impl Common {
             sets.push(format!("log.level={l}"));
         }
         sets.extend(self.sets.iter().cloned());
-        let env = std::env::vars().filter(|(k, _)| k != "ROTOR_CONFIG");
+        // The CLI's own variables are not configuration keys.
+        let env = std::env::vars().filter(|(k, _)| !CLI_ENV.contains(&k.as_str()));
         Config::load(self.config.as_deref(), env, &sets)
     }
 }

@@ -104,6 +104,9 @@ async fn config_errors_name_the_key() {
     assert!(!ok);
     assert!(err.contains("client.ping_interval"), "{err}");
 
+    // The CLI's own variables are not taken for configuration keys.
+    let (ok, _, err) = run(&["checkconfig"], &[("ROTOR_API_KEY_FOR_CLI", "k")]).await;
+    assert!(ok, "{err}");
     let (ok, _, err) = run(&["checkconfig"], &[("ROTOR_CLIENT_NO_SUCH_KEY", "1")]).await;
     assert!(!ok);
     assert!(err.contains("ROTOR_CLIENT_NO_SUCH_KEY"), "{err}");
