@@ -562,7 +562,8 @@ impl Session {
         self.state = State::Connected;
         self.stale_deadline = None;
         self.node.inner.hub.add_connection(&self.client);
-        let cfg = self.cfg().clone();
+        let node = self.node.clone();
+        let cfg = &node.config().client;
         let ping = cfg.ping_interval.as_secs() as u32;
         if !cfg.ping_interval.is_zero() {
             self.next_ping = Some(Instant::now() + cfg.ping_interval);
@@ -1189,7 +1190,9 @@ impl Session {
             return Some(Disconnect::NO_PONG);
         }
         let clock = self.node.clock();
-        let cfg = self.cfg().clone();
+        // A handle to the node (an Arc) keeps the config borrowed while `self` changes.
+        let node = self.node.clone();
+        let cfg = &node.config().client;
         if let Some(at) = self.expire_at {
             if clock.instant_at(at) + cfg.expired_close_delay <= now {
                 tracing::info!(client = %self.client.id(), user = %self.user, "connection expired, disconnecting with 3005");
@@ -1258,7 +1261,7 @@ fn refusal_reason(e: &CoreError) -> &'static str {
         CoreError::TokenExpired => "token_expired",
         CoreError::UnknownChannel => "unknown_channel",
         CoreError::Unavailable(_) => "unavailable",
-        CoreError::Disconnect(d) if d.code == 3500 && d.reason == "token revoked" => "revoked",
+        CoreError::Disconnect(d) if *d == revoked_disconnect() => "revoked",
         CoreError::Disconnect(d) if d.code == 3500 => "invalid_token",
         CoreError::Disconnect(d) if d.code == 3501 => "bad_request",
         CoreError::Disconnect(d) if d.code == 3507 => "permission_denied",

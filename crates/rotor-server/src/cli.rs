@@ -157,11 +157,7 @@ fn call_api(
     method: &str,
     body: serde_json::Value,
 ) -> Result<serde_json::Value, ServerError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ServerError::Cli(e.to_string()))?;
-    runtime.block_on(async {
+    block_on(async {
         let resp = reqwest::Client::new()
             .post(format!("{url}/{method}"))
             .header("X-API-Key", key)
@@ -192,6 +188,17 @@ fn call_api(
         }
         Ok(v["result"].clone())
     })
+}
+
+/// Runs one async operation of a short-lived command on a current-thread runtime.
+fn block_on<T>(
+    f: impl std::future::Future<Output = Result<T, ServerError>>,
+) -> Result<T, ServerError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Cli(e.to_string()))?;
+    runtime.block_on(f)
 }
 
 fn cli_actor() -> String {
@@ -327,13 +334,12 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             let config = cli.common.load()?;
             let verifier = rotor_auth::TokenVerifier::new(&config.client.token)
                 .map_err(|e| ServerError::Config(e.to_string()))?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| ServerError::Cli(e.to_string()))?;
-            let t = runtime
-                .block_on(verifier.verify_connect(&token, now()))
-                .map_err(|e| ServerError::Cli(format!("token rejected: {e}")))?;
+            let t = block_on(async {
+                verifier
+                    .verify_connect(&token, now())
+                    .await
+                    .map_err(|e| ServerError::Cli(format!("token rejected: {e}")))
+            })?;
             let expires = match t.expire_at {
                 Some(at) => format!("in {}s (at {at})", at.saturating_sub(now())),
                 None => "never".to_string(),
@@ -442,11 +448,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                     "migrate needs storage.type = \"postgres\"".into(),
                 ));
             }
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| ServerError::Cli(e.to_string()))?;
-            runtime.block_on(async {
+            block_on(async {
                 let pool = rotor_store_postgres::connect(&config.storage.postgres.options())
                     .await
                     .map_err(|e| ServerError::Storage(e.to_string()))?;
