@@ -564,7 +564,10 @@ impl Session {
         self.node.inner.hub.add_connection(&self.client);
         let node = self.node.clone();
         let cfg = &node.config().client;
-        let ping = cfg.ping_interval.as_secs() as u32;
+        // The wire counts whole seconds: a sub-second interval is announced as 1 s, so the
+        // client still knows to answer (announcing 0 would mean "no pings, no pongs" while the
+        // server goes on expecting pongs).
+        let ping = cfg.ping_interval.as_secs_f64().ceil() as u32;
         if !cfg.ping_interval.is_zero() {
             self.next_ping = Some(Instant::now() + cfg.ping_interval);
         }
