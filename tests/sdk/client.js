@@ -2,7 +2,8 @@
 // event as one JSON line on stdout. Used by rotor's end-to-end tests; see tests/src/lib.rs.
 //
 // Environment: BASE (http://host:port), TRANSPORT (websocket | http_stream | sse),
-// TOKEN (initial connection token), GET_TOKEN=1 (ask the test for tokens through stdin).
+// TOKEN (initial connection token), GET_TOKEN=1 (ask the test for tokens through stdin),
+// EMULATION_BASE (where emulation POSTs go; default BASE).
 'use strict';
 const { Centrifuge, UnauthorizedError } = require('centrifuge');
 const WebSocket = require('ws');
@@ -35,7 +36,7 @@ const askToken = (what) => new Promise((resolve, reject) => {
 const options = {
   websocket: WebSocket,
   eventsource: EventSource,
-  emulationEndpoint: `${base}/emulation`,
+  emulationEndpoint: `${env.EMULATION_BASE || base}/emulation`,
   token: env.TOKEN || '',
   minReconnectDelay: 100,
   maxReconnectDelay: 500,

@@ -187,12 +187,48 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A TCP port free right now on 127.0.0.1 (for a process that must come back on the same port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Calls the server API of the node at `addr`, asserts HTTP 200 and returns the body.
+pub async fn api_at(addr: SocketAddr, method: &str, body: Value) -> Value {
+    let (status, v) = http_post(
+        addr,
+        &format!("/api/{method}"),
+        &[("X-API-Key", API_KEY)],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Whether a Redis answers at `addr`. A missing Redis skips the test loudly, except under
+/// `CI=true`, where it fails it.
+pub async fn redis_available(test: &str, addr: &str) -> bool {
+    let ok = tokio::net::TcpStream::connect(addr).await.is_ok();
+    if !ok {
+        if in_ci() {
+            panic!("{test}: Redis is required under CI at {addr}");
+        }
+        eprintln!("\n!!!!! SKIPPED {test}: no Redis at {addr} !!!!!\n");
+    }
+    ok
+}
+
 /// Where the SDK packages live.
 pub fn sdk_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sdk")
 }
 
-fn in_ci() -> bool {
+/// Whether this run is CI (`CI=true`), where tests that need a service fail instead of skipping.
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 

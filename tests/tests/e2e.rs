@@ -5,6 +5,8 @@ mod e2e {
     pub mod auth;
     pub mod bad_input;
     pub mod cli;
+    pub mod client;
+    pub mod cluster;
     pub mod expiry;
     pub mod expiry_scale;
     pub mod jwks;

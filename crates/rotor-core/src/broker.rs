@@ -10,7 +10,9 @@ use rotor_protocol::{ClientInfo, Publication};
 use crate::CoreError;
 
 /// Node-wide commands that must reach every node (the connection may live on any of them).
-#[derive(Debug, Clone, PartialEq)]
+/// Serializable so that brokers can carry them between processes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Control {
     /// Disconnect a user's connections (all, or one client / session), sparing `whitelist`.
     Disconnect {

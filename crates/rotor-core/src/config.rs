@@ -220,6 +220,8 @@ pub struct CoreConfig {
     pub node_name: String,
     /// Version string sent in connect replies.
     pub version: String,
+    /// The node's unique id (connect replies, emulation routing); empty: a random one.
+    pub node_uid: String,
 }
 
 impl std::fmt::Debug for SubscriptionTokenConfig {

@@ -66,8 +66,8 @@ pub struct PublishOptions {
     pub info: Option<ClientInfo>,
 }
 
-/// Node statistics for the `info` API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Node statistics for the `info` API (and the node registry of multi-node engines).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub uid: String,
     pub name: String,
@@ -119,6 +119,11 @@ impl Node {
             .token_config(&config.client.token);
         let sub_verifier = TokenVerifier::new(&sub_config)
             .map_err(|e| CoreError::BadRequest(format!("client.subscription_token: {e}")))?;
+        let uid = if config.node_uid.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            config.node_uid.clone()
+        };
         let inner = Arc::new(NodeInner {
             config,
             rules,
@@ -131,7 +136,7 @@ impl Node {
             revocations: Default::default(),
             clock: Clock::new(),
             shutdown: CancellationToken::new(),
-            uid: uuid::Uuid::new_v4().to_string(),
+            uid,
             started_at: tokio::time::Instant::now(),
             order: Default::default(),
         });

@@ -77,6 +77,19 @@ pub async fn handle(
     if method == "batch" {
         return json_response(StatusCode::OK, &batch(&state.node, params).await);
     }
+    if let (true, Some(redis)) = (method == "info", &state.redis) {
+        // Every live node from the Redis registry, this one with fresh numbers.
+        let me = state.node.info();
+        return match redis.nodes(crate::server::HEARTBEAT_MAX_AGE).await {
+            Ok(mut nodes) => {
+                nodes.retain(|n| n.uid != me.uid);
+                nodes.push(me);
+                nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+                json_response(StatusCode::OK, &json!({"result": {"nodes": nodes}}))
+            }
+            Err(e) => json_response(StatusCode::OK, &json!({ "error": error_json(&e) })),
+        };
+    }
     match call(&state.node, &method, params).await {
         Some(Ok(result)) => json_response(StatusCode::OK, &json!({ "result": result })),
         Some(Err(e)) => json_response(StatusCode::OK, &json!({ "error": error_json(&e) })),

@@ -262,6 +262,121 @@ impl Default for ShutdownConfig {
     }
 }
 
+/// `engine.*`: Centrifugo v6's name for what carries messages between nodes and keeps
+/// presence (and history, unless `storage.type` is postgres).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `memory` (one node) or `redis` (nodes share fan-out, presence and history via Redis).
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub redis: RedisConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            kind: "memory".into(),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// `broker.*` and `presence_manager.*`: when enabled, override `engine` for that part only
+/// (for example Redis fan-out while history and revocations stay on Postgres).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnginePartConfig {
+    pub enabled: bool,
+    /// `memory` or `redis`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub redis: RedisConfig,
+}
+
+impl Default for EnginePartConfig {
+    fn default() -> Self {
+        EnginePartConfig {
+            enabled: false,
+            kind: "memory".into(),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// Where Redis is (`*.redis.*`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `host:port` or `redis://…`, or a list of them: channels are sharded over the list by
+    /// consistent hashing.
+    #[serde(deserialize_with = "one_or_many")]
+    pub address: Vec<String>,
+    /// Seed nodes of a Redis Cluster (one or a list). When set, `address` is not used: the
+    /// cluster spreads channels over its nodes by hash slot.
+    #[serde(deserialize_with = "one_or_many")]
+    pub cluster_address: Vec<String>,
+    /// Prefix of every Redis key and pub/sub channel.
+    pub prefix: String,
+    /// Connect and reply timeout; past it operations fail with the temporary error 100.
+    #[serde(with = "rotor_core::duration")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            address: vec!["127.0.0.1:6379".into()],
+            cluster_address: Vec::new(),
+            prefix: "rotor".into(),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect(),
+        OneOrMany::Many(v) => v,
+    })
+}
+
+impl Config {
+    /// The Redis the broker uses, if any.
+    pub fn broker_redis(&self) -> Option<&RedisConfig> {
+        Self::part(&self.broker, &self.engine)
+    }
+
+    /// The Redis presence lives on, if any.
+    pub fn presence_redis(&self) -> Option<&RedisConfig> {
+        Self::part(&self.presence_manager, &self.engine)
+    }
+
+    /// The Redis history lives on: the engine's, unless storage is Postgres.
+    pub fn history_redis(&self) -> Option<&RedisConfig> {
+        (self.storage.kind != "postgres" && self.engine.kind == "redis")
+            .then_some(&self.engine.redis)
+    }
+
+    fn part<'a>(part: &'a EnginePartConfig, engine: &'a EngineConfig) -> Option<&'a RedisConfig> {
+        if part.enabled {
+            (part.kind == "redis").then_some(&part.redis)
+        } else {
+            (engine.kind == "redis").then_some(&engine.redis)
+        }
+    }
+}
+
 /// `storage.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -370,6 +485,9 @@ pub struct Config {
     pub uni_sse: UniSseConfig,
     pub uni_http_stream: UniHttpStreamConfig,
     pub storage: StorageConfig,
+    pub engine: EngineConfig,
+    pub broker: EnginePartConfig,
+    pub presence_manager: EnginePartConfig,
     pub revocation: RevocationConfig,
     pub prometheus: PrometheusConfig,
     pub log: LogConfig,
@@ -392,6 +510,7 @@ impl Config {
             channel: self.channel.clone(),
             node_name: name,
             version: format!("{} rotor", env!("CARGO_PKG_VERSION")),
+            node_uid: String::new(),
         }
     }
 
@@ -471,6 +590,31 @@ impl Config {
                 return Err(ServerError::Config(format!(
                     "storage.type: unknown storage {other:?} (use memory or postgres)"
                 )));
+            }
+        }
+        for (key, kind) in [
+            ("engine.type", &self.engine.kind),
+            ("broker.type", &self.broker.kind),
+            ("presence_manager.type", &self.presence_manager.kind),
+        ] {
+            if !matches!(kind.as_str(), "memory" | "redis") {
+                return Err(ServerError::Config(format!(
+                    "{key}: unknown engine {kind:?} (use memory or redis)"
+                )));
+            }
+        }
+        for redis in [
+            self.broker_redis(),
+            self.presence_redis(),
+            self.history_redis(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if redis.address.is_empty() && redis.cluster_address.is_empty() {
+                return Err(ServerError::Config(
+                    "redis address: at least one address (or cluster_address) is required".into(),
+                ));
             }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

@@ -20,6 +20,11 @@ use crate::{api, json_response, origin_allowed, ws, ServerError};
 
 /// Refuses requests from browser origins that are not allowed (403); allowed cross-origin
 /// requests get the CORS headers browsers need to read the response.
+fn origin_ok(state: &AppState, headers: &HeaderMap) -> bool {
+    let origin = headers.get("origin").and_then(|v| v.to_str().ok());
+    origin_allowed(origin, &state.config.client.allowed_origins)
+}
+
 fn with_origin(
     state: &AppState,
     headers: &HeaderMap,
@@ -52,6 +57,8 @@ pub struct AppState {
     pub sessions: Arc<crate::stream::Sessions>,
     /// Set when `prometheus.enabled`.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// Set when the broker is Redis: routes emulation requests to other nodes and lists nodes.
+    pub redis: Option<Arc<rotor_broker_redis::RedisBroker>>,
 }
 
 /// `POST path` with a body of at most `limit` bytes: yields the headers, the body and the
@@ -242,13 +249,21 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             body_limit,
             state.clone(),
         )
-        .map(|headers: HeaderMap, body: Bytes, state: AppState| {
-            with_origin(&state, &headers, || {
-                let mut res = warp::reply::Response::default();
-                *res.status_mut() = stream::post(&state, &body);
-                res
-            })
-        });
+        .then(
+            |headers: HeaderMap, body: Bytes, state: AppState| async move {
+                // Refused origins never reach a session, here or on another node.
+                let status = if origin_ok(&state, &headers) {
+                    stream::post(&state, &body).await
+                } else {
+                    StatusCode::FORBIDDEN
+                };
+                with_origin(&state, &headers, || {
+                    let mut res = warp::reply::Response::default();
+                    *res.status_mut() = status;
+                    res
+                })
+            },
+        );
         all = all.or(emulation).unify().boxed();
     }
     if cfg.uni_http_stream.enabled {
@@ -371,6 +386,38 @@ pub struct Server {
     node: Node,
     background: Background,
     metrics: Option<Arc<crate::metrics::Metrics>>,
+    redis: Option<Arc<rotor_broker_redis::RedisBroker>>,
+}
+
+/// Connections to each distinct Redis the configuration names, made once.
+#[derive(Default)]
+struct RedisConnections(Vec<(crate::config::RedisConfig, rotor_broker_redis::Shards)>);
+
+impl RedisConnections {
+    async fn get(
+        &mut self,
+        cfg: &crate::config::RedisConfig,
+    ) -> Result<rotor_broker_redis::Shards, ServerError> {
+        if let Some((_, s)) = self.0.iter().find(|(c, _)| c == cfg) {
+            return Ok(s.clone());
+        }
+        let cluster = !cfg.cluster_address.is_empty();
+        let opts = rotor_broker_redis::RedisOptions {
+            addresses: if cluster {
+                cfg.cluster_address.clone()
+            } else {
+                cfg.address.clone()
+            },
+            prefix: cfg.prefix.clone(),
+            timeout: cfg.timeout,
+            cluster,
+        };
+        let shards = rotor_broker_redis::Shards::connect(&opts)
+            .await
+            .map_err(|e| ServerError::Storage(format!("redis {:?}: {e}", opts.addresses)))?;
+        self.0.push((cfg.clone(), shards.clone()));
+        Ok(shards)
+    }
 }
 
 /// Storage housekeeping that runs while the server does.
@@ -400,7 +447,7 @@ impl Server {
         config: Config,
         observer: Arc<dyn rotor_core::events::Observer>,
     ) -> Result<Server, ServerError> {
-        let (storage, background) = match config.storage.kind.as_str() {
+        let (mut storage, background) = match config.storage.kind.as_str() {
             "postgres" => {
                 let pg = &config.storage.postgres;
                 let opts = pg.options();
@@ -427,6 +474,26 @@ impl Server {
                 (storage, Background::Memory(history))
             }
         };
+        let mut redis = RedisConnections::default();
+        if let Some(r) = config.history_redis() {
+            storage.history = rotor_broker_redis::RedisHistory::new(redis.get(r).await?);
+        }
+        if let Some(r) = config.presence_redis() {
+            storage.presence =
+                Arc::new(rotor_broker_redis::RedisPresence::new(redis.get(r).await?));
+        }
+        let node_uid = uuid::Uuid::new_v4().to_string();
+        let redis_broker = match config.broker_redis() {
+            Some(r) => Some(rotor_broker_redis::RedisBroker::start(
+                redis.get(r).await?,
+                &node_uid,
+            )),
+            None => None,
+        };
+        let broker: Arc<dyn rotor_core::broker::Broker> = match &redis_broker {
+            Some(b) => b.clone(),
+            None => Arc::new(LocalBroker::default()),
+        };
         let metrics = config.prometheus.enabled.then(|| {
             Arc::new(crate::metrics::Metrics::new(
                 config.prometheus.centrifugo_aliases,
@@ -436,6 +503,8 @@ impl Server {
             Some(m) => {
                 let backend = if config.storage.kind == "postgres" {
                     "postgres"
+                } else if config.history_redis().is_some() {
+                    "redis"
                 } else {
                     "memory"
                 };
@@ -447,17 +516,15 @@ impl Server {
             Some(m) => Arc::new(rotor_core::events::Fanout(vec![m.clone(), observer])),
             None => observer,
         };
-        let node = Node::new(
-            config.core(),
-            storage,
-            Arc::new(LocalBroker::default()),
-            observer,
-        )?;
+        let mut core = config.core();
+        core.node_uid = node_uid;
+        let node = Node::new(core, storage, broker, observer)?;
         Ok(Server {
             config: Arc::new(config),
             node,
             background,
             metrics,
+            redis: redis_broker,
         })
     }
 
@@ -496,7 +563,14 @@ impl Server {
             config: self.config.clone(),
             sessions: Default::default(),
             metrics: self.metrics.clone(),
+            redis: self.redis.clone(),
         };
+        if let Some(redis) = &self.redis {
+            redis.set_node_message_handler(Arc::new(crate::stream::ForwardedEmulation(
+                state.sessions.clone(),
+            )));
+            spawn_heartbeat(self.node.clone(), redis.clone());
+        }
         // Revocations from storage are in force before the first client connects.
         if let Err(e) = self.node.sync_revocations().await {
             tracing::warn!(error = %e, "could not load the revocation list; retrying every sync interval");
@@ -592,6 +666,32 @@ impl RunningServer {
         }
         tracing::info!("rotor stopped");
     }
+}
+
+/// How often a node reports itself in the Redis node registry, and how old a report may be
+/// before the node counts as gone.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Keeps this node in the Redis node registry while it runs; leaves it at shutdown.
+fn spawn_heartbeat(node: Node, redis: Arc<rotor_broker_redis::RedisBroker>) {
+    let stop = node.shutdown_token();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(e) = redis.heartbeat(&node.info()).await {
+                        tracing::debug!(error = %e, "node heartbeat to Redis failed");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    let _ = redis.leave_registry().await;
+                    return;
+                }
+            }
+        }
+    });
 }
 
 /// Drops expired publications and forgotten streams from in-memory history once a minute, so

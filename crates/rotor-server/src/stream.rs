@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -210,7 +210,6 @@ pub fn unidirectional(state: AppState, req: ConnectRequest, framing: Framing) ->
 #[derive(serde::Deserialize)]
 struct EmulationRequest {
     session: String,
-    #[allow(dead_code)]
     #[serde(default)]
     node: String,
     /// The commands as one JSON string, `\n`-joined.
@@ -219,7 +218,9 @@ struct EmulationRequest {
 
 /// `POST /emulation`: 204 when the commands were handed to the session, 404 for an unknown
 /// session (the client reconnects), 400 for a bad body, 503 when the session's backlog is full.
-pub fn post(state: &AppState, body: &[u8]) -> StatusCode {
+/// A request for a session on another node (its `node` is not this one) is forwarded there
+/// through Redis when the broker is Redis: 204 once a node took it, 404 when no node listens.
+pub async fn post(state: &AppState, body: &[u8]) -> StatusCode {
     let req: EmulationRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -227,7 +228,44 @@ pub fn post(state: &AppState, body: &[u8]) -> StatusCode {
             return StatusCode::BAD_REQUEST;
         }
     };
-    let Some(tx) = state.sessions.lock().get(&req.session).cloned() else {
+    if let Some(redis) = &state.redis {
+        if !req.node.is_empty() && req.node != state.node.uid() {
+            let payload = String::from_utf8_lossy(body);
+            return match redis.send_to_node(&req.node, &payload).await {
+                Ok(true) => StatusCode::NO_CONTENT,
+                Ok(false) => {
+                    tracing::debug!(node = %req.node, "emulation request for a node that is gone");
+                    StatusCode::NOT_FOUND
+                }
+                Err(e) => {
+                    tracing::warn!(node = %req.node, error = %e, "cannot forward an emulation request");
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+            };
+        }
+    }
+    deliver(&state.sessions, req)
+}
+
+/// Emulation requests forwarded from other nodes (through Redis) to sessions on this one.
+pub struct ForwardedEmulation(pub Arc<Sessions>);
+
+impl rotor_broker_redis::NodeMessageHandler for ForwardedEmulation {
+    fn on_node_message(&self, payload: &str) {
+        match serde_json::from_str::<EmulationRequest>(payload) {
+            Ok(req) => {
+                let status = deliver(&self.0, req);
+                if status != StatusCode::NO_CONTENT {
+                    tracing::info!(%status, "forwarded emulation request not delivered");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "bad forwarded emulation request"),
+        }
+    }
+}
+
+fn deliver(sessions: &Sessions, req: EmulationRequest) -> StatusCode {
+    let Some(tx) = sessions.lock().get(&req.session).cloned() else {
         tracing::debug!(session = %req.session, "emulation request for an unknown session");
         return StatusCode::NOT_FOUND;
     };

@@ -186,11 +186,7 @@ async fn metrics_follow_the_token_lifecycle() {
 
 #[tokio::test]
 async fn metrics_on_an_internal_port_leave_the_public_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut config = test_config();
     config.prometheus.enabled = true;
     config.prometheus.internal_port = port;

@@ -10,14 +10,6 @@ use tokio::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_rotor-under-test");
 const T: Duration = Duration::from_secs(15);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn config_file(pg: &PgSchema, port: u16, name: &str) -> std::path::PathBuf {
     let text = format!(
         r#"
@@ -55,22 +47,6 @@ async fn spawn(config: &std::path::Path) -> (tokio::process::Child, std::net::So
     spawn_rotor(BIN, config).await
 }
 
-async fn api(
-    addr: std::net::SocketAddr,
-    method: &str,
-    body: serde_json::Value,
-) -> serde_json::Value {
-    let (status, v) = http_post(
-        addr,
-        &format!("/api/{method}"),
-        &[("X-API-Key", API_KEY)],
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    v
-}
-
 #[tokio::test]
 async fn js_client_recovers_across_a_killed_and_restarted_server() {
     if !sdks_available("js_client_recovers_across_a_killed_and_restarted_server") {
@@ -95,7 +71,7 @@ async fn js_client_recovers_across_a_killed_and_restarted_server() {
     js.send(&json!({"op": "connect"}).to_string()).await;
     let sub = js.expect("subscribed", T).await;
     let epoch = sub["streamPosition"]["epoch"].as_str().unwrap().to_string();
-    api(
+    api_at(
         addr,
         "publish",
         json!({"channel": "chat:durable", "data": {"n": 1}}),
@@ -109,7 +85,7 @@ async fn js_client_recovers_across_a_killed_and_restarted_server() {
     // Meanwhile another node on the same database takes publications.
     let (mut other, other_addr) = spawn(&config_file(&pg, 0, "other")).await;
     for n in 2..=3 {
-        let r = api(
+        let r = api_at(
             other_addr,
             "publish",
             json!({"channel": "chat:durable", "data": {"n": n}}),
@@ -157,7 +133,7 @@ async fn two_server_processes_publish_gap_free_offsets() {
         tasks.push(tokio::spawn(async move {
             let mut offsets = Vec::new();
             for i in 0..PER_TASK {
-                let r = api(
+                let r = api_at(
                     addr,
                     "publish",
                     json!({"channel": "chat:gap", "data": {"t": t, "i": i}}),
@@ -179,7 +155,7 @@ async fn two_server_processes_publish_gap_free_offsets() {
         (1..=n).collect::<Vec<_>>(),
         "every offset once, no gaps"
     );
-    let h = api(
+    let h = api_at(
         addr_a,
         "history",
         json!({"channel": "chat:gap", "limit": -1}),
@@ -348,7 +324,7 @@ async fn rotor_migrate_applies_the_migrations() {
     )
     .unwrap();
     let (mut server, addr) = spawn(&path).await;
-    let r = api(addr, "publish", json!({"channel": "plain", "data": 1})).await;
+    let r = api_at(addr, "publish", json!({"channel": "plain", "data": 1})).await;
     assert_eq!(r["result"]["offset"], 1, "{r}");
     let _ = server.kill().await;
     let out = Command::new("psql")

@@ -1,0 +1,356 @@
+//! The broker over Redis pub/sub, and the node registry.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::PubSubSink;
+use rotor_core::broker::{Broker, BrokerHandler, Control};
+use rotor_core::{CoreError, NodeInfo};
+use rotor_protocol::{ClientInfo, Publication};
+use serde::{Deserialize, Serialize};
+
+use crate::shard::Shards;
+use crate::RedisError;
+
+/// Receives messages addressed to this node (see [`RedisBroker::send_to_node`]).
+pub trait NodeMessageHandler: Send + Sync {
+    fn on_node_message(&self, payload: &str);
+}
+
+/// What travels on a channel's Redis pub/sub channel. A struct rather than a tagged enum so
+/// that raw JSON payloads deserialize without buffering.
+#[derive(Serialize, Deserialize)]
+struct Envelope {
+    /// `p` publication, `j` join, `l` leave.
+    k: char,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<Publication>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    i: Option<ClientInfo>,
+}
+
+/// A registry entry: a node's stats and when it last reported.
+#[derive(Serialize, Deserialize)]
+struct Heartbeat {
+    info: NodeInfo,
+    at_ms: u64,
+}
+
+/// Pub/sub state of one Redis instance.
+#[derive(Default)]
+struct PubSubState {
+    /// Redis channel names this node wants (kept across reconnects).
+    desired: Mutex<HashSet<String>>,
+    /// The live subscription connection, when there is one.
+    sink: Mutex<Option<PubSubSink>>,
+}
+
+/// Fan-out, join/leave and control messages across every node on the same Redis.
+pub struct RedisBroker {
+    shards: Shards,
+    node_uid: String,
+    handler: OnceLock<Arc<dyn BrokerHandler>>,
+    node_handler: OnceLock<Arc<dyn NodeMessageHandler>>,
+    pubsub: Vec<Arc<PubSubState>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RedisBroker {
+    /// Starts the subscription connections (one per instance). `node_uid` addresses this node.
+    pub fn start(shards: Shards, node_uid: &str) -> Arc<RedisBroker> {
+        let broker = Arc::new(RedisBroker {
+            pubsub: shards
+                .shards
+                .iter()
+                .map(|_| Arc::new(PubSubState::default()))
+                .collect(),
+            shards,
+            node_uid: node_uid.to_string(),
+            handler: OnceLock::new(),
+            node_handler: OnceLock::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        {
+            let mut first = broker.pubsub[0].desired.lock().unwrap();
+            first.insert(broker.control_channel());
+            first.insert(broker.node_channel(node_uid));
+        }
+        let mut tasks = Vec::new();
+        for i in 0..broker.pubsub.len() {
+            tasks.push(tokio::spawn(pubsub_loop(Arc::downgrade(&broker), i)));
+        }
+        *broker.tasks.lock().unwrap() = tasks;
+        broker
+    }
+
+    fn control_channel(&self) -> String {
+        format!("{}.control", self.shards.prefix)
+    }
+
+    fn node_channel(&self, uid: &str) -> String {
+        format!("{}.node.{uid}", self.shards.prefix)
+    }
+
+    fn channel_prefix(&self) -> String {
+        format!("{}.c.", self.shards.prefix)
+    }
+
+    /// Where messages addressed to this node go.
+    pub fn set_node_message_handler(&self, handler: Arc<dyn NodeMessageHandler>) {
+        let _ = self.node_handler.set(handler);
+    }
+
+    /// Sends `payload` to node `uid`. Fails with `Ok(false)` when no such node listens.
+    pub async fn send_to_node(&self, uid: &str, payload: &str) -> Result<bool, CoreError> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.node_channel(uid)).arg(payload);
+        let receivers: u64 = self.shards.run(self.shards.first(), &cmd).await?;
+        Ok(receivers > 0)
+    }
+
+    /// Whether every subscription connection is up.
+    pub fn connected(&self) -> bool {
+        self.pubsub.iter().all(|p| p.sink.lock().unwrap().is_some())
+    }
+
+    fn registry_key(&self) -> String {
+        format!("{}.nodes", self.shards.prefix)
+    }
+
+    /// Records this node's stats in the registry.
+    pub async fn heartbeat(&self, info: &NodeInfo) -> Result<(), CoreError> {
+        let entry = serde_json::to_string(&Heartbeat {
+            info: info.clone(),
+            at_ms: now_ms(),
+        })
+        .map_err(|e| CoreError::Internal(e.to_string()))?;
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(self.registry_key()).arg(&info.uid).arg(entry);
+        self.shards.run::<()>(self.shards.first(), &cmd).await?;
+        Ok(())
+    }
+
+    /// Removes this node from the registry (at shutdown).
+    pub async fn leave_registry(&self) -> Result<(), CoreError> {
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(self.registry_key()).arg(&self.node_uid);
+        self.shards.run::<()>(self.shards.first(), &cmd).await?;
+        Ok(())
+    }
+
+    /// Every node that reported within `max_age`; older entries are removed.
+    pub async fn nodes(&self, max_age: Duration) -> Result<Vec<NodeInfo>, CoreError> {
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(self.registry_key());
+        let all: Vec<(String, String)> = self.shards.run(self.shards.first(), &cmd).await?;
+        let now = now_ms();
+        let mut nodes = Vec::new();
+        for (uid, text) in all {
+            match serde_json::from_str::<Heartbeat>(&text) {
+                Ok(h) if now.saturating_sub(h.at_ms) <= max_age.as_millis() as u64 => {
+                    nodes.push(h.info)
+                }
+                _ => {
+                    let mut del = redis::cmd("HDEL");
+                    del.arg(self.registry_key()).arg(uid);
+                    let _ = self.shards.run::<()>(self.shards.first(), &del).await;
+                }
+            }
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        Ok(nodes)
+    }
+
+    async fn publish_envelope(&self, channel: &str, env: &Envelope) -> Result<(), CoreError> {
+        let payload = serde_json::to_string(env).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(format!("{}{channel}", self.channel_prefix()))
+            .arg(payload);
+        self.shards
+            .run::<()>(self.shards.for_channel(channel), &cmd)
+            .await?;
+        Ok(())
+    }
+
+    fn dispatch(&self, name: &str, payload: &[u8]) {
+        if let Some(channel) = name.strip_prefix(&self.channel_prefix()) {
+            let Some(handler) = self.handler.get() else {
+                return;
+            };
+            match serde_json::from_slice::<Envelope>(payload) {
+                Ok(Envelope {
+                    k: 'p', p: Some(p), ..
+                }) => handler.on_publication(channel, &p),
+                Ok(Envelope {
+                    k: 'j', i: Some(i), ..
+                }) => handler.on_join(channel, &i),
+                Ok(Envelope {
+                    k: 'l', i: Some(i), ..
+                }) => handler.on_leave(channel, &i),
+                Ok(_) => tracing::warn!(channel, "unknown message kind from Redis; ignored"),
+                Err(e) => {
+                    tracing::warn!(channel, error = %e, "undecodable message from Redis; ignored")
+                }
+            }
+        } else if name == self.control_channel() {
+            let Some(handler) = self.handler.get() else {
+                return;
+            };
+            match serde_json::from_slice::<Control>(payload) {
+                Ok(c) => handler.on_control(&c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable control message from Redis; ignored")
+                }
+            }
+        } else if name == self.node_channel(&self.node_uid) {
+            if let (Some(h), Ok(text)) = (self.node_handler.get(), std::str::from_utf8(payload)) {
+                h.on_node_message(text);
+            }
+        }
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for t in self.tasks.lock().unwrap().iter() {
+            t.abort();
+        }
+    }
+}
+
+/// Keeps one instance's subscription connection up: connects, subscribes to every desired
+/// channel, delivers messages until the connection drops, then starts over with backoff.
+async fn pubsub_loop(broker: std::sync::Weak<RedisBroker>, index: usize) {
+    let mut delay = Duration::from_millis(100);
+    let mut lost_before = false;
+    // Which of the shard's clients to try (a cluster's seed nodes, in turn).
+    let mut attempt = 0usize;
+    loop {
+        let Some(b) = broker.upgrade() else { return };
+        let shard = b.shards.shards[index].clone();
+        let state = b.pubsub[index].clone();
+        let timeout = b.shards.timeout;
+        drop(b);
+        let client = &shard.clients[attempt % shard.clients.len()];
+        let conn = tokio::time::timeout(timeout, client.get_async_pubsub()).await;
+        if let Ok(Ok(ps)) = conn {
+            let (mut sink, mut stream) = ps.split();
+            let names: Vec<String> = state.desired.lock().unwrap().iter().cloned().collect();
+            let mut ok = true;
+            for chunk in names.chunks(512) {
+                if let Err(e) = sink.subscribe(chunk).await {
+                    tracing::warn!(address = %shard.address, error = %e, "Redis subscribe failed");
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                *state.sink.lock().unwrap() = Some(sink);
+                delay = Duration::from_millis(100);
+                if lost_before {
+                    tracing::info!(address = %shard.address, channels = names.len(), "Redis pub/sub reconnected and resubscribed");
+                }
+                while let Some(msg) = stream.next().await {
+                    let Some(b) = broker.upgrade() else { return };
+                    b.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+                }
+                *state.sink.lock().unwrap() = None;
+                tracing::warn!(address = %shard.address, "Redis pub/sub connection lost; reconnecting");
+                lost_before = true;
+            }
+        } else if !lost_before {
+            tracing::warn!(address = %shard.address, "cannot reach Redis for pub/sub; retrying");
+            lost_before = true;
+        }
+        attempt += 1;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn set_handler(&self, handler: Arc<dyn BrokerHandler>) {
+        let _ = self.handler.set(handler);
+    }
+
+    async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError> {
+        let env = Envelope {
+            k: 'p',
+            p: Some(publication.clone()),
+            i: None,
+        };
+        self.publish_envelope(channel, &env).await
+    }
+
+    async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError> {
+        let env = Envelope {
+            k: 'j',
+            p: None,
+            i: Some(info.clone()),
+        };
+        self.publish_envelope(channel, &env).await
+    }
+
+    async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError> {
+        let env = Envelope {
+            k: 'l',
+            p: None,
+            i: Some(info.clone()),
+        };
+        self.publish_envelope(channel, &env).await
+    }
+
+    async fn publish_control(&self, control: &Control) -> Result<(), CoreError> {
+        let payload =
+            serde_json::to_string(control).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.control_channel()).arg(payload);
+        self.shards.run::<()>(self.shards.first(), &cmd).await?;
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> Result<(), CoreError> {
+        let name = format!("{}{channel}", self.channel_prefix());
+        let state = &self.pubsub[self.shards.index_for(channel)];
+        state.desired.lock().unwrap().insert(name.clone());
+        let sink = state.sink.lock().unwrap().clone();
+        let result = match sink {
+            Some(mut sink) => {
+                match tokio::time::timeout(self.shards.timeout, sink.subscribe(&name)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(RedisError::from(e).to_string()),
+                    Err(_) => Err(RedisError::Timeout(self.shards.timeout).to_string()),
+                }
+            }
+            None => Err("Redis pub/sub is reconnecting".to_string()),
+        };
+        result.map_err(|msg| {
+            state.desired.lock().unwrap().remove(&name);
+            CoreError::Unavailable(msg)
+        })
+    }
+
+    async fn unsubscribe(&self, channel: &str) -> Result<(), CoreError> {
+        let name = format!("{}{channel}", self.channel_prefix());
+        let state = &self.pubsub[self.shards.index_for(channel)];
+        state.desired.lock().unwrap().remove(&name);
+        let sink = state.sink.lock().unwrap().clone();
+        if let Some(mut sink) = sink {
+            // A failure leaves a stale Redis subscription at worst: its messages find no local
+            // subscriber and are dropped; the next reconnect forgets it.
+            let _ = tokio::time::timeout(self.shards.timeout, sink.unsubscribe(&name)).await;
+        }
+        Ok(())
+    }
+}
