@@ -1,6 +1,15 @@
 //! Benchmark and load tooling for rotor. Everything here is a *client* of a running rotor
 //! server: it starts the `rotor` binary as a process and talks to it over HTTP and
 //! WebSocket, the way users do. It must not link the server's crates.
+//!
+//! The peers it measures rotor against are started the same way: `bench-ceiling` (this
+//! crate's minimal tokio-tungstenite broadcast server, the practical ceiling) and
+//! `nats-server` with its WebSocket listener.
+
+pub mod load;
+pub mod payload;
+pub mod procfs;
+pub mod tokens;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,49 +35,151 @@ pub fn rotor_binary() -> PathBuf {
     p
 }
 
-/// A rotor process started from a configuration file; killed on drop.
-pub struct RotorProcess {
+/// A server under test (rotor, the minimal broadcast ceiling or nats-server), killed on drop.
+pub struct ServerProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// Extra files to remove when the process ends.
+    files: Vec<PathBuf>,
 }
 
-impl RotorProcess {
+/// The server processes of this crate used to be only rotor; the name stays for the benches.
+pub type RotorProcess = ServerProcess;
+
+fn command(program: &Path, cpus: Option<&str>) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.arg("-c").arg(cpus).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+async fn first_line_address(child: &mut Child, what: &str) -> SocketAddr {
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("{what} starts in time"))
+        .expect("read stdout")
+        .unwrap_or_else(|| panic!("{what} printed its address"));
+    // Keep draining stdout so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    line.strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected output {line:?}"))
+        .parse()
+        .expect("address")
+}
+
+/// A port that was free a moment ago (for servers that cannot report the one they took).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl ServerProcess {
     /// Writes `config` (TOML) to a temporary file, starts rotor with it and waits until it
     /// listens. The config should use `port = 0`.
-    pub async fn start(name: &str, config: &str) -> RotorProcess {
+    pub async fn start(name: &str, config: &str) -> ServerProcess {
+        Self::rotor(name, config, None).await
+    }
+
+    /// rotor, optionally pinned to `cpus` (a `taskset -c` list).
+    pub async fn rotor(name: &str, config: &str, cpus: Option<&str>) -> ServerProcess {
         let path =
             std::env::temp_dir().join(format!("rotor-bench-{}-{name}.toml", std::process::id()));
         std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(rotor_binary())
+        let mut child = command(&rotor_binary(), cpus)
             .arg("--config")
             .arg(&path)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .env("RUST_LOG", "warn")
             .kill_on_drop(true)
             .spawn()
             .expect("start rotor");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("rotor starts in time")
-            .expect("read stdout")
-            .expect("rotor printed its address");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected output {line:?}"))
-            .parse()
-            .expect("address");
-        RotorProcess { child, addr }
+        let addr = first_line_address(&mut child, "rotor").await;
+        ServerProcess {
+            child,
+            addr,
+            files: vec![path],
+        }
     }
 
-    /// The server's process id (for reading its memory from /proc).
+    /// The minimal tokio + tokio-tungstenite broadcast server (`bench-ceiling`).
+    pub async fn ceiling(cpus: Option<&str>) -> ServerProcess {
+        let bin = std::env::current_exe()
+            .expect("own path")
+            .with_file_name("bench-ceiling");
+        assert!(
+            bin.exists(),
+            "{} not found: build rotor-bench",
+            bin.display()
+        );
+        let mut child = command(&bin, cpus)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start bench-ceiling");
+        let addr = first_line_address(&mut child, "bench-ceiling").await;
+        ServerProcess {
+            child,
+            addr,
+            files: vec![],
+        }
+    }
+
+    /// `nats-server` with its WebSocket listener (plain ws, no auth); `addr` is the WebSocket
+    /// address.
+    pub async fn nats(cpus: Option<&str>) -> ServerProcess {
+        let (port, ws_port) = (free_port(), free_port());
+        let path =
+            std::env::temp_dir().join(format!("rotor-bench-{}-nats.conf", std::process::id()));
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:{port}\nmax_payload: 1048576\nwebsocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n  compression: false\n}}\n"
+            ),
+        )
+        .expect("write nats config");
+        let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let child = command(Path::new(&bin), cpus)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start nats-server (Debian package nats-server)");
+        let addr: SocketAddr = format!("127.0.0.1:{ws_port}").parse().expect("addr");
+        for _ in 0..100 {
+            if TcpStream::connect(addr).await.is_ok() {
+                return ServerProcess {
+                    child,
+                    addr,
+                    files: vec![path],
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not open its WebSocket port {ws_port}");
+    }
+
+    /// The server's process id (for reading its memory and CPU time from /proc).
     pub fn pid(&self) -> u32 {
         self.child.id().expect("running")
     }
 
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+        let _ = self.child.wait().await;
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
     }
 }
 

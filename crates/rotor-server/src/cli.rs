@@ -234,7 +234,12 @@ fn init_logging(config: &Config) {
         let spec = if level.contains('=') || level.contains(',') {
             level.clone()
         } else {
-            format!("warn,rotor={level},rotor_server={level},rotor_core={level}")
+            // hyper's per-connection errors (a client that closed a stream mid-response,
+            // an incomplete request) are the client's doing, not the server's: not logged
+            // at the default level. RUST_LOG or a full spec in log.level brings them back.
+            format!(
+                "warn,warp::server::run=off,rotor={level},rotor_server={level},rotor_core={level}"
+            )
         };
         EnvFilter::new(spec)
     });

@@ -1,0 +1,805 @@
+//! The load side: subscriber connections for every target, the per-worker tally of what
+//! arrived (latency histogram, losses and duplicates by sequence number), and the open-loop
+//! publisher.
+//!
+//! Sequence numbers are global per run: publication `i` goes to channel `i % channels`, so
+//! a subscriber of channel `c` expects `c, c + channels, c + 2·channels, …`. Several
+//! publisher connections race each other, so numbers may arrive slightly out of order: each
+//! subscriber keeps a window of the next 64 numbers it has seen early. A number seen twice is
+//! a duplicate; a number that never arrives (it fell out of the window, or was still missing
+//! at the end of the step) is a loss.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::payload;
+
+/// What is being measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// rotor, subscribers on WebSocket.
+    RotorWs,
+    /// rotor, subscribers on HTTP streaming (bidirectional emulation).
+    RotorHttpStream,
+    /// rotor, subscribers on SSE (bidirectional emulation).
+    RotorSse,
+    /// The minimal tokio + tokio-tungstenite broadcast server: the practical ceiling.
+    Ceiling,
+    /// nats-server over its WebSocket listener.
+    Nats,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::RotorWs => "rotor-ws",
+            Target::RotorHttpStream => "rotor-http-stream",
+            Target::RotorSse => "rotor-sse",
+            Target::Ceiling => "ceiling",
+            Target::Nats => "nats",
+        }
+    }
+
+    pub fn is_rotor(self) -> bool {
+        matches!(
+            self,
+            Target::RotorWs | Target::RotorHttpStream | Target::RotorSse
+        )
+    }
+}
+
+pub fn channel_name(c: u64) -> String {
+    format!("bench{c}")
+}
+
+/// Latencies are recorded in microseconds, up to a minute.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// What one worker saw during one step.
+pub struct Tally {
+    pub hist: Histogram<u64>,
+    pub received: u64,
+    pub lost: u64,
+    pub dup: u64,
+    pub last_ns: u64,
+}
+
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            hist: new_histogram(),
+            received: 0,
+            lost: 0,
+            dup: 0,
+            last_ns: 0,
+        }
+    }
+}
+
+/// State shared by every subscriber of a worker process.
+pub struct Shared {
+    /// Channels publications are spread over (1 for fan-out).
+    pub stride: u64,
+    /// Global index of each subscriber (its channel is `index % stride`).
+    pub first_index: u64,
+    /// The first sequence number of the current step; older numbers are stragglers.
+    pub step_first: AtomicU64,
+    /// The next sequence number each subscriber expects.
+    pub next: Vec<AtomicU64>,
+    /// Numbers seen early: bit `k` is `next + (k + 1) · stride`.
+    pub ahead: Vec<AtomicU64>,
+    pub tally: Mutex<Tally>,
+    pub connected: AtomicUsize,
+    pub disconnected: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(first_index: u64, count: usize, stride: u64) -> Shared {
+        let s = Shared {
+            stride,
+            first_index,
+            step_first: AtomicU64::new(0),
+            next: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            ahead: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            tally: Mutex::new(Tally::new()),
+            connected: AtomicUsize::new(0),
+            disconnected: AtomicUsize::new(0),
+        };
+        s.reset(0);
+        s
+    }
+
+    fn class(&self, i: usize) -> u64 {
+        (self.first_index + i as u64) % self.stride
+    }
+
+    /// The smallest sequence number at or after `from` meant for subscriber `i`.
+    fn first_for(&self, i: usize, from: u64) -> u64 {
+        let c = self.class(i);
+        let r = from % self.stride;
+        from - r + c + if c < r { self.stride } else { 0 }
+    }
+
+    /// Starts a step whose publications are numbered from `first`.
+    pub fn reset(&self, first: u64) {
+        self.step_first.store(first, Ordering::SeqCst);
+        for (i, n) in self.next.iter().enumerate() {
+            n.store(self.first_for(i, first), Ordering::SeqCst);
+            self.ahead[i].store(0, Ordering::SeqCst);
+        }
+        *self.tally.lock().expect("tally") = Tally::new();
+    }
+
+    /// Publications numbered below `end` this step's subscribers should have received.
+    pub fn expected(&self, end: u64) -> u64 {
+        let first = self.step_first.load(Ordering::SeqCst);
+        (0..self.next.len())
+            .map(|i| {
+                let f = self.first_for(i, first);
+                if f >= end {
+                    0
+                } else {
+                    (end - f).div_ceil(self.stride)
+                }
+            })
+            .sum()
+    }
+
+    /// Records a payload that subscriber `i` received.
+    pub fn on_payload(&self, i: usize, seq: u64, intended_ns: u64) {
+        let now = payload::now_ns();
+        let first = self.step_first.load(Ordering::Relaxed);
+        if seq < first {
+            return; // a straggler from the previous step
+        }
+        let mut t = self.tally.lock().expect("tally");
+        let mut next = self.next[i].load(Ordering::Relaxed);
+        let mut ahead = self.ahead[i].load(Ordering::Relaxed);
+        if seq < next {
+            t.dup += 1;
+            return;
+        }
+        let stride = self.stride;
+        // `next` has arrived: move past it and past everything seen early right after it.
+        let advance = |next: &mut u64, ahead: &mut u64| loop {
+            *next += stride;
+            let seen = *ahead & 1 == 1;
+            *ahead >>= 1;
+            if !seen {
+                break;
+            }
+        };
+        let d = (seq - next) / stride;
+        if d > 64 {
+            // Slide the window so `seq` fits. Positions 0..shift leave it: position 0 is
+            // `next` (missing by definition), the others are bits 0..shift-1 of `ahead`.
+            let shift = d - 64;
+            let kept = (shift - 1).min(64);
+            let mask = if kept >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << kept) - 1
+            };
+            t.lost += shift - u64::from((ahead & mask).count_ones());
+            let new_first_seen = shift - 1 < 64 && (ahead >> (shift - 1)) & 1 == 1;
+            ahead = if shift >= 64 { 0 } else { ahead >> shift };
+            next += shift * stride;
+            if new_first_seen {
+                advance(&mut next, &mut ahead);
+            }
+        }
+        let d = (seq - next) / stride;
+        if d == 0 {
+            advance(&mut next, &mut ahead);
+        } else {
+            let bit = 1u64 << (d - 1);
+            if ahead & bit != 0 {
+                t.dup += 1;
+                return;
+            }
+            ahead |= bit;
+        }
+        self.next[i].store(next, Ordering::Relaxed);
+        self.ahead[i].store(ahead, Ordering::Relaxed);
+        t.received += 1;
+        t.last_ns = t.last_ns.max(now);
+        let us = now.saturating_sub(intended_ns) / 1000;
+        let _ = t.hist.record(us.max(1));
+    }
+
+    /// Losses at the tail: publications below `end` that never arrived.
+    pub fn tail_lost(&self, end: u64) -> u64 {
+        let _t = self.tally.lock().expect("tally");
+        self.next
+            .iter()
+            .zip(&self.ahead)
+            .map(|(n, a)| {
+                let n = n.load(Ordering::SeqCst);
+                if n >= end {
+                    return 0;
+                }
+                let missing = (end - n).div_ceil(self.stride);
+                missing - u64::from(a.load(Ordering::SeqCst).count_ones()).min(missing)
+            })
+            .sum()
+    }
+}
+
+/// Where and how subscribers connect.
+pub struct SubSpec {
+    pub target: Target,
+    /// Nodes; subscriber `g` uses `addrs[g % addrs.len()]`.
+    pub addrs: Vec<SocketAddr>,
+    /// A connection token (rotor targets).
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// A WebSocket client with a small read buffer, so 10k+ load connections stay cheap.
+pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Ws, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).ok();
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(|e| format!("websocket handshake: {e}"))?;
+    Ok(ws)
+}
+
+/// Opens subscriber `i` (global index `first_index + i`), reports on `ready` once it is
+/// subscribed, then tallies what it receives until the connection ends.
+pub async fn subscriber(
+    spec: Arc<SubSpec>,
+    shared: Arc<Shared>,
+    i: usize,
+    ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+) {
+    let ready = Ready {
+        tx: ready,
+        sent: std::sync::atomic::AtomicBool::new(false),
+    };
+    let g = shared.first_index + i as u64;
+    let addr = spec.addrs[(g % spec.addrs.len() as u64) as usize];
+    let channel = channel_name(g % shared.stride);
+    let result = match spec.target {
+        Target::RotorWs => rotor_ws(&spec, addr, &channel, &shared, i, &ready).await,
+        Target::RotorHttpStream | Target::RotorSse => {
+            rotor_emulated(&spec, addr, &channel, &shared, i, &ready).await
+        }
+        Target::Ceiling => ceiling(addr, &channel, &shared, i, &ready).await,
+        Target::Nats => nats(addr, &channel, &shared, i, &ready).await,
+    };
+    if let Err(e) = result {
+        // Before `ready` this reports the failure; after it, the loss shows in the tally.
+        if !ready.sent.swap(true, Ordering::SeqCst) {
+            let _ = ready.tx.send(Err(e));
+        }
+    }
+    shared.disconnected.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Tells the worker once whether a subscriber got subscribed.
+struct Ready {
+    tx: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+    sent: std::sync::atomic::AtomicBool,
+}
+
+fn mark_ready(shared: &Shared, ready: &Ready) {
+    if !ready.sent.swap(true, Ordering::SeqCst) {
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        let _ = ready.tx.send(Ok(()));
+    }
+}
+
+/// One line of rotor's JSON protocol: a reply to our command, a ping, or a push.
+enum RotorLine<'a> {
+    Reply { id: u64, line: &'a [u8] },
+    Ping,
+    Push,
+    Other,
+}
+
+fn rotor_line<'a>(line: &'a [u8], shared: &Shared, i: usize) -> RotorLine<'a> {
+    if line == b"{}" {
+        return RotorLine::Ping;
+    }
+    if line.starts_with(b"{\"id\":") {
+        let id = line[6..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .fold(0u64, |v, b| v * 10 + u64::from(b - b'0'));
+        return RotorLine::Reply { id, line };
+    }
+    if line.starts_with(b"{\"push\"") {
+        if let Some((seq, t)) = payload::scan(line) {
+            shared.on_payload(i, seq, t);
+        }
+        return RotorLine::Push;
+    }
+    RotorLine::Other
+}
+
+fn reply_error(line: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(line).ok()?;
+    v.get("error").map(|e| e.to_string())
+}
+
+async fn rotor_ws(
+    spec: &SubSpec,
+    addr: SocketAddr,
+    channel: &str,
+    shared: &Shared,
+    i: usize,
+    ready: &Ready,
+) -> Result<(), String> {
+    let mut ws = ws_connect(addr, "/connection/websocket").await?;
+    let hello = format!(
+        "{{\"id\":1,\"connect\":{{\"token\":\"{}\"}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\"}}}}",
+        spec.token
+    );
+    ws.send(Message::text(hello))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut replies = 0;
+    while let Some(msg) = ws.next().await {
+        let msg = msg.map_err(|e| e.to_string())?;
+        let Message::Text(text) = msg else {
+            if let Message::Close(f) = msg {
+                return Err(format!("closed: {f:?}"));
+            }
+            continue;
+        };
+        let mut pong = false;
+        for line in text.as_bytes().split(|b| *b == b'\n') {
+            match rotor_line(line, shared, i) {
+                RotorLine::Reply { id, line } if id <= 2 => {
+                    if let Some(e) = reply_error(line) {
+                        return Err(format!("command {id}: {e}"));
+                    }
+                    replies += 1;
+                    if replies == 2 {
+                        mark_ready(shared, ready);
+                    }
+                }
+                RotorLine::Ping => pong = true,
+                _ => {}
+            }
+        }
+        if pong {
+            ws.send(Message::text("{}"))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Err("connection closed".into())
+}
+
+async fn rotor_emulated(
+    spec: &SubSpec,
+    addr: SocketAddr,
+    channel: &str,
+    shared: &Shared,
+    i: usize,
+    ready: &Ready,
+) -> Result<(), String> {
+    let connect = format!("{{\"id\":1,\"connect\":{{\"token\":\"{}\"}}}}", spec.token);
+    let sse = spec.target == Target::RotorSse;
+    let mut resp = if sse {
+        spec.http
+            .get(format!(
+                "http://{addr}/connection/sse?cf_connect={}",
+                urlencode(&connect)
+            ))
+            .header("Accept", "text/event-stream")
+            .send()
+            .await
+    } else {
+        spec.http
+            .post(format!("http://{addr}/connection/http_stream"))
+            .header("Content-Type", "application/json")
+            .body(connect)
+            .send()
+            .await
+    }
+    .map_err(|e| format!("open stream: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("stream answered {}", resp.status()));
+    }
+    let emulation = format!("http://{addr}/emulation");
+    let post = |session: &str, node: &str, data: &str| {
+        let body = serde_json::json!({"session": session, "node": node, "data": data});
+        spec.http
+            .post(&emulation)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let mut route: Option<(String, String)> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let chunk = match resp.chunk().await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err("stream ended".into()),
+            Err(e) => return Err(format!("stream: {e}")),
+        };
+        buf.extend_from_slice(&chunk);
+        let mut start = 0;
+        let mut pings = 0;
+        let mut to_subscribe = false;
+        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+            let mut line = &buf[start..start + pos];
+            start += pos + 1;
+            if sse {
+                match line.strip_prefix(b"data: ") {
+                    Some(l) => line = l,
+                    None => continue,
+                }
+            }
+            match rotor_line(line, shared, i) {
+                RotorLine::Reply { id: 1, line } => {
+                    if let Some(e) = reply_error(line) {
+                        return Err(format!("connect: {e}"));
+                    }
+                    let v: serde_json::Value =
+                        serde_json::from_slice(line).map_err(|e| e.to_string())?;
+                    let field = |k: &str| v["connect"][k].as_str().unwrap_or("").to_string();
+                    route = Some((field("session"), field("node")));
+                    to_subscribe = true;
+                }
+                RotorLine::Reply { id: 2, line } => {
+                    if let Some(e) = reply_error(line) {
+                        return Err(format!("subscribe: {e}"));
+                    }
+                    mark_ready(shared, ready);
+                }
+                RotorLine::Ping => pings += 1,
+                _ => {}
+            }
+        }
+        buf.drain(..start);
+        if let Some((session, node)) = &route {
+            if to_subscribe {
+                let sub = format!("{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\"}}}}");
+                post(session, node, &sub)
+                    .await
+                    .map_err(|e| format!("emulation: {e}"))?;
+            }
+            for _ in 0..pings {
+                post(session, node, "{}")
+                    .await
+                    .map_err(|e| format!("emulation: {e}"))?;
+            }
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn ceiling(
+    addr: SocketAddr,
+    channel: &str,
+    shared: &Shared,
+    i: usize,
+    ready: &Ready,
+) -> Result<(), String> {
+    let mut ws = ws_connect(addr, &format!("/sub/{channel}")).await?;
+    // The ceiling confirms a subscription with one "ok" frame.
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.as_str() == "ok" => mark_ready(shared, ready),
+        other => return Err(format!("ceiling: unexpected {other:?}")),
+    }
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(t) = msg.map_err(|e| e.to_string())? {
+            if let Some((seq, ts)) = payload::scan(t.as_bytes()) {
+                shared.on_payload(i, seq, ts);
+            }
+        }
+    }
+    Err("connection closed".into())
+}
+
+/// Splits NATS protocol operations out of a byte stream (`MSG` with its payload, `PING`, …).
+#[derive(Default)]
+pub struct NatsParser {
+    buf: Vec<u8>,
+}
+
+pub enum NatsOp {
+    Msg(Vec<u8>),
+    Ping,
+    Pong,
+    Err(String),
+    Other,
+}
+
+impl NatsParser {
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<NatsOp>) {
+        self.buf.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(pos) = self.buf[start..].windows(2).position(|w| w == b"\r\n") {
+            let line = &self.buf[start..start + pos];
+            if let Some(rest) = line.strip_prefix(b"MSG ") {
+                let len: usize = std::str::from_utf8(rest)
+                    .ok()
+                    .and_then(|r| r.rsplit(' ').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let body = start + pos + 2;
+                if self.buf.len() < body + len + 2 {
+                    break; // wait for the rest of the payload
+                }
+                out.push(NatsOp::Msg(self.buf[body..body + len].to_vec()));
+                start = body + len + 2;
+                continue;
+            }
+            out.push(match line {
+                b"PING" => NatsOp::Ping,
+                b"PONG" => NatsOp::Pong,
+                l if l.starts_with(b"-ERR") => NatsOp::Err(String::from_utf8_lossy(l).into()),
+                _ => NatsOp::Other,
+            });
+            start += pos + 2;
+        }
+        self.buf.drain(..start);
+    }
+}
+
+async fn nats(
+    addr: SocketAddr,
+    channel: &str,
+    shared: &Shared,
+    i: usize,
+    ready: &Ready,
+) -> Result<(), String> {
+    let mut ws = ws_connect(addr, "/").await?;
+    let hello = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1,\"echo\":false}}\r\nSUB {channel} 1\r\nPING\r\n"
+    );
+    ws.send(Message::binary(hello.into_bytes()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut parser = NatsParser::default();
+    let mut ops = Vec::new();
+    let mut subscribed = false;
+    while let Some(msg) = ws.next().await {
+        let bytes = match msg.map_err(|e| e.to_string())? {
+            Message::Binary(b) => b,
+            Message::Text(t) => t.as_bytes().to_vec().into(),
+            _ => continue,
+        };
+        parser.push(&bytes, &mut ops);
+        let mut pong = false;
+        for op in ops.drain(..) {
+            match op {
+                NatsOp::Msg(p) => {
+                    if let Some((seq, ts)) = payload::scan(&p) {
+                        shared.on_payload(i, seq, ts);
+                    }
+                }
+                NatsOp::Ping => pong = true,
+                NatsOp::Pong if !subscribed => {
+                    subscribed = true;
+                    mark_ready(shared, ready);
+                }
+                NatsOp::Err(e) => return Err(e),
+                _ => {}
+            }
+        }
+        if pong {
+            ws.send(Message::binary(b"PONG\r\n".to_vec()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Err("connection closed".into())
+}
+
+/// Publishes over one WebSocket connection in the target's own protocol.
+pub struct Publisher {
+    target: Target,
+    ws: futures_util::stream::SplitSink<Ws, Message>,
+    next_id: u64,
+    pub errors: Arc<AtomicU64>,
+}
+
+impl Publisher {
+    pub async fn connect(target: Target, addr: SocketAddr, token: &str) -> Publisher {
+        let path = match target {
+            Target::Ceiling => "/pub",
+            Target::Nats => "/",
+            _ => "/connection/websocket",
+        };
+        let mut ws = ws_connect(addr, path).await.expect("publisher connects");
+        let errors = Arc::new(AtomicU64::new(0));
+        if target.is_rotor() {
+            ws.send(Message::text(format!(
+                "{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}"
+            )))
+            .await
+            .expect("send connect");
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if !t.contains("\"error\"") => {}
+                other => panic!("publisher connect: {other:?}"),
+            }
+        } else if target == Target::Nats {
+            ws.send(Message::binary(
+                b"CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\n".to_vec(),
+            ))
+            .await
+            .expect("send connect");
+        }
+        let (sink, mut stream) = ws.split();
+        // Replies (rotor) and pings (NATS) come back on the same socket; count errors.
+        let errs = errors.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                if let Message::Text(t) = m {
+                    let n = t.split('\n').filter(|l| l.contains("\"error\"")).count();
+                    errs.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        });
+        Publisher {
+            target,
+            ws: sink,
+            next_id: 2,
+            errors,
+        }
+    }
+
+    /// Queues one publication (sent on the next `flush`).
+    pub async fn feed(&mut self, channel: &str, data: &str) {
+        let msg = match self.target {
+            Target::Ceiling => Message::text(format!("{channel}\n{data}")),
+            Target::Nats => {
+                Message::binary(format!("PUB {channel} {}\r\n{data}\r\n", data.len()).into_bytes())
+            }
+            _ => {
+                self.next_id += 1;
+                Message::text(format!(
+                    "{{\"id\":{},\"publish\":{{\"channel\":\"{channel}\",\"data\":{data}}}}}",
+                    self.next_id
+                ))
+            }
+        };
+        self.ws.feed(msg).await.expect("publish");
+    }
+
+    pub async fn flush(&mut self) {
+        self.ws.flush().await.expect("flush");
+    }
+}
+
+/// Publishes `count` payloads numbered from `first` at `rate` per second, open loop: each
+/// carries its intended send time (`start + k / rate`), so a publisher that falls behind
+/// does not hide the delay from the latency figures. Returns when all were sent.
+pub async fn publish_open_loop(
+    publishers: &mut [Publisher],
+    first: u64,
+    count: u64,
+    rate: f64,
+    channels: u64,
+    size: usize,
+) {
+    let start = payload::now_ns();
+    let interval_ns = 1e9 / rate;
+    let mut k = 0u64;
+    while k < count {
+        let now = payload::now_ns();
+        let due = (((now.saturating_sub(start)) as f64 / interval_ns) as u64 + 1).min(count);
+        if due <= k {
+            let next_at = start + (k as f64 * interval_ns) as u64;
+            tokio::time::sleep(Duration::from_nanos(next_at.saturating_sub(now))).await;
+            continue;
+        }
+        let mut used = vec![false; publishers.len()];
+        while k < due {
+            let seq = first + k;
+            let intended = start + (k as f64 * interval_ns) as u64;
+            let p = (k % publishers.len() as u64) as usize;
+            let data = payload::make(seq, intended, size);
+            publishers[p]
+                .feed(&channel_name(seq % channels), &data)
+                .await;
+            used[p] = true;
+            k += 1;
+        }
+        for (p, u) in publishers.iter_mut().zip(used) {
+            if u {
+                p.flush().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_are_losses_and_repeats_duplicates() {
+        let s = Shared::new(0, 2, 1);
+        s.reset(10);
+        s.on_payload(0, 10, payload::now_ns());
+        s.on_payload(0, 11, payload::now_ns());
+        s.on_payload(0, 11, payload::now_ns()); // duplicate
+        s.on_payload(0, 14, payload::now_ns()); // 12 and 13 may still come
+        s.on_payload(1, 9, payload::now_ns()); // previous step: ignored
+        let t = s.tally.lock().unwrap();
+        assert_eq!((t.received, t.dup, t.lost), (3, 1, 0));
+        drop(t);
+        assert_eq!(s.expected(16), 12);
+        // At the end subscriber 0 misses 12, 13 and 15, subscriber 1 everything from 10.
+        assert_eq!(s.tail_lost(16), 3 + 6);
+    }
+
+    #[test]
+    fn reordering_within_the_window_is_neither_loss_nor_duplicate() {
+        let s = Shared::new(0, 1, 1);
+        s.reset(0);
+        for seq in [1, 0, 3, 2, 5, 4, 4, 6, 200] {
+            s.on_payload(0, seq, payload::now_ns());
+        }
+        let t = s.tally.lock().unwrap();
+        // 4 twice is a duplicate; jumping to 200 drops 7..=135 from the window: lost.
+        assert_eq!((t.received, t.dup), (8, 1));
+        assert_eq!(t.lost, 129, "7..=135 fell out of the window unseen");
+        drop(t);
+        // Below 201 still missing: 136..=199 (64 numbers); 200 was seen.
+        assert_eq!(s.tail_lost(201), 64);
+    }
+
+    #[test]
+    fn many_channels_expect_their_own_numbers() {
+        // Subscribers 3 and 4 of a run with 4 channels: channels 3 and 0.
+        let s = Shared::new(3, 2, 4);
+        s.reset(5);
+        assert_eq!(s.next[0].load(Ordering::SeqCst), 7);
+        assert_eq!(s.next[1].load(Ordering::SeqCst), 8);
+        s.on_payload(0, 7, payload::now_ns());
+        s.on_payload(0, 15, payload::now_ns()); // 11 not (yet) seen
+        assert_eq!(s.tally.lock().unwrap().received, 2);
+        // Below 17: channel 3 gets 7, 11, 15; channel 0 gets 8, 12, 16.
+        assert_eq!(s.expected(17), 6);
+        assert_eq!(s.tail_lost(17), 1 + 3);
+    }
+
+    #[test]
+    fn nats_messages_split_across_frames() {
+        let mut p = NatsParser::default();
+        let mut ops = Vec::new();
+        p.push(b"INFO {}\r\nMSG bench0 1 5\r\nhel", &mut ops);
+        assert_eq!(ops.len(), 1);
+        p.push(b"lo\r\nPING\r\n", &mut ops);
+        assert!(matches!(&ops[1], NatsOp::Msg(m) if m == b"hello"));
+        assert!(matches!(ops[2], NatsOp::Ping));
+    }
+}

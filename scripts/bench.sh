@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Reproduces docs/benchmarks.md end to end: builds the release binaries, runs every scenario
+# with the server under test pinned to CPU 0 and the load (rotor-bench and its workers) to
+# CPU 1, then draws docs/benchmarks.png. Results: target/bench/results.jsonl (one JSON object
+# per line) and the tables printed here.
+#
+#   scripts/bench.sh            # everything (~30 minutes)
+#   scripts/bench.sh idle       # one group: idle | fanout | channels | churn | cluster | postgres
+#
+# Needs: nats-server (Debian package nats-server), Redis on 127.0.0.1:6379 for `cluster`,
+# PostgreSQL on 127.0.0.1:5432 for `postgres`, python3 (matplotlib is installed if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+cargo build --release -p rotor-server -p rotor-bench
+ulimit -n 20000 || { echo "needs 20,000 open files (ulimit -n)"; exit 1; }
+
+out=target/bench
+mkdir -p "$out"
+results="$out/results.jsonl"
+groups="${*:-idle fanout channels churn cluster postgres}"
+[ $# -eq 0 ] && rm -f "$results"
+
+bench() { taskset -c 1 target/release/rotor-bench "$@" --server-cpus 0 --json "$results"; }
+peers_and_rotor="ceiling nats rotor-ws rotor-http-stream rotor-sse"
+
+for g in $groups; do
+  case "$g" in
+    idle)
+      for t in $peers_and_rotor; do bench idle --target "$t" --counts 1000,5000,10000,19000; done ;;
+    fanout)
+      for t in $peers_and_rotor; do bench fanout --target "$t" --subs 100,1000,10000 --duration 3; done ;;
+    channels)
+      for t in ceiling nats rotor-ws; do
+        bench fanout --target "$t" --subs 10000 --channels each \
+          --deliveries 5000,10000,20000,40000,80000,160000 --duration 3
+      done ;;
+    churn)
+      bench churn --alg hs256 --duration 10
+      bench churn --alg rs256 --duration 10
+      bench churn --alg hs256 --refresh 5000 --ttl 5 --duration 20
+      bench churn --alg rs256 --refresh 5000 --ttl 5 --duration 20 ;;
+    cluster)
+      bench fanout --target rotor-ws --nodes 3 --subs 1000,10000 --duration 3 ;;
+    postgres)
+      cargo bench -p rotor-bench --bench pg_publish ;;
+    *) echo "unknown group $g"; exit 2 ;;
+  esac
+done
+
+python3 -c "import matplotlib" 2>/dev/null || pip install --quiet matplotlib
+python3 scripts/plot-bench.py "$results" docs/benchmarks.png
+echo "results: $results; plot: docs/benchmarks.png"
