@@ -76,7 +76,9 @@ pub struct WebSocketConfig {
     pub disabled: bool,
     /// Path of the bidirectional WebSocket endpoint.
     pub handler_prefix: String,
-    /// Bytes read from the socket at a time. Small values keep idle connections cheap.
+    /// Bytes read from the socket at a time (the buffer every connection holds once it has
+    /// read anything). Client commands are small; a larger message is simply read in more
+    /// than one call. 1 KiB keeps an idle connection at ~7 KiB of server memory.
     pub read_buffer_size: usize,
     /// Bytes buffered before a write is flushed.
     pub write_buffer_size: usize,
@@ -92,7 +94,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             disabled: false,
             handler_prefix: "/connection/websocket".into(),
-            read_buffer_size: 4096,
+            read_buffer_size: 1024,
             write_buffer_size: 4096,
             message_size_limit: 65536,
             write_timeout: Duration::from_secs(1),
