@@ -154,9 +154,12 @@ pub async fn run(
         out: Vec::new(),
     };
     let mut first = match params.uni_connect {
-        Some(req) => Some(s.uni_connect(req).await),
+        Some(req) => Some(Box::pin(s.uni_connect(req)).await),
         None => None,
     };
+    // Command, message and timer handlers run boxed: their state (often several KiB, as
+    // they await storage and the broker) is allocated only while one runs, so an idle
+    // connection's task holds just this loop.
     let ending = loop {
         let deadline = s.next_deadline();
         let mut ending = if let Some(result) = first.take() {
@@ -166,18 +169,18 @@ pub async fn run(
             biased;
             _ = cancel.cancelled() => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
             msg = inbox.recv() => match msg {
-                Some(msg) => s.on_messages(msg, &mut inbox).await,
+                Some(msg) => Box::pin(s.on_messages(msg, &mut inbox)).await,
                 None => None,
             },
             inbound = reader.read() => match inbound {
                 Inbound::Frame(frame) => {
                     node.inner.observer.received(s.transport.name, frame.len());
-                    s.on_frame(&frame).await
+                    Box::pin(s.on_frame(&frame)).await
                 }
                 Inbound::Refused(d) => Some(d),
                 Inbound::Closed => break None,
             },
-            _ = sleep_until_opt(deadline) => s.on_timer().await,
+            _ = sleep_until_opt(deadline) => Box::pin(s.on_timer()).await,
             }
         };
         if !s.out.is_empty() {
@@ -225,7 +228,7 @@ pub async fn run(
         }
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.close(d)).await;
     }
-    s.cleanup().await;
+    Box::pin(s.cleanup()).await;
     if s.state == State::Connected {
         node.inner
             .observer
