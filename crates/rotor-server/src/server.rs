@@ -389,6 +389,31 @@ pub struct Server {
     redis: Option<Arc<rotor_broker_redis::RedisBroker>>,
 }
 
+/// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every accepted
+/// socket (warp's acceptor cannot be replaced and does not set it). Without it, Nagle's
+/// algorithm holds a small push back until the client's delayed ACK: ~40 ms at p99 under
+/// fan-out (rotor-bench fanout, 100 subscribers).
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_nodelay(true)?;
+        match socket.bind(a) {
+            // A deep backlog so bursts of connects wait in the kernel, not in RST.
+            Ok(()) => return socket.listen(4096),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "no address to bind")
+    }))
+}
+
 /// Connections to each distinct Redis the configuration names, made once.
 #[derive(Default)]
 struct RedisConnections(Vec<(crate::config::RedisConfig, rotor_broker_redis::Shards)>);
@@ -549,12 +574,10 @@ impl Server {
             "{}:{}",
             self.config.http_server.address, self.config.http_server.port
         );
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: addr.clone(),
-                source,
-            })?;
+        let listener = listen(&addr).await.map_err(|source| ServerError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
         let local = listener
             .local_addr()
             .map_err(|source| ServerError::Bind { addr, source })?;
@@ -727,4 +750,24 @@ fn spawn_revocation_sync(node: Node, interval: Duration) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every accepted connection has Nagle's algorithm off (inherited from the listener).
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = super::listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY on accepted sockets"
+        );
+        assert!(
+            !client.nodelay().unwrap(),
+            "the client's own socket is untouched"
+        );
+    }
 }
