@@ -771,7 +771,7 @@ async fn worker(target: Target, addrs: Vec<SocketAddr>, from: u64, count: usize,
                 say(&mut out, json!({"ok": true}));
             }
             "count" => {
-                let received = shared.tally.lock().expect("tally").received;
+                let received = shared.received();
                 say(
                     &mut out,
                     json!({"received": received, "expected": shared.expected(arg)}),
@@ -779,7 +779,8 @@ async fn worker(target: Target, addrs: Vec<SocketAddr>, from: u64, count: usize,
             }
             "report" => {
                 let tail = shared.tail_lost(arg);
-                let t = shared.tally.lock().expect("tally");
+                let st = shared.state.lock().expect("state");
+                let t = &st.tally;
                 let mut bytes = Vec::new();
                 V2Serializer::new()
                     .serialize(&t.hist, &mut bytes)
