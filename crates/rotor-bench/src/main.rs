@@ -76,6 +76,32 @@ enum Alg {
     Rs256,
 }
 
+#[derive(clap::Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    #[arg(long, value_delimiter = ',', default_values_t = [100, 1000, 10000])]
+    subs: Vec<usize>,
+    #[arg(long, value_enum, default_value = "one")]
+    channels: Channels,
+    /// Target deliveries per second for each step (publish rate = this / subscribers
+    /// for one channel, = this for `--channels each`).
+    #[arg(long, value_delimiter = ',', default_values_t = [50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000])]
+    deliveries: Vec<u64>,
+    /// Seconds of publishing per step.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 128)]
+    payload: usize,
+    /// Stop the ramp when p99 exceeds this many milliseconds.
+    #[arg(long, default_value_t = 100.0)]
+    p99_budget_ms: f64,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 2)]
+    publishers: usize,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Server memory and CPU per idle subscribed connection.
@@ -86,30 +112,7 @@ enum Cmd {
         counts: Vec<usize>,
     },
     /// Publish at rising rates to subscribers; report deliveries, latency, losses.
-    Fanout {
-        #[command(flatten)]
-        common: Common,
-        #[arg(long, value_delimiter = ',', default_values_t = [100, 1000, 10000])]
-        subs: Vec<usize>,
-        #[arg(long, value_enum, default_value = "one")]
-        channels: Channels,
-        /// Target deliveries per second for each step (publish rate = this / subscribers
-        /// for one channel, = this for `--channels each`).
-        #[arg(long, value_delimiter = ',', default_values_t = [50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000])]
-        deliveries: Vec<u64>,
-        /// Seconds of publishing per step.
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
-        /// Payload bytes.
-        #[arg(long, default_value_t = 128)]
-        payload: usize,
-        /// Stop the ramp when p99 exceeds this many milliseconds.
-        #[arg(long, default_value_t = 100.0)]
-        p99_budget_ms: f64,
-        /// Publisher connections.
-        #[arg(long, default_value_t = 2)]
-        publishers: usize,
-    },
+    Fanout(FanoutArgs),
     /// Connection churn (connect, reply, close) or token refreshes on live connections.
     Churn {
         #[command(flatten)]
@@ -385,17 +388,17 @@ fn sum(reports: &[Value], key: &str) -> u64 {
     reports.iter().map(|r| r[key].as_u64().unwrap_or(0)).sum()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn fanout(
-    common: Common,
-    subs_list: Vec<usize>,
-    channels: Channels,
-    deliveries: Vec<u64>,
-    duration: f64,
-    payload: usize,
-    budget_ms: f64,
-    publishers: usize,
-) {
+async fn fanout(args: FanoutArgs) {
+    let FanoutArgs {
+        common,
+        subs: subs_list,
+        channels,
+        deliveries,
+        duration,
+        payload,
+        p99_budget_ms: budget_ms,
+        publishers,
+    } = args;
     let signer = Signer::hs256();
     let token = signer.token("bench", None);
     for subs in subs_list {
@@ -815,28 +818,7 @@ fn main() {
     rt.block_on(async move {
         match cli.command {
             Cmd::Idle { common, counts } => idle(common, counts).await,
-            Cmd::Fanout {
-                common,
-                subs,
-                channels,
-                deliveries,
-                duration,
-                payload,
-                p99_budget_ms,
-                publishers,
-            } => {
-                fanout(
-                    common,
-                    subs,
-                    channels,
-                    deliveries,
-                    duration,
-                    payload,
-                    p99_budget_ms,
-                    publishers,
-                )
-                .await
-            }
+            Cmd::Fanout(args) => fanout(args).await,
             Cmd::Churn {
                 common,
                 alg,
