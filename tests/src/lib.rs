@@ -601,6 +601,7 @@ pub mod mem {
             },
             session_id: None,
             uni_connect: None,
+            remote: None,
         };
         tokio::spawn(rotor_core::session::run(
             node.clone(),

@@ -9,11 +9,14 @@ mod e2e {
     pub mod cluster;
     pub mod expiry;
     pub mod expiry_scale;
+    pub mod faults;
     pub mod jwks;
+    pub mod limits;
     pub mod metrics;
     pub mod postgres;
     pub mod revocation;
     pub mod sdk;
+    pub mod tls;
     pub mod transports;
     pub mod uni;
 }

@@ -177,8 +177,22 @@ pub struct ClientConfig {
     pub presence_update_interval: Duration,
     /// Bytes queued for one connection before it is closed as slow (3008).
     pub queue_max_size: usize,
-    /// Client-side subscriptions per connection (error 106 beyond it).
+    /// Client-side subscriptions per connection (error 106 beyond it); a connection token
+    /// naming more server-side channels than this is refused with 3505.
     pub channel_limit: usize,
+    /// Connections one user may hold on this node (3504 beyond it); 0: no limit. Anonymous
+    /// connections are not counted per user.
+    pub user_connection_limit: usize,
+    /// Connections this node accepts in all (3504 beyond it); 0: no limit.
+    pub connection_limit: usize,
+    /// Commands per second one connection may send (token bucket); a command over the rate
+    /// gets error 111, and a connection that goes on sending `command_rate_burst` more
+    /// commands while refused is closed with 3013. 0: no limit.
+    pub command_rate_limit: u32,
+    /// Commands a connection may send at once above the steady rate (0: one second's worth).
+    pub command_rate_burst: u32,
+    /// Largest publication `data` (bytes of JSON) a client may publish (error 107 beyond it).
+    pub publication_max_size: usize,
     /// Connect without a token as an anonymous user.
     pub allow_anonymous_connect_without_token: bool,
     /// Refuse tokens with an empty `sub` (3507).
@@ -203,6 +217,11 @@ impl Default for ClientConfig {
             presence_update_interval: Duration::from_secs(27),
             queue_max_size: 1024 * 1024,
             channel_limit: 128,
+            user_connection_limit: 0,
+            connection_limit: 0,
+            command_rate_limit: 0,
+            command_rate_burst: 0,
+            publication_max_size: 65536,
             allow_anonymous_connect_without_token: false,
             disallow_anonymous_connection_tokens: false,
             history_max_publication_limit: 300,

@@ -19,6 +19,8 @@ pub enum CoreError {
     AlreadySubscribed,
     #[error("limit exceeded")]
     LimitExceeded,
+    #[error("too many requests")]
+    TooManyRequests,
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("not available")]
@@ -44,6 +46,7 @@ impl CoreError {
             CoreError::MethodNotFound => ErrorCode::MethodNotFound,
             CoreError::AlreadySubscribed => ErrorCode::AlreadySubscribed,
             CoreError::LimitExceeded => ErrorCode::LimitExceeded,
+            CoreError::TooManyRequests => ErrorCode::TooManyRequests,
             CoreError::BadRequest(_) => ErrorCode::BadRequest,
             CoreError::NotAvailable => ErrorCode::NotAvailable,
             CoreError::TokenExpired => ErrorCode::TokenExpired,

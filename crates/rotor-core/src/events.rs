@@ -83,6 +83,8 @@ pub trait Observer: Send + Sync {
     fn published(&self, _history: bool, _took: std::time::Duration) {}
     /// The broker delivered a publication to this node `lag` after it was accepted.
     fn delivered(&self, _lag: std::time::Duration) {}
+    /// A client ran into a limit (see [`crate::limits::Limit`] for what it got).
+    fn limit_hit(&self, _limit: crate::limits::Limit) {}
 }
 
 /// Where a token was refused by the revocation list.
@@ -155,5 +157,8 @@ impl Observer for Fanout {
     }
     fn delivered(&self, l: std::time::Duration) {
         self.0.iter().for_each(|o| o.delivered(l));
+    }
+    fn limit_hit(&self, l: crate::limits::Limit) {
+        self.0.iter().for_each(|o| o.limit_hit(l));
     }
 }

@@ -195,13 +195,30 @@ impl Hub {
         &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
-    pub(crate) fn add_connection(&self, client: &Arc<ClientHandle>) {
+    /// Registers a connected client unless that would take the node past `node_limit`
+    /// connections or a (named) user past `user_limit`; 0 means no limit.
+    pub(crate) fn add_connection(
+        &self,
+        client: &Arc<ClientHandle>,
+        node_limit: usize,
+        user_limit: usize,
+    ) -> Result<(), crate::limits::Limit> {
         let mut c = lock(&self.conns);
+        if node_limit > 0 && c.by_id.len() >= node_limit {
+            return Err(crate::limits::Limit::NodeConnections);
+        }
+        if user_limit > 0 && !client.user().is_empty() {
+            let held = c.by_user.get(client.user()).map_or(0, HashSet::len);
+            if held >= user_limit {
+                return Err(crate::limits::Limit::UserConnections);
+            }
+        }
         c.by_id.insert(client.id.clone(), client.clone());
         c.by_user
             .entry(Arc::from(client.user()))
             .or_default()
             .insert(client.id.clone());
+        Ok(())
     }
 
     pub(crate) fn remove_connection(&self, client: &ClientHandle) {

@@ -16,6 +16,7 @@ pub mod duration;
 mod error;
 pub mod events;
 pub mod hub;
+pub mod limits;
 pub mod node;
 mod order;
 pub mod revocation;

@@ -24,6 +24,7 @@ use crate::channels::{self, Asker};
 use crate::config::ChannelOptions;
 use crate::events::{RefreshOutcome, Stage, TokenKind};
 use crate::hub::{ClientHandle, SessionMsg};
+use crate::limits::{CommandBucket, Limit, Verdict};
 use crate::node::{revoked_disconnect, server_unsubscribe, Node, PublishOptions};
 use crate::storage::HistoryFilter;
 use crate::CoreError;
@@ -87,6 +88,8 @@ pub struct SessionParams {
     pub session_id: Option<Arc<str>>,
     /// For unidirectional transports: the connect request that came with the HTTP request.
     pub uni_connect: Option<ConnectRequest>,
+    /// The client's address as the transport believes it (for log lines).
+    pub remote: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -109,6 +112,7 @@ struct Session {
     node: Node,
     client: Arc<ClientHandle>,
     transport: TransportInfo,
+    remote: Option<std::net::IpAddr>,
     state: State,
     user: Arc<str>,
     conn_info: Option<Raw>,
@@ -118,6 +122,8 @@ struct Session {
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
     next_presence: Option<Instant>,
+    /// Only when `client.command_rate_limit` is set.
+    bucket: Option<CommandBucket>,
     out: Vec<String>,
 }
 
@@ -143,6 +149,7 @@ pub async fn run(
         node: node.clone(),
         client: client.clone(),
         transport: params.transport,
+        remote: params.remote,
         state: State::Connecting,
         user: Arc::from(""),
         conn_info: None,
@@ -151,6 +158,8 @@ pub async fn run(
         next_ping: None,
         pong_deadline: None,
         next_presence: None,
+        bucket: (cfg.command_rate_limit > 0)
+            .then(|| CommandBucket::new(rate_burst(cfg), Instant::now())),
         out: Vec::new(),
     };
     let mut first = match params.uni_connect {
@@ -209,6 +218,15 @@ pub async fn run(
         }
     };
     if let Some(d) = &ending {
+        let limit = match d.code {
+            c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
+            c if c == Disconnect::STALE.code => Some(Limit::Stale),
+            1009 => Some(Limit::MessageSize),
+            _ => None,
+        };
+        if let Some(l) = limit {
+            node.inner.observer.limit_hit(l);
+        }
         tracing::debug!(client = %client.id(), user = %s.user, code = d.code, reason = %d.reason, transport = s.transport.name, "disconnect");
         let push = Push {
             disconnect: Some(DisconnectPush {
@@ -235,6 +253,27 @@ pub async fn run(
             .disconnected(s.transport.name, ending.as_ref().map(|d| d.code));
     }
     ending
+}
+
+/// A client address for log lines (`-` when the transport does not know it).
+struct Addr(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The command bucket's size: `command_rate_burst`, or one second's worth.
+fn rate_burst(cfg: &crate::config::ClientConfig) -> u32 {
+    if cfg.command_rate_burst > 0 {
+        cfg.command_rate_burst
+    } else {
+        cfg.command_rate_limit
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -339,6 +378,34 @@ impl Session {
         .min()
     }
 
+    fn limit_hit(&self, limit: Limit) {
+        self.node.inner.observer.limit_hit(limit);
+    }
+
+    /// Applies `client.command_rate_limit` to one command.
+    fn rate_check(&mut self, method: MethodKind) -> Result<(), CoreError> {
+        let Some(bucket) = self.bucket.as_mut() else {
+            return Ok(());
+        };
+        if method == MethodKind::Pong {
+            return Ok(());
+        }
+        let cfg = &self.node.inner.config.client;
+        match bucket.take(cfg.command_rate_limit, rate_burst(cfg), Instant::now()) {
+            Verdict::Allow => Ok(()),
+            Verdict::Refuse => {
+                self.limit_hit(Limit::CommandRate);
+                tracing::debug!(client = %self.client.id(), user = %self.user, method = method.name(), "command over client.command_rate_limit, error 111");
+                Err(CoreError::TooManyRequests)
+            }
+            Verdict::Disconnect => {
+                self.limit_hit(Limit::CommandRate);
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, "client keeps sending over client.command_rate_limit, disconnecting with 3013");
+                Err(Disconnect::TOO_MANY_REQUESTS.into())
+            }
+        }
+    }
+
     fn emit(&mut self, reply: &Reply) {
         self.out.push(to_json(reply));
     }
@@ -383,7 +450,7 @@ impl Session {
                     Some(103) => Disconnect::PERMISSION_DENIED,
                     _ => Disconnect::SERVER_ERROR,
                 };
-                tracing::info!(client = %self.client.id(), error = %e, code = d.code, "unidirectional connect refused");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, code = d.code, "unidirectional connect refused");
                 Some(d)
             }
         }
@@ -399,7 +466,7 @@ impl Session {
         let commands = match decode_commands(frame) {
             Ok(c) => c,
             Err(e) => {
-                tracing::info!(client = %self.client.id(), error = %e, transport = self.transport.name, "malformed frame, disconnecting with 3501");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, transport = self.transport.name, "malformed frame, disconnecting with 3501");
                 return Some(Disconnect::BAD_REQUEST);
             }
         };
@@ -415,14 +482,25 @@ impl Session {
         let method = cmd.method();
         let id = cmd.id;
         if id == 0 && !matches!(method, MethodKind::Pong | MethodKind::Send) {
-            tracing::info!(client = %self.client.id(), method = method.name(), "command without id, disconnecting with 3501");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), method = method.name(), "command without id, disconnecting with 3501");
             return Err(Disconnect::BAD_REQUEST);
         }
         if self.state == State::Connecting && method != MethodKind::Connect {
-            tracing::info!(client = %self.client.id(), method = method.name(), "command before connect, disconnecting with 3501");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), method = method.name(), "command before connect, disconnecting with 3501");
             return Err(Disconnect::BAD_REQUEST);
         }
         let started = Instant::now();
+        if let Err(e) = self.rate_check(method) {
+            return match e {
+                CoreError::Disconnect(d) => Err(d),
+                e => {
+                    if id > 0 {
+                        self.emit(&Reply::error(id, e.to_error()));
+                    }
+                    Ok(())
+                }
+            };
+        }
         let result: CommandResult = match method {
             MethodKind::Connect => {
                 let r = self.connect(cmd.connect.unwrap_or_default()).await;
@@ -512,7 +590,7 @@ impl Session {
         let now = self.now();
         let (user, expire_at, info, mut server_subs) = if req.token.is_empty() {
             if !self.cfg().allow_anonymous_connect_without_token {
-                tracing::info!(client = %self.client.id(), "connect without a token, disconnecting with 3501");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "connect without a token, disconnecting with 3501");
                 return Err(Disconnect::BAD_REQUEST
                     .with_reason("client credentials not found")
                     .into());
@@ -528,7 +606,7 @@ impl Session {
             {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::info!(client = %self.client.id(), error = %e, "connect refused");
+                    tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, "connect refused");
                     return Err(CoreError::from_connect_token(e));
                 }
             };
@@ -542,7 +620,7 @@ impl Session {
                 token.iat,
                 None,
             ) {
-                tracing::info!(client = %self.client.id(), user = %token.user, reason = r.as_str(), "connect with a revoked token, disconnecting with 3500");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %token.user, reason = r.as_str(), "connect with a revoked token, disconnecting with 3500");
                 return Err(revoked_disconnect().into());
             }
             self.client.set_creds(token.jti.as_deref(), token.iat);
@@ -557,16 +635,29 @@ impl Session {
         for ch in server_subs.keys() {
             self.node.channel_options(ch)?;
         }
+        let node = self.node.clone();
+        let cfg = &node.config().client;
+        if server_subs.len() > cfg.channel_limit {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %user, channels = server_subs.len(), limit = cfg.channel_limit, "token names more channels than client.channel_limit, disconnecting with 3505");
+            self.limit_hit(Limit::Channels);
+            return Err(Disconnect::CHANNEL_LIMIT.into());
+        }
         self.user = Arc::from(user.as_str());
         let _ = self.client.user.set(self.user.clone());
+        if let Err(limit) = node.inner.hub.add_connection(
+            &self.client,
+            cfg.connection_limit,
+            cfg.user_connection_limit,
+        ) {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, limit = limit.as_str(), "connection limit reached, disconnecting with 3504");
+            self.limit_hit(limit);
+            return Err(Disconnect::CONNECTION_LIMIT.into());
+        }
         self.conn_info = info;
         self.expire_at = expire_at;
         self.client.set_expire_at(expire_at);
         self.state = State::Connected;
         self.stale_deadline = None;
-        self.node.inner.hub.add_connection(&self.client);
-        let node = self.node.clone();
-        let cfg = &node.config().client;
         // The wire counts whole seconds: a sub-second interval is announced as 1 s, so the
         // client still knows to answer (announcing 0 would mean "no pings, no pongs" while the
         // server goes on expecting pongs).
@@ -603,7 +694,7 @@ impl Session {
             sub_result.data = data;
             result.subs.insert(ch, sub_result);
         }
-        tracing::debug!(client = %self.client.id(), user = %self.user, transport = self.transport.name, "connected");
+        tracing::debug!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, transport = self.transport.name, "connected");
         self.node.inner.observer.connected(
             self.transport.name,
             expire_at.map(|at| at.saturating_sub(now)),
@@ -653,7 +744,7 @@ impl Session {
         let t = match self.node.inner.verifier.verify_connect(&token, now).await {
             Ok(t) => t,
             Err(AuthError::Expired) => {
-                tracing::info!(client = %self.client.id(), "refresh with an expired token, disconnecting with 3005");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "refresh with an expired token, disconnecting with 3005");
                 return Err((RefreshOutcome::Expired, Disconnect::EXPIRED.into()));
             }
             Err(AuthError::Unavailable(e)) => {
@@ -661,16 +752,16 @@ impl Session {
                 return Err((RefreshOutcome::Unavailable, CoreError::Unavailable(e)));
             }
             Err(e) => {
-                tracing::info!(client = %self.client.id(), error = %e, "refresh with an invalid token, disconnecting with 3500");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, "refresh with an invalid token, disconnecting with 3500");
                 return Err((RefreshOutcome::Invalid, Disconnect::INVALID_TOKEN.into()));
             }
         };
         if t.user != *self.user {
-            tracing::info!(client = %self.client.id(), "refresh token is for another user, disconnecting with 3500");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "refresh token is for another user, disconnecting with 3500");
             return Err((RefreshOutcome::Mismatch, Disconnect::INVALID_TOKEN.into()));
         }
         if let Some(r) = self.refusal(Stage::Refresh, t.jti.as_deref(), &t.user, t.iat, None) {
-            tracing::info!(client = %self.client.id(), reason = r.as_str(), "refresh with a revoked token, disconnecting with 3500");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), reason = r.as_str(), "refresh with a revoked token, disconnecting with 3500");
             return Err((RefreshOutcome::Revoked, revoked_disconnect().into()));
         }
         self.client.set_creds(t.jti.as_deref(), t.iat);
@@ -703,6 +794,7 @@ impl Session {
             return Err(CoreError::AlreadySubscribed);
         }
         if self.subs.values().filter(|s| !s.server_side).count() >= self.cfg().channel_limit {
+            self.limit_hit(Limit::Channels);
             return Err(CoreError::LimitExceeded);
         }
         let (chan_info, expire_at, data, opts) = if req.token.is_empty() {
@@ -727,7 +819,7 @@ impl Session {
                 || t.channel != channel
                 || (!t.client.is_empty() && t.client != self.client.id())
             {
-                tracing::info!(client = %self.client.id(), channel = %channel, "subscription token for another user or channel, disconnecting with 3500");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %channel, "subscription token for another user or channel, disconnecting with 3500");
                 return Err(Disconnect::INVALID_TOKEN.into());
             }
             if let Some(r) = self.refusal(
@@ -737,7 +829,7 @@ impl Session {
                 t.iat,
                 Some(&channel),
             ) {
-                tracing::info!(client = %self.client.id(), channel = %channel, reason = r.as_str(), "subscription token revoked");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %channel, reason = r.as_str(), "subscription token revoked");
                 return Err(CoreError::PermissionDenied);
             }
             let opts = channels::with_override(&opts, &t.claim.override_);
@@ -952,7 +1044,7 @@ impl Session {
             Ok(t) => t,
             // An expired token never extends a subscription.
             Err(AuthError::Expired) => {
-                tracing::info!(client = %self.client.id(), channel = %req.channel, "sub_refresh with an expired token, disconnecting with 3006");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %req.channel, "sub_refresh with an expired token, disconnecting with 3006");
                 return Err((
                     RefreshOutcome::Expired,
                     Disconnect::SUBSCRIPTION_EXPIRED.into(),
@@ -963,12 +1055,12 @@ impl Session {
                 return Err((RefreshOutcome::Unavailable, CoreError::Unavailable(e)));
             }
             Err(e) => {
-                tracing::info!(client = %self.client.id(), error = %e, "sub_refresh with an invalid token, disconnecting with 3500");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, "sub_refresh with an invalid token, disconnecting with 3500");
                 return Err((RefreshOutcome::Invalid, Disconnect::INVALID_TOKEN.into()));
             }
         };
         if t.user != *self.user || t.channel != req.channel {
-            tracing::info!(client = %self.client.id(), channel = %req.channel, "sub_refresh token for another user or channel, disconnecting with 3500");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %req.channel, "sub_refresh token for another user or channel, disconnecting with 3500");
             return Err((RefreshOutcome::Mismatch, Disconnect::INVALID_TOKEN.into()));
         }
         if let Some(r) = self.refusal(
@@ -978,7 +1070,7 @@ impl Session {
             t.iat,
             Some(&req.channel),
         ) {
-            tracing::info!(client = %self.client.id(), channel = %req.channel, reason = r.as_str(), "sub_refresh with a revoked token, disconnecting with 3500");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %req.channel, reason = r.as_str(), "sub_refresh with a revoked token, disconnecting with 3500");
             return Err((RefreshOutcome::Revoked, revoked_disconnect().into()));
         }
         let sub = self
@@ -1012,6 +1104,13 @@ impl Session {
     async fn publish(&mut self, req: PublishRequest) -> CommandResult {
         let opts = self.node.channel_options(&req.channel)?;
         channels::check_publish(&opts, self.asker(&req.channel))?;
+        let max = self.cfg().publication_max_size;
+        if req.data.get().len() > max {
+            self.limit_hit(Limit::PublicationSize);
+            return Err(CoreError::BadRequest(format!(
+                "publication data larger than {max} bytes"
+            )));
+        }
         let chan_info = self
             .subs
             .get(req.channel.as_str())
@@ -1188,11 +1287,11 @@ impl Session {
     async fn on_timer(&mut self) -> Option<Disconnect> {
         let now = Instant::now();
         if self.stale_deadline.is_some_and(|d| d <= now) {
-            tracing::info!(client = %self.client.id(), "no connect in time, disconnecting with 3502");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "no connect in time, disconnecting with 3502");
             return Some(Disconnect::STALE);
         }
         if self.pong_deadline.is_some_and(|d| d <= now) {
-            tracing::info!(client = %self.client.id(), user = %self.user, "no pong, disconnecting with 3012");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, "no pong, disconnecting with 3012");
             return Some(Disconnect::NO_PONG);
         }
         let clock = self.node.clock();
@@ -1201,7 +1300,7 @@ impl Session {
         let cfg = &node.config().client;
         if let Some(at) = self.expire_at {
             if clock.instant_at(at) + cfg.expired_close_delay <= now {
-                tracing::info!(client = %self.client.id(), user = %self.user, "connection expired, disconnecting with 3005");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, "connection expired, disconnecting with 3005");
                 self.node
                     .inner
                     .observer
@@ -1231,10 +1330,10 @@ impl Session {
         for (channel, server_side) in expired {
             self.node.inner.observer.subscription_expired();
             if server_side {
-                tracing::info!(client = %self.client.id(), channel = %channel, "server-side subscription expired, disconnecting with 3006");
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %channel, "server-side subscription expired, disconnecting with 3006");
                 return Some(Disconnect::SUBSCRIPTION_EXPIRED);
             }
-            tracing::info!(client = %self.client.id(), channel = %channel, "subscription expired, unsubscribing with 2501");
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %channel, "subscription expired, unsubscribing with 2501");
             self.leave(&channel).await;
             self.emit_push(Push {
                 channel: channel.to_string(),

@@ -19,6 +19,15 @@ pub struct HttpServerConfig {
     pub address: String,
     /// Port to listen on (0 picks a free one; the chosen address is logged).
     pub port: u16,
+    /// A connection must complete its TLS handshake and send each request's headers within
+    /// this time, or it is closed (a slow client cannot hold a connection open forever).
+    #[serde(with = "rotor_core::duration")]
+    pub header_read_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` headers are believed (IP addresses or
+    /// CIDR ranges of your proxies). For anyone else the socket's peer address is the
+    /// client's address.
+    pub trusted_proxies: Vec<String>,
+    pub tls: TlsConfig,
 }
 
 impl Default for HttpServerConfig {
@@ -26,6 +35,35 @@ impl Default for HttpServerConfig {
         HttpServerConfig {
             address: "0.0.0.0".into(),
             port: 8000,
+            header_read_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
+            tls: TlsConfig::default(),
+        }
+    }
+}
+
+/// `http_server.tls.*`: TLS on the server port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    /// PEM file with the certificate chain (leaf first).
+    pub cert_pem_file: String,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem_file: String,
+    /// How often the two files are checked for changes (they are also reloaded on SIGHUP);
+    /// "0s" checks only on SIGHUP.
+    #[serde(with = "rotor_core::duration")]
+    pub watch_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            cert_pem_file: String::new(),
+            key_pem_file: String::new(),
+            watch_interval: Duration::from_secs(10),
         }
     }
 }
@@ -307,7 +345,7 @@ impl Default for EnginePartConfig {
 }
 
 /// Where Redis is (`*.redis.*`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// `host:port` or `redis://…`, or a list of them: channels are sharded over the list by
@@ -323,6 +361,38 @@ pub struct RedisConfig {
     /// Connect and reply timeout; past it operations fail with the temporary error 100.
     #[serde(with = "rotor_core::duration")]
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |list: &[String]| list.iter().map(|a| redact_url(a)).collect::<Vec<_>>();
+        f.debug_struct("RedisConfig")
+            .field("address", &redact(&self.address))
+            .field("cluster_address", &redact(&self.cluster_address))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// A URL with any password in it replaced by `<redacted>` (`redis://:pw@host` and
+/// `postgres://user:pw@host/db`), for logs, errors and `Debug`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:<redacted>"),
+        None => userinfo.to_string(),
+    };
+    format!("{scheme}://{user}@{host}{path}")
 }
 
 impl Default for RedisConfig {
@@ -439,16 +509,7 @@ impl Default for PostgresConfig {
 
 impl std::fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the password.
-        let dsn = match self.dsn.split_once("://").and_then(|(scheme, rest)| {
-            rest.split_once('@')
-                .map(|(user, host)| (scheme, user, host))
-        }) {
-            Some((scheme, user, host)) => {
-                format!("{scheme}://{}@{host}", user.split(':').next().unwrap_or(""))
-            }
-            None => self.dsn.clone(),
-        };
+        let dsn = redact_url(&self.dsn);
         f.debug_struct("PostgresConfig")
             .field("dsn", &dsn)
             .field("schema", &self.schema)

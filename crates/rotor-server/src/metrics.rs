@@ -29,6 +29,7 @@ pub struct Metrics {
     revocations: IntCounterVec,
     revocation_rejections: IntCounterVec,
     kicked: IntCounter,
+    limit_hits: IntCounterVec,
     commands: IntCounterVec,
     command_errors: IntCounterVec,
     command_duration: HistogramVec,
@@ -250,6 +251,18 @@ impl Metrics {
                 "Revoked or invalidated tokens refused, by stage and reason.",
                 &["stage", "reason"],
             ),
+            limit_hits: {
+                let c = counter_vec(
+                    &registry,
+                    "rotor_limit_hits_total",
+                    "Clients that ran into a limit (refused or disconnected), by limit.",
+                    &["limit"],
+                );
+                for l in rotor_core::limits::Limit::ALL {
+                    c.with_label_values(&[l.as_str()]);
+                }
+                c
+            },
             commands: counter_vec(
                 &registry,
                 "rotor_commands_total",
@@ -383,6 +396,10 @@ impl Observer for Metrics {
 
     fn kicked(&self, n: usize) {
         self.kicked.inc_by(n as u64);
+    }
+
+    fn limit_hit(&self, limit: rotor_core::limits::Limit) {
+        self.limit_hits.with_label_values(&[limit.as_str()]).inc();
     }
 
     fn command(&self, method: &'static str, duration: std::time::Duration, error: Option<u32>) {

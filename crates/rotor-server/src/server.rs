@@ -67,13 +67,23 @@ fn post_body(
     path: String,
     limit: u64,
     state: AppState,
-) -> impl Filter<Extract = (HeaderMap, Bytes, AppState), Error = warp::Rejection> + Clone {
+) -> impl Filter<Extract = (HeaderMap, Bytes, Peer, AppState), Error = warp::Rejection> + Clone {
     warp::post()
         .and(exact_path(path))
         .and(warp::header::headers_cloned())
         .and(warp::body::content_length_limit(limit))
         .and(warp::body::bytes())
+        .and(peer())
         .and(warp::any().map(move || state.clone()))
+}
+
+/// The client's address (see [`crate::listener::client_addr`]); `None` only where rotor did
+/// not accept the connection itself (warp's test harness).
+pub type Peer = Option<std::net::IpAddr>;
+
+fn peer() -> impl Filter<Extract = (Peer,), Error = std::convert::Infallible> + Clone {
+    warp::ext::optional::<crate::listener::ClientAddr>()
+        .map(|a: Option<_>| a.map(|a: crate::listener::ClientAddr| a.0))
 }
 
 /// `GET /metrics` (at `prometheus.handler_prefix`), when metrics are on.
@@ -175,9 +185,10 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             .and(exact_path(cfg.websocket.handler_prefix.clone()))
             .and(warp::header::headers_cloned())
             .and(warp::ext::optional::<warp::hyper::upgrade::OnUpgrade>())
+            .and(peer())
             .and(with_state.clone())
-            .map(|headers, on_upgrade, state: AppState| {
-                ws::upgrade(state, headers, on_upgrade, ws::Mode::Bidirectional)
+            .map(|headers, on_upgrade, peer: Peer, state: AppState| {
+                ws::upgrade(state, headers, on_upgrade, peer, ws::Mode::Bidirectional)
             });
         all = all.or(websocket).unify().boxed();
     }
@@ -187,18 +198,20 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             .and(warp::header::headers_cloned())
             .and(warp::ext::optional::<warp::hyper::upgrade::OnUpgrade>())
             .and(query())
+            .and(peer())
             .and(with_state.clone())
             .map(
                 |headers: HeaderMap,
                  on_upgrade,
                  mut q: HashMap<String, String>,
+                 peer: Peer,
                  state: AppState| {
                     let bearer = crate::uni::token_from_headers(&headers, "");
                     let mode = ws::Mode::Unidirectional {
                         cf_connect: q.remove("cf_connect"),
                         bearer,
                     };
-                    ws::upgrade(state, headers, on_upgrade, mode)
+                    ws::upgrade(state, headers, on_upgrade, peer, mode)
                 },
             );
         all = all.or(uni_ws).unify().boxed();
@@ -210,14 +223,18 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             body_limit,
             state.clone(),
         )
-        .map(|headers: HeaderMap, body: Bytes, state: AppState| {
-            with_origin(&state, &headers, || {
-                match String::from_utf8(body.to_vec()) {
-                    Ok(connect) => stream::emulation(state.clone(), connect, Framing::Lines),
-                    Err(_) => crate::plain(StatusCode::BAD_REQUEST, "body is not UTF-8\n"),
-                }
-            })
-        });
+        .map(
+            |headers: HeaderMap, body: Bytes, peer: Peer, state: AppState| {
+                with_origin(&state, &headers, || {
+                    match String::from_utf8(body.to_vec()) {
+                        Ok(connect) => {
+                            stream::emulation(state.clone(), connect, peer, Framing::Lines)
+                        }
+                        Err(_) => crate::plain(StatusCode::BAD_REQUEST, "body is not UTF-8\n"),
+                    }
+                })
+            },
+        );
         all = all.or(http_stream).unify().boxed();
     }
     if cfg.sse.enabled {
@@ -226,12 +243,16 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             .and(exact_path(cfg.sse.handler_prefix.clone()))
             .and(warp::header::headers_cloned())
             .and(query())
+            .and(peer())
             .and(with_state.clone())
             .map(
-                |headers: HeaderMap, mut q: HashMap<String, String>, state: AppState| {
+                |headers: HeaderMap,
+                 mut q: HashMap<String, String>,
+                 peer: Peer,
+                 state: AppState| {
                     with_origin(&state, &headers, || match q.remove("cf_connect") {
                         Some(connect) => {
-                            stream::emulation(state.clone(), connect, Framing::EventStream)
+                            stream::emulation(state.clone(), connect, peer, Framing::EventStream)
                         }
                         None => crate::plain(
                             StatusCode::BAD_REQUEST,
@@ -250,7 +271,7 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             state.clone(),
         )
         .then(
-            |headers: HeaderMap, body: Bytes, state: AppState| async move {
+            |headers: HeaderMap, body: Bytes, _peer: Peer, state: AppState| async move {
                 // Refused origins never reach a session, here or on another node.
                 let status = if origin_ok(&state, &headers) {
                     stream::post(&state, &body).await
@@ -273,18 +294,20 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             body_limit,
             state.clone(),
         )
-        .map(|headers: HeaderMap, body: Bytes, state: AppState| {
-            with_origin(&state, &headers, || {
-                let bearer = crate::uni::token_from_headers(&headers, "");
-                match crate::uni::connect_request(&String::from_utf8_lossy(&body), bearer) {
-                    Ok(req) => stream::unidirectional(state.clone(), req, Framing::Lines),
-                    Err(e) => {
-                        tracing::info!(error = %e, "uni_http_stream: bad connect request");
-                        crate::plain(StatusCode::BAD_REQUEST, "bad connect request\n")
+        .map(
+            |headers: HeaderMap, body: Bytes, peer: Peer, state: AppState| {
+                with_origin(&state, &headers, || {
+                    let bearer = crate::uni::token_from_headers(&headers, "");
+                    match crate::uni::connect_request(&String::from_utf8_lossy(&body), bearer) {
+                        Ok(req) => stream::unidirectional(state.clone(), req, peer, Framing::Lines),
+                        Err(e) => {
+                            tracing::info!(error = %e, "uni_http_stream: bad connect request");
+                            crate::plain(StatusCode::BAD_REQUEST, "bad connect request\n")
+                        }
                     }
-                }
-            })
-        });
+                })
+            },
+        );
         all = all.or(uni_http_stream).unify().boxed();
     }
     if cfg.uni_sse.enabled {
@@ -293,9 +316,13 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
             .and(exact_path(cfg.uni_sse.handler_prefix.clone()))
             .and(warp::header::headers_cloned())
             .and(query())
+            .and(peer())
             .and(with_state.clone())
             .map(
-                |headers: HeaderMap, mut q: HashMap<String, String>, state: AppState| {
+                |headers: HeaderMap,
+                 mut q: HashMap<String, String>,
+                 peer: Peer,
+                 state: AppState| {
                     with_origin(&state, &headers, || {
                         let token = crate::uni::token_from_headers(
                             &headers,
@@ -305,9 +332,12 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
                             &q.remove("cf_connect").unwrap_or_default(),
                             token,
                         ) {
-                            Ok(req) => {
-                                stream::unidirectional(state.clone(), req, Framing::EventStream)
-                            }
+                            Ok(req) => stream::unidirectional(
+                                state.clone(),
+                                req,
+                                peer,
+                                Framing::EventStream,
+                            ),
                             Err(e) => {
                                 tracing::info!(error = %e, "uni_sse: bad connect request");
                                 crate::plain(StatusCode::BAD_REQUEST, "bad connect request\n")
@@ -439,7 +469,14 @@ impl RedisConnections {
         };
         let shards = rotor_broker_redis::Shards::connect(&opts)
             .await
-            .map_err(|e| ServerError::Storage(format!("redis {:?}: {e}", opts.addresses)))?;
+            .map_err(|e| {
+                let addresses: Vec<String> = opts
+                    .addresses
+                    .iter()
+                    .map(|a| crate::config::redact_url(a))
+                    .collect();
+                ServerError::Storage(format!("redis {addresses:?}: {e}"))
+            })?;
         self.0.push((cfg.clone(), shards.clone()));
         Ok(shards)
     }
@@ -626,13 +663,14 @@ impl Server {
                 tracing::info!(address = %addr, "metrics on the internal port");
             }
         }
-        let task = tokio::spawn(async move {
-            warp::serve(routes(state))
-                .incoming(listener)
-                .graceful(async move { stop.cancelled().await })
-                .run()
-                .await;
-        });
+        let serving = crate::listener::Serving::new(&self.config.http_server, &stop)?;
+        let tls = serving.tls.is_some();
+        let task = tokio::spawn(crate::listener::serve(
+            listener,
+            routes(state),
+            serving,
+            stop,
+        ));
         match &self.background {
             Background::Memory(history) => {
                 spawn_history_sweeper(self.node.clone(), history.clone())
@@ -648,7 +686,7 @@ impl Server {
                 );
             }
         }
-        tracing::info!(address = %local, version = env!("CARGO_PKG_VERSION"), "rotor listening");
+        tracing::info!(address = %local, tls, version = env!("CARGO_PKG_VERSION"), "rotor listening");
         Ok(RunningServer {
             addr: local,
             node: self.node,

@@ -142,7 +142,12 @@ fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing) -> Response {
 
 /// Starts a bidirectional emulation session whose first frame is `connect` (the POST body
 /// of `http_stream`, the `cf_connect` parameter of `sse`).
-pub fn emulation(state: AppState, connect: String, framing: Framing) -> Response {
+pub fn emulation(
+    state: AppState,
+    connect: String,
+    peer: crate::server::Peer,
+    framing: Framing,
+) -> Response {
     let (name, timeout) = match framing {
         Framing::Lines => ("http_stream", state.config.http_stream.write_timeout),
         Framing::EventStream => ("sse", state.config.sse.write_timeout),
@@ -159,6 +164,7 @@ pub fn emulation(state: AppState, connect: String, framing: Framing) -> Response
         },
         session_id: Some(session_id.clone()),
         uni_connect: None,
+        remote: peer,
     };
     let reader = StreamReader {
         commands: Some(cmd_rx),
@@ -177,7 +183,12 @@ pub fn emulation(state: AppState, connect: String, framing: Framing) -> Response
 }
 
 /// Starts a unidirectional streaming session with its connect request.
-pub fn unidirectional(state: AppState, req: ConnectRequest, framing: Framing) -> Response {
+pub fn unidirectional(
+    state: AppState,
+    req: ConnectRequest,
+    peer: crate::server::Peer,
+    framing: Framing,
+) -> Response {
     let (name, timeout) = match framing {
         Framing::Lines => (
             "uni_http_stream",
@@ -193,6 +204,7 @@ pub fn unidirectional(state: AppState, req: ConnectRequest, framing: Framing) ->
         },
         session_id: Some(crate::new_session_id()),
         uni_connect: Some(req),
+        remote: peer,
     };
     let reader = StreamReader {
         commands: None,

@@ -51,6 +51,7 @@ pub fn upgrade(
     state: AppState,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
+    peer: crate::server::Peer,
     mode: Mode,
 ) -> Response {
     let header = |name: &str| {
@@ -74,7 +75,7 @@ pub fn upgrade(
         headers.get("origin").and_then(|v| v.to_str().ok()),
         &state.config.client.allowed_origins,
     ) {
-        tracing::info!(origin = header("origin"), "websocket origin not allowed");
+        tracing::info!(origin = header("origin"), client_addr = ?peer, "websocket origin not allowed");
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
     }
     let Some(on_upgrade) = on_upgrade else {
@@ -113,6 +114,7 @@ pub fn upgrade(
                 transport: TRANSPORT,
                 session_id: None,
                 uni_connect: None,
+                remote: peer,
             },
             Mode::Unidirectional { cf_connect, bearer } => {
                 let first = match cf_connect {
@@ -145,6 +147,7 @@ pub fn upgrade(
                     transport: UNI_TRANSPORT,
                     session_id: Some(crate::new_session_id()),
                     uni_connect: Some(req),
+                    remote: peer,
                 }
             }
         };

@@ -1,0 +1,470 @@
+//! The server port's accept loop: plain TCP or TLS (rustls, certificate reloaded on SIGHUP or
+//! when its files change), a bound on how long a connection may take to send its headers,
+//! the client's address (from the socket, or from proxy headers sent by a trusted proxy), and
+//! a graceful stop. warp's own server offers none of these, so rotor serves warp's routes on
+//! hyper connections it accepts itself.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_util::sync::CancellationToken;
+use warp::http::HeaderMap;
+
+use crate::config::{HttpServerConfig, TlsConfig};
+use crate::ServerError;
+
+/// The client's address as rotor believes it, put into every request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// One entry of `http_server.trusted_proxies`: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, bits) = match s.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| {
+            format!("http_server.trusted_proxies: {s:?} is not an IP address or CIDR")
+        })?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => b
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= max)
+                .ok_or_else(|| {
+                    format!("http_server.trusted_proxies: bad prefix length in {s:?}")
+                })?,
+            None => max,
+        };
+        Ok(Cidr { net, bits })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.bits)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.bits))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The client's address: the peer itself, unless the peer is a trusted proxy; then the
+/// right-most address in `X-Forwarded-For` that is not a trusted proxy (what the first
+/// proxy saw), or `X-Real-IP`. Forwarding headers from untrusted peers are ignored, so a
+/// client cannot pick its own address.
+pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|part| part.trim().parse().ok())
+        .collect();
+    if let Some(ip) = forwarded.iter().rev().find(|ip| !is_trusted(**ip)) {
+        return *ip;
+    }
+    if let Some(ip) = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return ip;
+    }
+    forwarded.first().copied().unwrap_or(peer)
+}
+
+/// The certificate and key, swapped in place when the files change.
+#[derive(Debug)]
+pub struct Certificates {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<(Arc<CertifiedKey>, Option<SystemTime>)>,
+}
+
+fn modified(cert: &PathBuf, key: &PathBuf) -> Option<SystemTime> {
+    let c = std::fs::metadata(cert).and_then(|m| m.modified()).ok()?;
+    let k = std::fs::metadata(key).and_then(|m| m.modified()).ok()?;
+    Some(c.max(k))
+}
+
+fn load_certified_key(cert_file: &PathBuf, key_file: &PathBuf) -> Result<CertifiedKey, String> {
+    let cert_pem = std::fs::read(cert_file)
+        .map_err(|e| format!("http_server.tls.cert_pem_file {}: {e}", cert_file.display()))?;
+    let key_pem = std::fs::read(key_file)
+        .map_err(|e| format!("http_server.tls.key_pem_file {}: {e}", key_file.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("http_server.tls.cert_pem_file {}: {e}", cert_file.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "http_server.tls.cert_pem_file {}: no certificate in it",
+            cert_file.display()
+        ));
+    }
+    // The key's bytes never reach an error message.
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+        format!(
+            "http_server.tls.key_pem_file {}: no private key in it (PKCS#8, PKCS#1 or SEC1 PEM)",
+            key_file.display()
+        )
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        format!(
+            "http_server.tls: certificate {} and key {} do not go together: {e}",
+            cert_file.display(),
+            key_file.display()
+        )
+    })
+}
+
+impl Certificates {
+    pub fn load(cfg: &TlsConfig) -> Result<Arc<Certificates>, String> {
+        let cert_file = PathBuf::from(&cfg.cert_pem_file);
+        let key_file = PathBuf::from(&cfg.key_pem_file);
+        let key = load_certified_key(&cert_file, &key_file)?;
+        let stamp = modified(&cert_file, &key_file);
+        Ok(Arc::new(Certificates {
+            cert_file,
+            key_file,
+            current: RwLock::new((Arc::new(key), stamp)),
+        }))
+    }
+
+    /// Loads the files again. A broken pair is logged and the old certificate stays in use.
+    pub fn reload(&self, why: &str) -> bool {
+        match load_certified_key(&self.cert_file, &self.key_file) {
+            Ok(key) => {
+                let stamp = modified(&self.cert_file, &self.key_file);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(key), stamp);
+                tracing::info!(cert = %self.cert_file.display(), reason = why, "TLS certificate reloaded");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, reason = why, "TLS certificate not reloaded; the previous one stays in use");
+                false
+            }
+        }
+    }
+
+    /// Reloads when either file's modification time moved.
+    fn reload_if_changed(&self) {
+        let seen = self.current.read().unwrap_or_else(|e| e.into_inner()).1;
+        let now = modified(&self.cert_file, &self.key_file);
+        if now.is_some() && now != seen {
+            self.reload("files changed");
+        }
+    }
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .0
+                .clone(),
+        )
+    }
+}
+
+/// A TLS acceptor whose certificate follows the files; reloads on SIGHUP and on change.
+pub fn tls_acceptor(
+    cfg: &TlsConfig,
+    stop: CancellationToken,
+) -> Result<(tokio_rustls::TlsAcceptor, Arc<Certificates>), ServerError> {
+    let certs = Certificates::load(cfg).map_err(ServerError::Config)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Config(format!("http_server.tls: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(certs.clone());
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let watch = cfg.watch_interval;
+    let watched = certs.clone();
+    // Registered before returning, so a SIGHUP sent once the server is up never meets the
+    // default action (which would end the process).
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files are only watched");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let mut tick = (!watch.is_zero()).then(|| tokio::time::interval(watch));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    watched.reload("SIGHUP");
+                }
+                _ = async { match tick.as_mut() { Some(t) => { t.tick().await; } None => std::future::pending().await } } => {
+                    watched.reload_if_changed();
+                }
+            }
+        }
+    });
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), certs))
+}
+
+/// What the accept loop needs besides the routes.
+pub struct Serving {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub header_read_timeout: Duration,
+    pub trusted_proxies: Arc<Vec<Cidr>>,
+}
+
+impl Serving {
+    pub fn new(cfg: &HttpServerConfig, stop: &CancellationToken) -> Result<Serving, ServerError> {
+        let trusted_proxies = cfg
+            .trusted_proxies
+            .iter()
+            .map(|s| Cidr::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ServerError::Config)?;
+        let tls = if cfg.tls.enabled {
+            Some(tls_acceptor(&cfg.tls, stop.clone())?.0)
+        } else {
+            None
+        };
+        Ok(Serving {
+            tls,
+            header_read_timeout: cfg.header_read_timeout,
+            trusted_proxies: Arc::new(trusted_proxies),
+        })
+    }
+}
+
+/// Accepts connections until `stop`, then waits for the HTTP requests in flight (WebSocket
+/// sessions are closed by the node's own shutdown).
+pub async fn serve(
+    listener: TcpListener,
+    routes: warp::filters::BoxedFilter<(warp::reply::Response,)>,
+    serving: Serving,
+    stop: CancellationToken,
+) {
+    let connections = tokio_util::task::TaskTracker::new();
+    let serving = Arc::new(serving);
+    let mut accept_errors = 0u64;
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE) or similar: wait a little instead of
+                    // spinning; connections already open keep working.
+                    accept_errors += 1;
+                    if accept_errors.is_power_of_two() {
+                        tracing::error!(error = %e, count = accept_errors, "accept failed");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let serving = serving.clone();
+        let routes = routes.clone();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            let svc = WithClientAddr {
+                inner: hyper_util::service::TowerToHyperService::new(warp::service(routes)),
+                peer: peer.ip(),
+                trusted: serving.trusted_proxies.clone(),
+            };
+            // hyper's own HTTP/1 server: its header timer starts as soon as the connection
+            // is served, so a socket that never sends a byte is closed too (hyper-util's
+            // protocol-sniffing builder waits for the first bytes without a timer).
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(serving.header_read_timeout);
+            let result = match &serving.tls {
+                None => {
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades();
+                    until_stopped(conn, &stop).await
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(
+                        serving.header_read_timeout,
+                        acceptor.accept(tcp),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .with_upgrades();
+                    until_stopped(conn, &stop).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one connection; at `stop` it finishes the request in flight and closes.
+async fn until_stopped<I, S>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    stop: &CancellationToken,
+) -> Result<(), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+/// Puts [`ClientAddr`] into each request before warp sees it.
+#[derive(Clone)]
+struct WithClientAddr<S> {
+    inner: S,
+    peer: IpAddr,
+    trusted: Arc<Vec<Cidr>>,
+}
+
+impl<S, B> hyper::service::Service<hyper::Request<B>> for WithClientAddr<S>
+where
+    S: hyper::service::Service<hyper::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut req: hyper::Request<B>) -> Self::Future {
+        let addr = client_addr(self.peer, req.headers(), &self.trusted);
+        req.extensions_mut().insert(ClientAddr(addr));
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp::http::HeaderValue;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let net = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains(ip("10.1.2.3")));
+        assert!(!net.contains(ip("11.0.0.1")));
+        assert!(net.contains(ip("::ffff:10.9.9.9")), "IPv4-mapped IPv6");
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains(ip("127.0.0.1")) && !one.contains(ip("127.0.0.2")));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("proxy.local").is_err());
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_proxies() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.0.0.2"),
+        );
+        // From a trusted proxy: the right-most untrusted hop (the client the first proxy
+        // saw); the left-most entry was written by the client and is not believed.
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &trusted), ip("203.0.113.7"));
+        // From anyone else the headers are ignored.
+        assert_eq!(
+            client_addr(ip("198.51.100.1"), &h, &trusted),
+            ip("198.51.100.1")
+        );
+        // No trusted proxies configured: always the peer.
+        assert_eq!(client_addr(ip("10.0.0.1"), &h, &[]), ip("10.0.0.1"));
+        let mut real = HeaderMap::new();
+        real.insert("x-real-ip", HeaderValue::from_static("203.0.113.9"));
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &real, &trusted),
+            ip("203.0.113.9")
+        );
+        let mut junk = HeaderMap::new();
+        junk.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
+        assert_eq!(client_addr(ip("10.0.0.1"), &junk, &trusted), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn redacts_passwords_in_urls() {
+        use crate::config::redact_url;
+        assert_eq!(
+            redact_url("redis://:hunter2@cache:6379/0"),
+            "redis://:<redacted>@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url("postgres://rotor:s3cret@db/rotor?sslmode=require"),
+            "postgres://rotor:<redacted>@db/rotor?sslmode=require"
+        );
+        assert_eq!(redact_url("127.0.0.1:6379"), "127.0.0.1:6379");
+        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+    }
+}
