@@ -16,6 +16,7 @@ mod e2e {
     pub mod postgres;
     pub mod revocation;
     pub mod sdk;
+    pub mod secrets;
     pub mod tls;
     pub mod transports;
     pub mod uni;

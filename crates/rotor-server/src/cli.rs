@@ -243,6 +243,13 @@ fn init_logging(config: &Config) {
         };
         EnvFilter::new(spec)
     });
+    // tungstenite logs the text of every frame at trace level, connection tokens included:
+    // whatever the filter asks for, those crates log at debug at most.
+    let filter = ["tungstenite=debug", "tokio_tungstenite=debug"]
+        .into_iter()
+        .fold(filter, |f, d| {
+            f.add_directive(d.parse().expect("a valid directive"))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

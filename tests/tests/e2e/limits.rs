@@ -221,3 +221,40 @@ async fn a_request_whose_headers_never_finish_is_closed() {
     assert!(!text.contains("200 OK"), "{text}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_emulation_session_whose_client_goes_silent_is_closed_with_3012() {
+    let mut config = test_config();
+    config.client.ping_interval = Duration::from_millis(500);
+    config.client.pong_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    let connect = json!({"id": 1, "connect": {"token": user_token("quiet")}}).to_string();
+    let req = format!(
+        "POST /connection/http_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{connect}",
+        connect.len()
+    );
+    let mut stream = HttpStream::open(server.addr, &req).await;
+    let reply = stream.message().await.unwrap();
+    assert_eq!(reply["connect"]["pong"], true, "{reply}");
+    // The client never POSTs a pong: the session ends with 3012 on its stream and leaves
+    // the node (no emulation session lingers without a reader).
+    let started = tokio::time::Instant::now();
+    let disconnect = loop {
+        match stream.message().await {
+            Some(m) if m["push"]["disconnect"].is_object() => break m,
+            Some(_) => continue,
+            None => panic!("the stream ended without a disconnect push"),
+        }
+    };
+    assert_eq!(
+        disconnect["push"]["disconnect"]["code"], 3012,
+        "{disconnect}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while server.node().hub().num_clients() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the session stayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+}
