@@ -711,6 +711,9 @@ impl RunningServer {
     /// within `shutdown.timeout`.
     pub async fn shutdown(self) {
         let timeout = self.config.shutdown.timeout;
+        let started = tokio::time::Instant::now();
+        // New connections are refused; requests in flight (an API publish waiting for its
+        // history commit, say) are finished and answered.
         self.stop_accepting.cancel();
         let left = self.node.shutdown(timeout).await;
         if left > 0 {
@@ -719,10 +722,10 @@ impl RunningServer {
                 "connections still open at the end of the shutdown timeout"
             );
         }
-        if tokio::time::timeout(Duration::from_secs(1), self.task)
-            .await
-            .is_err()
-        {
+        let rest = timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(rest, self.task).await.is_err() {
             tracing::warn!("HTTP requests still running after shutdown; abandoning them");
         }
         tracing::info!("rotor stopped");
