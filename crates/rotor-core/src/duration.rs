@@ -6,14 +6,26 @@ use std::time::Duration;
 use serde::de::{Error, Visitor};
 use serde::{Deserializer, Serializer};
 
-/// Parses `"1h2m3s"`, `"250ms"`, `"10"` (seconds).
+/// The longest duration accepted anywhere (100 years): beyond it, deadlines computed from
+/// "now" would overflow.
+pub const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+fn capped(d: Duration, text: &dyn std::fmt::Display) -> Result<Duration, String> {
+    if d > MAX {
+        Err(format!("duration {text} is too large (at most 100 years)"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// Parses `"1h2m3s"`, `"250ms"`, `"10"` (seconds). At most [`MAX`].
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration".into());
     }
     if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+        return capped(Duration::from_secs(secs), &format_args!("{text:?}"));
     }
     let mut total = Duration::ZERO;
     let mut rest = text;
@@ -49,9 +61,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
                 ))
             }
         };
-        total += Duration::from_secs_f64(number * scale);
+        let part = Duration::try_from_secs_f64(number * scale)
+            .map_err(|_| format!("duration {text:?} is too large (at most 100 years)"))?;
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("duration {text:?} is too large (at most 100 years)"))?;
     }
-    Ok(total)
+    capped(total, &format_args!("{text:?}"))
 }
 
 /// Formats as the shortest of `Nms`, `Ns`, `Nm`, `Nh`.
@@ -82,15 +98,15 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
             f.write_str("a duration such as \"25s\", \"500ms\", \"1h\", or a number of seconds")
         }
         fn visit_u64<E: Error>(self, v: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(v))
+            capped(Duration::from_secs(v), &v).map_err(E::custom)
         }
         fn visit_i64<E: Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom("negative duration"))
+            let v = u64::try_from(v).map_err(|_| E::custom("negative duration"))?;
+            self.visit_u64(v)
         }
         fn visit_f64<E: Error>(self, v: f64) -> Result<Duration, E> {
-            Duration::try_from_secs_f64(v).map_err(E::custom)
+            let d = Duration::try_from_secs_f64(v).map_err(E::custom)?;
+            capped(d, &v).map_err(E::custom)
         }
         fn visit_str<E: Error>(self, v: &str) -> Result<Duration, E> {
             parse(v).map_err(E::custom)
@@ -117,5 +133,23 @@ mod tests {
         for d in ["25s", "500ms", "2m", "720h", "0s", "90s"] {
             assert_eq!(format(parse(d).unwrap()), d);
         }
+    }
+
+    #[test]
+    fn huge_durations_are_errors_not_panics() {
+        // Found by the config_parse fuzz target (fuzz/regressions/config_parse).
+        for text in [
+            "99999999999999999999h",
+            "5000000000000000h5000000000000000h",
+            "18446744073709551615s",
+            "18446744073709551615",
+            "876001h",
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.contains("too large"), "{text}: {e}");
+        }
+        assert_eq!(parse("876000h").unwrap(), MAX);
+        // Whatever parses is written back in a form that parses again.
+        assert_eq!(parse(&format(MAX)).unwrap(), MAX);
     }
 }
