@@ -1152,6 +1152,9 @@ impl Session {
     async fn history(&mut self, req: HistoryRequest) -> CommandResult {
         let opts = self.node.channel_options(&req.channel)?;
         channels::check_history(&opts, self.asker(&req.channel))?;
+        if req.limit as i64 > self.cfg().history_max_publication_limit as i64 {
+            self.limit_hit(Limit::HistoryLimit);
+        }
         let page = self
             .node
             .history(&req.channel, req.limit as i64, req.since, req.reverse)

@@ -258,3 +258,28 @@ async fn an_emulation_session_whose_client_goes_silent_is_closed_with_3012() {
     }
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn history_requests_are_capped_at_the_configured_limit() {
+    let mut config = test_config();
+    config.prometheus.enabled = true;
+    config.client.history_max_publication_limit = 5;
+    let server = TestServer::start(config).await;
+    for n in 0..8 {
+        server
+            .api("publish", json!({"channel": "chat:h", "data": {"n": n}}))
+            .await;
+    }
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("reader")).await;
+    ws.send(r#"{"id":2,"subscribe":{"channel":"chat:h"}}"#)
+        .await;
+    ws.reply().await;
+    ws.send(r#"{"id":3,"history":{"channel":"chat:h","limit":100}}"#)
+        .await;
+    let reply = ws.reply().await;
+    let pubs = reply["history"]["publications"].as_array().unwrap();
+    assert_eq!(pubs.len(), 5, "{reply}");
+    assert_eq!(pubs[0]["data"]["n"], 0, "the oldest first: {reply}");
+    assert_eq!(limit_hits(&server).await["history_limit"], 1.0);
+    server.shutdown().await;
+}
