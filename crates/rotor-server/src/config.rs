@@ -23,6 +23,10 @@ pub struct HttpServerConfig {
     /// this time, or it is closed (a slow client cannot hold a connection open forever).
     #[serde(with = "rotor_core::duration")]
     pub header_read_timeout: Duration,
+    /// A request body (API calls, http_stream connects, emulation POSTs) must arrive in
+    /// full within this time, or the request is answered 408.
+    #[serde(with = "rotor_core::duration")]
+    pub body_read_timeout: Duration,
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` headers are believed (IP addresses or
     /// CIDR ranges of your proxies). For anyone else the socket's peer address is the
     /// client's address.
@@ -36,6 +40,7 @@ impl Default for HttpServerConfig {
             address: "0.0.0.0".into(),
             port: 8000,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             tls: TlsConfig::default(),
         }

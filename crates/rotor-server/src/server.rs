@@ -68,14 +68,68 @@ fn post_body(
     limit: u64,
     state: AppState,
 ) -> impl Filter<Extract = (HeaderMap, Bytes, Peer, AppState), Error = warp::Rejection> + Clone {
+    let within = state.config.http_server.body_read_timeout;
     warp::post()
         .and(exact_path(path))
         .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(limit))
-        .and(warp::body::bytes())
+        .and(body(limit, within))
         .and(peer())
         .and(warp::any().map(move || state.clone()))
 }
+
+/// A request body that did not arrive within `http_server.body_read_timeout` (408).
+#[derive(Debug)]
+struct BodyTimeout;
+impl warp::reject::Reject for BodyTimeout {}
+
+/// The request body: a `Content-Length` of at most `limit` bytes (413 beyond, 411 without
+/// one), all of it within `within` (408 otherwise), so a client that trickles or stops
+/// sending its body cannot hold the request forever.
+fn body(
+    limit: u64,
+    within: Duration,
+) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    warp::body::content_length_limit(limit)
+        .and(warp::body::stream())
+        .and_then(move |stream| read_within(stream, within))
+}
+
+async fn read_within(
+    stream: impl futures_util::Stream<Item = Result<impl warp::Buf, warp::Error>>,
+    within: Duration,
+) -> Result<Bytes, warp::Rejection> {
+    use futures_util::StreamExt;
+    let read = async {
+        let mut out = Vec::new();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(chunk) = stream.next().await {
+            // hyper ends the body at Content-Length, which content_length_limit has
+            // checked; an error here is a client that went away.
+            let mut chunk = chunk.map_err(|_| warp::reject::custom(BodyBroken))?;
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                out.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(Bytes::from(out))
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::info!(
+                "request body not received within http_server.body_read_timeout; answering 408"
+            );
+            Err(warp::reject::custom(BodyTimeout))
+        }
+    }
+}
+
+/// A request body that broke off.
+#[derive(Debug)]
+struct BodyBroken;
+impl warp::reject::Reject for BodyBroken {}
 
 /// The client's address (see [`crate::listener::client_addr`]); `None` only where rotor did
 /// not accept the connection itself (warp's test harness).
@@ -155,8 +209,10 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
                 .or(warp::any().map(BTreeMap::new))
                 .unify(),
         )
-        .and(warp::body::content_length_limit(16 * 1024 * 1024))
-        .and(warp::body::bytes())
+        .and(body(
+            16 * 1024 * 1024,
+            state.config.http_server.body_read_timeout,
+        ))
         .and(with_state.clone())
         .then(
             |method: String,
@@ -396,17 +452,23 @@ fn routes(state: AppState) -> warp::filters::BoxedFilter<(warp::reply::Response,
 async fn rejection(
     err: warp::Rejection,
 ) -> Result<warp::reply::Response, std::convert::Infallible> {
-    let (status, text) =
-        if err.is_not_found() || err.find::<warp::reject::MethodNotAllowed>().is_some() {
-            (StatusCode::NOT_FOUND, "not found\n")
-        } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
-            (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
-        } else if err.find::<warp::reject::LengthRequired>().is_some() {
-            (StatusCode::LENGTH_REQUIRED, "content-length required\n")
-        } else {
-            tracing::debug!(?err, "bad request");
-            (StatusCode::BAD_REQUEST, "bad request\n")
-        };
+    // Specific rejections first: a request that reached its route and failed there also
+    // carries the not-found and method rejections of the routes it did not match.
+    let (status, text) = if err.find::<BodyTimeout>().is_some() {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time\n",
+        )
+    } else if err.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+    } else if err.find::<warp::reject::LengthRequired>().is_some() {
+        (StatusCode::LENGTH_REQUIRED, "content-length required\n")
+    } else if err.is_not_found() || err.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::NOT_FOUND, "not found\n")
+    } else {
+        tracing::debug!(?err, "bad request");
+        (StatusCode::BAD_REQUEST, "bad request\n")
+    };
     Ok(crate::plain(status, text))
 }
 
@@ -420,7 +482,7 @@ pub struct Server {
 }
 
 /// Binds a listening socket with `TCP_NODELAY` set, which Linux passes on to every accepted
-/// socket (warp's acceptor cannot be replaced and does not set it). Without it, Nagle's
+/// socket. Without it, Nagle's
 /// algorithm holds a small push back until the client's delayed ACK: ~40 ms at p99 under
 /// fan-out (rotor-bench fanout, 100 subscribers).
 async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {

@@ -283,3 +283,58 @@ async fn history_requests_are_capped_at_the_configured_limit() {
     assert_eq!(limit_hits(&server).await["history_limit"], 1.0);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_body_that_never_finishes_gets_408() {
+    let mut config = test_config();
+    config.http_server.body_read_timeout = Duration::from_millis(300);
+    let server = TestServer::start(config).await;
+    for (path, key) in [("/api/info", true), ("/connection/http_stream", false)] {
+        let mut slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let auth = if key {
+            format!("X-API-Key: {API_KEY}\r\n")
+        } else {
+            String::new()
+        };
+        slow.write_all(
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 100\r\n\r\n{{\"par")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{path}");
+    }
+    // A complete request is answered as usual.
+    let (status, _) = server.api("info", json!({})).await;
+    assert_eq!(status, 200);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_api_body_gets_413_before_it_is_sent() {
+    let server = TestServer::start(test_config()).await;
+    // Only the headers: the answer comes from Content-Length, nothing is buffered.
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\nContent-Length: {}\r\n\r\n",
+            17 * 1024 * 1024
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    server.shutdown().await;
+}
