@@ -338,3 +338,30 @@ async fn an_oversized_api_body_gets_413_before_it_is_sent() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn channel_names_are_checked_for_length_and_characters() {
+    let mut config = test_config();
+    config.channel.max_length = 20;
+    let server = TestServer::start(config).await;
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("names")).await;
+    let long = format!("open:{}", "x".repeat(16));
+    for (id, ch) in [
+        (2, long.as_str()),
+        (3, "open:with space"),
+        (4, "open:tab\there"),
+        (5, "open:nul\u{0}"),
+        (6, "open:ünïcode"),
+    ] {
+        ws.send(&json!({"id": id, "subscribe": {"channel": ch}}).to_string())
+            .await;
+        let reply = ws.reply().await;
+        assert_eq!(reply["error"]["code"], 107, "{ch:?}: {reply}");
+    }
+    // The connection is fine and a good name of the maximum length works.
+    let ok = format!("open:{}", "x".repeat(15));
+    ws.send(&json!({"id": 7, "subscribe": {"channel": ok}}).to_string())
+        .await;
+    assert!(ws.reply().await["subscribe"].is_object());
+    server.shutdown().await;
+}
