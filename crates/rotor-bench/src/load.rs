@@ -667,6 +667,9 @@ pub struct Publisher {
     ws: futures_util::stream::SplitSink<Ws, Message>,
     next_id: u64,
     pub errors: Arc<AtomicU64>,
+    /// rotor sent a ping (`{}`) that the next flush answers, or the server would close
+    /// the publisher with 3012 in runs longer than ping + pong timeout (33 s).
+    pinged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Publisher {
@@ -698,11 +701,16 @@ impl Publisher {
         let (sink, mut stream) = ws.split();
         // Replies (rotor) and pings (NATS) come back on the same socket; count errors.
         let errs = errors.clone();
+        let pinged = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ping_seen = pinged.clone();
         tokio::spawn(async move {
             while let Some(Ok(m)) = stream.next().await {
                 if let Message::Text(t) = m {
                     let n = t.split('\n').filter(|l| l.contains("\"error\"")).count();
                     errs.fetch_add(n as u64, Ordering::Relaxed);
+                    if t.split('\n').any(|l| l == "{}") {
+                        ping_seen.store(true, Ordering::Relaxed);
+                    }
                 }
             }
         });
@@ -711,6 +719,7 @@ impl Publisher {
             ws: sink,
             next_id: 2,
             errors,
+            pinged,
         }
     }
 
@@ -733,6 +742,9 @@ impl Publisher {
     }
 
     pub async fn flush(&mut self) {
+        if self.pinged.swap(false, Ordering::Relaxed) {
+            self.ws.feed(Message::text("{}")).await.expect("pong");
+        }
         self.ws.flush().await.expect("flush");
     }
 }

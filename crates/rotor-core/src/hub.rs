@@ -41,6 +41,9 @@ pub struct ClientHandle {
     queue_limit: usize,
     pub(crate) cancel: CancellationToken,
     reason: OnceLock<Disconnect>,
+    /// Set by `close`: read on every turn of the session loop, cheaper than asking the
+    /// cancellation token (a mutex).
+    closed: std::sync::atomic::AtomicBool,
     /// The connection token's `jti` and `iat`, for revocation.
     creds: std::sync::Mutex<(Option<Arc<str>>, Option<u64>)>,
     /// When the connection expires (Unix seconds, 0 = never), for the expiry gauges.
@@ -72,6 +75,7 @@ impl ClientHandle {
             queue_limit,
             cancel,
             reason: OnceLock::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
             creds: std::sync::Mutex::new((None, None)),
             expire_at: std::sync::atomic::AtomicU64::new(0),
         };
@@ -130,12 +134,13 @@ impl ClientHandle {
 
     /// Whether the connection is already closing.
     pub(crate) fn closing(&self) -> bool {
-        self.cancel.is_cancelled()
+        self.closed.load(Ordering::Acquire)
     }
 
     /// Ends the connection with `disconnect` (the first reason given wins).
     pub fn close(&self, disconnect: Disconnect) {
         let _ = self.reason.set(disconnect);
+        self.closed.store(true, Ordering::Release);
         self.cancel.cancel();
     }
 

@@ -91,6 +91,7 @@ pub(crate) struct NodeInner {
     pub(crate) revocations: crate::revocation::RevocationSet,
     pub(crate) clock: Clock,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
     uid: String,
     started_at: tokio::time::Instant,
     order: crate::order::Sequencer,
@@ -136,6 +137,7 @@ impl Node {
             revocations: Default::default(),
             clock: Clock::new(),
             shutdown: CancellationToken::new(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             uid,
             started_at: tokio::time::Instant::now(),
             order: Default::default(),
@@ -167,6 +169,13 @@ impl Node {
     /// Cancelled when the node shuts down; every session watches it.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.inner.shutdown.clone()
+    }
+
+    /// Whether `shutdown` has begun (an atomic read, for hot loops).
+    pub fn stopping(&self) -> bool {
+        self.inner
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Options of a channel, after checking its name.
@@ -443,6 +452,9 @@ impl Node {
     /// Closes every session with 3001 (shutdown) and waits until they are gone, at most
     /// `timeout`. Returns the number of connections still open when it gave up.
     pub async fn shutdown(&self, timeout: Duration) -> usize {
+        self.inner
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         self.inner.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

@@ -132,7 +132,7 @@ struct Session {
 pub async fn run(
     node: Node,
     params: SessionParams,
-    mut reader: impl TransportReader,
+    reader: impl TransportReader + 'static,
     mut writer: impl TransportWriter,
 ) -> Option<Disconnect> {
     let cfg = &node.config().client;
@@ -169,27 +169,68 @@ pub async fn run(
     // Command, message and timer handlers run boxed: their state (often several KiB, as
     // they await storage and the broker) is allocated only while one runs, so an idle
     // connection's task holds just this loop.
+    //
+    // The loop runs once per wake-up, under fan-out once per delivery, so it keeps its
+    // futures across turns instead of making new ones each time: the pending read, the
+    // timer (moved only when the next deadline moves) and the cancellation wait (polled
+    // last; a cheap flag is checked first on every turn).
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+    // The pending read owns the reader and hands it back with what it read.
+    let mut reader = Some(reader);
+    let mut read = None;
+    let stopping = |client: &ClientHandle| {
+        (client.closing() || node.stopping())
+            .then(|| client.close_reason().unwrap_or(Disconnect::SHUTDOWN))
+    };
     let ending = loop {
+        if let Some(d) = stopping(&client) {
+            break Some(d);
+        }
         let deadline = s.next_deadline();
+        if deadline != armed {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(at);
+            }
+            armed = deadline;
+        }
         let mut ending = if let Some(result) = first.take() {
             result
         } else {
+            let reading = read.get_or_insert_with(|| {
+                let mut r = reader.take().expect("the reader is back after each read");
+                Box::pin(async move {
+                    let inbound = r.read().await;
+                    (r, inbound)
+                })
+            });
             tokio::select! {
             biased;
-            _ = cancel.cancelled() => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
             msg = inbox.recv() => match msg {
                 Some(msg) => Box::pin(s.on_messages(msg, &mut inbox)).await,
                 None => None,
             },
-            inbound = reader.read() => match inbound {
-                Inbound::Frame(frame) => {
-                    node.inner.observer.received(s.transport.name, frame.len());
-                    Box::pin(s.on_frame(&frame)).await
+            (r, inbound) = reading => {
+                read = None;
+                reader = Some(r);
+                match inbound {
+                    Inbound::Frame(frame) => {
+                        node.inner.observer.received(s.transport.name, frame.len());
+                        Box::pin(s.on_frame(&frame)).await
+                    }
+                    Inbound::Refused(d) => Some(d),
+                    Inbound::Closed => break None,
                 }
-                Inbound::Refused(d) => Some(d),
-                Inbound::Closed => break None,
-            },
-            _ = sleep_until_opt(deadline) => Box::pin(s.on_timer()).await,
+            }
+            _ = &mut timer, if armed.is_some() => {
+                // Armed again next turn, even for the same deadline.
+                armed = None;
+                Box::pin(s.on_timer()).await
+            }
+            _ = &mut cancelled => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
             }
         };
         if !s.out.is_empty() {
@@ -199,13 +240,14 @@ pub async fn run(
                 .observer
                 .sent(s.transport.name, messages.len(), bytes);
             let write = tokio::select! {
+                biased;
                 r = writer.write(messages) => r,
-                _ = cancel.cancelled() => Ok(()),
+                _ = &mut cancelled => Ok(()),
             };
             if let Err(e) = write {
                 tracing::debug!(client = %client.id(), error = %e, "write failed");
                 ending = ending.or(Some(Disconnect::WRITE_ERROR));
-                if cancel.is_cancelled() || ending.is_some() {
+                if ending.is_some() {
                     break ending;
                 }
             }
@@ -213,10 +255,8 @@ pub async fn run(
         if let Some(d) = ending {
             break Some(d);
         }
-        if cancel.is_cancelled() {
-            break Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN));
-        }
     };
+    drop(read);
     if let Some(d) = &ending {
         let limit = match d.code {
             c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
@@ -273,13 +313,6 @@ fn rate_burst(cfg: &crate::config::ClientConfig) -> u32 {
         cfg.command_rate_burst
     } else {
         cfg.command_rate_limit
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -212,19 +212,24 @@ impl TransportWriter for WsWriter {
         } else {
             messages.join("\n")
         };
-        match tokio::time::timeout(
-            self.write_timeout,
-            self.sink.send(Message::Text(frame.into())),
-        )
-        .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(std::io::Error::other(e)),
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "websocket write timed out",
-            )),
-        }
+        let mut send = self.sink.send(Message::Text(frame.into()));
+        // Most writes finish at once (the socket has room); only a write that has to wait
+        // gets a timer, so the common case does not touch the timer wheel.
+        let result = match futures_util::poll!(&mut send) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => {
+                match tokio::time::timeout(self.write_timeout, send).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "websocket write timed out",
+                        ))
+                    }
+                }
+            }
+        };
+        result.map_err(std::io::Error::other)
     }
 
     async fn close(&mut self, disconnect: &Disconnect) {
