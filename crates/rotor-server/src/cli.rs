@@ -243,13 +243,19 @@ fn init_logging(config: &Config) {
         };
         EnvFilter::new(spec)
     });
-    // tungstenite logs the text of every frame at trace level, connection tokens included:
-    // whatever the filter asks for, those crates log at debug at most.
-    let filter = ["tungstenite=debug", "tokio_tungstenite=debug"]
-        .into_iter()
-        .fold(filter, |f, d| {
-            f.add_directive(d.parse().expect("a valid directive"))
-        });
+    // tungstenite logs the text of every frame at trace level, connection tokens included.
+    // When anything is logged at trace, those crates are held to info (a directive of its
+    // own would otherwise switch them on at a level the filter did not ask for).
+    let trace = filter.max_level_hint() == Some(tracing_subscriber::filter::LevelFilter::TRACE);
+    let filter = if trace {
+        ["tungstenite=info", "tokio_tungstenite=info"]
+            .into_iter()
+            .fold(filter, |f, d| {
+                f.add_directive(d.parse().expect("a valid directive"))
+            })
+    } else {
+        filter
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

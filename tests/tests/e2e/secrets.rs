@@ -145,3 +145,55 @@ allow_subscribe_for_client = true
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn the_default_log_level_stays_quiet_about_every_connection() {
+    // A directive meant to cap tungstenite once switched its debug output on at every
+    // level; at the default level a connect and a close log nothing per connection.
+    let dir = std::env::temp_dir().join(format!("rotor-quiet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("rotor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http_server]\naddress = \"127.0.0.1\"\nport = 0\n[client.token]\nhmac_secret_key = \"{SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    let log_path = dir.join("stderr.log");
+    let mut child = tokio::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr: std::net::SocketAddr = first
+        .strip_prefix("listening on ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    for _ in 0..3 {
+        let (ws, _) = RawWs::connected(
+            &format!("ws://{addr}/connection/websocket"),
+            &user_token("quiet"),
+        )
+        .await;
+        drop(ws);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill().await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("rotor listening"), "{log}");
+    assert!(!log.contains("tungstenite"), "{log}");
+    assert!(!log.contains("DEBUG") && !log.contains("TRACE"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
