@@ -10,8 +10,8 @@ pub mod config;
 pub mod listener;
 pub mod metrics;
 pub mod server;
-mod stream;
-mod uni;
+pub mod stream;
+pub mod uni;
 mod ws;
 
 pub use config::Config;

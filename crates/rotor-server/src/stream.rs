@@ -219,13 +219,21 @@ pub fn unidirectional(
     streaming_response(body_rx, framing)
 }
 
-#[derive(serde::Deserialize)]
-struct EmulationRequest {
-    session: String,
+/// The body of `POST /emulation` (public for the fuzz target, fuzz/).
+#[derive(Debug, serde::Deserialize)]
+pub struct EmulationRequest {
+    pub session: String,
     #[serde(default)]
-    node: String,
+    pub node: String,
     /// The commands as one JSON string, `\n`-joined.
-    data: String,
+    pub data: String,
+}
+
+impl EmulationRequest {
+    /// Parses a `POST /emulation` body (or a copy forwarded by another node).
+    pub fn parse(body: &[u8]) -> Result<EmulationRequest, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
 }
 
 /// `POST /emulation`: 204 when the commands were handed to the session, 404 for an unknown
@@ -233,7 +241,7 @@ struct EmulationRequest {
 /// A request for a session on another node (its `node` is not this one) is forwarded there
 /// through Redis when the broker is Redis: 204 once a node took it, 404 when no node listens.
 pub async fn post(state: &AppState, body: &[u8]) -> StatusCode {
-    let req: EmulationRequest = match serde_json::from_slice(body) {
+    let req = match EmulationRequest::parse(body) {
         Ok(r) => r,
         Err(e) => {
             tracing::info!(error = %e, "emulation request is not {{session, node, data: string}}");
@@ -264,7 +272,7 @@ pub struct ForwardedEmulation(pub Arc<Sessions>);
 
 impl rotor_broker_redis::NodeMessageHandler for ForwardedEmulation {
     fn on_node_message(&self, payload: &str) {
-        match serde_json::from_str::<EmulationRequest>(payload) {
+        match EmulationRequest::parse(payload.as_bytes()) {
             Ok(req) => {
                 let status = deliver(&self.0, req);
                 if status != StatusCode::NO_CONTENT {
