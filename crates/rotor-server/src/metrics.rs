@@ -14,6 +14,23 @@ use rotor_core::Node;
 /// A gauge set from node statistics at scrape time.
 type NodeGauge = (IntGauge, fn(&rotor_core::NodeInfo) -> usize);
 
+/// The transports rotor serves, by the names the session reports.
+const TRANSPORTS: [&str; 6] = [
+    "websocket",
+    "http_stream",
+    "sse",
+    "uni_websocket",
+    "uni_http_stream",
+    "uni_sse",
+];
+
+struct TransportIo {
+    sent: IntCounter,
+    sent_bytes: IntCounter,
+    received: IntCounter,
+    received_bytes: IntCounter,
+}
+
 /// Every metric the server exports.
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +54,10 @@ pub struct Metrics {
     bytes_sent: IntCounterVec,
     messages_received: IntCounterVec,
     bytes_received: IntCounterVec,
+    /// The four transport counters of each built-in transport, resolved once: `sent` runs
+    /// once per write to a client (under fan-out, per delivery), and a labelled lookup
+    /// hashes the label and takes a lock every time.
+    io: Vec<(&'static str, TransportIo)>,
     publications: IntCounterVec,
     broker_publish: Histogram,
     broker_lag: Histogram,
@@ -59,6 +80,30 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
 impl Metrics {
     /// `centrifugo_aliases` adds Centrifugo's metric names for the node gauges.
     pub fn new(centrifugo_aliases: bool) -> Metrics {
+        let mut metrics = Metrics::unresolved(centrifugo_aliases);
+        metrics.io = TRANSPORTS
+            .iter()
+            .map(|t| {
+                let io = TransportIo {
+                    sent: metrics.messages_sent.with_label_values(&[t]),
+                    sent_bytes: metrics.bytes_sent.with_label_values(&[t]),
+                    received: metrics.messages_received.with_label_values(&[t]),
+                    received_bytes: metrics.bytes_received.with_label_values(&[t]),
+                };
+                (*t, io)
+            })
+            .collect();
+        metrics
+    }
+
+    fn transport_io(&self, transport: &str) -> Option<&TransportIo> {
+        self.io
+            .iter()
+            .find(|(t, _)| *t == transport)
+            .map(|(_, io)| io)
+    }
+
+    fn unresolved(centrifugo_aliases: bool) -> Metrics {
         let registry = Registry::new();
         let connections = IntGaugeVec::new(
             Opts::new("rotor_connections", "Open client connections by transport."),
@@ -317,6 +362,7 @@ impl Metrics {
             refresh_lag,
             kicked,
             node_gauges,
+            io: Vec::new(),
         }
     }
 
@@ -415,6 +461,11 @@ impl Observer for Metrics {
     }
 
     fn sent(&self, transport: &'static str, messages: usize, bytes: usize) {
+        if let Some(io) = self.transport_io(transport) {
+            io.sent.inc_by(messages as u64);
+            io.sent_bytes.inc_by(bytes as u64);
+            return;
+        }
         self.messages_sent
             .with_label_values(&[transport])
             .inc_by(messages as u64);
@@ -424,6 +475,11 @@ impl Observer for Metrics {
     }
 
     fn received(&self, transport: &'static str, bytes: usize) {
+        if let Some(io) = self.transport_io(transport) {
+            io.received.inc();
+            io.received_bytes.inc_by(bytes as u64);
+            return;
+        }
         self.messages_received.with_label_values(&[transport]).inc();
         self.bytes_received
             .with_label_values(&[transport])
