@@ -179,6 +179,7 @@ pub async fn run(
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    let mut turn: u32 = 0;
     // The pending read owns the reader and hands it back with what it read.
     let mut reader = Some(reader);
     let mut read = None;
@@ -207,30 +208,48 @@ pub async fn run(
                     (r, inbound)
                 })
             });
-            tokio::select! {
-            biased;
-            msg = inbox.recv() => match msg {
-                Some(msg) => Box::pin(s.on_messages(msg, &mut inbox)).await,
-                None => None,
-            },
-            (r, inbound) = reading => {
-                read = None;
-                reader = Some(r);
-                match inbound {
-                    Inbound::Frame(frame) => {
-                        node.inner.observer.received(s.transport.name, frame.len());
-                        Box::pin(s.on_frame(&frame)).await
-                    }
-                    Inbound::Refused(d) => Some(d),
-                    Inbound::Closed => break None,
+            // Messages to deliver come first, but every FAIR_EVERY-th turn the timer and
+            // the client's frames do: a client kept busy by a hot channel still gets its
+            // expiry, ping and refresh handled.
+            turn = turn.wrapping_add(1);
+            let wake = if turn.is_multiple_of(FAIR_EVERY) {
+                tokio::select! {
+                biased;
+                _ = &mut timer, if armed.is_some() => Wake::Timer,
+                (r, inbound) = reading => Wake::Read(r, inbound),
+                msg = inbox.recv() => Wake::Message(msg),
+                _ = &mut cancelled => Wake::Cancelled,
                 }
-            }
-            _ = &mut timer, if armed.is_some() => {
-                // Armed again next turn, even for the same deadline.
-                armed = None;
-                Box::pin(s.on_timer()).await
-            }
-            _ = &mut cancelled => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
+            } else {
+                tokio::select! {
+                biased;
+                msg = inbox.recv() => Wake::Message(msg),
+                (r, inbound) = reading => Wake::Read(r, inbound),
+                _ = &mut timer, if armed.is_some() => Wake::Timer,
+                _ = &mut cancelled => Wake::Cancelled,
+                }
+            };
+            match wake {
+                Wake::Message(Some(msg)) => Box::pin(s.on_messages(msg, &mut inbox)).await,
+                Wake::Message(None) => None,
+                Wake::Read(r, inbound) => {
+                    read = None;
+                    reader = Some(r);
+                    match inbound {
+                        Inbound::Frame(frame) => {
+                            node.inner.observer.received(s.transport.name, frame.len());
+                            Box::pin(s.on_frame(&frame)).await
+                        }
+                        Inbound::Refused(d) => Some(d),
+                        Inbound::Closed => break None,
+                    }
+                }
+                Wake::Timer => {
+                    // Armed again next turn, even for the same deadline.
+                    armed = None;
+                    Box::pin(s.on_timer()).await
+                }
+                Wake::Cancelled => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
             }
         };
         if !s.out.is_empty() {
@@ -294,6 +313,18 @@ pub async fn run(
     }
     ending
 }
+
+/// What woke the session loop.
+enum Wake<R> {
+    Message(Option<SessionMsg>),
+    Read(R, Inbound),
+    Timer,
+    Cancelled,
+}
+
+/// Every this many turns the session loop looks at its timer and the client's frames
+/// before its queue of messages to deliver.
+const FAIR_EVERY: u32 = 16;
 
 /// A client address for log lines (`-` when the transport does not know it).
 struct Addr(Option<std::net::IpAddr>);

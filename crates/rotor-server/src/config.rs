@@ -645,6 +645,22 @@ impl Config {
 
     /// Checks that cannot be expressed in types.
     pub fn validate(&self) -> Result<(), ServerError> {
+        for (key, value) in [
+            (
+                "http_server.header_read_timeout",
+                self.http_server.header_read_timeout,
+            ),
+            (
+                "http_server.body_read_timeout",
+                self.http_server.body_read_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ServerError::Config(format!(
+                    "{key}: must be above zero (it bounds how long a client may take; 0 would refuse every request)"
+                )));
+            }
+        }
         match self.storage.kind.as_str() {
             "memory" => {}
             "postgres" => {

@@ -87,24 +87,41 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAdd
     if !is_trusted(peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = headers
+    let lines: Vec<&[u8]> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|part| part.trim().parse().ok())
+        .map(|v| v.as_bytes())
         .collect();
-    if let Some(ip) = forwarded.iter().rev().find(|ip| !is_trusted(**ip)) {
-        return *ip;
+    if lines.is_empty() {
+        // Only without X-Forwarded-For: a client can add X-Real-IP too, and a proxy that
+        // appends to X-Forwarded-For may pass it through untouched.
+        return headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_hop(v.as_bytes()))
+            .unwrap_or(peer);
     }
-    if let Some(ip) = headers
-        .get("x-real-ip")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-    {
-        return ip;
+    // From the right: trusted proxies' hops are skipped; the first other address is the
+    // client as the outermost trusted proxy saw it. An entry that does not parse ends the
+    // walk at the last hop that did (what is left of it was written by the client).
+    let mut last = peer;
+    for entry in lines.iter().rev().flat_map(|l| l.rsplit(|b| *b == b',')) {
+        match parse_hop(entry) {
+            Some(ip) if is_trusted(ip) => last = ip,
+            Some(ip) => return ip,
+            None => return last,
+        }
     }
-    forwarded.first().copied().unwrap_or(peer)
+    last
+}
+
+/// One `X-Forwarded-For` entry: an IP address, possibly with a port (`1.2.3.4:5678`,
+/// `[::1]:5678`).
+fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim();
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// The certificate and key, swapped in place when the files change.
@@ -112,13 +129,17 @@ pub fn client_addr(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAdd
 pub struct Certificates {
     cert_file: PathBuf,
     key_file: PathBuf,
-    current: RwLock<(Arc<CertifiedKey>, Option<SystemTime>)>,
+    current: RwLock<(Arc<CertifiedKey>, Stamp)>,
 }
 
-fn modified(cert: &PathBuf, key: &PathBuf) -> Option<SystemTime> {
+/// The certificate's and the key's modification times.
+type Stamp = Option<(SystemTime, SystemTime)>;
+
+/// Both files' modification times (a copy that keeps an older time still changes the pair).
+fn modified(cert: &PathBuf, key: &PathBuf) -> Stamp {
     let c = std::fs::metadata(cert).and_then(|m| m.modified()).ok()?;
     let k = std::fs::metadata(key).and_then(|m| m.modified()).ok()?;
-    Some(c.max(k))
+    Some((c, k))
 }
 
 fn load_certified_key(cert_file: &PathBuf, key_file: &PathBuf) -> Result<CertifiedKey, String> {
@@ -156,8 +177,9 @@ impl Certificates {
     pub fn load(cfg: &TlsConfig) -> Result<Arc<Certificates>, String> {
         let cert_file = PathBuf::from(&cfg.cert_pem_file);
         let key_file = PathBuf::from(&cfg.key_pem_file);
-        let key = load_certified_key(&cert_file, &key_file)?;
+        // Stamped before reading: a change while loading is seen by the next check.
         let stamp = modified(&cert_file, &key_file);
+        let key = load_certified_key(&cert_file, &key_file)?;
         Ok(Arc::new(Certificates {
             cert_file,
             key_file,
@@ -167,9 +189,9 @@ impl Certificates {
 
     /// Loads the files again. A broken pair is logged and the old certificate stays in use.
     pub fn reload(&self, why: &str) -> bool {
+        let stamp = modified(&self.cert_file, &self.key_file);
         match load_certified_key(&self.cert_file, &self.key_file) {
             Ok(key) => {
-                let stamp = modified(&self.cert_file, &self.key_file);
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(key), stamp);
                 tracing::info!(cert = %self.cert_file.display(), reason = why, "TLS certificate reloaded");
                 true
@@ -288,6 +310,12 @@ pub async fn serve(
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionRefused
+                ) => continue,
                 Err(e) => {
                     // Out of file descriptors (EMFILE) or similar: wait a little instead of
                     // spinning; connections already open keep working.
@@ -451,6 +479,35 @@ mod tests {
         let mut junk = HeaderMap::new();
         junk.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
         assert_eq!(client_addr(ip("10.0.0.1"), &junk, &trusted), ip("10.0.0.1"));
+        // A client's unparsable prefix, with X-Real-IP beside it, cannot hide the address
+        // the proxy appended, nor choose its own.
+        let mut spoof = HeaderMap::new();
+        spoof.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 203.0.113.50").unwrap(),
+        );
+        spoof.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &spoof, &trusted),
+            ip("203.0.113.50")
+        );
+        let mut garbage_last = HeaderMap::new();
+        garbage_last.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4, junk"));
+        garbage_last.insert("x-real-ip", HeaderValue::from_static("1.2.3.4"));
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &garbage_last, &trusted),
+            ip("10.0.0.1")
+        );
+        // Ports in entries are accepted.
+        let mut ported = HeaderMap::new();
+        ported.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7:4711"),
+        );
+        assert_eq!(
+            client_addr(ip("10.0.0.1"), &ported, &trusted),
+            ip("203.0.113.7")
+        );
     }
 
     #[test]

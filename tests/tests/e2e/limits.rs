@@ -365,3 +365,17 @@ async fn channel_names_are_checked_for_length_and_characters() {
     assert!(ws.reply().await["subscribe"].is_object());
     server.shutdown().await;
 }
+
+#[test]
+fn zero_request_timeouts_are_configuration_errors() {
+    for set in [
+        |c: &mut rotor_server::Config| c.http_server.header_read_timeout = Duration::ZERO,
+        |c: &mut rotor_server::Config| c.http_server.body_read_timeout = Duration::ZERO,
+    ] {
+        let mut config = test_config();
+        set(&mut config);
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("must be above zero"), "{err}");
+    }
+    assert!(test_config().validate().is_ok());
+}
