@@ -808,16 +808,49 @@ impl PgSchema {
     }
 }
 
+/// The server's `/metrics` as series (name with labels) -> value; asserts it answers 200.
+pub async fn metrics(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let (status, body) = http_raw(
+        addr,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            l.rsplit_once(' ')
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
+        })
+        .collect()
+}
+
 /// Starts the `rotor` binary (`bin`, from `CARGO_BIN_EXE_…`) with a config file and waits
 /// until it prints the address it listens on. Killed when the returned child is dropped.
 pub async fn spawn_rotor(bin: &str, config: &std::path::Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(bin)
+    spawn_rotor_with(bin, config, Some("warn"), Stdio::inherit()).await
+}
+
+/// [`spawn_rotor`] with `RUST_LOG` set to `rust_log` (`None`: unset, so the config's level
+/// applies) and stderr sent to `stderr` (a file, to read the log afterwards).
+pub async fn spawn_rotor_with(
+    bin: &str,
+    config: &std::path::Path,
+    rust_log: Option<&str>,
+    stderr: Stdio,
+) -> (Child, SocketAddr) {
+    let mut command = Command::new(bin);
+    command
         .arg("--config")
         .arg(config)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
+        .stderr(stderr)
+        .kill_on_drop(true);
+    match rust_log {
+        Some(level) => command.env("RUST_LOG", level),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();

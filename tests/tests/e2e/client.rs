@@ -129,6 +129,26 @@ impl Recorder {
         v["_offset"] = json!(publication.offset);
         v
     }
+
+    /// Waits for a subscription that was recovering to be subscribed again; returns
+    /// whether everything missed was recovered.
+    pub(crate) async fn resubscribed(&mut self) -> bool {
+        let e = self
+            .until("resubscribed", |e| {
+                matches!(
+                    e,
+                    Event::Subscribed {
+                        was_recovering: true,
+                        ..
+                    }
+                )
+            })
+            .await;
+        let Event::Subscribed { recovered, .. } = e else {
+            unreachable!()
+        };
+        recovered
+    }
 }
 
 pub(crate) fn is_connected(e: &Event) -> bool {
@@ -424,20 +444,7 @@ async fn recovers_after_a_server_restart(transport: Transport) {
         publish(other_addr, n).await;
     }
     let (mut b, _) = spawn_rotor(BIN, &main_cfg).await;
-    let e = rec
-        .until("resubscribed", |e| {
-            matches!(
-                e,
-                Event::Subscribed {
-                    was_recovering: true,
-                    ..
-                }
-            )
-        })
-        .await;
-    let Event::Subscribed { recovered, .. } = e else {
-        unreachable!()
-    };
+    let recovered = rec.resubscribed().await;
     assert!(recovered, "{:#?}", rec.seen);
     for n in 2..=4u64 {
         let p = rec.publication("chat:durable").await;

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
 use super::client::{client_config, Recorder};
+use super::postgres::config_file;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rotor-under-test");
 
@@ -181,18 +182,24 @@ impl PrivatePg {
         Some(pg)
     }
 
-    fn run(&self, tool: &str, args: &[&str]) {
+    /// A command for one of the server's tools, run as the postgres user when we are root.
+    fn command(&self, tool: &str) -> StdCommand {
         let exe = self.bin.join(tool);
-        let out = if self.as_postgres {
-            StdCommand::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .output()
+        if self.as_postgres {
+            let mut c = StdCommand::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(exe);
+            c
         } else {
-            StdCommand::new(&exe).args(args).output()
+            StdCommand::new(exe)
         }
-        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let out = self
+            .command(tool)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
         assert!(
             out.status.success(),
             "{tool} {args:?}: {}{}",
@@ -242,19 +249,30 @@ impl PrivatePg {
 impl Drop for PrivatePg {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        let exe = self.bin.join("pg_ctl");
-        let args = ["-D", data.to_str().unwrap(), "-m", "immediate", "stop"];
-        let _ = if self.as_postgres {
-            StdCommand::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&exe)
-                .args(args)
-                .output()
-        } else {
-            StdCommand::new(&exe).args(args).output()
-        };
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `n` -> offset of every publication in a channel's history (data `{"n": …}`).
+async fn stored_history(server: &TestServer, channel: &str) -> BTreeMap<u64, u64> {
+    let (_, h) = server
+        .api("history", json!({"channel": channel, "limit": 10_000}))
+        .await;
+    h["result"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("history of {channel}: {h}"))
+        .iter()
+        .map(|p| {
+            (
+                p["data"]["n"].as_u64().unwrap(),
+                p["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn durable_namespace() -> rotor_core::config::NamespaceConfig {
@@ -366,20 +384,7 @@ async fn postgres_stopped_and_started_during_traffic() {
     ws.send(r#"{"id":3,"ping":{}}"#).await;
     assert_eq!(ws.reply().await["id"], 3, "the client kept its connection");
     // History holds every acknowledged publication at the offset it was acknowledged with.
-    let (_, h) = server
-        .api("history", json!({"channel": "durable:pg", "limit": 10_000}))
-        .await;
-    let stored: BTreeMap<u64, u64> = h["result"]["publications"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|p| {
-            (
-                p["data"]["n"].as_u64().unwrap(),
-                p["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let stored = stored_history(&server, "durable:pg").await;
     for (n, offset) in &tally.acked {
         assert_eq!(
             stored.get(n),
@@ -420,39 +425,6 @@ fn received(events: &[Event]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn node_config(pg: &PgSchema, port: u16, name: &str) -> PathBuf {
-    let text = format!(
-        r#"
-[http_server]
-address = "127.0.0.1"
-port = {port}
-[client.token]
-hmac_secret_key = "{SECRET}"
-[client]
-history_max_publication_limit = 10000
-recovery_max_publication_limit = 10000
-[http_api]
-key = "{API_KEY}"
-[storage]
-type = "postgres"
-[storage.postgres]
-dsn = "{dsn}"
-schema = "{schema}"
-[[channel.namespaces]]
-name = "durable"
-history_size = 10000
-history_ttl = "10m"
-force_recovery = true
-allow_subscribe_for_client = true
-"#,
-        dsn = pg.dsn,
-        schema = pg.schema
-    );
-    let path = std::env::temp_dir().join(format!("rotor-fault-{}-{name}.toml", std::process::id()));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[tokio::test]
 async fn killed_server_restarts_and_clients_recover_every_acknowledged_publication() {
     let Some(pg) = PgSchema::create("sigkill").await else {
@@ -460,17 +432,17 @@ async fn killed_server_restarts_and_clients_recover_every_acknowledged_publicati
     };
     const CLIENTS: usize = 20;
     let port = free_port();
-    let main_cfg = node_config(&pg, port, "main");
+    let main_cfg = config_file(&pg, port, "fault-main");
     let (mut a, a_addr) = spawn_rotor(BIN, &main_cfg).await;
     // A second node on the same database takes publications while the first is down.
-    let (mut b, b_addr) = spawn_rotor(BIN, &node_config(&pg, 0, "spare")).await;
+    let (mut b, b_addr) = spawn_rotor(BIN, &config_file(&pg, 0, "fault-spare")).await;
 
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let mut cfg = client_config(a_addr, Transport::WebSocket);
         cfg.token = Some(user_token(&format!("c{i}")));
         let (client, events) = Client::new(cfg);
-        let sub = client.subscribe("durable:k", SubscriptionOptions::default());
+        let sub = client.subscribe("chat:k", SubscriptionOptions::default());
         client.connect();
         sub.ready().await.unwrap();
         clients.push((client, Recorder::new(events)));
@@ -487,7 +459,7 @@ async fn killed_server_restarts_and_clients_recover_every_acknowledged_publicati
                 b_addr
             }
         },
-        "durable:k",
+        "chat:k",
         Duration::from_millis(20),
         stop.clone(),
     );
@@ -503,21 +475,7 @@ async fn killed_server_restarts_and_clients_recover_every_acknowledged_publicati
     // Every client comes back and recovers.
     let mut reconnect = Vec::new();
     for (_, rec) in clients.iter_mut() {
-        let e = rec
-            .until("resubscribed", |e| {
-                matches!(
-                    e,
-                    Event::Subscribed {
-                        was_recovering: true,
-                        ..
-                    }
-                )
-            })
-            .await;
-        let Event::Subscribed { recovered, .. } = e else {
-            unreachable!()
-        };
-        assert!(recovered, "the stream was recovered: {e:?}");
+        assert!(rec.resubscribed().await, "the stream was recovered");
         reconnect.push(restarted_at.elapsed());
     }
     let all_back = restarted_at.elapsed();
@@ -892,23 +850,7 @@ async fn graceful_shutdown_under_publish_load_loses_no_acknowledged_publication(
 
     // Whatever was acknowledged, up to the last answer, is in Postgres.
     let again = TestServer::start(config()).await;
-    let (_, h) = again
-        .api(
-            "history",
-            json!({"channel": "durable:bye", "limit": 10_000}),
-        )
-        .await;
-    let stored: BTreeMap<u64, u64> = h["result"]["publications"]
-        .as_array()
-        .expect("history")
-        .iter()
-        .map(|p| {
-            (
-                p["data"]["n"].as_u64().unwrap(),
-                p["offset"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let stored = stored_history(&again, "durable:bye").await;
     let missing: Vec<_> = acked
         .iter()
         .filter(|(n, o)| stored.get(n) != Some(o))

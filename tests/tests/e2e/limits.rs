@@ -9,16 +9,15 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn limit_hits(server: &TestServer) -> HashMap<String, f64> {
-    let (status, body) = http_raw(
-        server.addr,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status, 200);
-    body.lines()
-        .filter_map(|l| l.strip_prefix("rotor_limit_hits_total{limit=\""))
-        .filter_map(|l| l.split_once("\"} "))
-        .map(|(k, v)| (k.to_string(), v.trim().parse().unwrap()))
+    metrics(server.addr)
+        .await
+        .into_iter()
+        .filter_map(|(series, v)| {
+            let limit = series
+                .strip_prefix("rotor_limit_hits_total{limit=\"")?
+                .strip_suffix("\"}")?;
+            Some((limit.to_string(), v))
+        })
         .collect()
 }
 

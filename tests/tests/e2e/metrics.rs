@@ -7,22 +7,6 @@ use std::time::Duration;
 use rotor_tests::*;
 use serde_json::json;
 
-async fn scrape(server: &TestServer) -> HashMap<String, f64> {
-    let (status, body) = http_raw(
-        server.addr,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            l.rsplit_once(' ')
-                .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(f64::NAN)))
-        })
-        .collect()
-}
-
 fn get(m: &HashMap<String, f64>, series: &str) -> f64 {
     *m.get(series).unwrap_or_else(|| {
         panic!(
@@ -85,7 +69,7 @@ async fn metrics_follow_the_token_lifecycle() {
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let m = scrape(&server).await;
+    let m = metrics(server.addr).await;
     assert_eq!(
         get(&m, "rotor_connections_with_expiry"),
         1.0,

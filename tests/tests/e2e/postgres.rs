@@ -10,7 +10,7 @@ use tokio::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_rotor-under-test");
 const T: Duration = Duration::from_secs(15);
 
-fn config_file(pg: &PgSchema, port: u16, name: &str) -> std::path::PathBuf {
+pub(crate) fn config_file(pg: &PgSchema, port: u16, name: &str) -> std::path::PathBuf {
     let text = format!(
         r#"
 [http_server]

@@ -1,12 +1,10 @@
 //! Secrets stay secret: `Debug` of the configuration redacts them, and no token, key or
 //! secret reaches the log even at trace level, whatever the client sends.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use rotor_tests::*;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rotor-under-test");
 
@@ -56,26 +54,13 @@ allow_subscribe_for_client = true
     )
     .unwrap();
     let log_path = dir.join("stderr.log");
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr: std::net::SocketAddr = first
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut child, addr) = spawn_rotor_with(
+        BIN,
+        &config,
+        Some("trace"),
+        std::fs::File::create(&log_path).unwrap().into(),
+    )
+    .await;
     let url = format!("ws://{addr}/connection/websocket");
     let sign = |claims: serde_json::Value, key: &str| {
         jsonwebtoken::encode(
@@ -161,26 +146,13 @@ async fn the_default_log_level_stays_quiet_about_every_connection() {
     )
     .unwrap();
     let log_path = dir.join("stderr.log");
-    let mut child = tokio::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr: std::net::SocketAddr = first
-        .strip_prefix("listening on ")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (mut child, addr) = spawn_rotor_with(
+        BIN,
+        &config,
+        None,
+        std::fs::File::create(&log_path).unwrap().into(),
+    )
+    .await;
     for _ in 0..3 {
         let (ws, _) = RawWs::connected(
             &format!("ws://{addr}/connection/websocket"),

@@ -156,6 +156,24 @@ async fn served(pki: &Pki, server: &TestServer) -> Vec<u8> {
     tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
 }
 
+/// Waits (up to 5 s) until the server presents the certificate in `cert`.
+async fn wait_until_served(pki: &Pki, server: &TestServer, cert: &Path, failure: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while served(pki, server).await != der(cert) {
+        assert!(tokio::time::Instant::now() < deadline, "{failure}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGHUP to this process (the TLS servers it runs reload their certificates).
+fn sighup() {
+    let sent = Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
 fn der(path: &Path) -> Vec<u8> {
     CertificateDer::from_pem_file(path).unwrap().to_vec()
 }
@@ -233,19 +251,8 @@ async fn https_and_wss_with_a_certificate_reloaded_on_sighup() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(served(&pki, &server).await, der(&one.0));
     // ...SIGHUP loads them, and the open WebSocket stays up.
-    let hup = Command::new("kill")
-        .args(["-HUP", &std::process::id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while served(&pki, &server).await != der(&two.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "SIGHUP did not reload"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sighup();
+    wait_until_served(&pki, &server, &two.0, "SIGHUP did not reload").await;
     ws.send(r#"{"id":2,"ping":{}}"#.into()).await.unwrap();
     match ws.next().await {
         Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
@@ -256,10 +263,7 @@ async fn https_and_wss_with_a_certificate_reloaded_on_sighup() {
 
     // A broken certificate file is refused and the current one stays.
     std::fs::write(&live.0, "not a certificate").unwrap();
-    Command::new("kill")
-        .args(["-HUP", &std::process::id().to_string()])
-        .status()
-        .unwrap();
+    sighup();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(served(&pki, &server).await, der(&two.0));
     server.shutdown().await;
@@ -277,15 +281,21 @@ async fn certificate_files_are_watched() {
     // File times have a coarse grain on some filesystems; make sure they move.
     tokio::time::sleep(Duration::from_millis(20)).await;
     install(&two, &live);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while served(&pki, &server).await != der(&two.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the change was not picked up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_served(&pki, &server, &two.0, "the change was not picked up").await;
     server.shutdown().await;
+}
+
+/// The error a server with `config` stops at when it starts listening.
+async fn startup_error(config: rotor_server::Config) -> String {
+    match rotor_server::Server::new(config)
+        .await
+        .unwrap()
+        .start()
+        .await
+    {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started with a broken TLS setup"),
+    }
 }
 
 #[tokio::test]
@@ -294,26 +304,10 @@ async fn a_bad_tls_setup_is_a_startup_error_that_names_the_file() {
     let one = pki.leaf("one");
     let other = pki.leaf("other");
     let missing = pki.dir.join("missing.pem");
-    let err = match rotor_server::Server::new(tls_config(&missing, &one.1, Duration::ZERO))
-        .await
-        .unwrap()
-        .start()
-        .await
-    {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("started without a certificate"),
-    };
+    let err = startup_error(tls_config(&missing, &one.1, Duration::ZERO)).await;
     assert!(err.contains("missing.pem"), "{err}");
     // A key that does not belong to the certificate.
-    let err = match rotor_server::Server::new(tls_config(&one.0, &other.1, Duration::ZERO))
-        .await
-        .unwrap()
-        .start()
-        .await
-    {
-        Err(e) => e.to_string(),
-        Ok(_) => panic!("started with a mismatched key"),
-    };
+    let err = startup_error(tls_config(&one.0, &other.1, Duration::ZERO)).await;
     assert!(err.contains("do not go together"), "{err}");
     let key_text = std::fs::read_to_string(&other.1).unwrap();
     let key_body = key_text.lines().nth(1).unwrap();
