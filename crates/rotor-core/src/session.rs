@@ -198,7 +198,7 @@ pub async fn run(
             }
             armed = deadline;
         }
-        let mut ending = if let Some(result) = first.take() {
+        let ending = if let Some(result) = first.take() {
             result
         } else {
             let reading = read.get_or_insert_with(|| {
@@ -265,10 +265,7 @@ pub async fn run(
             };
             if let Err(e) = write {
                 tracing::debug!(client = %client.id(), error = %e, "write failed");
-                ending = ending.or(Some(Disconnect::WRITE_ERROR));
-                if ending.is_some() {
-                    break ending;
-                }
+                break ending.or(Some(Disconnect::WRITE_ERROR));
             }
         }
         if let Some(d) = ending {

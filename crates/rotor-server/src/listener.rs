@@ -229,7 +229,7 @@ impl ResolvesServerCert for Certificates {
 pub fn tls_acceptor(
     cfg: &TlsConfig,
     stop: CancellationToken,
-) -> Result<(tokio_rustls::TlsAcceptor, Arc<Certificates>), ServerError> {
+) -> Result<tokio_rustls::TlsAcceptor, ServerError> {
     let certs = Certificates::load(cfg).map_err(ServerError::Config)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -239,7 +239,7 @@ pub fn tls_acceptor(
         .with_cert_resolver(certs.clone());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let watch = cfg.watch_interval;
-    let watched = certs.clone();
+    let watched = certs;
     // Registered before returning, so a SIGHUP sent once the server is up never meets the
     // default action (which would end the process).
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
@@ -263,7 +263,7 @@ pub fn tls_acceptor(
             }
         }
     });
-    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), certs))
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// What the accept loop needs besides the routes.
@@ -282,7 +282,7 @@ impl Serving {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ServerError::Config)?;
         let tls = if cfg.tls.enabled {
-            Some(tls_acceptor(&cfg.tls, stop.clone())?.0)
+            Some(tls_acceptor(&cfg.tls, stop.clone())?)
         } else {
             None
         };
