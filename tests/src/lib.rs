@@ -549,8 +549,9 @@ impl RawWs {
 /// An in-process transport for driving the core directly (no sockets), e.g. to run
 /// thousands of sessions on tokio's paused clock.
 pub mod mem {
-    use async_trait::async_trait;
-    use rotor_core::session::{Inbound, TransportReader, TransportWriter};
+    use std::task::{Context, Poll};
+
+    use rotor_core::session::{Inbound, Transport};
     use rotor_protocol::Disconnect;
     use tokio::sync::mpsc;
 
@@ -561,29 +562,31 @@ pub mod mem {
         Closed(Disconnect, tokio::time::Instant),
     }
 
-    pub struct Reader(pub mpsc::UnboundedReceiver<String>);
-
-    #[async_trait]
-    impl TransportReader for Reader {
-        async fn read(&mut self) -> Inbound {
-            match self.0.recv().await {
-                Some(f) => Inbound::Frame(f),
-                None => Inbound::Closed,
-            }
-        }
+    /// Frames in from one channel, what the session sent out to another.
+    pub struct Channels {
+        pub frames: mpsc::UnboundedReceiver<String>,
+        pub out: mpsc::UnboundedSender<Out>,
     }
 
-    pub struct Writer(pub mpsc::UnboundedSender<Out>);
+    impl Transport for Channels {
+        fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+            self.frames
+                .poll_recv(cx)
+                .map(|f| f.map(Inbound::Frame).unwrap_or(Inbound::Closed))
+        }
 
-    #[async_trait]
-    impl TransportWriter for Writer {
-        async fn write(&mut self, messages: Vec<String>) -> std::io::Result<()> {
-            let _ = self.0.send(Out::Messages(messages));
+        async fn write(&mut self, messages: Vec<bytes::Bytes>) -> std::io::Result<()> {
+            let messages = messages
+                .iter()
+                .map(|m| String::from_utf8(m.to_vec()).expect("the session writes UTF-8"))
+                .collect();
+            let _ = self.out.send(Out::Messages(messages));
             Ok(())
         }
+
         async fn close(&mut self, d: &Disconnect) {
             let _ = self
-                .0
+                .out
                 .send(Out::Closed(d.clone(), tokio::time::Instant::now()));
         }
     }
@@ -606,8 +609,10 @@ pub mod mem {
         tokio::spawn(rotor_core::session::run(
             node.clone(),
             params,
-            Reader(in_rx),
-            Writer(out_tx),
+            Channels {
+                frames: in_rx,
+                out: out_tx,
+            },
         ));
         (in_tx, out_rx)
     }

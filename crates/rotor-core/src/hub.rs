@@ -1,13 +1,14 @@
 //! The hub: which local connections exist, which user they belong to, and who is subscribed
 //! to each channel. Fan-out encodes a push once and queues the same bytes to every subscriber.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use rotor_protocol::Disconnect;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Control;
@@ -15,9 +16,9 @@ use crate::broker::Control;
 /// What a session receives from the rest of the node.
 #[derive(Debug)]
 pub(crate) enum SessionMsg {
-    /// A pre-encoded bare push (`{"channel":…,"pub":…}`) for a channel the session may be
-    /// subscribed to.
-    Push { channel: Arc<str>, push: Arc<str> },
+    /// A pre-encoded push as a reply (`{"push":{"channel":…,"pub":…}}`, see [`wrap_push`])
+    /// for a channel the session may be subscribed to: the same bytes for every subscriber.
+    Push { channel: Arc<str>, push: Bytes },
     /// A node-wide command addressed to this connection.
     Control(Box<Control>),
 }
@@ -31,13 +32,35 @@ impl SessionMsg {
     }
 }
 
+/// The prefix [`wrap_push`] puts before a bare push.
+const PUSH_PREFIX: &[u8] = b"{\"push\":";
+
+/// Encodes a push once for all subscribers, in the form bidirectional transports send
+/// (`{"push":…}`); [`bare_push`] is the view unidirectional transports send.
+pub(crate) fn wrap_push(push: &rotor_protocol::Push) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(PUSH_PREFIX);
+    serde_json::to_writer(&mut out, push).expect("pushes always serialize");
+    out.push(b'}');
+    Bytes::from(out)
+}
+
+/// The bare push inside what [`wrap_push`] made, without copying.
+pub(crate) fn bare_push(wrapped: &Bytes) -> Bytes {
+    wrapped.slice(PUSH_PREFIX.len()..wrapped.len() - 1)
+}
+
 /// The part of a connection the rest of the node can reach.
 pub struct ClientHandle {
     pub(crate) id: Arc<str>,
     pub(crate) user: OnceLock<Arc<str>>,
     pub(crate) session: Option<Arc<str>>,
-    tx: mpsc::UnboundedSender<SessionMsg>,
-    queued: AtomicUsize,
+    /// Messages for the session. A plain queue under a mutex rather than a channel: fan-out
+    /// sends one message to every subscriber, and with the queue, its byte count and the
+    /// session's waker side by side a send touches this handle and the queue's buffer, not a
+    /// channel's separate blocks (each a cache miss with thousands of subscribers). The buffer
+    /// exists only while something is queued or was recently.
+    inbox: Mutex<Inbox>,
     queue_limit: usize,
     pub(crate) cancel: CancellationToken,
     reason: OnceLock<Disconnect>,
@@ -49,6 +72,22 @@ pub struct ClientHandle {
     /// When the connection expires (Unix seconds, 0 = never), for the expiry gauges.
     expire_at: std::sync::atomic::AtomicU64,
 }
+
+#[derive(Default)]
+struct Inbox {
+    queue: VecDeque<SessionMsg>,
+    /// The cost (bytes) of what is queued, against `queue_limit`.
+    bytes: usize,
+    /// The session's task, woken when a message arrives in an empty queue.
+    waker: Option<Waker>,
+    /// The session has ended: messages are dropped.
+    ended: bool,
+}
+
+/// Messages the session takes off its queue in one turn at most.
+const TAKE_AT_MOST: usize = 256;
+/// A drained queue keeps a buffer at most this large (messages) for the next burst.
+const KEEP_CAPACITY: usize = 64;
 
 impl std::fmt::Debug for ClientHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,22 +103,19 @@ impl ClientHandle {
         session: Option<Arc<str>>,
         queue_limit: usize,
         cancel: CancellationToken,
-    ) -> (Arc<ClientHandle>, mpsc::UnboundedReceiver<SessionMsg>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = ClientHandle {
+    ) -> Arc<ClientHandle> {
+        Arc::new(ClientHandle {
             id,
             user: OnceLock::new(),
             session,
-            tx,
-            queued: AtomicUsize::new(0),
+            inbox: Mutex::new(Inbox::default()),
             queue_limit,
             cancel,
             reason: OnceLock::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
             creds: std::sync::Mutex::new((None, None)),
             expire_at: std::sync::atomic::AtomicU64::new(0),
-        };
-        (Arc::new(handle), rx)
+        })
     }
 
     /// The client id (a UUID).
@@ -101,20 +137,69 @@ impl ClientHandle {
     /// (3008) instead of growing memory.
     pub(crate) fn send(&self, msg: SessionMsg) {
         let cost = msg.cost();
-        let before = self.queued.fetch_add(cost, Ordering::Relaxed);
-        if before + cost > self.queue_limit {
-            self.queued.fetch_sub(cost, Ordering::Relaxed);
+        let mut inbox = lock(&self.inbox);
+        if inbox.ended {
+            return;
+        }
+        if inbox.bytes + cost > self.queue_limit {
+            drop(inbox);
             self.close(Disconnect::SLOW);
             return;
         }
-        if self.tx.send(msg).is_err() {
-            self.queued.fetch_sub(cost, Ordering::Relaxed);
+        inbox.bytes += cost;
+        inbox.queue.push_back(msg);
+        // A session only waits after finding its queue empty (under this lock), so only a
+        // message into an empty queue needs to wake it.
+        if inbox.queue.len() == 1 {
+            if let Some(w) = &inbox.waker {
+                w.wake_by_ref();
+            }
         }
     }
 
-    /// Called by the session for every message it takes off the queue.
-    pub(crate) fn taken(&self, msg: &SessionMsg) {
-        self.queued.fetch_sub(msg.cost(), Ordering::Relaxed);
+    /// Waits for the queue to hold something (the message stays queued).
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inbox = lock(&self.inbox);
+        if !inbox.queue.is_empty() {
+            return Poll::Ready(());
+        }
+        if !inbox
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inbox.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Takes up to [`TAKE_AT_MOST`] messages, handing each to `each` in order, until the
+    /// queue is empty or `each` returns false (that message is taken; the rest stay).
+    pub(crate) fn take(&self, mut each: impl FnMut(SessionMsg) -> bool) {
+        let mut inbox = lock(&self.inbox);
+        for _ in 0..TAKE_AT_MOST {
+            let Some(msg) = inbox.queue.pop_front() else {
+                break;
+            };
+            inbox.bytes -= msg.cost();
+            if !each(msg) {
+                break;
+            }
+        }
+        if inbox.queue.is_empty() && inbox.queue.capacity() > KEEP_CAPACITY {
+            inbox.queue = VecDeque::new();
+        }
+    }
+
+    /// The session has ended: what is queued is dropped, and so is whatever comes later.
+    pub(crate) fn end_inbox(&self) {
+        let mut inbox = lock(&self.inbox);
+        inbox.ended = true;
+        inbox.bytes = 0;
+        inbox.waker = None;
+        let dropped = std::mem::take(&mut inbox.queue);
+        drop(inbox);
+        drop(dropped);
     }
 
     /// Records the current connection token's `jti` and `iat`.
@@ -277,7 +362,7 @@ impl Hub {
     }
 
     /// Queues a pre-encoded push to every subscriber (or only those that want join/leave).
-    pub(crate) fn broadcast(&self, channel: &str, push: Arc<str>, only_join_leave: bool) -> usize {
+    pub(crate) fn broadcast(&self, channel: &str, push: Bytes, only_join_leave: bool) -> usize {
         let shard = lock(self.shard(channel));
         let Some((name, subs)) = shard.channels.get_key_value(channel) else {
             return 0;

@@ -3,9 +3,8 @@
 //! and broker traits.
 //!
 //! The core does no IO of its own: it knows nothing of warp, HTTP, sockets or SQL. Transports
-//! hand it frames through [`session::TransportReader`] and take messages through
-//! [`session::TransportWriter`]; storage and brokers are trait objects implemented in other
-//! crates.
+//! implement [`session::Transport`] (frames in, messages out); storage and brokers are trait
+//! objects implemented in other crates.
 
 pub mod broker;
 pub mod channels;

@@ -467,10 +467,6 @@ impl Node {
     }
 }
 
-fn encode_push(push: &Push) -> Arc<str> {
-    Arc::from(serde_json::to_string(push).expect("pushes always serialize"))
-}
-
 /// Receives from the broker and delivers to local connections.
 struct Handler(std::sync::Weak<NodeInner>);
 
@@ -486,7 +482,8 @@ impl BrokerHandler for Handler {
             publication: Some(publication.clone()),
             ..Push::default()
         };
-        node.hub.broadcast(channel, encode_push(&push), false);
+        node.hub
+            .broadcast(channel, crate::hub::wrap_push(&push), false);
     }
 
     fn on_join(&self, channel: &str, info: &ClientInfo) {
@@ -496,7 +493,8 @@ impl BrokerHandler for Handler {
             join: Some(rotor_protocol::Join { info: info.clone() }),
             ..Push::default()
         };
-        node.hub.broadcast(channel, encode_push(&push), true);
+        node.hub
+            .broadcast(channel, crate::hub::wrap_push(&push), true);
     }
 
     fn on_leave(&self, channel: &str, info: &ClientInfo) {
@@ -506,7 +504,8 @@ impl BrokerHandler for Handler {
             leave: Some(rotor_protocol::Leave { info: info.clone() }),
             ..Push::default()
         };
-        node.hub.broadcast(channel, encode_push(&push), true);
+        node.hub
+            .broadcast(channel, crate::hub::wrap_push(&push), true);
     }
 
     fn on_control(&self, control: &Control) {

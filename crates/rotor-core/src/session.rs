@@ -1,14 +1,13 @@
 //! The client session: one state machine per connection, fed by any transport.
 //!
-//! A transport supplies a [`TransportReader`] (frames from the client) and a
-//! [`TransportWriter`] (messages to the client) and calls [`run`]. Everything the protocol
-//! says — connect first, commands in order, replies by id, pings, expiry, server-side
-//! commands, cleanup — happens here, once, for every transport.
+//! A transport implements [`Transport`] (frames from the client, messages to it) and calls
+//! [`run`]. Everything the protocol says — connect first, commands in order, replies by id,
+//! pings, expiry, server-side commands, cleanup — happens here, once, for every transport.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use bytes::Bytes;
 use rotor_protocol::{
     decode_commands, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect,
     DisconnectPush, Empty, HistoryRequest, HistoryResult, MethodKind, PresenceResult,
@@ -16,14 +15,15 @@ use rotor_protocol::{
     StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
     SubscribeResult, UnsubscribeCode, UnsubscribePush,
 };
-use tokio::sync::mpsc;
+use std::future::{poll_fn, Future};
+use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 use crate::broker::Control;
 use crate::channels::{self, Asker};
 use crate::config::ChannelOptions;
 use crate::events::{RefreshOutcome, Stage, TokenKind};
-use crate::hub::{ClientHandle, SessionMsg};
+use crate::hub::{bare_push, ClientHandle, SessionMsg};
 use crate::limits::{CommandBucket, Limit, Verdict};
 use crate::node::{revoked_disconnect, server_unsubscribe, Node, PublishOptions};
 use crate::storage::HistoryFilter;
@@ -64,20 +64,18 @@ pub enum Inbound {
     Closed,
 }
 
-/// The client-to-server half of a transport. `read` must be cancel-safe: the session drops a
-/// pending read when something else needs its attention.
-#[async_trait]
-pub trait TransportReader: Send {
-    async fn read(&mut self) -> Inbound;
-}
-
-/// The server-to-client half of a transport.
-#[async_trait]
-pub trait TransportWriter: Send {
-    /// Writes complete JSON messages in order, framed as the transport frames them.
-    async fn write(&mut self, messages: Vec<String>) -> std::io::Result<()>;
+/// A connection's transport: frames from the client in, messages to the client out. The
+/// session owns it and is generic over it (nothing is boxed: under fan-out `write` runs once
+/// per delivery and `poll_read` once per turn), so a transport keeps its socket inline.
+pub trait Transport: Send {
+    /// Polls for the next frame from the client. Partial progress is kept across polls: the
+    /// session polls it only when nothing else needs its attention.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound>;
+    /// Writes complete JSON messages in order, framed as the transport frames them. A
+    /// message may be shared with other connections (a pre-encoded push).
+    fn write(&mut self, messages: Vec<Bytes>) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Ends the connection with this code (a WebSocket close frame; the end of a stream).
-    async fn close(&mut self, disconnect: &Disconnect);
+    fn close(&mut self, disconnect: &Disconnect) -> impl Future<Output = ()> + Send;
 }
 
 /// Per-connection parameters from the transport.
@@ -118,13 +116,17 @@ struct Session {
     conn_info: Option<Raw>,
     expire_at: Option<u64>,
     subs: HashMap<Arc<str>, Sub>,
+    /// The hub's name of the channel of the last push delivered (a subscribed channel):
+    /// pushes of the same channel skip the lookup in `subs`. Cleared when a subscription ends.
+    delivering: Option<Arc<str>>,
     stale_deadline: Option<Instant>,
     next_ping: Option<Instant>,
     pong_deadline: Option<Instant>,
     next_presence: Option<Instant>,
     /// Only when `client.command_rate_limit` is set.
     bucket: Option<CommandBucket>,
-    out: Vec<String>,
+    /// Messages for the client, written at the end of the turn.
+    out: Vec<Bytes>,
 }
 
 /// Creates a connection and runs it until it ends. Returns the code it ended with (`None`
@@ -132,13 +134,12 @@ struct Session {
 pub async fn run(
     node: Node,
     params: SessionParams,
-    reader: impl TransportReader + 'static,
-    mut writer: impl TransportWriter,
+    mut transport: impl Transport,
 ) -> Option<Disconnect> {
     let cfg = &node.config().client;
     let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
     let cancel = node.shutdown_token().child_token();
-    let (client, mut inbox) = ClientHandle::new(
+    let client = ClientHandle::new(
         id,
         params.session_id.clone(),
         cfg.queue_max_size,
@@ -155,6 +156,7 @@ pub async fn run(
         conn_info: None,
         expire_at: None,
         subs: HashMap::new(),
+        delivering: None,
         next_ping: None,
         pong_deadline: None,
         next_presence: None,
@@ -166,23 +168,30 @@ pub async fn run(
         Some(req) => Some(Box::pin(s.uni_connect(req)).await),
         None => None,
     };
-    // Command, message and timer handlers run boxed: their state (often several KiB, as
-    // they await storage and the broker) is allocated only while one runs, so an idle
-    // connection's task holds just this loop.
+    // Command, timer and node-command handlers run boxed: their state (often several KiB,
+    // as they await storage and the broker) is allocated only while one runs, so an idle
+    // connection's task holds just this loop. Pushes, the common case under fan-out, are
+    // handled inline without an allocation.
     //
-    // The loop runs once per wake-up, under fan-out once per delivery, so it keeps its
-    // futures across turns instead of making new ones each time: the pending read, the
-    // timer (moved only when the next deadline moves) and the cancellation wait (polled
-    // last; a cheap flag is checked first on every turn).
+    // The loop runs once per wake-up, under fan-out once per delivery, so it does as little
+    // as it can per turn. It keeps its futures across turns instead of making new ones: the
+    // pending read, the timer (moved only when the next deadline moves) and the cancellation
+    // wait. The cancellation wait is polled once to register its wake-up and afterwards only
+    // on the fair turns: a cancellation also sets flags (`stopping`), which the loop reads on
+    // every turn and every wake-up, so re-polling it each time would only repeat two locks. (The timer is
+    // polled every turn: a poll may be refused by tokio's cooperative budget without
+    // registering anything, and an unregistered timer would never wake the session.)
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
+    if poll_once(cancelled.as_mut()).await.is_ready() {
+        // Cancelled before the first turn: the flags below say so.
+    }
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // Whether the last turn may have moved a deadline (anything but delivering pushes).
+    let mut deadlines_moved = true;
     let mut turn: u32 = 0;
-    // The pending read owns the reader and hands it back with what it read.
-    let mut reader = Some(reader);
-    let mut read = None;
     let stopping = |client: &ClientHandle| {
         (client.closing() || node.stopping())
             .then(|| client.close_reason().unwrap_or(Disconnect::SHUTDOWN))
@@ -191,23 +200,19 @@ pub async fn run(
         if let Some(d) = stopping(&client) {
             break Some(d);
         }
-        let deadline = s.next_deadline();
-        if deadline != armed {
-            if let Some(at) = deadline {
-                timer.as_mut().reset(at);
+        if deadlines_moved {
+            let deadline = s.next_deadline();
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
             }
-            armed = deadline;
         }
+        deadlines_moved = true;
         let ending = if let Some(result) = first.take() {
             result
         } else {
-            let reading = read.get_or_insert_with(|| {
-                let mut r = reader.take().expect("the reader is back after each read");
-                Box::pin(async move {
-                    let inbound = r.read().await;
-                    (r, inbound)
-                })
-            });
             // Messages to deliver come first, but every FAIR_EVERY-th turn the timer and
             // the client's frames do: a client kept busy by a hot channel still gets its
             // expiry, ping and refresh handled.
@@ -216,34 +221,38 @@ pub async fn run(
                 tokio::select! {
                 biased;
                 _ = &mut timer, if armed.is_some() => Wake::Timer,
-                (r, inbound) = reading => Wake::Read(r, inbound),
-                msg = inbox.recv() => Wake::Message(msg),
+                inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
+                _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
                 _ = &mut cancelled => Wake::Cancelled,
                 }
             } else {
                 tokio::select! {
                 biased;
-                msg = inbox.recv() => Wake::Message(msg),
-                (r, inbound) = reading => Wake::Read(r, inbound),
+                _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
+                inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
                 _ = &mut timer, if armed.is_some() => Wake::Timer,
-                _ = &mut cancelled => Wake::Cancelled,
+                // The flags only: the cancellation wait registered the wake-up.
+                _ = poll_fn(|_| if stopping(&client).is_some() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }) => Wake::Cancelled,
                 }
             };
             match wake {
-                Wake::Message(Some(msg)) => Box::pin(s.on_messages(msg, &mut inbox)).await,
-                Wake::Message(None) => None,
-                Wake::Read(r, inbound) => {
-                    read = None;
-                    reader = Some(r);
-                    match inbound {
-                        Inbound::Frame(frame) => {
-                            node.inner.observer.received(s.transport.name, frame.len());
-                            Box::pin(s.on_frame(&frame)).await
-                        }
-                        Inbound::Refused(d) => Some(d),
-                        Inbound::Closed => break None,
+                Wake::Messages => match s.take_pushes() {
+                    None => {
+                        deadlines_moved = false;
+                        None
                     }
+                    Some(control) => Box::pin(s.on_control(*control)).await,
+                },
+                Wake::Read(Inbound::Frame(frame)) => {
+                    node.inner.observer.received(s.transport.name, frame.len());
+                    Box::pin(s.on_frame(&frame)).await
                 }
+                Wake::Read(Inbound::Refused(d)) => Some(d),
+                Wake::Read(Inbound::Closed) => break None,
                 Wake::Timer => {
                     // Armed again next turn, even for the same deadline.
                     armed = None;
@@ -254,13 +263,13 @@ pub async fn run(
         };
         if !s.out.is_empty() {
             let messages = std::mem::take(&mut s.out);
-            let bytes = messages.iter().map(String::len).sum();
+            let bytes = messages.iter().map(Bytes::len).sum();
             node.inner
                 .observer
                 .sent(s.transport.name, messages.len(), bytes);
             let write = tokio::select! {
                 biased;
-                r = writer.write(messages) => r,
+                r = transport.write(messages) => r,
                 _ = &mut cancelled => Ok(()),
             };
             if let Err(e) = write {
@@ -272,7 +281,6 @@ pub async fn run(
             break Some(d);
         }
     };
-    drop(read);
     if let Some(d) = &ending {
         let limit = match d.code {
             c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
@@ -297,12 +305,16 @@ pub async fn run(
             TransportKind::Unidirectional => Some(to_json(&push)),
         };
         if let Some(m) = message {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.write(vec![m]))
-                .await;
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                transport.write(vec![Bytes::from(m)]),
+            )
+            .await;
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), writer.close(d)).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), transport.close(d)).await;
     }
     Box::pin(s.cleanup()).await;
+    client.end_inbox();
     if s.state == State::Connected {
         node.inner
             .observer
@@ -312,11 +324,18 @@ pub async fn run(
 }
 
 /// What woke the session loop.
-enum Wake<R> {
-    Message(Option<SessionMsg>),
-    Read(R, Inbound),
+enum Wake {
+    Messages,
+    Read(Inbound),
     Timer,
     Cancelled,
+}
+
+/// Polls `fut` once with the task's waker (registering its wake-up) and returns the result.
+async fn poll_once<F: std::future::Future>(
+    mut fut: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
 /// Every this many turns the session loop looks at its timer and the client's frames
@@ -468,12 +487,12 @@ impl Session {
     }
 
     fn emit(&mut self, reply: &Reply) {
-        self.out.push(to_json(reply));
+        self.out.push(Bytes::from(to_json(reply)));
     }
 
     fn emit_push(&mut self, push: Push) {
         if self.transport.kind == TransportKind::Unidirectional {
-            self.out.push(to_json(&push));
+            self.out.push(Bytes::from(to_json(&push)));
         } else {
             self.emit(&Reply::push(push));
         }
@@ -1054,6 +1073,7 @@ impl Session {
 
     /// Removes a subscription (no-op when not subscribed): hub, presence, leave push.
     async fn leave(&mut self, channel: &str) -> bool {
+        self.delivering = None;
         let Some(sub) = self.subs.remove(channel) else {
             return false;
         };
@@ -1232,43 +1252,43 @@ impl Session {
 
     // ----- messages from the node -----
 
-    async fn on_messages(
-        &mut self,
-        first: SessionMsg,
-        inbox: &mut mpsc::UnboundedReceiver<SessionMsg>,
-    ) -> Option<Disconnect> {
-        let mut next = Some(first);
-        let mut taken = 0;
-        while let Some(msg) = next {
-            self.client.taken(&msg);
-            match msg {
-                SessionMsg::Push { channel, push } => {
-                    if !self.subs.contains_key(&channel) {
-                        // Unsubscribed while the push was queued.
-                    } else if self.transport.kind == TransportKind::Unidirectional {
-                        self.out.push(push.to_string());
-                    } else {
-                        let mut wrapped = String::with_capacity(push.len() + 9);
-                        wrapped.push_str("{\"push\":");
-                        wrapped.push_str(&push);
-                        wrapped.push('}');
-                        self.out.push(wrapped);
-                    }
+    /// Takes messages off the queue (a bounded number per turn), queueing pushes
+    /// for the client, until the queue is empty or a node command comes up, which is
+    /// returned to be run.
+    fn take_pushes(&mut self) -> Option<Box<Control>> {
+        let Session {
+            client,
+            subs,
+            out,
+            delivering,
+            transport,
+            ..
+        } = self;
+        let bare = transport.kind == TransportKind::Unidirectional;
+        let mut control = None;
+        client.take(|msg| match msg {
+            SessionMsg::Push { channel, push } => {
+                // The hub hands every push of a channel the same name, so the channel of
+                // the previous push is recognised without a lookup.
+                let subscribed = delivering
+                    .as_ref()
+                    .is_some_and(|d| Arc::ptr_eq(d, &channel))
+                    || subs.contains_key(&channel) && {
+                        *delivering = Some(channel);
+                        true
+                    };
+                // Not subscribed: unsubscribed while the push was queued.
+                if subscribed {
+                    out.push(if bare { bare_push(&push) } else { push });
                 }
-                SessionMsg::Control(control) => {
-                    if let Some(d) = self.on_control(*control).await {
-                        return Some(d);
-                    }
-                }
+                true
             }
-            taken += 1;
-            next = if taken < 256 {
-                inbox.try_recv().ok()
-            } else {
-                None
-            };
-        }
-        None
+            SessionMsg::Control(c) => {
+                control = Some(c);
+                false
+            }
+        });
+        control
     }
 
     async fn on_control(&mut self, control: Control) -> Option<Disconnect> {
@@ -1373,7 +1393,7 @@ impl Session {
             }
         }
         if self.next_ping.is_some_and(|d| d <= now) {
-            self.out.push("{}".into());
+            self.out.push(Bytes::from_static(b"{}"));
             self.next_ping = Some(now + cfg.ping_interval);
             if self.expects_pong() && self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + cfg.pong_timeout);

@@ -1,7 +1,7 @@
 //! HTTP transports that stream their response: bidirectional emulation (`http_stream`,
 //! `sse`, with commands arriving by `POST /emulation`) and the unidirectional
-//! `uni_http_stream` and `uni_sse`. Each is a reader and a writer around channels; the
-//! protocol itself is the core's.
+//! `uni_http_stream` and `uni_sse`. Each is a transport around channels; the protocol itself
+//! is the core's.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -10,11 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use bytes::Bytes;
-use rotor_core::session::{
-    self, Inbound, SessionParams, TransportInfo, TransportKind, TransportReader, TransportWriter,
-};
+use rotor_core::session::{self, Inbound, SessionParams, Transport, TransportInfo, TransportKind};
 use rotor_protocol::{ConnectRequest, Disconnect};
 use tokio::sync::mpsc;
 use warp::http::{HeaderValue, StatusCode};
@@ -58,54 +55,67 @@ impl futures_util::Stream for BodyStream {
     }
 }
 
-struct StreamReader {
+/// A streaming response as the session's transport.
+struct StreamTransport {
     /// Frames POSTed to `/emulation`; `None` for unidirectional transports.
     commands: Option<mpsc::Receiver<String>>,
-    /// Closed when the client goes away (the response body is dropped).
     body: mpsc::Sender<Bytes>,
-}
-
-#[async_trait]
-impl TransportReader for StreamReader {
-    async fn read(&mut self) -> Inbound {
-        let body = self.body.clone();
-        match &mut self.commands {
-            Some(rx) => tokio::select! {
-                f = rx.recv() => f.map(Inbound::Frame).unwrap_or(Inbound::Closed),
-                _ = body.closed() => Inbound::Closed,
-            },
-            None => {
-                body.closed().await;
-                Inbound::Closed
-            }
-        }
-    }
-}
-
-struct StreamWriter {
-    body: mpsc::Sender<Bytes>,
+    /// Finishes when the client goes away (the response body is dropped).
+    gone: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     framing: Framing,
     timeout: Duration,
 }
 
-#[async_trait]
-impl TransportWriter for StreamWriter {
-    async fn write(&mut self, messages: Vec<String>) -> std::io::Result<()> {
-        let mut chunk = String::with_capacity(messages.iter().map(|m| m.len() + 8).sum());
+impl StreamTransport {
+    fn new(
+        commands: Option<mpsc::Receiver<String>>,
+        body: mpsc::Sender<Bytes>,
+        framing: Framing,
+        timeout: Duration,
+    ) -> StreamTransport {
+        let watch = body.clone();
+        StreamTransport {
+            commands,
+            body,
+            gone: Box::pin(async move { watch.closed().await }),
+            framing,
+            timeout,
+        }
+    }
+}
+
+impl Transport for StreamTransport {
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        if let Some(rx) = &mut self.commands {
+            if let Poll::Ready(frame) = rx.poll_recv(cx) {
+                return Poll::Ready(frame.map(Inbound::Frame).unwrap_or(Inbound::Closed));
+            }
+        }
+        self.gone.as_mut().poll(cx).map(|()| Inbound::Closed)
+    }
+
+    async fn write(&mut self, messages: Vec<Bytes>) -> std::io::Result<()> {
+        let mut chunk = Vec::with_capacity(messages.iter().map(|m| m.len() + 8).sum());
         for m in &messages {
             match self.framing {
                 Framing::Lines => {
-                    chunk.push_str(m);
-                    chunk.push('\n');
+                    chunk.extend_from_slice(m);
+                    chunk.push(b'\n');
                 }
                 Framing::EventStream => {
-                    chunk.push_str("data: ");
-                    chunk.push_str(m);
-                    chunk.push_str("\n\n");
+                    chunk.extend_from_slice(b"data: ");
+                    chunk.extend_from_slice(m);
+                    chunk.extend_from_slice(b"\n\n");
                 }
             }
         }
-        match tokio::time::timeout(self.timeout, self.body.send(Bytes::from(chunk))).await {
+        // As for WebSocket: a timer only for a send that has to wait.
+        let mut send = std::pin::pin!(self.body.send(Bytes::from(chunk)));
+        let sent = match futures_util::poll!(send.as_mut()) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => Box::pin(tokio::time::timeout(self.timeout, send)).await,
+        };
+        match sent {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
@@ -166,17 +176,9 @@ pub fn emulation(
         uni_connect: None,
         remote: peer,
     };
-    let reader = StreamReader {
-        commands: Some(cmd_rx),
-        body: body_tx.clone(),
-    };
-    let writer = StreamWriter {
-        body: body_tx,
-        framing,
-        timeout,
-    };
+    let transport = StreamTransport::new(Some(cmd_rx), body_tx, framing, timeout);
     tokio::spawn(async move {
-        session::run(state.node.clone(), params, reader, writer).await;
+        session::run(state.node.clone(), params, transport).await;
         state.sessions.lock().remove(&*session_id);
     });
     streaming_response(body_rx, framing)
@@ -206,16 +208,8 @@ pub fn unidirectional(
         uni_connect: Some(req),
         remote: peer,
     };
-    let reader = StreamReader {
-        commands: None,
-        body: body_tx.clone(),
-    };
-    let writer = StreamWriter {
-        body: body_tx,
-        framing,
-        timeout,
-    };
-    tokio::spawn(session::run(state.node.clone(), params, reader, writer));
+    let transport = StreamTransport::new(None, body_tx, framing, timeout);
+    tokio::spawn(session::run(state.node.clone(), params, transport));
     streaming_response(body_rx, framing)
 }
 

@@ -3,27 +3,27 @@
 
 use std::time::Duration;
 
-use async_trait::async_trait;
-use futures_util::stream::{SplitSink, SplitStream};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use rotor_core::session::{
-    self, Inbound, SessionParams, TransportInfo, TransportKind, TransportReader, TransportWriter,
-};
+use rotor_core::session::{self, Inbound, SessionParams, Transport, TransportInfo, TransportKind};
 use rotor_protocol::Disconnect;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use crate::server::AppState;
 use crate::{origin_allowed, plain};
-
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 const TRANSPORT: TransportInfo = TransportInfo {
     name: "websocket",
@@ -100,13 +100,8 @@ pub fn upgrade(
                 return;
             }
         };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
-        let (sink, stream) = socket.split();
-        let mut reader = WsReader { stream };
-        let mut writer = WsWriter {
-            sink,
+        let mut ws = WsTransport {
+            socket: socket(upgraded, ws_config).await,
             write_timeout,
         };
         let params = match mode {
@@ -121,7 +116,8 @@ pub fn upgrade(
                     Some(c) => Some(c),
                     None => {
                         let wait = state.config.client.stale_close_delay;
-                        match tokio::time::timeout(wait, reader.read()).await {
+                        let read = std::future::poll_fn(|cx| ws.poll_read(cx));
+                        match tokio::time::timeout(wait, read).await {
                             Ok(Inbound::Frame(f)) => Some(f),
                             Ok(_) => return,
                             Err(_) => None,
@@ -132,14 +128,14 @@ pub fn upgrade(
                     Some(Ok(req)) => req,
                     Some(Err(e)) => {
                         tracing::info!(error = %e, "uni_websocket: bad connect request, closing with 3501");
-                        writer.close(&Disconnect::BAD_REQUEST).await;
+                        ws.close(&Disconnect::BAD_REQUEST).await;
                         return;
                     }
                     None => {
                         tracing::info!(
                             "uni_websocket: no connect request in time, closing with 3502"
                         );
-                        writer.close(&Disconnect::STALE).await;
+                        ws.close(&Disconnect::STALE).await;
                         return;
                     }
                 };
@@ -151,7 +147,7 @@ pub fn upgrade(
                 }
             }
         };
-        session::run(state.node.clone(), params, reader, writer).await;
+        session::run(state.node.clone(), params, ws).await;
     });
     let mut res = Response::default();
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -165,71 +161,153 @@ pub fn upgrade(
     res
 }
 
-struct WsReader {
-    stream: SplitStream<Socket>,
+/// The socket under a WebSocket: the accepted TCP stream itself when hyper hands it back
+/// (plain connections), else hyper's upgraded connection (TLS). Not a boxed trait object:
+/// every delivery writes through it.
+enum Io {
+    Tcp(TcpStream),
+    Upgraded(TokioIo<Upgraded>),
 }
 
-#[async_trait]
-impl TransportReader for WsReader {
-    async fn read(&mut self) -> Inbound {
-        loop {
-            match self.stream.next().await {
-                Some(Ok(Message::Text(text))) => return Inbound::Frame(text.to_string()),
-                Some(Ok(Message::Binary(_))) => {
-                    tracing::info!("binary frame on the JSON protocol, disconnecting with 3501");
-                    return Inbound::Refused(
-                        Disconnect::BAD_REQUEST.with_reason("binary frames are not supported"),
-                    );
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(_))) | None => return Inbound::Closed,
-                Some(Err(WsError::Capacity(e))) => {
-                    tracing::info!(error = %e, "websocket message too large, closing with 1009");
-                    return Inbound::Refused(Disconnect::custom(
-                        1009,
-                        "message size limit exceeded",
-                    ));
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "websocket read error");
-                    return Inbound::Closed;
-                }
-            }
+type Socket = WebSocketStream<Io>;
+
+/// Takes the upgraded connection apart when it is a plain TCP stream (bytes the client sent
+/// after its upgrade request come first).
+async fn socket(upgraded: Upgraded, config: WebSocketConfig) -> Socket {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) if parts.read_buf.is_empty() => {
+            WebSocketStream::from_raw_socket(
+                Io::Tcp(parts.io.into_inner()),
+                Role::Server,
+                Some(config),
+            )
+            .await
+        }
+        Ok(parts) => {
+            WebSocketStream::from_partially_read(
+                Io::Tcp(parts.io.into_inner()),
+                parts.read_buf.to_vec(),
+                Role::Server,
+                Some(config),
+            )
+            .await
+        }
+        Err(upgraded) => {
+            WebSocketStream::from_raw_socket(
+                Io::Upgraded(TokioIo::new(upgraded)),
+                Role::Server,
+                Some(config),
+            )
+            .await
         }
     }
 }
 
-struct WsWriter {
-    sink: SplitSink<Socket, Message>,
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Io::Upgraded(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// One WebSocket connection as the session's transport: the socket is held inline (no split
+/// halves behind a lock), so a delivery touches the session's own memory and the socket.
+struct WsTransport {
+    socket: Socket,
     write_timeout: Duration,
 }
 
-#[async_trait]
-impl TransportWriter for WsWriter {
-    async fn write(&mut self, messages: Vec<String>) -> std::io::Result<()> {
+impl Transport for WsTransport {
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        loop {
+            let inbound = match ready!(self.socket.poll_next_unpin(cx)) {
+                Some(Ok(Message::Text(text))) => Inbound::Frame(text.to_string()),
+                Some(Ok(Message::Binary(_))) => {
+                    tracing::info!("binary frame on the JSON protocol, disconnecting with 3501");
+                    Inbound::Refused(
+                        Disconnect::BAD_REQUEST.with_reason("binary frames are not supported"),
+                    )
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Close(_))) | None => Inbound::Closed,
+                Some(Err(WsError::Capacity(e))) => {
+                    tracing::info!(error = %e, "websocket message too large, closing with 1009");
+                    Inbound::Refused(Disconnect::custom(1009, "message size limit exceeded"))
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket read error");
+                    Inbound::Closed
+                }
+            };
+            return Poll::Ready(inbound);
+        }
+    }
+
+    async fn write(&mut self, mut messages: Vec<Bytes>) -> std::io::Result<()> {
         let frame = if messages.len() == 1 {
-            messages.into_iter().next().unwrap_or_default()
+            messages.pop().unwrap_or_default()
         } else {
-            messages.join("\n")
+            let mut joined = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
+            for (i, m) in messages.iter().enumerate() {
+                if i > 0 {
+                    joined.push(b'\n');
+                }
+                joined.extend_from_slice(m);
+            }
+            Bytes::from(joined)
         };
-        let mut send = self.sink.send(Message::Text(frame.into()));
+        // The session only hands over JSON it encoded; the check is one pass over bytes that
+        // are about to be copied into the socket buffer anyway.
+        let text = Utf8Bytes::try_from(frame).map_err(std::io::Error::other)?;
+        let mut send = self.socket.send(Message::Text(text));
         // Most writes finish at once (the socket has room); only a write that has to wait
-        // gets a timer, so the common case does not touch the timer wheel.
-        let result = match futures_util::poll!(&mut send) {
-            std::task::Poll::Ready(r) => r,
+        // gets a timer (boxed, so the common case neither touches the timer wheel nor makes
+        // every connection's task carry a timer's state).
+        match futures_util::poll!(&mut send) {
+            std::task::Poll::Ready(r) => r.map_err(std::io::Error::other),
             std::task::Poll::Pending => {
-                match tokio::time::timeout(self.write_timeout, send).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "websocket write timed out",
-                        ))
-                    }
+                match Box::pin(tokio::time::timeout(self.write_timeout, send)).await {
+                    Ok(r) => r.map_err(std::io::Error::other),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "websocket write timed out",
+                    )),
                 }
             }
-        };
-        result.map_err(std::io::Error::other)
+        }
     }
 
     async fn close(&mut self, disconnect: &Disconnect) {
@@ -237,7 +315,7 @@ impl TransportWriter for WsWriter {
             code: CloseCode::from(disconnect.code),
             reason: disconnect.close_reason().to_string().into(),
         };
-        let _ = self.sink.send(Message::Close(Some(frame))).await;
-        let _ = self.sink.close().await;
+        let _ = self.socket.send(Message::Close(Some(frame))).await;
+        let _ = SinkExt::close(&mut self.socket).await;
     }
 }

@@ -193,3 +193,50 @@ async fn http_head(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
         text,
     )
 }
+
+/// A client that sends its first WebSocket frame in the same packet as the upgrade request
+/// (hyper has already read it when it hands the socket over) gets it answered.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(test_config()).await;
+    let command = json!({"id": 1, "connect": {"token": user_token("early")}}).to_string();
+    // A masked text frame (clients must mask), length in the 16-bit form.
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut frame = vec![0x81, 0x80 | 126];
+    frame.extend_from_slice(&(command.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&mask);
+    frame.extend(command.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let mut packet = format!(
+        "GET /connection/websocket HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    packet.extend_from_slice(&frame);
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(&packet).await.unwrap();
+    let mut got = Vec::new();
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).to_string();
+            if let Some(at) = text.find("{\"id\":1") {
+                return text[at..].to_string();
+            }
+        }
+    })
+    .await
+    .expect("no reply to the early frame");
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(reply.contains("\"connect\""), "{reply}");
+    assert!(reply.contains("\"client\""), "{reply}");
+}
