@@ -16,20 +16,29 @@ use crate::broker::Control;
 /// What a session receives from the rest of the node.
 #[derive(Debug)]
 pub(crate) enum SessionMsg {
-    /// A pre-encoded push as a reply (`{"push":{"channel":…,"pub":…}}`, see [`wrap_push`])
-    /// for a channel the session may be subscribed to: the same bytes for every subscriber.
-    Push { channel: Arc<str>, push: Bytes },
+    /// A pre-encoded push for a channel the session may be subscribed to, shared by every
+    /// subscriber (one pointer per queued message).
+    Push(Arc<EncodedPush>),
     /// A node-wide command addressed to this connection.
     Control(Box<Control>),
 }
 
 impl SessionMsg {
-    fn cost(&self) -> usize {
+    fn cost(&self) -> u32 {
         match self {
-            SessionMsg::Push { push, .. } => push.len(),
+            SessionMsg::Push(push) => u32::try_from(push.bytes.len()).unwrap_or(u32::MAX),
             SessionMsg::Control(_) => 64,
         }
     }
+}
+
+/// A push encoded once for all local subscribers of a channel.
+#[derive(Debug)]
+pub(crate) struct EncodedPush {
+    /// The hub's name of the channel (the same allocation for every push of the channel).
+    pub(crate) channel: Arc<str>,
+    /// As a reply (`{"push":{"channel":…,"pub":…}}`, see [`wrap_push`]).
+    pub(crate) bytes: Bytes,
 }
 
 /// The prefix [`wrap_push`] puts before a bare push.
@@ -60,8 +69,8 @@ pub struct ClientHandle {
     /// session's waker side by side a send touches this handle and the queue's buffer, not a
     /// channel's separate blocks (each a cache miss with thousands of subscribers). The buffer
     /// exists only while something is queued or was recently.
-    inbox: Mutex<Inbox>,
-    queue_limit: usize,
+    inbox: Line<Mutex<Inbox>>,
+    queue_limit: u32,
     pub(crate) cancel: CancellationToken,
     reason: OnceLock<Disconnect>,
     /// Set by `close`: read on every turn of the session loop, cheaper than asking the
@@ -73,16 +82,25 @@ pub struct ClientHandle {
     expire_at: std::sync::atomic::AtomicU64,
 }
 
+/// Keeps its content on a cache line of its own: the queue's lock and state are what fan-out
+/// touches first for every subscriber ([`Hub::broadcast`] reads the line ahead of locking).
+#[repr(align(64))]
+struct Line<T>(T);
+
 #[derive(Default)]
 struct Inbox {
     queue: VecDeque<SessionMsg>,
-    /// The cost (bytes) of what is queued, against `queue_limit`.
-    bytes: usize,
+    /// The cost (bytes) of what is queued, against `queue_limit` (small, so the whole
+    /// locked inbox fits one cache line).
+    bytes: u32,
     /// The session's task, woken when a message arrives in an empty queue.
     waker: Option<Waker>,
     /// The session has ended: messages are dropped.
     ended: bool,
 }
+
+// The lock and everything under it on one cache line.
+const _: () = assert!(std::mem::size_of::<Mutex<Inbox>>() <= 64);
 
 /// Messages the session takes off its queue in one turn at most.
 const TAKE_AT_MOST: usize = 256;
@@ -108,8 +126,8 @@ impl ClientHandle {
             id,
             user: OnceLock::new(),
             session,
-            inbox: Mutex::new(Inbox::default()),
-            queue_limit,
+            inbox: Line(Mutex::new(Inbox::default())),
+            queue_limit: u32::try_from(queue_limit).unwrap_or(u32::MAX),
             cancel,
             reason: OnceLock::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -137,11 +155,11 @@ impl ClientHandle {
     /// (3008) instead of growing memory.
     pub(crate) fn send(&self, msg: SessionMsg) {
         let cost = msg.cost();
-        let mut inbox = lock(&self.inbox);
+        let mut inbox = lock(&self.inbox.0);
         if inbox.ended {
             return;
         }
-        if inbox.bytes + cost > self.queue_limit {
+        if u64::from(inbox.bytes) + u64::from(cost) > u64::from(self.queue_limit) {
             drop(inbox);
             self.close(Disconnect::SLOW);
             return;
@@ -157,9 +175,16 @@ impl ClientHandle {
         }
     }
 
+    /// Reads the queue's cache line without taking the lock, so that several subscribers'
+    /// lines load at once before [`send`](Self::send) locks them one by one (a lock is a
+    /// memory barrier: a miss taken by the lock itself cannot overlap with the next one).
+    fn touch(&self) -> bool {
+        self.inbox.0.is_poisoned()
+    }
+
     /// Waits for the queue to hold something (the message stays queued).
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut inbox = lock(&self.inbox);
+        let mut inbox = lock(&self.inbox.0);
         if !inbox.queue.is_empty() {
             return Poll::Ready(());
         }
@@ -176,7 +201,7 @@ impl ClientHandle {
     /// Takes up to [`TAKE_AT_MOST`] messages, handing each to `each` in order, until the
     /// queue is empty or `each` returns false (that message is taken; the rest stay).
     pub(crate) fn take(&self, mut each: impl FnMut(SessionMsg) -> bool) {
-        let mut inbox = lock(&self.inbox);
+        let mut inbox = lock(&self.inbox.0);
         for _ in 0..TAKE_AT_MOST {
             let Some(msg) = inbox.queue.pop_front() else {
                 break;
@@ -193,7 +218,7 @@ impl ClientHandle {
 
     /// The session has ended: what is queued is dropped, and so is whatever comes later.
     pub(crate) fn end_inbox(&self) {
-        let mut inbox = lock(&self.inbox);
+        let mut inbox = lock(&self.inbox.0);
         inbox.ended = true;
         inbox.bytes = 0;
         inbox.waker = None;
@@ -367,18 +392,26 @@ impl Hub {
         let Some((name, subs)) = shard.channels.get_key_value(channel) else {
             return 0;
         };
-        let mut n = 0;
-        for sub in subs.values() {
-            if only_join_leave && !sub.join_leave {
-                continue;
+        let push = Arc::new(EncodedPush {
+            channel: name.clone(),
+            bytes: push,
+        });
+        let targets: Vec<&ClientHandle> = subs
+            .values()
+            .filter(|sub| !only_join_leave || sub.join_leave)
+            .map(|sub| &*sub.client)
+            .collect();
+        // In groups: first every queue's cache line is loaded (plain reads, which overlap),
+        // then each is locked and pushed to, hitting the cache.
+        for group in targets.chunks(16) {
+            for client in group {
+                std::hint::black_box(client.touch());
             }
-            sub.client.send(SessionMsg::Push {
-                channel: name.clone(),
-                push: push.clone(),
-            });
-            n += 1;
+            for client in group {
+                client.send(SessionMsg::Push(push.clone()));
+            }
         }
-        n
+        targets.len()
     }
 
     /// Local connections of `user`, optionally narrowed to one client or session.

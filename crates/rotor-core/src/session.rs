@@ -1267,19 +1267,23 @@ impl Session {
         let bare = transport.kind == TransportKind::Unidirectional;
         let mut control = None;
         client.take(|msg| match msg {
-            SessionMsg::Push { channel, push } => {
+            SessionMsg::Push(push) => {
                 // The hub hands every push of a channel the same name, so the channel of
                 // the previous push is recognised without a lookup.
                 let subscribed = delivering
                     .as_ref()
-                    .is_some_and(|d| Arc::ptr_eq(d, &channel))
-                    || subs.contains_key(&channel) && {
-                        *delivering = Some(channel);
+                    .is_some_and(|d| Arc::ptr_eq(d, &push.channel))
+                    || subs.contains_key(&push.channel) && {
+                        *delivering = Some(push.channel.clone());
                         true
                     };
                 // Not subscribed: unsubscribed while the push was queued.
                 if subscribed {
-                    out.push(if bare { bare_push(&push) } else { push });
+                    out.push(if bare {
+                        bare_push(&push.bytes)
+                    } else {
+                        push.bytes.clone()
+                    });
                 }
                 true
             }
