@@ -26,7 +26,10 @@ pub(crate) enum SessionMsg {
 impl SessionMsg {
     fn cost(&self) -> u32 {
         match self {
-            SessionMsg::Push(push) => u32::try_from(push.bytes.len()).unwrap_or(u32::MAX),
+            // The bare push, as before pushes were kept wrapped: the limit means the same.
+            SessionMsg::Push(push) => {
+                u32::try_from(push.bytes.len() - PUSH_PREFIX.len() - 1).unwrap_or(u32::MAX)
+            }
             SessionMsg::Control(_) => 64,
         }
     }

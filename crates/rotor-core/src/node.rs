@@ -166,9 +166,11 @@ impl Node {
         &self.inner.storage
     }
 
-    /// Cancelled when the node shuts down; every session watches it.
+    /// Cancelled when the node shuts down. A child of the node's own token: only
+    /// [`Node::shutdown`] cancels, after setting the flag sessions check first.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.inner.shutdown.clone()
+        // A child: only `shutdown` may cancel (it sets the flag sessions check first).
+        self.inner.shutdown.child_token()
     }
 
     /// Whether `shutdown` has begun (an atomic read, for hot loops).

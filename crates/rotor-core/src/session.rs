@@ -138,7 +138,7 @@ pub async fn run(
 ) -> Option<Disconnect> {
     let cfg = &node.config().client;
     let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-    let cancel = node.shutdown_token().child_token();
+    let cancel = node.inner.shutdown.child_token();
     let client = ClientHandle::new(
         id,
         params.session_id.clone(),
@@ -177,10 +177,13 @@ pub async fn run(
     // as it can per turn. It keeps its futures across turns instead of making new ones: the
     // pending read, the timer (moved only when the next deadline moves) and the cancellation
     // wait. The cancellation wait is polled once to register its wake-up and afterwards only
-    // on the fair turns: a cancellation also sets flags (`stopping`), which the loop reads on
-    // every turn and every wake-up, so re-polling it each time would only repeat two locks. (The timer is
-    // polled every turn: a poll may be refused by tokio's cooperative budget without
-    // registering anything, and an unregistered timer would never wake the session.)
+    // on the fair turns and while a write is pending: a cancellation also sets flags
+    // (`stopping`: every cancel goes through `Node::shutdown` or `ClientHandle::close`, which
+    // set them first), which the loop reads on every turn and every wake-up, so re-polling
+    // it each time would only repeat two locks. The timer is polled whenever the queue and
+    // the read are both pending (a branch's condition is evaluated once per select, so a
+    // "poll the timer only when due" condition would miss a deadline passing during the
+    // wait).
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
     if poll_once(cancelled.as_mut()).await.is_ready() {
@@ -281,6 +284,9 @@ pub async fn run(
             break Some(d);
         }
     };
+    // Nothing reads the queue any more: drop what is in it and whatever comes until the
+    // hub forgets this connection.
+    client.end_inbox();
     if let Some(d) = &ending {
         let limit = match d.code {
             c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
@@ -314,7 +320,6 @@ pub async fn run(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), transport.close(d)).await;
     }
     Box::pin(s.cleanup()).await;
-    client.end_inbox();
     if s.state == State::Connected {
         node.inner
             .observer

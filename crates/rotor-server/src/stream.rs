@@ -129,7 +129,7 @@ impl Transport for StreamTransport {
     }
 
     async fn close(&mut self, _disconnect: &Disconnect) {
-        // The body ends when the session drops this writer.
+        // The body ends when the session drops this transport.
     }
 }
 

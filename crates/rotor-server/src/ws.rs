@@ -1,5 +1,5 @@
 //! The bidirectional WebSocket transport: rotor does the upgrade itself (warp's `ws()` filter
-//! cannot set tungstenite's read buffer) and adapts the socket to the core's reader/writer.
+//! cannot set tungstenite's read buffer) and adapts the socket to the core's `Transport`.
 
 use std::time::Duration;
 
