@@ -28,7 +28,7 @@ impl SessionMsg {
         match self {
             // The bare push, as before pushes were kept wrapped: the limit means the same.
             SessionMsg::Push(push) => {
-                u32::try_from(push.bytes.len() - PUSH_PREFIX.len() - 1).unwrap_or(u32::MAX)
+                u32::try_from(bare_range(&push.bytes).len()).unwrap_or(u32::MAX)
             }
             SessionMsg::Control(_) => 64,
         }
@@ -59,7 +59,12 @@ pub(crate) fn wrap_push(push: &rotor_protocol::Push) -> Bytes {
 
 /// The bare push inside what [`wrap_push`] made, without copying.
 pub(crate) fn bare_push(wrapped: &Bytes) -> Bytes {
-    wrapped.slice(PUSH_PREFIX.len()..wrapped.len() - 1)
+    wrapped.slice(bare_range(wrapped))
+}
+
+/// Where the bare push lies inside what [`wrap_push`] made.
+fn bare_range(wrapped: &Bytes) -> std::ops::Range<usize> {
+    PUSH_PREFIX.len()..wrapped.len() - 1
 }
 
 /// The part of a connection the rest of the node can reach.

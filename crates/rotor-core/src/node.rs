@@ -169,7 +169,6 @@ impl Node {
     /// Cancelled when the node shuts down. A child of the node's own token: only
     /// [`Node::shutdown`] cancels, after setting the flag sessions check first.
     pub fn shutdown_token(&self) -> CancellationToken {
-        // A child: only `shutdown` may cancel (it sets the flag sessions check first).
         self.inner.shutdown.child_token()
     }
 

@@ -5,7 +5,9 @@
 //! pings, expiry, server-side commands, cleanup — happens here, once, for every transport.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use rotor_protocol::{
@@ -15,8 +17,6 @@ use rotor_protocol::{
     StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
     SubscribeResult, UnsubscribeCode, UnsubscribePush,
 };
-use std::future::{poll_fn, Future};
-use std::task::{Context, Poll};
 use tokio::time::Instant;
 
 use crate::broker::Control;
@@ -186,9 +186,8 @@ pub async fn run(
     // wait).
     let cancelled = cancel.cancelled();
     tokio::pin!(cancelled);
-    if poll_once(cancelled.as_mut()).await.is_ready() {
-        // Cancelled before the first turn: the flags below say so.
-    }
+    // Registers the wake-up (if already cancelled, the flags below say so).
+    let _ = poll_fn(|cx| Poll::Ready(cancelled.as_mut().poll(cx))).await;
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
@@ -334,13 +333,6 @@ enum Wake {
     Read(Inbound),
     Timer,
     Cancelled,
-}
-
-/// Polls `fut` once with the task's waker (registering its wake-up) and returns the result.
-async fn poll_once<F: std::future::Future>(
-    mut fut: std::pin::Pin<&mut F>,
-) -> std::task::Poll<F::Output> {
-    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await
 }
 
 /// Every this many turns the session loop looks at its timer and the client's frames

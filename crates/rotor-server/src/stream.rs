@@ -109,13 +109,7 @@ impl Transport for StreamTransport {
                 }
             }
         }
-        // As for WebSocket: a timer only for a send that has to wait.
-        let mut send = std::pin::pin!(self.body.send(Bytes::from(chunk)));
-        let sent = match futures_util::poll!(send.as_mut()) {
-            std::task::Poll::Ready(r) => Ok(r),
-            std::task::Poll::Pending => Box::pin(tokio::time::timeout(self.timeout, send)).await,
-        };
-        match sent {
+        match crate::within(self.timeout, self.body.send(Bytes::from(chunk))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -12,13 +11,13 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use rotor_core::session::{self, Inbound, SessionParams, Transport, TransportInfo, TransportKind};
 use rotor_protocol::Disconnect;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::either::Either;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
@@ -162,85 +161,20 @@ pub fn upgrade(
 }
 
 /// The socket under a WebSocket: the accepted TCP stream itself when hyper hands it back
-/// (plain connections), else hyper's upgraded connection (TLS). Not a boxed trait object:
-/// every delivery writes through it.
-enum Io {
-    Tcp(TcpStream),
-    Upgraded(TokioIo<Upgraded>),
-}
+/// (plain connections), else hyper's upgraded connection (TLS). An enum, not a boxed trait
+/// object: every delivery writes through it.
+type Io = Either<TcpStream, TokioIo<Upgraded>>;
 
 type Socket = WebSocketStream<Io>;
 
 /// Takes the upgraded connection apart when it is a plain TCP stream (bytes the client sent
 /// after its upgrade request come first).
 async fn socket(upgraded: Upgraded, config: WebSocketConfig) -> Socket {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) if parts.read_buf.is_empty() => {
-            WebSocketStream::from_raw_socket(
-                Io::Tcp(parts.io.into_inner()),
-                Role::Server,
-                Some(config),
-            )
-            .await
-        }
-        Ok(parts) => {
-            WebSocketStream::from_partially_read(
-                Io::Tcp(parts.io.into_inner()),
-                parts.read_buf.to_vec(),
-                Role::Server,
-                Some(config),
-            )
-            .await
-        }
-        Err(upgraded) => {
-            WebSocketStream::from_raw_socket(
-                Io::Upgraded(TokioIo::new(upgraded)),
-                Role::Server,
-                Some(config),
-            )
-            .await
-        }
-    }
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Upgraded(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Upgraded(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Io::Upgraded(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Upgraded(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
+    let (io, read_ahead) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => (Either::Left(parts.io.into_inner()), parts.read_buf.to_vec()),
+        Err(upgraded) => (Either::Right(TokioIo::new(upgraded)), Vec::new()),
+    };
+    WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await
 }
 
 /// One WebSocket connection as the session's transport: the socket is held inline (no split
@@ -292,21 +226,13 @@ impl Transport for WsTransport {
         // The session only hands over JSON it encoded; the check is one pass over bytes that
         // are about to be copied into the socket buffer anyway.
         let text = Utf8Bytes::try_from(frame).map_err(std::io::Error::other)?;
-        let mut send = self.socket.send(Message::Text(text));
-        // Most writes finish at once (the socket has room); only a write that has to wait
-        // gets a timer (boxed, so the common case neither touches the timer wheel nor makes
-        // every connection's task carry a timer's state).
-        match futures_util::poll!(&mut send) {
-            std::task::Poll::Ready(r) => r.map_err(std::io::Error::other),
-            std::task::Poll::Pending => {
-                match Box::pin(tokio::time::timeout(self.write_timeout, send)).await {
-                    Ok(r) => r.map_err(std::io::Error::other),
-                    Err(_) => Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "websocket write timed out",
-                    )),
-                }
-            }
+        let send = self.socket.send(Message::Text(text));
+        match crate::within(self.write_timeout, send).await {
+            Ok(r) => r.map_err(std::io::Error::other),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "websocket write timed out",
+            )),
         }
     }
 
