@@ -13,9 +13,10 @@ use rotor_core::session::{self, Inbound, SessionParams, Transport, TransportInfo
 use rotor_protocol::Disconnect;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::either::Either;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
@@ -102,6 +103,7 @@ pub fn upgrade(
         let mut ws = WsTransport {
             socket: socket(upgraded, ws_config).await,
             write_timeout,
+            one_per_frame: matches!(mode, Mode::Unidirectional { .. }),
         };
         let params = match mode {
             Mode::Bidirectional => SessionParams {
@@ -182,6 +184,17 @@ async fn socket(upgraded: Upgraded, config: WebSocketConfig) -> Socket {
 struct WsTransport {
     socket: Socket,
     write_timeout: Duration,
+    /// Each message in a frame of its own (uni_websocket: its clients parse a frame as one
+    /// push, as Centrifugo sends them by default). Otherwise messages written together are
+    /// joined with `\n` into one frame, as the SDKs expect and Centrifugo does.
+    one_per_frame: bool,
+}
+
+/// A text frame holding `json`. Built as a raw frame so tungstenite does not check the
+/// bytes again: the session only hands over JSON it encoded (serde output, or publication
+/// data that was parsed as JSON text on the way in), which is UTF-8.
+fn text_frame(json: Bytes) -> Message {
+    Message::Frame(Frame::message(json, OpCode::Data(OpData::Text), true))
 }
 
 impl Transport for WsTransport {
@@ -210,23 +223,28 @@ impl Transport for WsTransport {
         }
     }
 
-    async fn write(&mut self, mut messages: Vec<Bytes>) -> std::io::Result<()> {
-        let frame = if messages.len() == 1 {
-            messages.pop().unwrap_or_default()
-        } else {
-            let mut joined = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
-            for (i, m) in messages.iter().enumerate() {
-                if i > 0 {
-                    joined.push(b'\n');
+    async fn write(&mut self, messages: Vec<Bytes>) -> std::io::Result<()> {
+        let socket = &mut self.socket;
+        let one_per_frame = self.one_per_frame;
+        let send = async move {
+            if one_per_frame || messages.len() == 1 {
+                // Fed one by one (tungstenite copies each into its write buffer), then one
+                // flush: a single write to the socket either way.
+                for m in messages {
+                    socket.feed(text_frame(m)).await?;
                 }
-                joined.extend_from_slice(m);
+                socket.flush().await
+            } else {
+                let mut joined = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
+                for (i, m) in messages.iter().enumerate() {
+                    if i > 0 {
+                        joined.push(b'\n');
+                    }
+                    joined.extend_from_slice(m);
+                }
+                socket.send(text_frame(Bytes::from(joined))).await
             }
-            Bytes::from(joined)
         };
-        // The session only hands over JSON it encoded; the check is one pass over bytes that
-        // are about to be copied into the socket buffer anyway.
-        let text = Utf8Bytes::try_from(frame).map_err(std::io::Error::other)?;
-        let send = self.socket.send(Message::Text(text));
         match crate::within(self.write_timeout, send).await {
             Ok(r) => r.map_err(std::io::Error::other),
             Err(_) => Err(std::io::Error::new(

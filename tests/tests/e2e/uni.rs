@@ -199,3 +199,35 @@ async fn uni_websocket_first_message_or_cf_connect() {
     assert_eq!(ws.closed().await.0, 3501);
     server.shutdown().await;
 }
+
+/// Clients of the unidirectional WebSocket parse each frame as one JSON push (Centrifugo
+/// sends one per frame by default), so pushes queued together still go out one per frame.
+#[tokio::test]
+async fn uni_websocket_sends_one_push_per_frame() {
+    let server = TestServer::start(config()).await;
+    let url = format!("ws://{}/connection/uni_websocket", server.addr);
+    let t = token(json!({"sub": "zed", "channels": ["chat:burst"]}));
+    let mut ws = RawWs::connect(&url).await;
+    ws.send(&json!({"token": t}).to_string()).await;
+    let connect = ws.message().await;
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    // One API call publishing 50 times: the pushes queue before the session's next turn.
+    let commands: Vec<Value> = (0..50)
+        .map(|n| json!({"publish": {"channel": "chat:burst", "data": n}}))
+        .collect();
+    server.api("batch", json!({ "commands": commands })).await;
+    let mut seen = Vec::new();
+    while seen.len() < 50 {
+        match ws.recv(Duration::from_secs(10)).await {
+            Received::Messages(ms) => {
+                assert_eq!(ms.len(), 1, "one push per frame, got {ms:?}");
+                if let Some(n) = ms[0]["pub"]["data"].as_u64() {
+                    seen.push(n);
+                }
+            }
+            other => panic!("expected pushes, got {other:?}"),
+        }
+    }
+    assert_eq!(seen, (0..50).collect::<Vec<u64>>());
+    server.shutdown().await;
+}
