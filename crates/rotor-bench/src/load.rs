@@ -225,9 +225,9 @@ impl Shared {
         self.state.lock().expect("state").tally.received
     }
 
-    /// Records a payload that subscriber `i` received.
-    pub fn on_payload(&self, i: usize, seq: u64, intended_ns: u64) {
-        let now = payload::now_ns();
+    /// Records a payload that subscriber `i` received at `now` (ns since the epoch, read
+    /// once per frame: everything in one frame arrived together).
+    pub fn on_payload(&self, i: usize, seq: u64, intended_ns: u64, now: u64) {
         if seq < self.step_first.load(Ordering::Relaxed) {
             return; // a straggler from the previous step
         }
@@ -356,7 +356,7 @@ enum RotorLine<'a> {
     Other,
 }
 
-fn rotor_line<'a>(line: &'a [u8], shared: &Shared, i: usize) -> RotorLine<'a> {
+fn rotor_line<'a>(line: &'a [u8], shared: &Shared, i: usize, now: u64) -> RotorLine<'a> {
     if line == b"{}" {
         return RotorLine::Ping;
     }
@@ -369,7 +369,7 @@ fn rotor_line<'a>(line: &'a [u8], shared: &Shared, i: usize) -> RotorLine<'a> {
     }
     if line.starts_with(b"{\"push\"") {
         if let Some((seq, t)) = payload::scan(line) {
-            shared.on_payload(i, seq, t);
+            shared.on_payload(i, seq, t, now);
         }
         return RotorLine::Push;
     }
@@ -407,8 +407,9 @@ async fn rotor_ws(
             continue;
         };
         let mut pong = false;
-        for line in text.as_bytes().split(|b| *b == b'\n') {
-            match rotor_line(line, shared, i) {
+        let now = payload::now_ns();
+        for line in payload::lines(text.as_bytes()) {
+            match rotor_line(line, shared, i, now) {
                 RotorLine::Reply { id, line } if id <= 2 => {
                     if let Some(e) = reply_error(line) {
                         return Err(format!("command {id}: {e}"));
@@ -480,10 +481,11 @@ async fn rotor_emulated(
             Err(e) => return Err(format!("stream: {e}")),
         };
         buf.extend_from_slice(&chunk);
+        let now = payload::now_ns();
         let mut start = 0;
         let mut pings = 0;
         let mut to_subscribe = false;
-        while let Some(pos) = buf[start..].iter().position(|b| *b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', &buf[start..]) {
             let mut line = &buf[start..start + pos];
             start += pos + 1;
             if sse {
@@ -492,7 +494,7 @@ async fn rotor_emulated(
                     None => continue,
                 }
             }
-            match rotor_line(line, shared, i) {
+            match rotor_line(line, shared, i, now) {
                 RotorLine::Reply { id: 1, line } => {
                     if let Some(e) = reply_error(line) {
                         return Err(format!("connect: {e}"));
@@ -558,7 +560,7 @@ async fn ceiling(
     while let Some(msg) = ws.next().await {
         if let Message::Text(t) = msg.map_err(|e| e.to_string())? {
             if let Some((seq, ts)) = payload::scan(t.as_bytes()) {
-                shared.on_payload(i, seq, ts);
+                shared.on_payload(i, seq, ts, payload::now_ns());
             }
         }
     }
@@ -636,11 +638,12 @@ async fn nats(
         };
         parser.push(&bytes, &mut ops);
         let mut pong = false;
+        let now = payload::now_ns();
         for op in ops.drain(..) {
             match op {
                 NatsOp::Msg(p) => {
                     if let Some((seq, ts)) = payload::scan(&p) {
-                        shared.on_payload(i, seq, ts);
+                        shared.on_payload(i, seq, ts, now);
                     }
                 }
                 NatsOp::Ping => pong = true,
@@ -805,11 +808,11 @@ mod tests {
     fn gaps_are_losses_and_repeats_duplicates() {
         let s = Shared::new(0, 2, 1);
         s.reset(10);
-        s.on_payload(0, 10, payload::now_ns());
-        s.on_payload(0, 11, payload::now_ns());
-        s.on_payload(0, 11, payload::now_ns()); // duplicate
-        s.on_payload(0, 14, payload::now_ns()); // 12 and 13 may still come
-        s.on_payload(1, 9, payload::now_ns()); // previous step: ignored
+        s.on_payload(0, 10, payload::now_ns(), payload::now_ns());
+        s.on_payload(0, 11, payload::now_ns(), payload::now_ns());
+        s.on_payload(0, 11, payload::now_ns(), payload::now_ns()); // duplicate
+        s.on_payload(0, 14, payload::now_ns(), payload::now_ns()); // 12 and 13 may still come
+        s.on_payload(1, 9, payload::now_ns(), payload::now_ns()); // previous step: ignored
         let t = counts(&s);
         assert_eq!(t, (3, 1, 0));
         assert_eq!(s.expected(16), 12);
@@ -822,7 +825,7 @@ mod tests {
         let s = Shared::new(0, 1, 1);
         s.reset(0);
         for seq in [1, 0, 3, 2, 5, 4, 4, 6, 2000] {
-            s.on_payload(0, seq, payload::now_ns());
+            s.on_payload(0, seq, payload::now_ns(), payload::now_ns());
         }
         // 4 twice is a duplicate; jumping to 2000 drops 7..=975 from the window: lost.
         assert_eq!(
@@ -841,8 +844,8 @@ mod tests {
         s.reset(5);
         assert_eq!(s.state.lock().unwrap().windows[0].next, 7);
         assert_eq!(s.state.lock().unwrap().windows[1].next, 8);
-        s.on_payload(0, 7, payload::now_ns());
-        s.on_payload(0, 15, payload::now_ns()); // 11 not (yet) seen
+        s.on_payload(0, 7, payload::now_ns(), payload::now_ns());
+        s.on_payload(0, 15, payload::now_ns(), payload::now_ns()); // 11 not (yet) seen
         assert_eq!(s.received(), 2);
         // Below 17: channel 3 gets 7, 11, 15; channel 0 gets 8, 12, 16.
         assert_eq!(s.expected(17), 6);
