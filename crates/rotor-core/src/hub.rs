@@ -1,5 +1,6 @@
 //! The hub: which local connections exist, which user they belong to, and who is subscribed
-//! to each channel. Fan-out encodes a push once and queues the same bytes to every subscriber.
+//! to each channel. Fan-out encodes a push once, keeps it in a chunk of the channel's recent
+//! pushes shared by the subscribers, and queues runs of that chunk to every subscriber.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
@@ -13,36 +14,58 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::Control;
 
-/// What a session receives from the rest of the node.
-#[derive(Debug)]
-pub(crate) enum SessionMsg {
-    /// A pre-encoded push for a channel the session may be subscribed to, shared by every
-    /// subscriber (one pointer per queued message).
-    Push(Arc<EncodedPush>),
+/// Pushes of one channel in the order the hub broadcast them, shared by every local
+/// subscriber that still has some of them to deliver. A subscriber's queue holds runs of a
+/// chunk (`from..to`), so a session that is behind is sent the next push of the channel by
+/// extending its last run: a store on its queue's own cache line, no new queue entry.
+pub(crate) struct Chunk {
+    /// The hub's name of the channel (the same allocation for every chunk of the channel).
+    channel: Arc<str>,
+    /// Filled in order by [`Hub::broadcast`] (under the channel's shard lock), each before
+    /// any subscriber is told of it. As replies (`{"push":…}`, see [`wrap_push`]). Boxed, so
+    /// that the pushes go when the last run does, not when the hub's weak pointer does.
+    slots: Box<[OnceLock<Bytes>; CHUNK]>,
+}
+
+/// Pushes per chunk.
+const CHUNK: usize = 16;
+
+/// Consecutive pushes `from..to` of one chunk, queued for one session.
+struct Run {
+    chunk: Arc<Chunk>,
+    from: u16,
+    to: u16,
+}
+
+/// An entry of a session's queue.
+enum Queued {
+    Pushes(Run),
     /// A node-wide command addressed to this connection.
     Control(Box<Control>),
 }
 
-impl SessionMsg {
-    fn cost(&self) -> u32 {
-        match self {
-            // The bare push, as before pushes were kept wrapped: the limit means the same.
-            SessionMsg::Push(push) => {
-                u32::try_from(bare_range(&push.bytes).len()).unwrap_or(u32::MAX)
-            }
-            SessionMsg::Control(_) => 64,
-        }
-    }
+/// What a session takes off its queue.
+pub(crate) enum Taken<'a> {
+    /// A pre-encoded push (`{"push":…}`) for a channel the session may be subscribed to;
+    /// `channel` is the hub's name of it.
+    Push {
+        channel: &'a Arc<str>,
+        bytes: &'a Bytes,
+    },
+    Control(Box<Control>),
 }
 
-/// A push encoded once for all local subscribers of a channel.
-#[derive(Debug)]
-pub(crate) struct EncodedPush {
-    /// The hub's name of the channel (the same allocation for every push of the channel).
-    pub(crate) channel: Arc<str>,
-    /// As a reply (`{"push":{"channel":…,"pub":…}}`, see [`wrap_push`]).
-    pub(crate) bytes: Bytes,
+/// What a queued push counts against the queue's byte limit: the bare push, as before
+/// pushes were kept wrapped (the limit means the same), and never 0 (an empty queue is one
+/// that counts 0 bytes).
+fn push_cost(wrapped: &Bytes) -> u32 {
+    u32::try_from(bare_range(wrapped).len())
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
+
+/// What a queued node command counts against the limit.
+const CONTROL_COST: u32 = 64;
 
 /// The prefix [`wrap_push`] puts before a bare push.
 const PUSH_PREFIX: &[u8] = b"{\"push\":";
@@ -96,17 +119,16 @@ struct Line<T>(T);
 
 #[derive(Default)]
 struct Inbox {
-    /// The oldest queued message, kept inline: a message into an empty queue is stored on
-    /// the line the lock is on, with no other memory to reach.
-    first: Option<SessionMsg>,
-    /// The messages after `first`, allocated only when more than one is waiting. Invariant:
-    /// while `rest` holds anything, new messages go to its end (order is kept), and `first`
-    /// may be empty (the session took it and stopped). Boxed on purpose: one pointer on
+    /// The newest queued run, kept inline: a push into an empty queue, or the next push of
+    /// the channel a session is behind on, is stored on the line the lock is on.
+    last: Option<Run>,
+    /// Everything queued before `last`, oldest first; allocated only when a session falls
+    /// behind on more than one run or gets a node command. Boxed on purpose: one pointer on
     /// the line instead of the deque's four words.
     #[allow(clippy::box_collection)]
-    rest: Option<Box<VecDeque<SessionMsg>>>,
-    /// The cost (bytes) of what is queued, against `limit` (both small, so the whole locked
-    /// inbox fits one cache line).
+    rest: Option<Box<VecDeque<Queued>>>,
+    /// The cost (bytes) of what is queued, against `limit`; 0 exactly when the queue is
+    /// empty (every entry costs at least 1), so emptiness is known without reading `rest`.
     bytes: u32,
     limit: u32,
     /// The session's task, woken when a message arrives in an empty queue.
@@ -117,22 +139,58 @@ struct Inbox {
 
 impl Inbox {
     fn is_empty(&self) -> bool {
-        self.first.is_none() && self.rest.as_ref().is_none_or(|r| r.is_empty())
+        self.bytes == 0
     }
 
-    fn push(&mut self, msg: SessionMsg) {
-        match &mut self.rest {
-            Some(rest) if !rest.is_empty() => rest.push_back(msg),
-            _ if self.first.is_none() => self.first = Some(msg),
-            Some(rest) => rest.push_back(msg),
-            None => self.rest = Some(Box::new(VecDeque::from([msg]))),
+    fn push_back(&mut self, q: Queued) {
+        self.rest.get_or_insert_with(Default::default).push_back(q);
+    }
+
+    /// Queues push `idx` of `chunk`, extending the last run when it ends right before it.
+    fn push_run(&mut self, chunk: &Arc<Chunk>, idx: u16) {
+        if let Some(run) = &mut self.last {
+            if run.to == idx && Arc::ptr_eq(&run.chunk, chunk) {
+                run.to += 1;
+                return;
+            }
+        }
+        let run = Run {
+            chunk: chunk.clone(),
+            from: idx,
+            to: idx + 1,
+        };
+        if let Some(prev) = self.last.replace(run) {
+            self.push_back(Queued::Pushes(prev));
         }
     }
 
-    fn pop(&mut self) -> Option<SessionMsg> {
-        self.first
-            .take()
-            .or_else(|| self.rest.as_mut().and_then(|r| r.pop_front()))
+    fn push_control(&mut self, control: Box<Control>) {
+        if let Some(prev) = self.last.take() {
+            self.push_back(Queued::Pushes(prev));
+        }
+        self.push_back(Queued::Control(control));
+    }
+
+    /// The oldest entry.
+    fn pop(&mut self) -> Option<Queued> {
+        self.rest
+            .as_mut()
+            .and_then(|r| r.pop_front())
+            .or_else(|| self.last.take().map(Queued::Pushes))
+    }
+
+    /// Puts back the rest of a run [`pop`](Self::pop) returned, as the oldest entry again.
+    fn unpop(&mut self, run: Run) {
+        match &mut self.rest {
+            Some(rest) if !rest.is_empty() || self.last.is_some() => {
+                rest.push_front(Queued::Pushes(run))
+            }
+            _ if self.last.is_none() => self.last = Some(run),
+            _ => self
+                .rest
+                .get_or_insert_with(Default::default)
+                .push_front(Queued::Pushes(run)),
+        }
     }
 }
 
@@ -190,10 +248,19 @@ impl ClientHandle {
         self.session.as_deref()
     }
 
-    /// Queues a message; a connection whose queue exceeds its byte limit is closed as slow
-    /// (3008) instead of growing memory.
-    pub(crate) fn send(&self, msg: SessionMsg) {
-        let cost = msg.cost();
+    /// Queues a node command for the session.
+    pub(crate) fn send_control(&self, control: Control) {
+        self.enqueue(CONTROL_COST, |inbox| inbox.push_control(Box::new(control)));
+    }
+
+    /// Queues push `idx` of `chunk` (which costs `cost`).
+    fn send_push(&self, chunk: &Arc<Chunk>, idx: u16, cost: u32) {
+        self.enqueue(cost, |inbox| inbox.push_run(chunk, idx));
+    }
+
+    /// Queues what `push` adds; a connection whose queue would exceed its byte limit is
+    /// closed as slow (3008) instead of growing memory.
+    fn enqueue(&self, cost: u32, push: impl FnOnce(&mut Inbox)) {
         let mut inbox = lock(&self.inbox.0);
         if inbox.ended {
             return;
@@ -207,7 +274,7 @@ impl ClientHandle {
         // message into an empty queue needs to wake it.
         let was_empty = inbox.is_empty();
         inbox.bytes += cost;
-        inbox.push(msg);
+        push(&mut inbox);
         if was_empty {
             if let Some(w) = &inbox.waker {
                 w.wake_by_ref();
@@ -240,15 +307,43 @@ impl ClientHandle {
 
     /// Takes up to [`TAKE_AT_MOST`] messages, handing each to `each` in order, until the
     /// queue is empty or `each` returns false (that message is taken; the rest stay).
-    pub(crate) fn take(&self, mut each: impl FnMut(SessionMsg) -> bool) {
+    pub(crate) fn take(&self, mut each: impl FnMut(Taken<'_>) -> bool) {
         let mut inbox = lock(&self.inbox.0);
-        for _ in 0..TAKE_AT_MOST {
-            let Some(msg) = inbox.pop() else {
+        let mut budget = TAKE_AT_MOST;
+        while budget > 0 {
+            let Some(queued) = inbox.pop() else {
                 break;
             };
-            inbox.bytes -= msg.cost();
-            if !each(msg) {
-                break;
+            match queued {
+                Queued::Control(c) => {
+                    inbox.bytes -= CONTROL_COST;
+                    budget -= 1;
+                    if !each(Taken::Control(c)) {
+                        break;
+                    }
+                }
+                Queued::Pushes(mut run) => {
+                    let mut go_on = true;
+                    while run.from < run.to && budget > 0 && go_on {
+                        let slot = &run.chunk.slots[usize::from(run.from)];
+                        run.from += 1;
+                        budget -= 1;
+                        // Always filled: a slot is set before it is queued anywhere.
+                        if let Some(bytes) = slot.get() {
+                            inbox.bytes -= push_cost(bytes);
+                            go_on = each(Taken::Push {
+                                channel: &run.chunk.channel,
+                                bytes,
+                            });
+                        }
+                    }
+                    if run.from < run.to {
+                        inbox.unpop(run);
+                    }
+                    if !go_on {
+                        break;
+                    }
+                }
             }
         }
         if inbox
@@ -266,7 +361,7 @@ impl ClientHandle {
         inbox.ended = true;
         inbox.bytes = 0;
         inbox.waker = None;
-        let dropped = (inbox.first.take(), inbox.rest.take());
+        let dropped = (inbox.last.take(), inbox.rest.take());
         drop(inbox);
         drop(dropped);
     }
@@ -309,9 +404,21 @@ struct Subscriber {
     join_leave: bool,
 }
 
+/// A channel with local subscribers.
+struct Channel {
+    /// The key it is stored under (every push of the channel carries this allocation).
+    name: Arc<str>,
+    subs: HashMap<usize, Subscriber>,
+    /// The chunk new pushes go into while some subscriber still holds a run of it (weak:
+    /// once every subscriber has taken its pushes, the chunk and its pushes are freed), and
+    /// its next free slot.
+    chunk: std::sync::Weak<Chunk>,
+    next: u16,
+}
+
 #[derive(Default)]
 struct Shard {
-    channels: HashMap<Arc<str>, HashMap<usize, Subscriber>>,
+    channels: HashMap<Arc<str>, Channel>,
 }
 
 #[derive(Default)]
@@ -400,30 +507,40 @@ impl Hub {
     ) -> bool {
         let mut shard = lock(self.shard(channel));
         let first = !shard.channels.contains_key(channel);
-        shard
-            .channels
-            .entry(Arc::from(channel))
-            .or_default()
-            .insert(
-                key(client),
-                Subscriber {
-                    client: client.clone(),
-                    join_leave,
-                },
-            );
+        let subscriber = Subscriber {
+            client: client.clone(),
+            join_leave,
+        };
+        match shard.channels.get_mut(channel) {
+            Some(ch) => {
+                ch.subs.insert(key(client), subscriber);
+            }
+            None => {
+                let name: Arc<str> = Arc::from(channel);
+                shard.channels.insert(
+                    name.clone(),
+                    Channel {
+                        name,
+                        subs: HashMap::from([(key(client), subscriber)]),
+                        chunk: std::sync::Weak::new(),
+                        next: 0,
+                    },
+                );
+            }
+        }
         first
     }
 
     /// Removes a subscriber; true when the channel has no local subscriber left.
     pub(crate) fn unsubscribe(&self, channel: &str, client: &Arc<ClientHandle>) -> bool {
         let mut shard = lock(self.shard(channel));
-        let Some(subs) = shard.channels.get_mut(channel) else {
+        let Some(ch) = shard.channels.get_mut(channel) else {
             return false;
         };
-        if subs.remove(&key(client)).is_none() {
+        if ch.subs.remove(&key(client)).is_none() {
             return false;
         }
-        if subs.is_empty() {
+        if ch.subs.is_empty() {
             shard.channels.remove(channel);
             return true;
         }
@@ -432,17 +549,28 @@ impl Hub {
 
     /// Queues a pre-encoded push to every subscriber (or only those that want join/leave).
     pub(crate) fn broadcast(&self, channel: &str, push: Bytes, only_join_leave: bool) -> usize {
-        let shard = lock(self.shard(channel));
-        let Some((name, subs)) = shard.channels.get_key_value(channel) else {
+        let mut shard = lock(self.shard(channel));
+        let Some(ch) = shard.channels.get_mut(channel) else {
             return 0;
         };
-        let push = Arc::new(EncodedPush {
-            channel: name.clone(),
-            bytes: push,
-        });
-        let mut targets: Vec<&ClientHandle> = Vec::with_capacity(subs.len());
+        let cost = push_cost(&push);
+        let (chunk, idx) = match ch.chunk.upgrade() {
+            Some(chunk) if usize::from(ch.next) < CHUNK => (chunk, ch.next),
+            _ => (
+                Arc::new(Chunk {
+                    channel: ch.name.clone(),
+                    slots: Box::default(),
+                }),
+                0,
+            ),
+        };
+        let _ = chunk.slots[usize::from(idx)].set(push);
+        ch.chunk = Arc::downgrade(&chunk);
+        ch.next = idx + 1;
+        let mut targets: Vec<&ClientHandle> = Vec::with_capacity(ch.subs.len());
         targets.extend(
-            subs.values()
+            ch.subs
+                .values()
                 .filter(|sub| !only_join_leave || sub.join_leave)
                 .map(|sub| &*sub.client),
         );
@@ -453,7 +581,7 @@ impl Hub {
                 std::hint::black_box(client.touch());
             }
             for client in group {
-                client.send(SessionMsg::Push(push.clone()));
+                client.send_push(&chunk, idx, cost);
             }
         }
         targets.len()
@@ -519,7 +647,13 @@ impl Hub {
     pub fn num_subscriptions(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| lock(s).channels.values().map(|m| m.len()).sum::<usize>())
+            .map(|s| {
+                lock(s)
+                    .channels
+                    .values()
+                    .map(|c| c.subs.len())
+                    .sum::<usize>()
+            })
             .sum()
     }
 
@@ -531,7 +665,7 @@ impl Hub {
                 lock(s)
                     .channels
                     .iter()
-                    .map(|(k, v)| (k.to_string(), v.len())),
+                    .map(|(k, c)| (k.to_string(), c.subs.len())),
             );
         }
         out
@@ -548,31 +682,34 @@ mod tests {
         ClientHandle::new(Arc::from("c"), None, limit, CancellationToken::new())
     }
 
-    fn push(channel: &Arc<str>, n: u32) -> SessionMsg {
-        let data = format!("{{\"push\":{{\"channel\":\"{channel}\",\"pub\":{{\"data\":{n}}}}}}}");
-        SessionMsg::Push(Arc::new(EncodedPush {
-            channel: channel.clone(),
-            bytes: Bytes::from(data),
-        }))
+    fn push(channel: &str, n: u32) -> Bytes {
+        Bytes::from(format!(
+            "{{\"push\":{{\"channel\":\"{channel}\",\"pub\":{{\"data\":{n}}}}}}}"
+        ))
     }
 
-    fn control(jti: &str) -> SessionMsg {
-        SessionMsg::Control(Box::new(Control::Revoke {
+    fn control(jti: &str) -> Control {
+        Control::Revoke {
             jti: jti.into(),
             expire_at: 0,
-        }))
+        }
     }
 
-    /// What `take` hands over, one label per message, until it stops.
+    /// What `take` hands over, one label per message, until it stops: `channel:n` for a
+    /// push, `jti` for a revocation.
     fn take_all(client: &ClientHandle) -> Vec<String> {
         let mut got = Vec::new();
-        client.take(|msg| match msg {
-            SessionMsg::Push(p) => {
-                got.push(String::from_utf8_lossy(&p.bytes).into_owned());
+        client.take(|taken| match taken {
+            Taken::Push { channel, bytes } => {
+                let text = String::from_utf8_lossy(bytes);
+                let n = text.rsplit(':').next().unwrap_or("").trim_end_matches('}');
+                got.push(format!("{channel}:{n}"));
                 true
             }
-            SessionMsg::Control(c) => {
-                got.push(format!("{c:?}"));
+            Taken::Control(c) => {
+                if let Control::Revoke { jti, .. } = *c {
+                    got.push(jti);
+                }
                 false
             }
         });
@@ -588,84 +725,140 @@ mod tests {
 
     #[test]
     fn messages_come_out_in_the_order_they_were_sent_across_stops() {
+        let hub = Hub::default();
         let client = handle(1 << 20);
-        let ch: Arc<str> = Arc::from("news");
-        for n in 0..3 {
-            client.send(push(&ch, n));
+        hub.subscribe("a", &client, false);
+        hub.subscribe("b", &client, false);
+        // Runs of two channels, interleaved with a node command; more than one chunk.
+        for n in 0..20 {
+            hub.broadcast("a", push("a", n), false);
         }
-        client.send(control("a"));
-        client.send(push(&ch, 3));
+        hub.broadcast("b", push("b", 0), false);
+        hub.broadcast("a", push("a", 20), false);
+        client.send_control(control("x"));
+        hub.broadcast("a", push("a", 21), false);
         // Stops at the node command, which is handed over; the push after it stays.
         let first = take_all(&client);
-        assert_eq!(first.len(), 4, "{first:?}");
-        assert!(first[0].contains("\"data\":0") && first[2].contains("\"data\":2"));
-        assert!(first[3].contains("Revoke"));
-        // Sent while a message is still queued behind the taken ones: after it.
-        client.send(push(&ch, 4));
-        let second = take_all(&client);
-        assert_eq!(second.len(), 2, "{second:?}");
-        assert!(second[0].contains("\"data\":3") && second[1].contains("\"data\":4"));
-        // Empty again: the next message goes first, then the ones after it.
-        client.send(push(&ch, 5));
-        client.send(push(&ch, 6));
-        let third = take_all(&client);
-        assert!(third[0].contains("\"data\":5") && third[1].contains("\"data\":6"));
+        let mut want: Vec<String> = (0..20).map(|n| format!("a:{n}")).collect();
+        want.extend(["b:0".into(), "a:20".into(), "x".into()]);
+        assert_eq!(first, want);
+        // Sent while a push is still queued behind the taken ones: after it.
+        hub.broadcast("a", push("a", 22), false);
+        assert_eq!(take_all(&client), ["a:21", "a:22"]);
         assert!(take_all(&client).is_empty());
     }
 
     #[test]
-    fn a_session_waiting_on_an_empty_queue_is_woken_once_per_burst() {
+    fn a_turn_takes_a_bounded_number_and_leaves_the_rest_in_order() {
+        let hub = Hub::default();
         let client = handle(1 << 20);
-        let ch: Arc<str> = Arc::from("news");
+        hub.subscribe("a", &client, false);
+        hub.subscribe("b", &client, false);
+        // 8 of b first, so that the turn's bound falls in the middle of one of a's runs.
+        let mut want: Vec<String> = (0..8).map(|n| format!("b:{n}")).collect();
+        for n in 0..8 {
+            hub.broadcast("b", push("b", n), false);
+        }
+        let total = TAKE_AT_MOST as u32 + 40;
+        for n in 0..total {
+            hub.broadcast("a", push("a", n), false);
+            want.push(format!("a:{n}"));
+        }
+        hub.broadcast("b", push("b", 8), false);
+        want.push("b:8".into());
+        let first = take_all(&client);
+        assert_eq!(first.len(), TAKE_AT_MOST);
+        // Sent after a turn stopped in the middle of a run: after everything before it.
+        hub.broadcast("a", push("a", total), false);
+        want.push(format!("a:{total}"));
+        let second = take_all(&client);
+        let got: Vec<String> = first.into_iter().chain(second).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_subscriber_gets_every_push_and_join_leave_only_those_asking() {
+        let hub = Hub::default();
+        let (fast, slow, quiet) = (handle(1 << 20), handle(1 << 20), handle(1 << 20));
+        hub.subscribe("a", &fast, true);
+        hub.subscribe("a", &slow, true);
+        hub.subscribe("a", &quiet, false);
+        let mut fast_got = Vec::new();
+        for n in 0..40 {
+            let only_join_leave = n % 10 == 9;
+            let sent = hub.broadcast("a", push("a", n), only_join_leave);
+            assert_eq!(sent, if only_join_leave { 2 } else { 3 });
+            // One subscriber keeps up, one does not take anything until the end.
+            fast_got.extend(take_all(&fast));
+        }
+        let all: Vec<String> = (0..40).map(|n| format!("a:{n}")).collect();
+        assert_eq!(fast_got, all);
+        assert_eq!(take_all(&slow), all);
+        let without: Vec<String> = (0..40)
+            .filter(|n| n % 10 != 9)
+            .map(|n| format!("a:{n}"))
+            .collect();
+        assert_eq!(take_all(&quiet), without);
+        // The channel's chunks are freed once nobody holds a run of them.
+        let shard = lock(hub.shard("a"));
+        assert!(shard.channels["a"].chunk.upgrade().is_none());
+    }
+
+    #[test]
+    fn a_session_waiting_on_an_empty_queue_is_woken_once_per_burst() {
+        let hub = Hub::default();
+        let client = handle(1 << 20);
+        hub.subscribe("a", &client, false);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(client.poll_ready(&mut cx).is_pending());
-        client.send(push(&ch, 0));
-        client.send(push(&ch, 1));
+        hub.broadcast("a", push("a", 0), false);
+        hub.broadcast("a", push("a", 1), false);
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(client.poll_ready(&mut cx).is_ready());
         assert_eq!(take_all(&client).len(), 2);
         assert!(client.poll_ready(&mut cx).is_pending());
-        client.send(push(&ch, 2));
+        client.send_control(control("x"));
         assert_eq!(count.0.load(Ordering::SeqCst), 2);
     }
 
     #[test]
     fn a_queue_past_its_byte_limit_closes_the_connection_as_slow() {
-        let ch: Arc<str> = Arc::from("news");
-        let one = push(&ch, 0).cost() as usize;
+        let hub = Hub::default();
+        let one = push_cost(&push("a", 0)) as usize;
         let client = handle(one * 3);
+        hub.subscribe("a", &client, false);
         for n in 0..3 {
-            client.send(push(&ch, n));
+            hub.broadcast("a", push("a", n), false);
         }
         assert!(!client.closing(), "three pushes fit the limit exactly");
-        client.send(push(&ch, 3));
+        hub.broadcast("a", push("a", 3), false);
         assert!(client.closing());
         assert_eq!(
             client.close_reason().map(|d| d.code),
             Some(Disconnect::SLOW.code)
         );
         // What was queued before the limit is still there, in order; the fourth is not.
-        let got = take_all(&client);
-        assert_eq!(got.len(), 3);
-        assert!(got[2].contains("\"data\":2"));
+        assert_eq!(take_all(&client), ["a:0", "a:1", "a:2"]);
     }
 
     #[test]
     fn taking_frees_the_byte_count_and_an_ended_queue_drops_everything() {
-        let ch: Arc<str> = Arc::from("news");
-        let one = push(&ch, 0).cost() as usize;
+        let hub = Hub::default();
+        let one = push_cost(&push("a", 0)) as usize;
         let client = handle(one * 2);
-        for n in 0..10 {
-            client.send(push(&ch, n));
-            client.send(push(&ch, n));
+        hub.subscribe("a", &client, false);
+        for n in 0..20 {
+            // Same-sized pushes (one digit), two at a time: exactly the limit.
+            hub.broadcast("a", push("a", n % 10), false);
+            hub.broadcast("a", push("a", n % 10), false);
             assert_eq!(take_all(&client).len(), 2);
         }
         assert!(!client.closing(), "the count went down with every take");
-        client.send(push(&ch, 0));
+        hub.broadcast("a", push("a", 0), false);
         client.end_inbox();
-        client.send(push(&ch, 1));
+        hub.broadcast("a", push("a", 1), false);
         assert!(take_all(&client).is_empty());
         assert!(!client.closing());
     }

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{Broker, BrokerHandler, Control};
 use crate::channels::ChannelRules;
 use crate::config::{ChannelOptions, CoreConfig};
-use crate::hub::{Hub, SessionMsg};
+use crate::hub::Hub;
 use crate::storage::{HistoryFilter, HistoryOptions, HistoryPage, Storage};
 use crate::CoreError;
 
@@ -565,7 +565,7 @@ impl BrokerHandler for Handler {
                     .hub
                     .user_connections(user, client.as_deref(), session.as_deref())
                 {
-                    c.send(SessionMsg::Control(Box::new(control.clone())));
+                    c.send_control(control.clone());
                 }
             }
         }

@@ -23,7 +23,7 @@ use crate::broker::Control;
 use crate::channels::{self, Asker};
 use crate::config::ChannelOptions;
 use crate::events::{RefreshOutcome, Stage, TokenKind};
-use crate::hub::{bare_push, ClientHandle, SessionMsg};
+use crate::hub::{bare_push, ClientHandle, Taken};
 use crate::limits::{CommandBucket, Limit, Verdict};
 use crate::node::{revoked_disconnect, server_unsubscribe, Node, PublishOptions};
 use crate::storage::HistoryFilter;
@@ -1263,28 +1263,26 @@ impl Session {
         } = self;
         let bare = transport.kind == TransportKind::Unidirectional;
         let mut control = None;
-        client.take(|msg| match msg {
-            SessionMsg::Push(push) => {
+        client.take(|taken| match taken {
+            Taken::Push { channel, bytes } => {
                 // The hub hands every push of a channel the same name, so the channel of
                 // the previous push is recognised without a lookup.
-                let subscribed = delivering
-                    .as_ref()
-                    .is_some_and(|d| Arc::ptr_eq(d, &push.channel))
-                    || subs.contains_key(&push.channel) && {
-                        *delivering = Some(push.channel.clone());
+                let subscribed = delivering.as_ref().is_some_and(|d| Arc::ptr_eq(d, channel))
+                    || subs.contains_key(channel) && {
+                        *delivering = Some(channel.clone());
                         true
                     };
                 // Not subscribed: unsubscribed while the push was queued.
                 if subscribed {
                     out.push(if bare {
-                        bare_push(&push.bytes)
+                        bare_push(bytes)
                     } else {
-                        push.bytes.clone()
+                        bytes.clone()
                     });
                 }
                 true
             }
-            SessionMsg::Control(c) => {
+            Taken::Control(c) => {
                 control = Some(c);
                 false
             }
