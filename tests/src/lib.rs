@@ -474,6 +474,20 @@ impl RawWs {
             .expect("send");
     }
 
+    /// The next text frame as it came (pings included); panics on anything else.
+    pub async fn text_frame(&mut self, timeout: Duration) -> String {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match tokio::time::timeout(timeout, self.ws.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                Ok(other) => panic!("expected a text frame, got {other:?}"),
+                Err(_) => panic!("nothing received within {timeout:?}"),
+            }
+        }
+    }
+
     pub async fn recv(&mut self, timeout: Duration) -> Received {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;

@@ -190,6 +190,114 @@ struct WsTransport {
     one_per_frame: bool,
 }
 
+/// Writes `messages` as WebSocket text frames straight to the socket with vectored writes:
+/// the frame headers are built here and the messages' bytes (shared by every subscriber of
+/// a push) are handed to the kernel as they are, with no copy into a joined buffer or into
+/// tungstenite's write buffer, which would keep the size of the largest batch for the life
+/// of the connection. A server's frames are unmasked, and tungstenite keeps no state about
+/// frames sent, so frames written around it are still a valid stream. Messages go one per
+/// frame (`one_per_frame`) or all in one frame joined with `\n`.
+async fn write_frames(io: &mut Io, messages: &[Bytes], one_per_frame: bool) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    use tokio::io::AsyncWriteExt;
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let headers: Vec<FrameHeader> = if one_per_frame {
+        messages
+            .iter()
+            .map(|m| FrameHeader::text(m.len()))
+            .collect()
+    } else {
+        let len = messages.iter().map(|m| m.len() + 1).sum::<usize>() - 1;
+        vec![FrameHeader::text(len)]
+    };
+    let mut slices = Vec::with_capacity(messages.len() * 2 + 1);
+    for (i, m) in messages.iter().enumerate() {
+        if one_per_frame {
+            slices.push(IoSlice::new(headers[i].bytes()));
+        } else if i == 0 {
+            slices.push(IoSlice::new(headers[0].bytes()));
+        } else {
+            slices.push(IoSlice::new(b"\n"));
+        }
+        slices.push(IoSlice::new(m));
+    }
+    let mut rest: &mut [IoSlice<'_>] = &mut slices;
+    while !rest.is_empty() {
+        // At most IOV_MAX (1024 on Linux) buffers per call.
+        let n = io.write_vectored(&rest[..rest.len().min(1024)]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+/// The header of an unmasked, final text frame with a payload of `len` bytes.
+struct FrameHeader {
+    bytes: [u8; 10],
+    len: u8,
+}
+
+impl FrameHeader {
+    fn text(len: usize) -> FrameHeader {
+        let mut bytes = [0u8; 10];
+        bytes[0] = 0x81; // FIN, opcode 1 (text)
+        let used = if len < 126 {
+            bytes[1] = len as u8;
+            2
+        } else if let Ok(short) = u16::try_from(len) {
+            bytes[1] = 126;
+            bytes[2..4].copy_from_slice(&short.to_be_bytes());
+            4
+        } else {
+            bytes[1] = 127;
+            bytes[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        FrameHeader { bytes, len: used }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// [`write_frames`] for TLS connections (the TLS stream encrypts what it is given buffer by
+/// buffer, so vectored writes would make a record per message): through tungstenite,
+/// which copies the frames into its buffer.
+async fn write_through_tungstenite(
+    socket: &mut Socket,
+    messages: Vec<Bytes>,
+    one_per_frame: bool,
+) -> std::io::Result<()> {
+    let result = if one_per_frame || messages.len() == 1 {
+        let mut result = Ok(());
+        for m in messages {
+            result = socket.feed(text_frame(m)).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        match result {
+            Ok(()) => socket.flush().await,
+            e => e,
+        }
+    } else {
+        let mut joined = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
+        for (i, m) in messages.iter().enumerate() {
+            if i > 0 {
+                joined.push(b'\n');
+            }
+            joined.extend_from_slice(m);
+        }
+        socket.send(text_frame(Bytes::from(joined))).await
+    };
+    result.map_err(std::io::Error::other)
+}
+
 /// A text frame holding `json`. Built as a raw frame so tungstenite does not check the
 /// bytes again: the session only hands over JSON it encoded (serde output, or publication
 /// data that was parsed as JSON text on the way in), which is UTF-8.
@@ -227,26 +335,18 @@ impl Transport for WsTransport {
         let socket = &mut self.socket;
         let one_per_frame = self.one_per_frame;
         let send = async move {
-            if one_per_frame || messages.len() == 1 {
-                // Fed one by one (tungstenite copies each into its write buffer), then one
-                // flush: a single write to the socket either way.
-                for m in messages {
-                    socket.feed(text_frame(m)).await?;
-                }
-                socket.flush().await
+            if matches!(socket.get_ref(), Either::Left(_)) {
+                // Whatever tungstenite holds (a pong it queued while reading) goes first;
+                // then the frames go straight to the socket, so nothing else can come
+                // between their bytes.
+                socket.flush().await.map_err(std::io::Error::other)?;
+                write_frames(socket.get_mut(), &messages, one_per_frame).await
             } else {
-                let mut joined = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
-                for (i, m) in messages.iter().enumerate() {
-                    if i > 0 {
-                        joined.push(b'\n');
-                    }
-                    joined.extend_from_slice(m);
-                }
-                socket.send(text_frame(Bytes::from(joined))).await
+                write_through_tungstenite(socket, messages, one_per_frame).await
             }
         };
         match crate::within(self.write_timeout, send).await {
-            Ok(r) => r.map_err(std::io::Error::other),
+            Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "websocket write timed out",

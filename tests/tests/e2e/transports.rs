@@ -319,3 +319,46 @@ async fn a_client_that_stops_reading_is_closed_with_3008_while_others_keep_recei
     drop(slow);
     server.shutdown().await;
 }
+
+/// Replies and pushes queued together go out as one text frame, joined with `\n`, whatever
+/// its size (the frame header's 7-, 16- and 64-bit lengths), and a client reading them gets
+/// every message in order.
+#[tokio::test]
+async fn queued_pushes_are_joined_into_one_frame_of_any_size() {
+    let server = TestServer::start(test_config()).await;
+    let t = token(json!({"sub": "zed", "channels": ["chat:burst"]}));
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &t).await;
+    for (count, pad) in [(1, 10), (1, 300), (100, 1000)] {
+        // One API call: the publications queue before the session's next turn.
+        let pad = "x".repeat(pad);
+        let commands: Vec<serde_json::Value> = (0..count)
+            .map(|n| json!({"publish": {"channel": "chat:burst", "data": {"n": n, "pad": pad}}}))
+            .collect();
+        server.api("batch", json!({ "commands": commands })).await;
+        let mut seen = Vec::new();
+        let mut largest = 0;
+        while seen.len() < count {
+            let frame = ws.text_frame(Duration::from_secs(10)).await;
+            assert!(!frame.ends_with('\n'), "no trailing newline");
+            largest = largest.max(frame.len());
+            for line in frame.split('\n') {
+                let m: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+                if let Some(n) = m["push"]["pub"]["data"]["n"].as_u64() {
+                    assert_eq!(
+                        m["push"]["pub"]["data"]["pad"].as_str().map(str::len),
+                        Some(pad.len())
+                    );
+                    seen.push(n);
+                }
+            }
+        }
+        assert_eq!(seen, (0..count as u64).collect::<Vec<u64>>());
+        if count == 100 {
+            assert!(
+                largest > 65_535,
+                "100 KiB queued together, largest frame {largest}"
+            );
+        }
+    }
+    server.shutdown().await;
+}
