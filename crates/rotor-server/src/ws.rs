@@ -190,50 +190,69 @@ struct WsTransport {
     one_per_frame: bool,
 }
 
-/// Writes `messages` as WebSocket text frames straight to the socket with vectored writes:
-/// the frame headers are built here and the messages' bytes (shared by every subscriber of
-/// a push) are handed to the kernel as they are, with no copy into a joined buffer or into
-/// tungstenite's write buffer, which would keep the size of the largest batch for the life
-/// of the connection. A server's frames are unmasked, and tungstenite keeps no state about
-/// frames sent, so frames written around it are still a valid stream. Messages go one per
-/// frame (`one_per_frame`) or all in one frame joined with `\n`.
-async fn write_frames(io: &mut Io, messages: &[Bytes], one_per_frame: bool) -> std::io::Result<()> {
-    use std::io::IoSlice;
+/// Writes `messages` as WebSocket text frames straight to the socket: the frames (headers
+/// built here, messages one per frame or joined with `\n`) are assembled in a buffer of the
+/// worker thread, written with one non-blocking write, and only what the socket did not
+/// take is copied out to wait for it. So a batch is copied once, and no connection keeps a
+/// buffer the size of its largest batch (tungstenite's write buffer would, for the life of
+/// the connection). A server's frames are unmasked, and tungstenite keeps no state about
+/// frames sent, so frames written around it are still a valid stream.
+async fn write_frames(
+    tcp: &mut TcpStream,
+    messages: &[Bytes],
+    one_per_frame: bool,
+) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     if messages.is_empty() {
         return Ok(());
     }
-    let headers: Vec<FrameHeader> = if one_per_frame {
-        messages
-            .iter()
-            .map(|m| FrameHeader::text(m.len()))
-            .collect()
-    } else {
-        let len = messages.iter().map(|m| m.len() + 1).sum::<usize>() - 1;
-        vec![FrameHeader::text(len)]
-    };
-    let mut slices = Vec::with_capacity(messages.len() * 2 + 1);
-    for (i, m) in messages.iter().enumerate() {
+    let left = SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        buf.clear();
         if one_per_frame {
-            slices.push(IoSlice::new(headers[i].bytes()));
-        } else if i == 0 {
-            slices.push(IoSlice::new(headers[0].bytes()));
+            for m in messages {
+                buf.extend_from_slice(FrameHeader::text(m.len()).bytes());
+                buf.extend_from_slice(m);
+            }
         } else {
-            slices.push(IoSlice::new(b"\n"));
+            let len = messages.iter().map(|m| m.len() + 1).sum::<usize>() - 1;
+            buf.extend_from_slice(FrameHeader::text(len).bytes());
+            for (i, m) in messages.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'\n');
+                }
+                buf.extend_from_slice(m);
+            }
         }
-        slices.push(IoSlice::new(m));
-    }
-    let mut rest: &mut [IoSlice<'_>] = &mut slices;
-    while !rest.is_empty() {
-        // At most IOV_MAX (1024 on Linux) buffers per call.
-        let n = io.write_vectored(&rest[..rest.len().min(1024)]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+        let mut done = 0;
+        let result = loop {
+            match tcp.try_write(&buf[done..]) {
+                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) if done + n == buf.len() => break Ok(Vec::new()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    break Ok(buf[done..].to_vec())
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        // The thread keeps a buffer for the next batch, but not an outsized one.
+        if buf.capacity() > SCRATCH_KEEP {
+            *buf = Vec::new();
         }
-        IoSlice::advance_slices(&mut rest, n);
+        result
+    })?;
+    if !left.is_empty() {
+        tcp.write_all(&left).await?;
     }
     Ok(())
 }
+
+/// The largest assembly buffer a worker thread keeps between writes.
+const SCRATCH_KEEP: usize = 1 << 20;
 
 /// The header of an unmasked, final text frame with a payload of `len` bytes.
 struct FrameHeader {
@@ -265,9 +284,8 @@ impl FrameHeader {
     }
 }
 
-/// [`write_frames`] for TLS connections (the TLS stream encrypts what it is given buffer by
-/// buffer, so vectored writes would make a record per message): through tungstenite,
-/// which copies the frames into its buffer.
+/// [`write_frames`] for TLS connections: through tungstenite, which copies the frames into
+/// its buffer.
 async fn write_through_tungstenite(
     socket: &mut Socket,
     messages: Vec<Bytes>,
@@ -340,10 +358,11 @@ impl Transport for WsTransport {
                 // then the frames go straight to the socket, so nothing else can come
                 // between their bytes.
                 socket.flush().await.map_err(std::io::Error::other)?;
-                write_frames(socket.get_mut(), &messages, one_per_frame).await
-            } else {
-                write_through_tungstenite(socket, messages, one_per_frame).await
+                if let Either::Left(tcp) = socket.get_mut() {
+                    return write_frames(tcp, &messages, one_per_frame).await;
+                }
             }
+            write_through_tungstenite(socket, messages, one_per_frame).await
         };
         match crate::within(self.write_timeout, send).await {
             Ok(r) => r,
