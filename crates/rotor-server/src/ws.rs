@@ -104,6 +104,7 @@ pub fn upgrade(
             socket: socket(upgraded, ws_config).await,
             write_timeout,
             one_per_frame: matches!(mode, Mode::Unidirectional { .. }),
+            unsent: Vec::new(),
         };
         let params = match mode {
             Mode::Bidirectional => SessionParams {
@@ -188,6 +189,11 @@ struct WsTransport {
     /// push, as Centrifugo sends them by default). Otherwise messages written together are
     /// joined with `\n` into one frame, as the SDKs expect and Centrifugo does.
     one_per_frame: bool,
+    /// Bytes of frames written straight to the socket that it has not taken yet (empty
+    /// unless a write is waiting on a slow client, or was given up: timed out or cancelled
+    /// mid-frame). They go before anything else, the close frame included, so the stream
+    /// stays valid.
+    unsent: Vec<u8>,
 }
 
 /// Writes `messages` as WebSocket text frames straight to the socket: the frames (headers
@@ -201,8 +207,8 @@ async fn write_frames(
     tcp: &mut TcpStream,
     messages: &[Bytes],
     one_per_frame: bool,
+    unsent: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
     thread_local! {
         static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
@@ -245,9 +251,23 @@ async fn write_frames(
         }
         result
     })?;
-    if !left.is_empty() {
-        tcp.write_all(&left).await?;
+    *unsent = left;
+    finish_unsent(tcp, unsent).await
+}
+
+/// Writes what the socket has not taken yet, keeping in `unsent` whatever is still left if
+/// the wait is given up.
+async fn finish_unsent(tcp: &mut TcpStream, unsent: &mut Vec<u8>) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    while !unsent.is_empty() {
+        let n = tcp.write(unsent).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        unsent.drain(..n);
     }
+    // A remainder can be large (a slow client's whole batch): not kept once written.
+    *unsent = Vec::new();
     Ok(())
 }
 
@@ -352,6 +372,7 @@ impl Transport for WsTransport {
     async fn write(&mut self, messages: Vec<Bytes>) -> std::io::Result<()> {
         let socket = &mut self.socket;
         let one_per_frame = self.one_per_frame;
+        let unsent = &mut self.unsent;
         let send = async move {
             if matches!(socket.get_ref(), Either::Left(_)) {
                 // Whatever tungstenite holds (a pong it queued while reading) goes first;
@@ -359,7 +380,8 @@ impl Transport for WsTransport {
                 // between their bytes.
                 socket.flush().await.map_err(std::io::Error::other)?;
                 if let Either::Left(tcp) = socket.get_mut() {
-                    return write_frames(tcp, &messages, one_per_frame).await;
+                    finish_unsent(tcp, unsent).await?;
+                    return write_frames(tcp, &messages, one_per_frame, unsent).await;
                 }
             }
             write_through_tungstenite(socket, messages, one_per_frame).await
@@ -374,6 +396,12 @@ impl Transport for WsTransport {
     }
 
     async fn close(&mut self, disconnect: &Disconnect) {
+        // The rest of a frame given up on mid-way comes first (the caller bounds the wait).
+        if let Either::Left(tcp) = self.socket.get_mut() {
+            if finish_unsent(tcp, &mut self.unsent).await.is_err() {
+                return;
+            }
+        }
         let frame = CloseFrame {
             code: CloseCode::from(disconnect.code),
             reason: disconnect.close_reason().to_string().into(),
