@@ -179,17 +179,15 @@ impl Inbox {
             .or_else(|| self.last.take().map(Queued::Pushes))
     }
 
-    /// Puts back the rest of a run [`pop`](Self::pop) returned, as the oldest entry again.
+    /// Puts back the rest of a run [`pop`](Self::pop) returned, as the oldest entry again:
+    /// inline when the queue is otherwise empty, else at the front of `rest`.
     fn unpop(&mut self, run: Run) {
-        match &mut self.rest {
-            Some(rest) if !rest.is_empty() || self.last.is_some() => {
-                rest.push_front(Queued::Pushes(run))
-            }
-            _ if self.last.is_none() => self.last = Some(run),
-            _ => self
-                .rest
+        if self.last.is_none() && self.rest.as_ref().is_none_or(|r| r.is_empty()) {
+            self.last = Some(run);
+        } else {
+            self.rest
                 .get_or_insert_with(Default::default)
-                .push_front(Queued::Pushes(run)),
+                .push_front(Queued::Pushes(run));
         }
     }
 }
@@ -682,6 +680,16 @@ mod tests {
         ClientHandle::new(Arc::from("c"), None, limit, CancellationToken::new())
     }
 
+    /// A hub with one client (a queue of `limit` bytes) subscribed to `channels`.
+    fn subscribed(limit: usize, channels: &[&str]) -> (Hub, Arc<ClientHandle>) {
+        let hub = Hub::default();
+        let client = handle(limit);
+        for channel in channels {
+            hub.subscribe(channel, &client, false);
+        }
+        (hub, client)
+    }
+
     fn push(channel: &str, n: u32) -> Bytes {
         Bytes::from(format!(
             "{{\"push\":{{\"channel\":\"{channel}\",\"pub\":{{\"data\":{n}}}}}}}"
@@ -725,10 +733,7 @@ mod tests {
 
     #[test]
     fn messages_come_out_in_the_order_they_were_sent_across_stops() {
-        let hub = Hub::default();
-        let client = handle(1 << 20);
-        hub.subscribe("a", &client, false);
-        hub.subscribe("b", &client, false);
+        let (hub, client) = subscribed(1 << 20, &["a", "b"]);
         // Runs of two channels, interleaved with a node command; more than one chunk.
         for n in 0..20 {
             hub.broadcast("a", push("a", n), false);
@@ -750,10 +755,7 @@ mod tests {
 
     #[test]
     fn a_turn_takes_a_bounded_number_and_leaves_the_rest_in_order() {
-        let hub = Hub::default();
-        let client = handle(1 << 20);
-        hub.subscribe("a", &client, false);
-        hub.subscribe("b", &client, false);
+        let (hub, client) = subscribed(1 << 20, &["a", "b"]);
         // 8 of b first, so that the turn's bound falls in the middle of one of a's runs.
         let mut want: Vec<String> = (0..8).map(|n| format!("b:{n}")).collect();
         for n in 0..8 {
@@ -806,9 +808,7 @@ mod tests {
 
     #[test]
     fn a_session_waiting_on_an_empty_queue_is_woken_once_per_burst() {
-        let hub = Hub::default();
-        let client = handle(1 << 20);
-        hub.subscribe("a", &client, false);
+        let (hub, client) = subscribed(1 << 20, &["a"]);
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
@@ -825,10 +825,8 @@ mod tests {
 
     #[test]
     fn a_queue_past_its_byte_limit_closes_the_connection_as_slow() {
-        let hub = Hub::default();
         let one = push_cost(&push("a", 0)) as usize;
-        let client = handle(one * 3);
-        hub.subscribe("a", &client, false);
+        let (hub, client) = subscribed(one * 3, &["a"]);
         for n in 0..3 {
             hub.broadcast("a", push("a", n), false);
         }
@@ -845,10 +843,8 @@ mod tests {
 
     #[test]
     fn taking_frees_the_byte_count_and_an_ended_queue_drops_everything() {
-        let hub = Hub::default();
         let one = push_cost(&push("a", 0)) as usize;
-        let client = handle(one * 2);
-        hub.subscribe("a", &client, false);
+        let (hub, client) = subscribed(one * 2, &["a"]);
         for n in 0..20 {
             // Same-sized pushes (one digit), two at a time: exactly the limit.
             hub.broadcast("a", push("a", n % 10), false);

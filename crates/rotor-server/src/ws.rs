@@ -224,14 +224,8 @@ async fn write_frames(
                 buf.extend_from_slice(m);
             }
         } else {
-            let len = messages.iter().map(|m| m.len() + 1).sum::<usize>() - 1;
-            buf.extend_from_slice(FrameHeader::text(len).bytes());
-            for (i, m) in messages.iter().enumerate() {
-                if i > 0 {
-                    buf.push(b'\n');
-                }
-                buf.extend_from_slice(m);
-            }
+            buf.extend_from_slice(FrameHeader::text(joined_len(messages)).bytes());
+            join_lines(&mut buf, messages);
         }
         let mut done = 0;
         let result = loop {
@@ -312,28 +306,39 @@ async fn write_through_tungstenite(
     one_per_frame: bool,
 ) -> std::io::Result<()> {
     let result = if one_per_frame || messages.len() == 1 {
-        let mut result = Ok(());
-        for m in messages {
-            result = socket.feed(text_frame(m)).await;
-            if result.is_err() {
-                break;
+        async {
+            for m in messages {
+                socket.feed(text_frame(m)).await?;
             }
+            socket.flush().await
         }
-        match result {
-            Ok(()) => socket.flush().await,
-            e => e,
-        }
+        .await
     } else {
-        let mut joined = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
-        for (i, m) in messages.iter().enumerate() {
-            if i > 0 {
-                joined.push(b'\n');
-            }
-            joined.extend_from_slice(m);
-        }
+        let mut joined = Vec::with_capacity(joined_len(&messages));
+        join_lines(&mut joined, &messages);
         socket.send(text_frame(Bytes::from(joined))).await
     };
     result.map_err(std::io::Error::other)
+}
+
+/// The length of `messages` joined with `\n`.
+fn joined_len(messages: &[Bytes]) -> usize {
+    messages
+        .iter()
+        .map(|m| m.len() + 1)
+        .sum::<usize>()
+        .saturating_sub(1)
+}
+
+/// Appends `messages` joined with `\n` (several replies in one frame, as the SDKs read
+/// them) to `buf`.
+fn join_lines(buf: &mut Vec<u8>, messages: &[Bytes]) {
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            buf.push(b'\n');
+        }
+        buf.extend_from_slice(m);
+    }
 }
 
 /// A text frame holding `json`. Built as a raw frame so tungstenite does not check the

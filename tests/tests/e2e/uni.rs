@@ -156,16 +156,23 @@ async fn uni_sse_with_cf_connect_or_a_cookie() {
     server.shutdown().await;
 }
 
+/// A uni_websocket connection that sent its connect request as the first message and got
+/// the connect push.
+async fn uni_ws_connected(url: &str, token: &str) -> RawWs {
+    let mut ws = RawWs::connect(url).await;
+    ws.send(&json!({ "token": token }).to_string()).await;
+    let connect = ws.message().await;
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    ws
+}
+
 #[tokio::test]
 async fn uni_websocket_first_message_or_cf_connect() {
     let server = TestServer::start(config()).await;
     let url = format!("ws://{}/connection/uni_websocket", server.addr);
     let t = token(json!({"sub": "zed", "channels": ["chat:uws"]}));
 
-    let mut ws = RawWs::connect(&url).await;
-    ws.send(&json!({"token": t}).to_string()).await;
-    let connect = ws.message().await;
-    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    let mut ws = uni_ws_connected(&url, &t).await;
     server
         .api("publish", json!({"channel": "chat:uws", "data": 1}))
         .await;
@@ -207,10 +214,7 @@ async fn uni_websocket_sends_one_push_per_frame() {
     let server = TestServer::start(config()).await;
     let url = format!("ws://{}/connection/uni_websocket", server.addr);
     let t = token(json!({"sub": "zed", "channels": ["chat:burst"]}));
-    let mut ws = RawWs::connect(&url).await;
-    ws.send(&json!({"token": t}).to_string()).await;
-    let connect = ws.message().await;
-    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    let mut ws = uni_ws_connected(&url, &t).await;
     // One API call publishing 50 times: the pushes queue before the session's next turn.
     let commands: Vec<Value> = (0..50)
         .map(|n| json!({"publish": {"channel": "chat:burst", "data": n}}))
