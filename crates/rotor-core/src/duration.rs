@@ -94,7 +94,7 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     struct V;
     impl Visitor<'_> for V {
         type Value = Duration;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.write_str("a duration such as \"25s\", \"500ms\", \"1h\", or a number of seconds")
         }
         fn visit_u64<E: Error>(self, v: u64) -> Result<Duration, E> {

@@ -107,7 +107,7 @@ pub struct ClientHandle {
     /// cancellation token (a mutex).
     closed: std::sync::atomic::AtomicBool,
     /// The connection token's `jti` and `iat`, for revocation.
-    creds: std::sync::Mutex<(Option<Arc<str>>, Option<u64>)>,
+    creds: Mutex<(Option<Arc<str>>, Option<u64>)>,
     /// When the connection expires (Unix seconds, 0 = never), for the expiry gauges.
     expire_at: std::sync::atomic::AtomicU64,
 }
@@ -193,7 +193,7 @@ impl Inbox {
 }
 
 // The lock and everything under it on one cache line.
-const _: () = assert!(std::mem::size_of::<Mutex<Inbox>>() <= 64);
+const _: () = assert!(size_of::<Mutex<Inbox>>() <= 64);
 
 /// Messages the session takes off its queue in one turn at most.
 const TAKE_AT_MOST: usize = 256;
@@ -226,7 +226,7 @@ impl ClientHandle {
             cancel,
             reason: OnceLock::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
-            creds: std::sync::Mutex::new((None, None)),
+            creds: Mutex::new((None, None)),
             expire_at: std::sync::atomic::AtomicU64::new(0),
         })
     }

@@ -558,7 +558,7 @@ mod offset {
         struct V;
         impl Visitor<'_> for V {
             type Value = u64;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an offset (non-negative integer or numeric string)")
             }
             fn visit_u64<E: Error>(self, v: u64) -> Result<u64, E> {
