@@ -467,10 +467,6 @@ async fn next_incoming(conn: &mut Option<Conn>) -> Incoming {
     }
 }
 
-fn is_terminal(code: u32) -> bool {
-    matches!(code, 3500..=3999 | 4500..=4999)
-}
-
 impl Actor {
     async fn run(mut self) {
         loop {
@@ -1230,7 +1226,7 @@ impl Actor {
         }
         if code == 3005 {
             self.auth_failed(code, reason);
-        } else if is_terminal(code) {
+        } else if !rotor_protocol::Disconnect::reconnects(code) {
             tracing::info!(code, reason = %reason, "terminal disconnect; not reconnecting");
             self.stop(
                 code,

@@ -1,3 +1,6 @@
+//! The core's one error type and the one mapping from it to what clients see: an error reply
+//! (code and message), or a disconnect. Nothing else in rotor turns an error into a code.
+
 use rotor_auth::AuthError;
 use rotor_protocol::{Disconnect, Error, ErrorCode, ProtocolError};
 
@@ -64,11 +67,36 @@ impl CoreError {
         }
     }
 
-    /// The error object (for replies and the server API). A disconnect maps to 100.
+    /// The error object of a client reply, with the code's standard message. A disconnect
+    /// maps to 100.
     pub fn to_error(&self) -> Error {
         match self.code() {
             Some(code) => code.to_error(),
             None => ErrorCode::Internal.to_error(),
+        }
+    }
+
+    /// The error object of a server API answer: as [`CoreError::to_error`], but a bad request
+    /// says what is wrong with it (the caller is the application's backend, which can act
+    /// on the detail).
+    pub fn to_api_error(&self) -> Error {
+        let mut err = self.to_error();
+        if let CoreError::BadRequest(detail) = self {
+            err.message = format!("{}: {detail}", err.message);
+        }
+        err
+    }
+
+    /// The disconnect for a connection that has no reply to carry this error (the connect
+    /// of a unidirectional transport): expiry is 3005, a rate limit 3013, a refusal 3507,
+    /// anything else 3004.
+    pub fn to_disconnect(&self) -> Disconnect {
+        match self {
+            CoreError::Disconnect(d) => d.clone(),
+            CoreError::TokenExpired | CoreError::Expired => Disconnect::EXPIRED,
+            CoreError::TooManyRequests => Disconnect::TOO_MANY_REQUESTS,
+            CoreError::PermissionDenied => Disconnect::PERMISSION_DENIED,
+            _ => Disconnect::SERVER_ERROR,
         }
     }
 
@@ -98,5 +126,42 @@ impl CoreError {
 impl From<Disconnect> for CoreError {
     fn from(d: Disconnect) -> CoreError {
         CoreError::Disconnect(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_and_disconnects_come_from_one_mapping() {
+        assert_eq!(
+            CoreError::UnknownChannel.to_protocol(),
+            ProtocolError::Reply(ErrorCode::UnknownChannel.to_error())
+        );
+        let d = Disconnect::INVALID_TOKEN.with_reason("token revoked");
+        assert_eq!(
+            CoreError::from(d.clone()).to_protocol(),
+            ProtocolError::Disconnect(d.clone())
+        );
+        assert_eq!(CoreError::from(d.clone()).to_disconnect(), d);
+        assert_eq!(CoreError::TokenExpired.to_disconnect(), Disconnect::EXPIRED);
+        assert_eq!(
+            CoreError::Unavailable("db".into()).to_disconnect(),
+            Disconnect::SERVER_ERROR
+        );
+        assert!(CoreError::Unavailable("db".into()).to_error().temporary);
+    }
+
+    #[test]
+    fn only_the_api_hears_what_was_bad_about_a_request() {
+        let e = CoreError::BadRequest("channel required".into());
+        assert_eq!(e.to_error().message, "bad request");
+        assert_eq!(e.to_api_error().message, "bad request: channel required");
+        assert_eq!(e.to_api_error().code, 107);
+        assert_eq!(
+            CoreError::NotAvailable.to_api_error().message,
+            "not available"
+        );
     }
 }

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use rotor_protocol::{
     decode_commands, ClientInfo, Command, ConnectRequest, ConnectResult, Disconnect,
     DisconnectPush, Empty, HistoryRequest, HistoryResult, MethodKind, PresenceResult,
-    PresenceStatsResult, PublishRequest, Push, Raw, RefreshPush, RefreshResult, Reply,
-    StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
+    PresenceStatsResult, ProtocolError, PublishRequest, Push, Raw, RefreshPush, RefreshResult,
+    Reply, StreamPosition, SubRefreshRequest, SubRefreshResult, SubscribePush, SubscribeRequest,
     SubscribeResult, UnsubscribeCode, UnsubscribePush,
 };
 use tokio::time::Instant;
@@ -290,7 +290,7 @@ pub async fn run(
         let limit = match d.code {
             c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
             c if c == Disconnect::STALE.code => Some(Limit::Stale),
-            1009 => Some(Limit::MessageSize),
+            c if c == Disconnect::MESSAGE_SIZE_LIMIT.code => Some(Limit::MessageSize),
             _ => None,
         };
         if let Some(l) = limit {
@@ -521,12 +521,7 @@ impl Session {
             Ok(None) => None,
             Err(CoreError::Disconnect(d)) => Some(d),
             Err(e) => {
-                let d = match e.code().map(|c| c.code()) {
-                    Some(109) | Some(110) => Disconnect::EXPIRED,
-                    Some(111) => Disconnect::TOO_MANY_REQUESTS,
-                    Some(103) => Disconnect::PERMISSION_DENIED,
-                    _ => Disconnect::SERVER_ERROR,
-                };
+                let d = e.to_disconnect();
                 tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, code = d.code, "unidirectional connect refused");
                 Some(d)
             }
@@ -568,15 +563,7 @@ impl Session {
         }
         let started = Instant::now();
         if let Err(e) = self.rate_check(method) {
-            return match e {
-                CoreError::Disconnect(d) => Err(d),
-                e => {
-                    if id > 0 {
-                        self.emit(&Reply::error(id, e.to_error()));
-                    }
-                    Ok(())
-                }
-            };
+            return self.answer_error(id, &e);
         }
         let result: CommandResult = match method {
             MethodKind::Connect => {
@@ -645,11 +632,21 @@ impl Session {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(CoreError::Disconnect(d)) => Err(d),
             Err(e) => {
                 tracing::debug!(client = %self.client.id(), method = method.name(), error = %e, "command error");
+                self.answer_error(id, &e)
+            }
+        }
+    }
+
+    /// Answers command `id` with the error (commands without an id get no reply), or ends
+    /// the connection when the error is a disconnect.
+    fn answer_error(&mut self, id: u32, e: &CoreError) -> Result<(), Disconnect> {
+        match e.to_protocol() {
+            ProtocolError::Disconnect(d) => Err(d),
+            ProtocolError::Reply(error) => {
                 if id > 0 {
-                    self.emit(&Reply::error(id, e.to_error()));
+                    self.emit(&Reply::error(id, error));
                 }
                 Ok(())
             }
@@ -1450,9 +1447,11 @@ fn refusal_reason(e: &CoreError) -> &'static str {
         CoreError::UnknownChannel => "unknown_channel",
         CoreError::Unavailable(_) => "unavailable",
         CoreError::Disconnect(d) if *d == revoked_disconnect() => "revoked",
-        CoreError::Disconnect(d) if d.code == 3500 => "invalid_token",
-        CoreError::Disconnect(d) if d.code == 3501 => "bad_request",
-        CoreError::Disconnect(d) if d.code == 3507 => "permission_denied",
+        CoreError::Disconnect(d) if d.code == Disconnect::INVALID_TOKEN.code => "invalid_token",
+        CoreError::Disconnect(d) if d.code == Disconnect::BAD_REQUEST.code => "bad_request",
+        CoreError::Disconnect(d) if d.code == Disconnect::PERMISSION_DENIED.code => {
+            "permission_denied"
+        }
         _ => "other",
     }
 }

@@ -153,6 +153,14 @@ disconnects! {
 }
 
 impl Disconnect {
+    /// WebSocket's own close code for a message over the size limit (RFC 6455: 1009), sent
+    /// by the transport before the protocol sees the message. Not one of Centrifugo's codes,
+    /// so not in [`Disconnect::ALL`] (centrifuge-js stops on it rather than reconnect).
+    pub const MESSAGE_SIZE_LIMIT: Disconnect = Disconnect {
+        code: 1009,
+        reason: Cow::Borrowed("message size limit exceeded"),
+    };
+
     /// A disconnect with a custom code and reason (application codes are 4000-4999).
     pub fn custom(code: u16, reason: impl Into<Cow<'static, str>>) -> Disconnect {
         Disconnect {
@@ -172,7 +180,12 @@ impl Disconnect {
     /// Whether an SDK reconnects after this code: 3000-3499, 4000-4499 and 5000+ reconnect;
     /// 3500-3999 and 4500-4999 are terminal.
     pub fn reconnect(&self) -> bool {
-        !matches!(self.code, 3500..=3999 | 4500..=4999)
+        Disconnect::reconnects(u32::from(self.code))
+    }
+
+    /// [`Disconnect::reconnect`] for a bare close code (what a client reads off the wire).
+    pub fn reconnects(code: u32) -> bool {
+        !matches!(code, 3500..=3999 | 4500..=4999)
     }
 
     /// The reason as it fits a WebSocket close frame (at most 123 bytes).
@@ -223,7 +236,12 @@ mod tests {
         assert!(!Disconnect::custom(4600, "app").reconnect());
         for d in Disconnect::ALL {
             assert_eq!(d.reconnect(), d.code < 3500, "{d:?}");
+            assert_eq!(Disconnect::reconnects(u32::from(d.code)), d.reconnect());
         }
+        assert!(
+            Disconnect::reconnects(0),
+            "a connection lost without a code reconnects"
+        );
     }
 
     #[test]
