@@ -1,4 +1,6 @@
-//! The broker over Redis pub/sub, and the node registry.
+//! The broker over Redis pub/sub, and the cluster on it: a node registry (every node writes
+//! its numbers into one hash every [`HEARTBEAT_INTERVAL`]) and node-addressed messages (each
+//! node listens on a pub/sub channel of its own).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -15,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::shard::Shards;
 use crate::RedisError;
 
-/// Receives messages addressed to this node (see [`RedisBroker::send_to_node`]).
-pub trait NodeMessageHandler: Send + Sync {
-    fn on_node_message(&self, payload: &str);
-}
+/// How often a node reports itself in the registry, and how old a report may be before the
+/// node counts as gone.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(10);
 
 /// What travels on a channel's Redis pub/sub channel. A struct rather than a tagged enum so
 /// that raw JSON payloads deserialize without buffering.
@@ -53,9 +55,14 @@ pub struct RedisBroker {
     shards: Shards,
     node_uid: String,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
-    node_handler: OnceLock<Arc<dyn NodeMessageHandler>>,
     pubsub: Vec<Arc<PubSubState>>,
+    /// The pub/sub loops (one per instance) and the heartbeat; aborted on drop.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The heartbeat, also among `tasks`: stopped at shutdown before the node leaves the
+    /// registry, so that no late report puts it back.
+    heartbeat: Mutex<Option<tokio::task::AbortHandle>>,
+    /// This broker, for the tasks it starts later (they must not keep it alive).
+    weak: std::sync::Weak<RedisBroker>,
 }
 
 fn now_ms() -> u64 {
@@ -68,7 +75,8 @@ fn now_ms() -> u64 {
 impl RedisBroker {
     /// Starts the subscription connections (one per instance). `node_uid` addresses this node.
     pub fn start(shards: Shards, node_uid: &str) -> Arc<RedisBroker> {
-        let broker = Arc::new(RedisBroker {
+        let broker = Arc::new_cyclic(|weak| RedisBroker {
+            weak: weak.clone(),
             pubsub: shards
                 .shards
                 .iter()
@@ -77,8 +85,8 @@ impl RedisBroker {
             shards,
             node_uid: node_uid.to_string(),
             handler: OnceLock::new(),
-            node_handler: OnceLock::new(),
             tasks: Mutex::new(Vec::new()),
+            heartbeat: Mutex::new(None),
         });
         {
             let mut first = broker.pubsub[0].desired.lock().unwrap();
@@ -105,19 +113,6 @@ impl RedisBroker {
         format!("{}.c.", self.shards.prefix)
     }
 
-    /// Where messages addressed to this node go.
-    pub fn set_node_message_handler(&self, handler: Arc<dyn NodeMessageHandler>) {
-        let _ = self.node_handler.set(handler);
-    }
-
-    /// Sends `payload` to node `uid`. Fails with `Ok(false)` when no such node listens.
-    pub async fn send_to_node(&self, uid: &str, payload: &str) -> Result<bool, CoreError> {
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(self.node_channel(uid)).arg(payload);
-        let receivers: u64 = self.shards.run(self.shards.first(), &cmd).await?;
-        Ok(receivers > 0)
-    }
-
     /// Whether every subscription connection is up.
     pub fn connected(&self) -> bool {
         self.pubsub.iter().all(|p| p.sink.lock().unwrap().is_some())
@@ -127,8 +122,8 @@ impl RedisBroker {
         format!("{}.nodes", self.shards.prefix)
     }
 
-    /// Records this node's stats in the registry.
-    pub async fn heartbeat(&self, info: &NodeInfo) -> Result<(), CoreError> {
+    /// Records a node's stats in the registry.
+    pub(crate) async fn heartbeat(&self, info: &NodeInfo) -> Result<(), CoreError> {
         let entry = serde_json::to_string(&Heartbeat {
             info: info.clone(),
             at_ms: now_ms(),
@@ -141,7 +136,7 @@ impl RedisBroker {
     }
 
     /// Removes this node from the registry (at shutdown).
-    pub async fn leave_registry(&self) -> Result<(), CoreError> {
+    async fn leave_registry(&self) -> Result<(), CoreError> {
         let mut cmd = redis::cmd("HDEL");
         cmd.arg(self.registry_key()).arg(&self.node_uid);
         self.shards.run::<()>(self.shards.first(), &cmd).await?;
@@ -149,7 +144,7 @@ impl RedisBroker {
     }
 
     /// Every node that reported within `max_age`; older entries are removed.
-    pub async fn nodes(&self, max_age: Duration) -> Result<Vec<NodeInfo>, CoreError> {
+    pub(crate) async fn nodes_within(&self, max_age: Duration) -> Result<Vec<NodeInfo>, CoreError> {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.registry_key());
         let all: Vec<(String, String)> = self.shards.run(self.shards.first(), &cmd).await?;
@@ -213,8 +208,10 @@ impl RedisBroker {
                 }
             }
         } else if name == self.node_channel(&self.node_uid) {
-            if let (Some(h), Ok(text)) = (self.node_handler.get(), std::str::from_utf8(payload)) {
-                h.on_node_message(text);
+            match (self.handler.get(), std::str::from_utf8(payload)) {
+                (Some(h), Ok(text)) => h.on_node_message(text),
+                (None, _) => {}
+                (_, Err(_)) => tracing::warn!("node message from Redis is not UTF-8; ignored"),
             }
         }
     }
@@ -224,6 +221,29 @@ impl Drop for RedisBroker {
     fn drop(&mut self) {
         for t in self.tasks.lock().unwrap().iter() {
             t.abort();
+        }
+    }
+}
+
+/// Reports this node in the registry every [`HEARTBEAT_INTERVAL`], the first time at once
+/// (the node is attached), until the broker shuts down or is dropped.
+async fn heartbeat_loop(broker: std::sync::Weak<RedisBroker>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let Some(b) = broker.upgrade() else { return };
+        let Some(info) = b.handler.get().and_then(|h| h.node_info()) else {
+            continue;
+        };
+        match b.heartbeat(&info).await {
+            Ok(()) => failing = false,
+            // Said once per outage: the next success is silent, as is every retry.
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "node heartbeat to Redis failed; other nodes may not list this one");
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }
@@ -281,7 +301,13 @@ async fn pubsub_loop(broker: std::sync::Weak<RedisBroker>, index: usize) {
 #[async_trait]
 impl Broker for RedisBroker {
     fn set_handler(&self, handler: Arc<dyn BrokerHandler>) {
-        let _ = self.handler.set(handler);
+        if self.handler.set(handler).is_err() {
+            return;
+        }
+        // The node is attached: it can be reported from now on.
+        let heartbeat = tokio::spawn(heartbeat_loop(self.weak.clone()));
+        *self.heartbeat.lock().unwrap() = Some(heartbeat.abort_handle());
+        self.tasks.lock().unwrap().push(heartbeat);
     }
 
     async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError> {
@@ -352,5 +378,25 @@ impl Broker for RedisBroker {
             let _ = tokio::time::timeout(self.shards.timeout, sink.unsubscribe(&name)).await;
         }
         Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, CoreError> {
+        self.nodes_within(HEARTBEAT_MAX_AGE).await
+    }
+
+    async fn send_to_node(&self, uid: &str, payload: &str) -> Result<bool, CoreError> {
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(self.node_channel(uid)).arg(payload);
+        let receivers: u64 = self.shards.run(self.shards.first(), &cmd).await?;
+        Ok(receivers > 0)
+    }
+
+    async fn shutdown(&self) {
+        if let Some(heartbeat) = self.heartbeat.lock().unwrap().take() {
+            heartbeat.abort();
+        }
+        if let Err(e) = self.leave_registry().await {
+            tracing::warn!(error = %e, "could not leave the Redis node registry; the entry ages out");
+        }
     }
 }

@@ -13,7 +13,7 @@ mod history;
 mod presence;
 mod shard;
 
-pub use broker::{NodeMessageHandler, RedisBroker};
+pub use broker::{RedisBroker, HEARTBEAT_INTERVAL, HEARTBEAT_MAX_AGE};
 pub use history::RedisHistory;
 pub use presence::RedisPresence;
 pub use shard::{RedisOptions, Shards};

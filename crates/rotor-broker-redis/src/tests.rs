@@ -42,7 +42,7 @@ macro_rules! conformance {
     )*};
 }
 
-fn history(s: Shards) -> Arc<dyn rotor_core::storage::HistoryStore> {
+fn history(s: Shards) -> Arc<dyn HistoryStore> {
     RedisHistory::new(s)
 }
 
@@ -84,6 +84,12 @@ impl BrokerHandler for Recorder {
     }
     fn on_control(&self, c: &Control) {
         self.0.lock().unwrap().push(format!("control {c:?}"));
+    }
+    fn on_node_message(&self, payload: &str) {
+        self.0.lock().unwrap().push(format!("node {payload}"));
+    }
+    fn node_info(&self) -> Option<rotor_core::NodeInfo> {
+        None
     }
 }
 
@@ -141,28 +147,23 @@ async fn two_brokers_share_publications_only_where_subscribed_and_all_controls()
     eventually(&ra, &[control]).await;
 
     // Node-addressed messages reach only that node; an unknown node has no listener.
-    struct Inbox(Mutex<Vec<String>>);
-    impl NodeMessageHandler for Inbox {
-        fn on_node_message(&self, payload: &str) {
-            self.0.lock().unwrap().push(payload.to_string());
-        }
-    }
-    let inbox = Arc::new(Inbox(Mutex::new(Vec::new())));
-    b.set_node_message_handler(inbox.clone());
     assert!(a.send_to_node("node-b", "hello").await.unwrap());
     assert!(!a.send_to_node("node-zzz", "hello").await.unwrap());
-    for _ in 0..50 {
-        if !inbox.0.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(*inbox.0.lock().unwrap(), vec!["hello".to_string()]);
+    eventually(
+        &rb,
+        &[r#"pub room {"x":1}"#, "join room c1", control, "node hello"],
+    )
+    .await;
 
     b.unsubscribe("room").await.unwrap();
     a.publish("room", &p).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(rb.0.lock().unwrap().len(), 3, "nothing after unsubscribe");
+    assert_eq!(rb.0.lock().unwrap().len(), 4, "nothing after unsubscribe");
+    assert_eq!(
+        ra.0.lock().unwrap().len(),
+        1,
+        "node messages reach their node only"
+    );
 }
 
 #[tokio::test]
@@ -183,14 +184,17 @@ async fn registry_lists_live_nodes() {
     };
     a.heartbeat(&info("node-a", "a")).await.unwrap();
     a.heartbeat(&info("node-b", "b")).await.unwrap();
-    let nodes = a.nodes(Duration::from_secs(10)).await.unwrap();
+    let nodes = a.nodes_within(Duration::from_secs(10)).await.unwrap();
     assert_eq!(
         nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
         vec!["a", "b"]
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
-        a.nodes(Duration::from_millis(10)).await.unwrap().is_empty(),
+        a.nodes_within(Duration::from_millis(10))
+            .await
+            .unwrap()
+            .is_empty(),
         "stale entries go"
     );
 }

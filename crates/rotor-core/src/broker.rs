@@ -1,6 +1,10 @@
-//! The broker moves publications, join/leave events and control messages between nodes. A
-//! single node uses [`LocalBroker`], which hands everything straight back to its own hub;
-//! `rotor-broker-redis` implements the same trait across nodes.
+//! The broker moves publications, join/leave events and control messages between nodes, and
+//! is the node's view of the cluster: which nodes are up, and messages addressed to one of
+//! them. A single node uses [`LocalBroker`], which hands everything straight back to its own
+//! hub and knows no other node; `rotor-broker-redis` implements the same trait across nodes.
+//!
+//! Nothing above the core names a broker implementation: transports and the server API ask
+//! the [`crate::Node`] (`nodes`, `send_to_node`), which asks its broker.
 
 use std::sync::{Arc, OnceLock};
 
@@ -8,6 +12,25 @@ use async_trait::async_trait;
 use rotor_protocol::{ClientInfo, Publication};
 
 use crate::CoreError;
+
+/// Node statistics for the `info` API and the cluster's node registry.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: usize,
+    pub num_users: usize,
+    pub num_channels: usize,
+    pub num_subs: usize,
+    pub uptime: u64,
+}
+
+/// Receives messages other nodes address to this one (see [`crate::Node::send_to_node`]);
+/// the server routes emulation requests for sessions on this node through it.
+pub trait NodeMessageHandler: Send + Sync {
+    fn on_node_message(&self, payload: &str);
+}
 
 /// Node-wide commands that must reach every node (the connection may live on any of them).
 /// Serializable so that brokers can carry them between processes.
@@ -58,12 +81,16 @@ pub enum Control {
     },
 }
 
-/// What a broker delivers to its node.
+/// What a broker delivers to its node, and what it may ask of it.
 pub trait BrokerHandler: Send + Sync {
     fn on_publication(&self, channel: &str, publication: &Publication);
     fn on_join(&self, channel: &str, info: &ClientInfo);
     fn on_leave(&self, channel: &str, info: &ClientInfo);
     fn on_control(&self, control: &Control);
+    /// A message another node addressed to this one.
+    fn on_node_message(&self, payload: &str);
+    /// This node's numbers now, for the other nodes (`None` once the node is gone).
+    fn node_info(&self) -> Option<NodeInfo>;
 }
 
 #[async_trait]
@@ -78,6 +105,18 @@ pub trait Broker: Send + Sync {
     async fn subscribe(&self, channel: &str) -> Result<(), CoreError>;
     /// This node no longer has local subscribers of `channel`.
     async fn unsubscribe(&self, channel: &str) -> Result<(), CoreError>;
+
+    // The cluster.
+
+    /// The other nodes that are up, with the numbers they last reported (this node's own
+    /// entry may be among them, older).
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, CoreError>;
+    /// Hands `payload` to node `uid` (its handler's `on_node_message`); `Ok(false)` when no
+    /// such node listens.
+    async fn send_to_node(&self, uid: &str, payload: &str) -> Result<bool, CoreError>;
+    /// The node is stopping: leave the cluster (other nodes stop listing it). Bounded by the
+    /// broker's own timeouts.
+    async fn shutdown(&self);
 }
 
 /// A single node's broker: everything is delivered to the local hub at once.
@@ -121,4 +160,13 @@ impl Broker for LocalBroker {
     async fn unsubscribe(&self, _channel: &str) -> Result<(), CoreError> {
         Ok(())
     }
+    /// A single node knows no other.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, CoreError> {
+        Ok(Vec::new())
+    }
+    /// There is no other node to reach.
+    async fn send_to_node(&self, _uid: &str, _payload: &str) -> Result<bool, CoreError> {
+        Ok(false)
+    }
+    async fn shutdown(&self) {}
 }

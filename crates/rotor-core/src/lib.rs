@@ -22,5 +22,6 @@ pub mod revocation;
 pub mod session;
 pub mod storage;
 
+pub use broker::NodeInfo;
 pub use error::CoreError;
-pub use node::{Clock, Node, NodeInfo, PublishOptions};
+pub use node::{Clock, Node, PublishOptions};

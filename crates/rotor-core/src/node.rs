@@ -11,7 +11,7 @@ use rotor_protocol::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, BrokerHandler, Control};
+use crate::broker::{Broker, BrokerHandler, Control, NodeInfo, NodeMessageHandler};
 use crate::channels::ChannelRules;
 use crate::config::{ChannelOptions, CoreConfig};
 use crate::hub::Hub;
@@ -66,19 +66,6 @@ pub struct PublishOptions {
     pub info: Option<ClientInfo>,
 }
 
-/// Node statistics for the `info` API (and the node registry of multi-node engines).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct NodeInfo {
-    pub uid: String,
-    pub name: String,
-    pub version: String,
-    pub num_clients: usize,
-    pub num_users: usize,
-    pub num_channels: usize,
-    pub num_subs: usize,
-    pub uptime: u64,
-}
-
 pub(crate) struct NodeInner {
     pub(crate) config: CoreConfig,
     pub(crate) rules: ChannelRules,
@@ -95,6 +82,8 @@ pub(crate) struct NodeInner {
     uid: String,
     started_at: tokio::time::Instant,
     order: crate::order::Sequencer,
+    /// Where messages other nodes address to this one go (set by the server).
+    node_messages: std::sync::OnceLock<Arc<dyn NodeMessageHandler>>,
 }
 
 /// A rotor node. Cheap to clone.
@@ -141,6 +130,7 @@ impl Node {
             uid,
             started_at: tokio::time::Instant::now(),
             order: Default::default(),
+            node_messages: std::sync::OnceLock::new(),
         });
         broker.set_handler(Arc::new(Handler(Arc::downgrade(&inner))));
         Ok(Node { inner })
@@ -312,17 +302,31 @@ impl Node {
         self.inner.broker.publish_control(&control).await
     }
 
+    /// This node's numbers now.
     pub fn info(&self) -> NodeInfo {
-        let hub = &self.inner.hub;
-        NodeInfo {
-            uid: self.inner.uid.clone(),
-            name: self.inner.config.node_name.clone(),
-            version: self.inner.config.version.clone(),
-            num_clients: hub.num_clients(),
-            num_users: hub.num_users(),
-            num_channels: hub.num_channels(),
-            num_subs: hub.num_subscriptions(),
-            uptime: self.inner.started_at.elapsed().as_secs(),
+        self.inner.info()
+    }
+
+    /// Every node that is up, this one (with its numbers now) included, sorted by name.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, CoreError> {
+        let me = self.info();
+        let mut nodes = self.inner.broker.nodes().await?;
+        nodes.retain(|n| n.uid != me.uid);
+        nodes.push(me);
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        Ok(nodes)
+    }
+
+    /// Hands `payload` to node `uid`'s [`NodeMessageHandler`]; `Ok(false)` when no such node
+    /// is up (always on a single node).
+    pub async fn send_to_node(&self, uid: &str, payload: &str) -> Result<bool, CoreError> {
+        self.inner.broker.send_to_node(uid, payload).await
+    }
+
+    /// Where messages other nodes address to this one go. Set once, before serving.
+    pub fn set_node_message_handler(&self, handler: Arc<dyn NodeMessageHandler>) {
+        if self.inner.node_messages.set(handler).is_err() {
+            tracing::warn!("node message handler set twice; keeping the first");
         }
     }
 
@@ -458,12 +462,39 @@ impl Node {
             .store(true, std::sync::atomic::Ordering::Release);
         self.inner.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let left = loop {
             let left = self.inner.hub.num_clients();
             if left == 0 || tokio::time::Instant::now() >= deadline {
-                return left;
+                break left;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // Other nodes stop listing this one (and routing to it).
+        let rest = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(rest, self.inner.broker.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker did not leave the cluster in time");
+        }
+        left
+    }
+}
+
+impl NodeInner {
+    fn info(&self) -> NodeInfo {
+        let hub = &self.hub;
+        NodeInfo {
+            uid: self.uid.clone(),
+            name: self.config.node_name.clone(),
+            version: self.config.version.clone(),
+            num_clients: hub.num_clients(),
+            num_users: hub.num_users(),
+            num_channels: hub.num_channels(),
+            num_subs: hub.num_subscriptions(),
+            uptime: self.started_at.elapsed().as_secs(),
         }
     }
 }
@@ -569,6 +600,18 @@ impl BrokerHandler for Handler {
                 }
             }
         }
+    }
+
+    fn on_node_message(&self, payload: &str) {
+        let Some(node) = self.0.upgrade() else { return };
+        match node.node_messages.get() {
+            Some(h) => h.on_node_message(payload),
+            None => tracing::debug!("a node message arrived before anything listens for them"),
+        }
+    }
+
+    fn node_info(&self) -> Option<NodeInfo> {
+        self.0.upgrade().map(|node| node.info())
     }
 }
 

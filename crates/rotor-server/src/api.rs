@@ -14,8 +14,8 @@ use warp::http::{HeaderMap, StatusCode};
 use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
-use crate::json_response;
-use crate::server::AppState;
+use crate::http::{glob_match, json_response};
+use crate::state::AppState;
 
 /// Compares without leaking the position of the first difference through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -57,7 +57,7 @@ pub async fn handle(
         tracing::info!(method, "server API request with a wrong or missing key");
         return json_response(
             StatusCode::UNAUTHORIZED,
-            &json!({"error": {"code": 101, "message": "unauthorized"}}),
+            &json!({ "error": error_value(ErrorCode::Unauthorized.to_error()) }),
         );
     }
     let params: Value = if body.is_empty() {
@@ -67,46 +67,31 @@ pub async fn handle(
             Ok(v) => v,
             Err(e) => {
                 tracing::info!(method, error = %e, "server API request body is not JSON");
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    &json!({"error": {"code": 107, "message": format!("bad request: {e}")}}),
-                );
+                let e = CoreError::BadRequest(e.to_string());
+                return json_response(StatusCode::BAD_REQUEST, &json!({ "error": error_json(&e) }));
             }
         }
     };
     if method == "batch" {
         return json_response(StatusCode::OK, &batch(&state.node, params).await);
     }
-    if let (true, Some(redis)) = (method == "info", &state.redis) {
-        // Every live node from the Redis registry, this one with fresh numbers.
-        let me = state.node.info();
-        return match redis.nodes(crate::server::HEARTBEAT_MAX_AGE).await {
-            Ok(mut nodes) => {
-                nodes.retain(|n| n.uid != me.uid);
-                nodes.push(me);
-                nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
-                json_response(StatusCode::OK, &json!({"result": {"nodes": nodes}}))
-            }
-            Err(e) => json_response(StatusCode::OK, &json!({ "error": error_json(&e) })),
-        };
-    }
     match call(&state.node, &method, params).await {
         Some(Ok(result)) => json_response(StatusCode::OK, &json!({ "result": result })),
         Some(Err(e)) => json_response(StatusCode::OK, &json!({ "error": error_json(&e) })),
         None => json_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": {"code": 104, "message": "method not found"}}),
+            &json!({ "error": error_json(&CoreError::MethodNotFound) }),
         ),
     }
 }
 
+/// The `error` object of an answer: `{code, message}` from the core's one mapping.
 fn error_json(e: &CoreError) -> Value {
-    let err = e.to_error();
-    let message = match e {
-        CoreError::BadRequest(detail) => format!("bad request: {detail}"),
-        _ => err.message,
-    };
-    json!({"code": err.code, "message": message})
+    error_value(e.to_api_error())
+}
+
+fn error_value(err: rotor_protocol::Error) -> Value {
+    json!({"code": err.code, "message": err.message})
 }
 
 #[derive(Deserialize)]
@@ -131,9 +116,7 @@ async fn batch(node: &Node, params: Value) -> Value {
         match call(node, &method, params).await {
             Some(Ok(result)) => json!({ method: result }),
             Some(Err(e)) => json!({"error": error_json(&e)}),
-            None => {
-                json!({"error": {"code": ErrorCode::MethodNotFound.code(), "message": "method not found"}})
-            }
+            None => json!({"error": error_json(&CoreError::MethodNotFound)}),
         }
     };
     let replies: Vec<Value> = if req.parallel {
@@ -375,13 +358,8 @@ async fn call(node: &Node, method: &str, params: Value) -> Option<Result<Value, 
             }
             .await
         }
-        "info" => {
-            let i = node.info();
-            Ok(json!({"nodes": [{
-                "uid": i.uid, "name": i.name, "version": i.version, "num_clients": i.num_clients,
-                "num_users": i.num_users, "num_channels": i.num_channels, "num_subs": i.num_subs, "uptime": i.uptime,
-            }]}))
-        }
+        // Every node that is up, this one with its numbers now.
+        "info" => node.nodes().await.map(|nodes| json!({ "nodes": nodes })),
         "disconnect" => {
             async {
                 let p: DisconnectParams = parse(params)?;
@@ -573,45 +551,9 @@ async fn broadcast(node: &Node, params: Value) -> Result<Value, CoreError> {
     Ok(json!({ "responses": responses }))
 }
 
-/// Glob matching with `*` (any run) and `?` (one character), as the `channels` pattern.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_patterns() {
-        assert!(glob_match("chat:*", "chat:room"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("c?at", "chat"));
-        assert!(!glob_match("chat:*", "news:1"));
-        assert!(glob_match("*:room", "chat:room"));
-        assert!(!glob_match("a*b", "acbd"));
-    }
 
     #[test]
     fn key_comparison() {

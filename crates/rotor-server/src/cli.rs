@@ -7,8 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use rand::Rng;
 
 use crate::config::Config;
+use crate::error::ServerError;
 use crate::server::Server;
-use crate::ServerError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -284,7 +284,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rotor: {e}");
+            eprintln!("rotor: {}", crate::error::report(&e));
             ExitCode::FAILURE
         }
     }
@@ -467,12 +467,9 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 ));
             }
             block_on(async {
-                let pool = rotor_store_postgres::connect(&config.storage.postgres.options())
-                    .await
-                    .map_err(|e| ServerError::Storage(e.to_string()))?;
-                rotor_store_postgres::migrate(&pool)
-                    .await
-                    .map_err(|e| ServerError::Storage(e.to_string()))?;
+                let pool =
+                    rotor_store_postgres::connect(&config.storage.postgres.options()).await?;
+                rotor_store_postgres::migrate(&pool).await?;
                 println!(
                     "migrations applied (schema {:?})",
                     config.storage.postgres.schema

@@ -9,7 +9,7 @@ use rotor_core::config::{ChannelConfig, ClientConfig, CoreConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ServerError;
+use crate::error::ServerError;
 
 /// `http_server.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use warp::http::HeaderMap;
 
 use crate::config::{HttpServerConfig, TlsConfig};
-use crate::ServerError;
+use crate::error::ServerError;
 
 /// The client's address as rotor believes it, put into every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

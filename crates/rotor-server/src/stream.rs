@@ -3,10 +3,9 @@
 //! `uni_http_stream` and `uni_sse`. Each is a transport around channels; the protocol itself
 //! is the core's.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::server::AppState;
+use crate::state::{AppState, Peer, Sessions};
 
 /// How messages are framed on the response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,20 +28,6 @@ pub enum Framing {
     EventStream,
 }
 
-/// Commands still to be delivered to emulation sessions, by session id.
-#[derive(Default)]
-pub struct Sessions {
-    map: Mutex<HashMap<String, mpsc::Sender<String>>>,
-}
-
-impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<String>>> {
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Commands a session may have waiting before `/emulation` POSTs are refused with 503.
-const COMMAND_BACKLOG: usize = 256;
 /// Body chunks waiting to be sent to the client.
 const BODY_BACKLOG: usize = 16;
 
@@ -109,7 +94,7 @@ impl Transport for StreamTransport {
                 }
             }
         }
-        match crate::within(self.timeout, self.body.send(Bytes::from(chunk))).await {
+        match crate::http::within(self.timeout, self.body.send(Bytes::from(chunk))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(std::io::Error::new(
                 std::io::ErrorKind::BrokenPipe,
@@ -146,21 +131,14 @@ fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing) -> Response {
 
 /// Starts a bidirectional emulation session whose first frame is `connect` (the POST body
 /// of `http_stream`, the `cf_connect` parameter of `sse`).
-pub fn emulation(
-    state: AppState,
-    connect: String,
-    peer: crate::server::Peer,
-    framing: Framing,
-) -> Response {
+pub fn emulation(state: AppState, connect: String, peer: Peer, framing: Framing) -> Response {
     let (name, timeout) = match framing {
         Framing::Lines => ("http_stream", state.config.http_stream.write_timeout),
         Framing::EventStream => ("sse", state.config.sse.write_timeout),
     };
-    let session_id = crate::new_session_id();
-    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_BACKLOG);
-    cmd_tx.try_send(connect).expect("a new channel has room");
+    let session_id = crate::http::new_session_id();
+    let cmd_rx = state.sessions.open(&session_id, connect);
     let (body_tx, body_rx) = mpsc::channel(BODY_BACKLOG);
-    state.sessions.lock().insert(session_id.to_string(), cmd_tx);
     let params = SessionParams {
         transport: TransportInfo {
             name,
@@ -173,7 +151,7 @@ pub fn emulation(
     let transport = StreamTransport::new(Some(cmd_rx), body_tx, framing, timeout);
     tokio::spawn(async move {
         session::run(state.node.clone(), params, transport).await;
-        state.sessions.lock().remove(&*session_id);
+        state.sessions.close(&session_id);
     });
     streaming_response(body_rx, framing)
 }
@@ -182,7 +160,7 @@ pub fn emulation(
 pub fn unidirectional(
     state: AppState,
     req: ConnectRequest,
-    peer: crate::server::Peer,
+    peer: Peer,
     framing: Framing,
 ) -> Response {
     let (name, timeout) = match framing {
@@ -198,7 +176,7 @@ pub fn unidirectional(
             name,
             kind: TransportKind::Unidirectional,
         },
-        session_id: Some(crate::new_session_id()),
+        session_id: Some(crate::http::new_session_id()),
         uni_connect: Some(req),
         remote: peer,
     };
@@ -226,8 +204,9 @@ impl EmulationRequest {
 
 /// `POST /emulation`: 204 when the commands were handed to the session, 404 for an unknown
 /// session (the client reconnects), 400 for a bad body, 503 when the session's backlog is full.
-/// A request for a session on another node (its `node` is not this one) is forwarded there
-/// through Redis when the broker is Redis: 204 once a node took it, 404 when no node listens.
+/// A request for a session on another node (its `node` is not this one) is forwarded to that
+/// node: 204 once it took it, 404 when no such node is up (always on a single node, unless the
+/// session is here after all), 503 when it cannot be reached.
 pub async fn post(state: &AppState, body: &[u8]) -> StatusCode {
     let req = match EmulationRequest::parse(body) {
         Ok(r) => r,
@@ -236,53 +215,35 @@ pub async fn post(state: &AppState, body: &[u8]) -> StatusCode {
             return StatusCode::BAD_REQUEST;
         }
     };
-    if let Some(redis) = &state.redis {
-        if !req.node.is_empty() && req.node != state.node.uid() {
-            let payload = String::from_utf8_lossy(body);
-            return match redis.send_to_node(&req.node, &payload).await {
-                Ok(true) => StatusCode::NO_CONTENT,
-                Ok(false) => {
-                    tracing::debug!(node = %req.node, "emulation request for a node that is gone");
-                    StatusCode::NOT_FOUND
-                }
-                Err(e) => {
-                    tracing::warn!(node = %req.node, error = %e, "cannot forward an emulation request");
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-            };
+    if !req.node.is_empty() && req.node != state.node.uid() {
+        let payload = String::from_utf8_lossy(body);
+        match state.node.send_to_node(&req.node, &payload).await {
+            Ok(true) => return StatusCode::NO_CONTENT,
+            Ok(false) => {
+                tracing::debug!(node = %req.node, "emulation request for a node that is not up");
+            }
+            Err(e) => {
+                tracing::warn!(node = %req.node, error = %e, "cannot forward an emulation request");
+                return StatusCode::SERVICE_UNAVAILABLE;
+            }
         }
     }
-    deliver(&state.sessions, req)
+    state.sessions.deliver(&req.session, req.data)
 }
 
-/// Emulation requests forwarded from other nodes (through Redis) to sessions on this one.
+/// Emulation requests forwarded from other nodes to sessions on this one.
 pub struct ForwardedEmulation(pub Arc<Sessions>);
 
-impl rotor_broker_redis::NodeMessageHandler for ForwardedEmulation {
+impl rotor_core::broker::NodeMessageHandler for ForwardedEmulation {
     fn on_node_message(&self, payload: &str) {
         match EmulationRequest::parse(payload.as_bytes()) {
             Ok(req) => {
-                let status = deliver(&self.0, req);
+                let status = self.0.deliver(&req.session, req.data);
                 if status != StatusCode::NO_CONTENT {
                     tracing::info!(%status, "forwarded emulation request not delivered");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "bad forwarded emulation request"),
-        }
-    }
-}
-
-fn deliver(sessions: &Sessions, req: EmulationRequest) -> StatusCode {
-    let Some(tx) = sessions.lock().get(&req.session).cloned() else {
-        tracing::debug!(session = %req.session, "emulation request for an unknown session");
-        return StatusCode::NOT_FOUND;
-    };
-    match tx.try_send(req.data) {
-        Ok(()) => StatusCode::NO_CONTENT,
-        Err(mpsc::error::TrySendError::Closed(_)) => StatusCode::NOT_FOUND,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(session = %req.session, "emulation session has {COMMAND_BACKLOG} commands waiting; refusing more");
-            StatusCode::SERVICE_UNAVAILABLE
         }
     }
 }

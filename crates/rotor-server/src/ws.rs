@@ -22,8 +22,8 @@ use tokio_util::either::Either;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
-use crate::server::AppState;
-use crate::{origin_allowed, plain};
+use crate::http::{origin_allowed, plain};
+use crate::state::{AppState, Peer};
 
 const TRANSPORT: TransportInfo = TransportInfo {
     name: "websocket",
@@ -51,7 +51,7 @@ pub fn upgrade(
     state: AppState,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
-    peer: crate::server::Peer,
+    peer: Peer,
     mode: Mode,
 ) -> Response {
     let header = |name: &str| {
@@ -143,7 +143,7 @@ pub fn upgrade(
                 };
                 SessionParams {
                     transport: UNI_TRANSPORT,
-                    session_id: Some(crate::new_session_id()),
+                    session_id: Some(crate::http::new_session_id()),
                     uni_connect: Some(req),
                     remote: peer,
                 }
@@ -363,7 +363,7 @@ impl Transport for WsTransport {
                 Some(Ok(Message::Close(_))) | None => Inbound::Closed,
                 Some(Err(WsError::Capacity(e))) => {
                     tracing::info!(error = %e, "websocket message too large, closing with 1009");
-                    Inbound::Refused(Disconnect::custom(1009, "message size limit exceeded"))
+                    Inbound::Refused(Disconnect::MESSAGE_SIZE_LIMIT)
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "websocket read error");
@@ -391,7 +391,7 @@ impl Transport for WsTransport {
             }
             write_through_tungstenite(socket, messages, one_per_frame).await
         };
-        match crate::within(self.write_timeout, send).await {
+        match crate::http::within(self.write_timeout, send).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,

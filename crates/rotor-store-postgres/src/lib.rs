@@ -33,12 +33,12 @@ pub use revocations::PgRevocations;
 /// Errors setting up Postgres storage.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("storage.postgres.dsn: {0}")]
-    Dsn(String),
-    #[error("cannot connect to Postgres: {0}")]
-    Connect(String),
-    #[error("migrations failed: {0}")]
-    Migrate(String),
+    #[error("storage.postgres.dsn is not a usable connection string")]
+    Dsn(#[source] sqlx::Error),
+    #[error("cannot connect to Postgres")]
+    Connect(#[source] sqlx::Error),
+    #[error("migrations failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
 /// How to reach and use the database.
@@ -63,10 +63,7 @@ fn quote_ident(name: &str) -> String {
 
 /// Opens a pool whose connections use `schema` (creating it if needed).
 pub async fn connect(opts: &PgOptions) -> Result<PgPool, PgError> {
-    let connect: PgConnectOptions = opts
-        .dsn
-        .parse()
-        .map_err(|e: sqlx::Error| PgError::Dsn(e.to_string()))?;
+    let connect: PgConnectOptions = opts.dsn.parse().map_err(PgError::Dsn)?;
     let schema = quote_ident(&opts.schema);
     let set_path = format!("SET search_path TO {schema}");
     let pool = PgPoolOptions::new()
@@ -82,23 +79,20 @@ pub async fn connect(opts: &PgOptions) -> Result<PgPool, PgError> {
         .connect_lazy_with(connect);
     pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
         .await
-        .map_err(|e| PgError::Connect(e.to_string()))?;
+        .map_err(PgError::Connect)?;
     Ok(pool)
 }
 
 /// Applies pending migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), PgError> {
-    MIGRATOR
-        .run(pool)
-        .await
-        .map_err(|e| PgError::Migrate(e.to_string()))
+    MIGRATOR.run(pool).await.map_err(PgError::Migrate)
 }
 
 /// Drops a schema and everything in it (test teardown, decommissioning).
 pub async fn drop_schema(pool: &PgPool, schema: &str) -> Result<(), PgError> {
     pool.execute(format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)).as_str())
         .await
-        .map_err(|e| PgError::Connect(e.to_string()))?;
+        .map_err(PgError::Connect)?;
     Ok(())
 }
 

@@ -67,7 +67,7 @@ pub fn spawn_retention(
     interval: Duration,
     batch: i64,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::pin!(stop);
         let mut tick = tokio::time::interval(interval);
@@ -80,5 +80,5 @@ pub fn spawn_retention(
                 },
             }
         }
-    });
+    })
 }

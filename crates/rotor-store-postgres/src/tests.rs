@@ -257,6 +257,13 @@ impl rotor_core::broker::Broker for Recording {
     async fn unsubscribe(&self, _c: &str) -> Result<(), CoreError> {
         Ok(())
     }
+    async fn nodes(&self) -> Result<Vec<rotor_core::NodeInfo>, CoreError> {
+        Ok(Vec::new())
+    }
+    async fn send_to_node(&self, _uid: &str, _payload: &str) -> Result<bool, CoreError> {
+        Ok(false)
+    }
+    async fn shutdown(&self) {}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

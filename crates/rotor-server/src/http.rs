@@ -1,0 +1,113 @@
+//! Small HTTP pieces the routes and transports share: plain and JSON responses, the browser
+//! origin check, glob patterns, session ids, and a write bounded in time.
+
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::Response;
+
+/// A browser `Origin` is allowed when it matches one of the patterns (case-insensitive, `*`
+/// wildcards). Requests without an `Origin` header (non-browser clients) are always allowed;
+/// with an empty list, every request that has one is refused.
+pub fn origin_allowed(origin: Option<&str>, allowed: &[String]) -> bool {
+    let Some(origin) = origin else { return true };
+    let origin = origin.to_ascii_lowercase();
+    allowed
+        .iter()
+        .any(|p| glob_match(&p.to_ascii_lowercase(), &origin))
+}
+
+/// A new id for an emulation or unidirectional session.
+pub fn new_session_id() -> std::sync::Arc<str> {
+    std::sync::Arc::from(uuid::Uuid::new_v4().to_string())
+}
+
+pub fn plain(status: StatusCode, text: &'static str) -> Response {
+    let mut res = Response::new(text.into());
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
+    let mut res = Response::new(
+        serde_json::to_string(value)
+            .expect("json serializes")
+            .into(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    res
+}
+
+/// Awaits a transport write, failing after `limit`. Most writes finish at their first poll
+/// (the socket or stream has room): only a write that has to wait gets a timer, boxed, so the
+/// common case neither touches the timer wheel nor makes every connection's task carry a
+/// timer's state.
+pub(crate) async fn within<F: std::future::Future>(
+    limit: std::time::Duration,
+    write: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut write = std::pin::pin!(write);
+    match futures_util::poll!(write.as_mut()) {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => Box::pin(tokio::time::timeout(limit, write)).await,
+    }
+}
+
+/// Glob matching with `*` (any run) and `?` (one character), as the `channels` pattern.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match("chat:*", "chat:room"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("c?at", "chat"));
+        assert!(!glob_match("chat:*", "news:1"));
+        assert!(glob_match("*:room", "chat:room"));
+        assert!(!glob_match("a*b", "acbd"));
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec![
+            "https://*.example.com".to_string(),
+            "http://localhost:3000".to_string(),
+        ];
+        assert!(origin_allowed(None, &[]));
+        assert!(!origin_allowed(Some("https://app.example.com"), &[]));
+        assert!(origin_allowed(Some("https://App.Example.com"), &allowed));
+        assert!(origin_allowed(Some("http://localhost:3000"), &allowed));
+        assert!(!origin_allowed(Some("http://evil.com"), &allowed));
+        assert!(origin_allowed(Some("http://evil.com"), &["*".to_string()]));
+    }
+}
