@@ -6,13 +6,14 @@
 //!    `data` decoded as the session decodes every frame;
 //! 2. `http_stream` POST body / `sse` `cf_connect` value: the first frame of an emulation
 //!    session, decoded with `decode_commands`;
-//! 3. `uni_http_stream` body / `uni_sse` `cf_connect` value: a `ConnectRequest`, parsed as
-//!    `uni::connect_request` does (empty text means `{}`, a header token fills in);
+//! 3. `uni_http_stream` body / `uni_sse` `cf_connect` value / the first `uni_websocket`
+//!    message: a `ConnectRequest`, parsed as `session::uni_connect_request` does (empty text
+//!    means `{}`, a header token fills in);
 //! 4. the query string of `sse` / `uni_sse` / `uni_websocket`, parsed as warp does
 //!    (`serde_urlencoded` into a map), then its `cf_connect` as in 2 and 3.
 //!
-//! Steps 1 and 3 call rotor-server's own parsers (`stream::EmulationRequest::parse`,
-//! `uni::connect_request`).
+//! Steps 1 and 3 call rotor's own parsers (`rotor_server::stream::EmulationRequest::parse`,
+//! `rotor_core::session::uni_connect_request`).
 
 #![no_main]
 
@@ -21,8 +22,8 @@ use std::collections::HashMap;
 use libfuzzer_sys::fuzz_target;
 use rotor_protocol::{decode_commands, encode_frame, ConnectRequest};
 
+use rotor_core::session::uni_connect_request as connect_request;
 use rotor_server::stream::EmulationRequest;
-use rotor_server::uni::connect_request;
 
 /// A frame as the session sees it: decode, and whatever decodes must survive a round trip.
 fn session_frame(frame: &str) {

@@ -8,8 +8,9 @@
 
 pub mod broker;
 pub mod channels;
+mod clock;
 pub mod config;
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod duration;
 mod error;
@@ -21,7 +22,10 @@ mod order;
 pub mod revocation;
 pub mod session;
 pub mod storage;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use broker::NodeInfo;
+pub use clock::Clock;
 pub use error::CoreError;
-pub use node::{Clock, Node, PublishOptions};
+pub use node::{Node, PublishOptions};

@@ -10,7 +10,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rotor_core::session::{self, Inbound, SessionParams, Transport, TransportInfo, TransportKind};
+use rotor_core::session::{
+    self, ConnectFrom, Inbound, SessionParams, Transport, TransportInfo, TransportKind,
+};
 use rotor_protocol::{ConnectRequest, Disconnect};
 use tokio::sync::mpsc;
 use warp::http::{HeaderValue, StatusCode};
@@ -145,7 +147,7 @@ pub fn emulation(state: AppState, connect: String, peer: Peer, framing: Framing)
             kind: TransportKind::Emulation,
         },
         session_id: Some(session_id.clone()),
-        uni_connect: None,
+        connect: ConnectFrom::Commands,
         remote: peer,
     };
     let transport = StreamTransport::new(Some(cmd_rx), body_tx, framing, timeout);
@@ -177,7 +179,7 @@ pub fn unidirectional(
             kind: TransportKind::Unidirectional,
         },
         session_id: Some(crate::http::new_session_id()),
-        uni_connect: Some(req),
+        connect: ConnectFrom::Request(req),
         remote: peer,
     };
     let transport = StreamTransport::new(None, body_tx, framing, timeout);

@@ -1,28 +1,8 @@
-//! Connect requests of the unidirectional transports: from the `cf_connect` query parameter,
-//! the request body or the first WebSocket message, with the token optionally taken from an
-//! `Authorization: Bearer` header or a configured cookie instead.
+//! Where the unidirectional transports find a token besides their connect request: an
+//! `Authorization: Bearer` header, or a configured cookie (uni_sse). The connect request
+//! itself is parsed by the core ([`rotor_core::session::uni_connect_request`]).
 
-use rotor_protocol::ConnectRequest;
 use warp::http::HeaderMap;
-
-/// Parses a connect request (`{"token":…,"data":…}`; empty text means `{}`); a token from a
-/// header or cookie fills in when the request carries none.
-pub fn connect_request(
-    text: &str,
-    fallback_token: Option<String>,
-) -> Result<ConnectRequest, String> {
-    let mut req: ConnectRequest = if text.trim().is_empty() {
-        ConnectRequest::default()
-    } else {
-        serde_json::from_str(text).map_err(|e| format!("connect request is not valid JSON: {e}"))?
-    };
-    if req.token.is_empty() {
-        if let Some(t) = fallback_token {
-            req.token = t;
-        }
-    }
-    Ok(req)
-}
 
 /// The token from `Authorization: Bearer <token>`, or from the named cookie.
 pub fn token_from_headers(headers: &HeaderMap, cookie: &str) -> Option<String> {
@@ -66,10 +46,5 @@ mod tests {
             token_from_headers(&h, "rotor_token").as_deref(),
             Some("xyz")
         );
-        let req = connect_request("", Some("t".into())).unwrap();
-        assert_eq!(req.token, "t");
-        let req = connect_request(r#"{"token":"own"}"#, Some("t".into())).unwrap();
-        assert_eq!(req.token, "own");
-        assert!(connect_request("{bad", None).is_err());
     }
 }

@@ -9,7 +9,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use rotor_core::session::{self, Inbound, SessionParams, Transport, TransportInfo, TransportKind};
+use rotor_core::session::{
+    self, ConnectFrom, Inbound, SessionParams, Transport, TransportInfo, TransportKind,
+};
 use rotor_protocol::Disconnect;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -39,7 +41,8 @@ pub enum Mode {
     /// `/connection/websocket`: commands in, replies and pushes out.
     Bidirectional,
     /// `/connection/uni_websocket`: the connect request comes in the `cf_connect` query
-    /// parameter or as the first message; after that only pushes go out.
+    /// parameter or as the first message (the session reads it); after that only pushes go
+    /// out.
     Unidirectional {
         cf_connect: Option<String>,
         bearer: Option<String>,
@@ -100,7 +103,7 @@ pub fn upgrade(
                 return;
             }
         };
-        let mut ws = WsTransport {
+        let ws = WsTransport {
             socket: socket(upgraded, ws_config).await,
             write_timeout,
             one_per_frame: matches!(mode, Mode::Unidirectional { .. }),
@@ -110,44 +113,18 @@ pub fn upgrade(
             Mode::Bidirectional => SessionParams {
                 transport: TRANSPORT,
                 session_id: None,
-                uni_connect: None,
+                connect: ConnectFrom::Commands,
                 remote: peer,
             },
-            Mode::Unidirectional { cf_connect, bearer } => {
-                let first = match cf_connect {
-                    Some(c) => Some(c),
-                    None => {
-                        let wait = state.config.client.stale_close_delay;
-                        let read = std::future::poll_fn(|cx| ws.poll_read(cx));
-                        match tokio::time::timeout(wait, read).await {
-                            Ok(Inbound::Frame(f)) => Some(f),
-                            Ok(_) => return,
-                            Err(_) => None,
-                        }
-                    }
-                };
-                let req = match first.map(|f| crate::uni::connect_request(&f, bearer)) {
-                    Some(Ok(req)) => req,
-                    Some(Err(e)) => {
-                        tracing::info!(error = %e, "uni_websocket: bad connect request, closing with 3501");
-                        ws.close(&Disconnect::BAD_REQUEST).await;
-                        return;
-                    }
-                    None => {
-                        tracing::info!(
-                            "uni_websocket: no connect request in time, closing with 3502"
-                        );
-                        ws.close(&Disconnect::STALE).await;
-                        return;
-                    }
-                };
-                SessionParams {
-                    transport: UNI_TRANSPORT,
-                    session_id: Some(crate::http::new_session_id()),
-                    uni_connect: Some(req),
-                    remote: peer,
-                }
-            }
+            Mode::Unidirectional { cf_connect, bearer } => SessionParams {
+                transport: UNI_TRANSPORT,
+                session_id: Some(crate::http::new_session_id()),
+                connect: ConnectFrom::Text {
+                    text: cf_connect,
+                    fallback_token: bearer,
+                },
+                remote: peer,
+            },
         };
         session::run(state.node.clone(), params, ws).await;
     });

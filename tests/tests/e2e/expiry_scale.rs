@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use rotor_core::testing::{self as mem, Out};
 use rotor_protocol::Disconnect;
-use rotor_tests::mem::{self, Out};
 use rotor_tests::*;
 use serde_json::json;
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rotor_tests::mem::{self, Out};
+use rotor_core::testing::{self as mem, Out};
 use rotor_tests::*;
 use serde_json::{json, Value};
 

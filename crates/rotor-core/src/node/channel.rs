@@ -1,0 +1,312 @@
+//! A channel's publications and members, kept in one order. A publication takes a ticket of
+//! its channel (`order::Sequencer`) when it enters the history store, and reaches the broker
+//! only after every earlier ticket; a subscriber joins (hub, broker, stream position,
+//! recovered publications) holding the channel's gate exclusively, so no publication is
+//! missed or repeated between its position and its first push. This file is where that
+//! invariant lives: nothing else subscribes a connection or publishes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rotor_protocol::{
+    ClientInfo, Publication, Raw, StreamPosition, SubscribeRequest, SubscribeResult,
+};
+
+use super::{Node, PublishOptions};
+use crate::config::ChannelOptions;
+use crate::hub::ClientHandle;
+use crate::storage::{HistoryFilter, HistoryOptions, HistoryPage};
+use crate::CoreError;
+
+/// A connection joining a channel: who it is, what it asked for, and what the channel
+/// (after any token override) allows.
+pub(crate) struct Membership<'a> {
+    pub client: &'a Arc<ClientHandle>,
+    /// Its presence entry and the `info` of its join and leave pushes.
+    pub info: &'a ClientInfo,
+    pub opts: &'a ChannelOptions,
+    pub want: &'a SubscribeRequest,
+    /// A subscription the server made (token claims, server API), not the client.
+    pub server_side: bool,
+}
+
+impl Node {
+    /// Publishes to a channel: stores it in history when the channel keeps history, then fans
+    /// it out through the broker. Returns the position (offset 0 and no epoch without history).
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Raw,
+        options: PublishOptions,
+    ) -> Result<StreamPosition, CoreError> {
+        let opts = self.channel_options(channel)?;
+        let mut publication = Publication {
+            data,
+            info: options.info,
+            offset: 0,
+            tags: options.tags,
+            time: self.inner.clock.unix_ms(),
+        };
+        // The ticket fixes this publication's place when it enters the history store; it is
+        // handed to the broker only after every earlier one, while the store is free to
+        // commit many at once (group commit).
+        let history =
+            (opts.history_enabled() && !options.skip_history).then(|| self.history_options(&opts));
+        let (ticket, stored) = self
+            .inner
+            .order
+            .submit(channel, || {
+                history.map(|h| {
+                    self.inner
+                        .storage
+                        .history
+                        .add(channel, publication.clone(), &h)
+                })
+            })
+            .await;
+        let mut position = StreamPosition::default();
+        if let Some(stored) = stored {
+            position = stored.await?;
+            publication.offset = position.offset;
+        }
+        ticket.turn().await;
+        let sent = std::time::Instant::now();
+        self.inner.broker.publish(channel, &publication).await?;
+        self.inner
+            .observer
+            .published(publication.offset > 0, sent.elapsed());
+        Ok(position)
+    }
+
+    /// Presence of a channel (no permission check: callers check).
+    pub async fn presence(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, CoreError> {
+        let opts = self.channel_options(channel)?;
+        if !opts.presence {
+            return Err(CoreError::NotAvailable);
+        }
+        self.inner.storage.presence.get(channel).await
+    }
+
+    /// Number of clients and users in a channel.
+    pub async fn presence_stats(&self, channel: &str) -> Result<(u32, u32), CoreError> {
+        let opts = self.channel_options(channel)?;
+        if !opts.presence {
+            return Err(CoreError::NotAvailable);
+        }
+        self.inner.storage.presence.stats(channel).await
+    }
+
+    /// Reads history. `limit` < 0 means as many as allowed; it is capped by
+    /// `client.history_max_publication_limit`.
+    pub async fn history(
+        &self,
+        channel: &str,
+        limit: i64,
+        since: Option<StreamPosition>,
+        reverse: bool,
+    ) -> Result<HistoryPage, CoreError> {
+        let opts = self.channel_options(channel)?;
+        if !opts.history_enabled() {
+            return Err(CoreError::NotAvailable);
+        }
+        let max = self.inner.config.client.history_max_publication_limit;
+        let limit = if limit < 0 {
+            max
+        } else {
+            (limit as usize).min(max)
+        };
+        let filter = HistoryFilter {
+            since,
+            limit,
+            reverse,
+        };
+        self.inner
+            .storage
+            .history
+            .read(channel, &filter, &self.history_options(&opts))
+            .await
+    }
+
+    pub async fn history_remove(&self, channel: &str) -> Result<(), CoreError> {
+        let opts = self.channel_options(channel)?;
+        if !opts.history_enabled() {
+            return Err(CoreError::NotAvailable);
+        }
+        self.inner.storage.history.remove(channel).await
+    }
+
+    fn history_options(&self, opts: &ChannelOptions) -> HistoryOptions {
+        HistoryOptions {
+            size: opts.history_size as usize,
+            ttl: opts.history_ttl,
+            meta_ttl: self.inner.config.channel.history_meta_ttl,
+        }
+    }
+
+    /// How long a presence entry lives without a refresh: two refresh intervals and a margin.
+    pub(crate) fn presence_ttl(&self) -> Duration {
+        self.inner.config.client.presence_update_interval * 2 + Duration::from_secs(6)
+    }
+
+    /// Subscribes a connection: the hub (and the broker, for the node's first subscriber),
+    /// the stream position and, when it recovers, the publications it missed (all under the
+    /// channel's gate), then its presence entry and the join push. The result tells the
+    /// client what it got; a failure leaves no trace of the subscription.
+    pub(crate) async fn join(
+        &self,
+        channel: &str,
+        m: Membership<'_>,
+    ) -> Result<SubscribeResult, CoreError> {
+        let (opts, want) = (m.opts, m.want);
+        let history_allowed = opts.allow_history_for_client || opts.allow_history_for_subscriber;
+        let recoverable = opts.history_enabled()
+            && (opts.force_recovery
+                || (want.recoverable && (opts.allow_recovery || history_allowed))
+                || (m.server_side && want.recover));
+        let positioned = recoverable
+            || (opts.history_enabled()
+                && (opts.force_positioning
+                    || (want.positioned && (opts.allow_positioning || history_allowed))));
+        let join_leave = opts.force_push_join_leave || (want.join_leave && opts.join_leave);
+        let mut result = SubscribeResult {
+            recoverable,
+            positioned,
+            ..SubscribeResult::default()
+        };
+        {
+            let _gate = self.inner.order.exclusive(channel).await;
+            let first = self.inner.hub.subscribe(channel, m.client, join_leave);
+            if first {
+                if let Err(e) = self.inner.broker.subscribe(channel).await {
+                    self.inner.hub.unsubscribe(channel, m.client);
+                    return Err(e);
+                }
+            }
+            if positioned {
+                if let Err(e) = self
+                    .position(channel, opts, want, recoverable, &mut result)
+                    .await
+                {
+                    drop(_gate);
+                    self.unsubscribe_hub(channel, m.client).await;
+                    return Err(e);
+                }
+            }
+        }
+        if opts.presence {
+            let added = self
+                .inner
+                .storage
+                .presence
+                .add(channel, m.info, self.presence_ttl());
+            if let Err(e) = added.await {
+                tracing::warn!(channel, error = %e, "presence add failed");
+            }
+        }
+        if opts.join_leave {
+            if let Err(e) = self.inner.broker.publish_join(channel, m.info).await {
+                tracing::warn!(channel, error = %e, "join push failed");
+            }
+        }
+        Ok(result)
+    }
+
+    /// Fills the stream position and, when the client recovers, the missed publications.
+    async fn position(
+        &self,
+        channel: &str,
+        opts: &ChannelOptions,
+        want: &SubscribeRequest,
+        recoverable: bool,
+        result: &mut SubscribeResult,
+    ) -> Result<(), CoreError> {
+        let store = &self.inner.storage.history;
+        let hopts = self.history_options(opts);
+        if recoverable && want.recover {
+            result.was_recovering = true;
+            let max = self.inner.config.client.recovery_max_publication_limit;
+            let filter = HistoryFilter {
+                since: Some(StreamPosition {
+                    offset: want.offset,
+                    epoch: want.epoch.clone(),
+                }),
+                limit: max + 1,
+                reverse: false,
+            };
+            match store.read(channel, &filter, &hopts).await {
+                Ok(page) => {
+                    let complete = page.publications.len() <= max
+                        && match page.publications.first() {
+                            Some(first) => first.offset == want.offset + 1,
+                            None => page.position.offset == want.offset,
+                        };
+                    result.epoch = page.position.epoch;
+                    result.offset = page.position.offset;
+                    if complete {
+                        result.recovered = true;
+                        result.publications = page.publications;
+                    }
+                    return Ok(());
+                }
+                Err(CoreError::UnrecoverablePosition) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let page = store
+            .read(channel, &HistoryFilter::default(), &hopts)
+            .await?;
+        result.epoch = page.position.epoch;
+        result.offset = page.position.offset;
+        Ok(())
+    }
+
+    /// Takes the connection out of the channel's subscribers (and the broker's, when it was
+    /// the node's last), under the channel's gate.
+    async fn unsubscribe_hub(&self, channel: &str, client: &Arc<ClientHandle>) {
+        let _gate = self.inner.order.exclusive(channel).await;
+        if self.inner.hub.unsubscribe(channel, client) {
+            if let Err(e) = self.inner.broker.unsubscribe(channel).await {
+                tracing::warn!(channel, error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    /// Ends a subscription [`Node::join`] made: the hub, then the presence entry and the
+    /// leave push when the subscription had them.
+    pub(crate) async fn leave(
+        &self,
+        channel: &str,
+        client: &Arc<ClientHandle>,
+        info: &ClientInfo,
+        presence: bool,
+        join_leave: bool,
+    ) {
+        self.unsubscribe_hub(channel, client).await;
+        if presence {
+            if let Err(e) = self
+                .inner
+                .storage
+                .presence
+                .remove(channel, client.id())
+                .await
+            {
+                tracing::warn!(channel, error = %e, "presence remove failed");
+            }
+        }
+        if join_leave {
+            if let Err(e) = self.inner.broker.publish_leave(channel, info).await {
+                tracing::warn!(channel, error = %e, "leave push failed");
+            }
+        }
+    }
+
+    /// Re-adds a connection's presence entry so it does not expire while the connection
+    /// lives.
+    pub(crate) async fn refresh_presence(&self, channel: &str, info: &ClientInfo) {
+        let ttl = self.presence_ttl();
+        if let Err(e) = self.inner.storage.presence.add(channel, info, ttl).await {
+            tracing::warn!(channel, error = %e, "presence refresh failed");
+        }
+    }
+}

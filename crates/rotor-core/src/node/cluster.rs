@@ -1,0 +1,144 @@
+//! What the broker delivers to this node: publications and join/leave events for local
+//! subscribers (encoded once, queued to each), node-wide controls (applied to the local
+//! connections they name), messages addressed to this node, and the numbers other nodes see.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use rotor_protocol::{ClientInfo, Disconnect, Publication, Push, UnsubscribeCode};
+
+use super::revoke::kick;
+use super::{Node, NodeInner};
+use crate::broker::{BrokerHandler, Control, NodeInfo};
+use crate::CoreError;
+
+impl Node {
+    /// Sends a node-wide command through the broker (it reaches every node, this one included).
+    pub async fn control(&self, control: Control) -> Result<(), CoreError> {
+        self.inner.broker.publish_control(&control).await
+    }
+}
+
+/// Receives from the broker and delivers to local connections.
+pub(super) struct Handler(pub(super) Weak<NodeInner>);
+
+impl BrokerHandler for Handler {
+    fn on_publication(&self, channel: &str, publication: &Publication) {
+        let Some(node) = self.0.upgrade() else { return };
+        if publication.time > 0 {
+            let lag = node.clock.unix_ms().saturating_sub(publication.time);
+            node.observer.delivered(Duration::from_millis(lag));
+        }
+        let push = Push {
+            channel: channel.to_string(),
+            publication: Some(publication.clone()),
+            ..Push::default()
+        };
+        node.hub
+            .broadcast(channel, crate::hub::wrap_push(&push), false);
+    }
+
+    fn on_join(&self, channel: &str, info: &ClientInfo) {
+        let Some(node) = self.0.upgrade() else { return };
+        let push = Push {
+            channel: channel.to_string(),
+            join: Some(rotor_protocol::Join { info: info.clone() }),
+            ..Push::default()
+        };
+        node.hub
+            .broadcast(channel, crate::hub::wrap_push(&push), true);
+    }
+
+    fn on_leave(&self, channel: &str, info: &ClientInfo) {
+        let Some(node) = self.0.upgrade() else { return };
+        let push = Push {
+            channel: channel.to_string(),
+            leave: Some(rotor_protocol::Leave { info: info.clone() }),
+            ..Push::default()
+        };
+        node.hub
+            .broadcast(channel, crate::hub::wrap_push(&push), true);
+    }
+
+    fn on_control(&self, control: &Control) {
+        let Some(node) = self.0.upgrade() else { return };
+        match control {
+            Control::Disconnect {
+                user,
+                client,
+                session,
+                whitelist,
+                code,
+                reason,
+            } => {
+                for c in node
+                    .hub
+                    .user_connections(user, client.as_deref(), session.as_deref())
+                {
+                    if !whitelist.iter().any(|w| w == c.id()) {
+                        c.close(Disconnect::custom(*code, reason.clone()));
+                    }
+                }
+            }
+            Control::Revoke { jti, expire_at } => {
+                node.revocations.add_jti(jti, *expire_at);
+                kick(&node, |_| true);
+            }
+            Control::InvalidateUser {
+                user,
+                channel,
+                issued_before,
+                expire_at,
+            } => {
+                node.revocations
+                    .add_user(user, channel, *issued_before, *expire_at);
+                kick(&node, |c| c.user() == user);
+            }
+            Control::Unsubscribe {
+                user,
+                client,
+                session,
+                ..
+            }
+            | Control::Subscribe {
+                user,
+                client,
+                session,
+                ..
+            }
+            | Control::Refresh {
+                user,
+                client,
+                session,
+                ..
+            } => {
+                for c in node
+                    .hub
+                    .user_connections(user, client.as_deref(), session.as_deref())
+                {
+                    c.send_control(control.clone());
+                }
+            }
+        }
+    }
+
+    fn on_node_message(&self, payload: &str) {
+        let Some(node) = self.0.upgrade() else { return };
+        match node.node_messages.get() {
+            Some(h) => h.on_node_message(payload),
+            None => tracing::debug!("a node message arrived before anything listens for them"),
+        }
+    }
+
+    fn node_info(&self) -> Option<NodeInfo> {
+        self.0.upgrade().map(|node| node.info())
+    }
+}
+
+/// The default unsubscribe push for server-side unsubscribes.
+pub(crate) fn server_unsubscribe() -> rotor_protocol::UnsubscribePush {
+    rotor_protocol::UnsubscribePush {
+        code: UnsubscribeCode::Server.code(),
+        reason: UnsubscribeCode::Server.reason().into(),
+    }
+}

@@ -1,0 +1,241 @@
+//! The node: configuration, token verifiers, storage, broker and hub, and the operations the
+//! server API and sessions share. It is the only way into them: sessions, the server API and
+//! background tasks call [`Node`]'s methods, never the parts.
+//!
+//! - `channel`: publishing and channel membership (the per-channel order), presence, history;
+//! - `revoke`: token revocation and the connections it closes;
+//! - `cluster`: what arrives from the broker (publications, controls, node messages).
+
+mod channel;
+mod cluster;
+mod revoke;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rotor_auth::TokenVerifier;
+use rotor_protocol::ClientInfo;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, NodeInfo, NodeMessageHandler};
+use crate::channels::ChannelRules;
+use crate::clock::Clock;
+use crate::config::{ChannelOptions, CoreConfig};
+use crate::events::Observer;
+use crate::hub::Hub;
+use crate::revocation::RevocationSet;
+use crate::storage::Storage;
+use crate::CoreError;
+
+pub(crate) use channel::Membership;
+pub(crate) use cluster::server_unsubscribe;
+pub(crate) use revoke::revoked_disconnect;
+
+/// Options of a server-side publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    pub skip_history: bool,
+    pub tags: BTreeMap<String, String>,
+    pub info: Option<ClientInfo>,
+}
+
+/// Everything a node is made of. Its fields are private to this module and its children:
+/// the rest of the core goes through [`Node`]'s methods.
+struct NodeInner {
+    config: CoreConfig,
+    rules: ChannelRules,
+    /// Connection tokens.
+    verifier: TokenVerifier,
+    /// Subscription tokens (their own keys, or the connection's).
+    sub_verifier: TokenVerifier,
+    storage: Storage,
+    broker: Arc<dyn Broker>,
+    hub: Hub,
+    observer: Arc<dyn Observer>,
+    revocations: RevocationSet,
+    clock: Clock,
+    /// Cancelled by [`Node::shutdown`]; every session and background task holds a child.
+    shutdown: CancellationToken,
+    /// Set before `shutdown` is cancelled: an atomic read for the session loop.
+    stopping: AtomicBool,
+    uid: String,
+    started_at: tokio::time::Instant,
+    order: crate::order::Sequencer,
+    /// Where messages other nodes address to this one go (set by the server).
+    node_messages: OnceLock<Arc<dyn NodeMessageHandler>>,
+}
+
+/// A rotor node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<NodeInner>,
+}
+
+impl Node {
+    /// Builds a node; fails with a message naming the bad setting.
+    pub fn new(
+        config: CoreConfig,
+        storage: Storage,
+        broker: Arc<dyn Broker>,
+        observer: Arc<dyn Observer>,
+    ) -> Result<Node, CoreError> {
+        let rules = ChannelRules::new(&config.channel).map_err(CoreError::BadRequest)?;
+        let verifier = TokenVerifier::new(&config.client.token)
+            .map_err(|e| CoreError::BadRequest(format!("client.token: {e}")))?;
+        let sub_config = config
+            .client
+            .subscription_token
+            .token_config(&config.client.token);
+        let sub_verifier = TokenVerifier::new(&sub_config)
+            .map_err(|e| CoreError::BadRequest(format!("client.subscription_token: {e}")))?;
+        let uid = if config.node_uid.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            config.node_uid.clone()
+        };
+        let inner = Arc::new(NodeInner {
+            config,
+            rules,
+            verifier,
+            sub_verifier,
+            storage,
+            broker: broker.clone(),
+            hub: Hub::default(),
+            observer,
+            revocations: Default::default(),
+            clock: Clock::new(),
+            shutdown: CancellationToken::new(),
+            stopping: AtomicBool::new(false),
+            uid,
+            started_at: tokio::time::Instant::now(),
+            order: Default::default(),
+            node_messages: OnceLock::new(),
+        });
+        broker.set_handler(Arc::new(cluster::Handler(Arc::downgrade(&inner))));
+        Ok(Node { inner })
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.inner.config
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.inner.clock
+    }
+
+    pub fn uid(&self) -> &str {
+        &self.inner.uid
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// Cancelled when the node shuts down. A child of the node's own token: only
+    /// [`Node::shutdown`] cancels, after setting the flag sessions check first.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.child_token()
+    }
+
+    /// Whether `shutdown` has begun (an atomic read, for hot loops).
+    pub fn stopping(&self) -> bool {
+        self.inner.stopping.load(Ordering::Acquire)
+    }
+
+    /// Options of a channel, after checking its name.
+    pub fn channel_options(&self, channel: &str) -> Result<Arc<ChannelOptions>, CoreError> {
+        self.inner.rules.check_name(channel)?;
+        self.inner.rules.options(channel).cloned()
+    }
+
+    /// Where the core reports what happens (metrics).
+    pub(crate) fn observer(&self) -> &dyn Observer {
+        &*self.inner.observer
+    }
+
+    /// Verifies connection tokens.
+    pub(crate) fn verifier(&self) -> &TokenVerifier {
+        &self.inner.verifier
+    }
+
+    /// Verifies subscription tokens.
+    pub(crate) fn sub_verifier(&self) -> &TokenVerifier {
+        &self.inner.sub_verifier
+    }
+
+    /// This node's numbers now.
+    pub fn info(&self) -> NodeInfo {
+        self.inner.info()
+    }
+
+    /// Every node that is up, this one (with its numbers now) included, sorted by name.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, CoreError> {
+        let me = self.info();
+        let mut nodes = self.inner.broker.nodes().await?;
+        nodes.retain(|n| n.uid != me.uid);
+        nodes.push(me);
+        nodes.sort_by(|a, b| a.name.cmp(&b.name).then(a.uid.cmp(&b.uid)));
+        Ok(nodes)
+    }
+
+    /// Hands `payload` to node `uid`'s [`NodeMessageHandler`]; `Ok(false)` when no such node
+    /// is up (always on a single node).
+    pub async fn send_to_node(&self, uid: &str, payload: &str) -> Result<bool, CoreError> {
+        self.inner.broker.send_to_node(uid, payload).await
+    }
+
+    /// Where messages other nodes address to this one go. Set once, before serving.
+    pub fn set_node_message_handler(&self, handler: Arc<dyn NodeMessageHandler>) {
+        if self.inner.node_messages.set(handler).is_err() {
+            tracing::warn!("node message handler set twice; keeping the first");
+        }
+    }
+
+    /// Closes every session with 3001 (shutdown) and waits until they are gone, at most
+    /// `timeout`. Returns the number of connections still open when it gave up.
+    pub async fn shutdown(&self, timeout: Duration) -> usize {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.shutdown.cancel();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let left = loop {
+            let left = self.inner.hub.num_clients();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                break left;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // Other nodes stop listing this one (and routing to it).
+        let rest = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(rest, self.inner.broker.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker did not leave the cluster in time");
+        }
+        left
+    }
+}
+
+impl NodeInner {
+    fn info(&self) -> NodeInfo {
+        let hub = &self.hub;
+        NodeInfo {
+            uid: self.uid.clone(),
+            name: self.config.node_name.clone(),
+            version: self.config.version.clone(),
+            num_clients: hub.num_clients(),
+            num_users: hub.num_users(),
+            num_channels: hub.num_channels(),
+            num_subs: hub.num_subscriptions(),
+            uptime: self.started_at.elapsed().as_secs(),
+        }
+    }
+}

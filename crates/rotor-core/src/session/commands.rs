@@ -1,0 +1,233 @@
+//! The client's frames: commands decoded and run in order, one reply per command id (or
+//! the disconnect an error calls for), the command rate limit, and the commands that only
+//! read or publish: publish, presence, presence_stats, history, ping, rpc and send.
+
+use rotor_protocol::{
+    decode_commands, Command, Disconnect, Empty, HistoryRequest, HistoryResult, MethodKind,
+    PresenceResult, PresenceStatsResult, ProtocolError, PublishRequest, Reply,
+};
+use tokio::time::Instant;
+
+use super::{rate_burst, Addr, CommandResult, Session, State, TransportKind};
+use crate::channels::{self, Asker};
+use crate::limits::{Limit, Verdict};
+use crate::node::PublishOptions;
+use crate::CoreError;
+
+impl Session {
+    /// One frame from the client: its commands in order, until one ends the connection.
+    pub(super) async fn on_frame(&mut self, frame: &str) -> Option<Disconnect> {
+        if self.transport.kind == TransportKind::Unidirectional {
+            if let Some(fallback_token) = self.first_frame.take() {
+                return self.uni_connect_text(frame, fallback_token).await;
+            }
+            tracing::debug!(client = %self.client.id(), "ignoring a frame on a unidirectional transport");
+            return None;
+        }
+        let commands = match decode_commands(frame) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, transport = self.transport.name, "malformed frame, disconnecting with 3501");
+                return Some(Disconnect::BAD_REQUEST);
+            }
+        };
+        for cmd in commands {
+            if let Err(d) = self.on_command(cmd).await {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    async fn on_command(&mut self, cmd: Command) -> Result<(), Disconnect> {
+        let method = cmd.method();
+        let id = cmd.id;
+        if id == 0 && !matches!(method, MethodKind::Pong | MethodKind::Send) {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), method = method.name(), "command without id, disconnecting with 3501");
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        if self.state == State::Connecting && method != MethodKind::Connect {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), method = method.name(), "command before connect, disconnecting with 3501");
+            return Err(Disconnect::BAD_REQUEST);
+        }
+        let started = Instant::now();
+        if let Err(e) = self.rate_check(method) {
+            return self.answer_error(id, &e);
+        }
+        let result: CommandResult = match method {
+            MethodKind::Connect => self.connect(cmd.connect.unwrap_or_default()).await,
+            MethodKind::Subscribe => self.subscribe(cmd.subscribe.unwrap_or_default()).await,
+            MethodKind::Unsubscribe => {
+                let channel = cmd.unsubscribe.unwrap_or_default().channel;
+                self.leave(&channel).await;
+                Ok(Some(Reply {
+                    unsubscribe: Some(Empty {}),
+                    ..Reply::default()
+                }))
+            }
+            MethodKind::Publish => match cmd.publish {
+                Some(p) => self.publish(p).await,
+                None => Err(CoreError::BadRequest("publish without data".into())),
+            },
+            MethodKind::Presence => {
+                self.presence(cmd.presence.unwrap_or_default().channel)
+                    .await
+            }
+            MethodKind::PresenceStats => {
+                self.presence_stats(cmd.presence_stats.unwrap_or_default().channel)
+                    .await
+            }
+            MethodKind::History => self.history(cmd.history.unwrap_or_default()).await,
+            MethodKind::Ping => Ok(Some(Reply {
+                ping: Some(Empty {}),
+                ..Reply::default()
+            })),
+            MethodKind::Send => {
+                tracing::debug!(client = %self.client.id(), "send: no handler configured, message dropped");
+                Ok(None)
+            }
+            MethodKind::Rpc => Err(CoreError::NotAvailable),
+            MethodKind::Refresh => self.refresh(cmd.refresh.unwrap_or_default().token).await,
+            MethodKind::SubRefresh => self.sub_refresh(cmd.sub_refresh.unwrap_or_default()).await,
+            MethodKind::Pong => {
+                self.pong_deadline = None;
+                Ok(None)
+            }
+            MethodKind::Unknown => Err(CoreError::MethodNotFound),
+        };
+        let error = match &result {
+            Ok(_) => None,
+            Err(e) => Some(e.code().map(|c| c.code()).unwrap_or(0)),
+        };
+        if method != MethodKind::Pong {
+            self.node
+                .observer()
+                .command(method.name(), started.elapsed(), error);
+        }
+        match result {
+            Ok(Some(mut reply)) => {
+                reply.id = id;
+                self.emit(&reply);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::debug!(client = %self.client.id(), method = method.name(), error = %e, "command error");
+                self.answer_error(id, &e)
+            }
+        }
+    }
+
+    /// Answers command `id` with the error (commands without an id get no reply), or ends
+    /// the connection when the error is a disconnect.
+    fn answer_error(&mut self, id: u32, e: &CoreError) -> Result<(), Disconnect> {
+        match e.to_protocol() {
+            ProtocolError::Disconnect(d) => Err(d),
+            ProtocolError::Reply(error) => {
+                if id > 0 {
+                    self.emit(&Reply::error(id, error));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies `client.command_rate_limit` to one command.
+    fn rate_check(&mut self, method: MethodKind) -> Result<(), CoreError> {
+        let Some(bucket) = self.bucket.as_mut() else {
+            return Ok(());
+        };
+        if method == MethodKind::Pong {
+            return Ok(());
+        }
+        let cfg = &self.node.config().client;
+        match bucket.take(cfg.command_rate_limit, rate_burst(cfg), Instant::now()) {
+            Verdict::Allow => Ok(()),
+            Verdict::Refuse => {
+                self.limit_hit(Limit::CommandRate);
+                tracing::debug!(client = %self.client.id(), user = %self.user, method = method.name(), "command over client.command_rate_limit, error 111");
+                Err(CoreError::TooManyRequests)
+            }
+            Verdict::Disconnect => {
+                self.limit_hit(Limit::CommandRate);
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, "client keeps sending over client.command_rate_limit, disconnecting with 3013");
+                Err(Disconnect::TOO_MANY_REQUESTS.into())
+            }
+        }
+    }
+
+    fn asker(&self, channel: &str) -> Asker<'_> {
+        Asker {
+            user: &self.user,
+            subscribed: self.subs.contains_key(channel),
+        }
+    }
+
+    async fn publish(&mut self, req: PublishRequest) -> CommandResult {
+        let opts = self.node.channel_options(&req.channel)?;
+        channels::check_publish(&opts, self.asker(&req.channel))?;
+        let max = self.cfg().publication_max_size;
+        if req.data.get().len() > max {
+            self.limit_hit(Limit::PublicationSize);
+            return Err(CoreError::BadRequest(format!(
+                "publication data larger than {max} bytes"
+            )));
+        }
+        let chan_info = self
+            .subs
+            .get(req.channel.as_str())
+            .and_then(|s| s.chan_info.clone());
+        let options = PublishOptions {
+            info: Some(self.info(chan_info)),
+            ..PublishOptions::default()
+        };
+        self.node.publish(&req.channel, req.data, options).await?;
+        Ok(Some(Reply {
+            publish: Some(Empty {}),
+            ..Reply::default()
+        }))
+    }
+
+    async fn presence(&mut self, channel: String) -> CommandResult {
+        let opts = self.node.channel_options(&channel)?;
+        channels::check_presence(&opts, self.asker(&channel))?;
+        let presence = self.node.presence(&channel).await?;
+        Ok(Some(Reply {
+            presence: Some(PresenceResult { presence }),
+            ..Reply::default()
+        }))
+    }
+
+    async fn presence_stats(&mut self, channel: String) -> CommandResult {
+        let opts = self.node.channel_options(&channel)?;
+        channels::check_presence(&opts, self.asker(&channel))?;
+        let (num_clients, num_users) = self.node.presence_stats(&channel).await?;
+        Ok(Some(Reply {
+            presence_stats: Some(PresenceStatsResult {
+                num_clients,
+                num_users,
+            }),
+            ..Reply::default()
+        }))
+    }
+
+    async fn history(&mut self, req: HistoryRequest) -> CommandResult {
+        let opts = self.node.channel_options(&req.channel)?;
+        channels::check_history(&opts, self.asker(&req.channel))?;
+        if req.limit as i64 > self.cfg().history_max_publication_limit as i64 {
+            self.limit_hit(Limit::HistoryLimit);
+        }
+        let page = self
+            .node
+            .history(&req.channel, req.limit as i64, req.since, req.reverse)
+            .await?;
+        Ok(Some(Reply {
+            history: Some(HistoryResult {
+                publications: page.publications,
+                epoch: page.position.epoch,
+                offset: page.position.offset,
+            }),
+            ..Reply::default()
+        }))
+    }
+}

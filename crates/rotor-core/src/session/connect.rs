@@ -1,0 +1,305 @@
+//! Connect and refresh: the token checked (signature, expiry, revocation), the connection
+//! registered within the limits, its server-side subscriptions made, and later its
+//! credentials replaced in place. Unidirectional connects arrive with the HTTP request or as
+//! the first frame and answer with a push (or a disconnect) instead of a reply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rotor_auth::AuthError;
+use rotor_protocol::{
+    ConnectRequest, ConnectResult, Disconnect, Push, RefreshResult, Reply, SubscribeRequest,
+};
+use tokio::time::Instant;
+
+use super::{Addr, CommandResult, Session, State, TransportKind};
+use crate::channels;
+use crate::events::{RefreshOutcome, Stage, TokenKind};
+use crate::limits::Limit;
+use crate::node::revoked_disconnect;
+use crate::CoreError;
+
+/// Parses the connect request of a unidirectional transport (`{"token":…,"data":…}`; empty
+/// text means `{}`); `fallback_token` (from an `Authorization` header or a cookie) fills in
+/// when the request carries no token.
+pub fn uni_connect_request(
+    text: &str,
+    fallback_token: Option<String>,
+) -> Result<ConnectRequest, String> {
+    let mut req: ConnectRequest = if text.trim().is_empty() {
+        ConnectRequest::default()
+    } else {
+        serde_json::from_str(text).map_err(|e| format!("connect request is not valid JSON: {e}"))?
+    };
+    if req.token.is_empty() {
+        if let Some(t) = fallback_token {
+            req.token = t;
+        }
+    }
+    Ok(req)
+}
+
+impl Session {
+    /// The connect of a unidirectional transport from its request's text: 3501 when it is
+    /// not a connect request.
+    pub(super) async fn uni_connect_text(
+        &mut self,
+        text: &str,
+        fallback_token: Option<String>,
+    ) -> Option<Disconnect> {
+        match uni_connect_request(text, fallback_token) {
+            Ok(req) => self.uni_connect(req).await,
+            Err(e) => {
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, transport = self.transport.name, "bad connect request, disconnecting with 3501");
+                Some(Disconnect::BAD_REQUEST)
+            }
+        }
+    }
+
+    /// The connect of a unidirectional transport: the result goes out as a bare `connect`
+    /// push, and an error becomes a disconnect (there is no reply to carry it).
+    pub(super) async fn uni_connect(&mut self, req: ConnectRequest) -> Option<Disconnect> {
+        self.connect_seen = true;
+        match self.connect(req).await {
+            Ok(Some(reply)) => {
+                self.emit_push(Push {
+                    connect: reply.connect,
+                    ..Push::default()
+                });
+                None
+            }
+            Ok(None) => None,
+            Err(CoreError::Disconnect(d)) => Some(d),
+            Err(e) => {
+                let d = e.to_disconnect();
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, code = d.code, "unidirectional connect refused");
+                Some(d)
+            }
+        }
+    }
+
+    /// `connect`: a refusal is counted by its reason.
+    pub(super) async fn connect(&mut self, req: ConnectRequest) -> CommandResult {
+        let result = self.connect_inner(req).await;
+        if let Err(e) = &result {
+            self.node
+                .observer()
+                .connect_refused(self.transport.name, refusal_reason(e));
+        }
+        result
+    }
+
+    async fn connect_inner(&mut self, req: ConnectRequest) -> CommandResult {
+        if self.state == State::Connected {
+            return Err(Disconnect::BAD_REQUEST
+                .with_reason("already connected")
+                .into());
+        }
+        let now = self.now();
+        let (user, expire_at, info, mut server_subs) = if req.token.is_empty() {
+            if !self.cfg().allow_anonymous_connect_without_token {
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "connect without a token, disconnecting with 3501");
+                return Err(Disconnect::BAD_REQUEST
+                    .with_reason("client credentials not found")
+                    .into());
+            }
+            (String::new(), None, None, BTreeMap::new())
+        } else {
+            let token = match self.node.verifier().verify_connect(&req.token, now).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, "connect refused");
+                    return Err(CoreError::from_connect_token(e));
+                }
+            };
+            if token.user.is_empty() && self.cfg().disallow_anonymous_connection_tokens {
+                return Err(Disconnect::PERMISSION_DENIED.into());
+            }
+            if let Some(r) = self.refusal(
+                Stage::Connect,
+                token.jti.as_deref(),
+                &token.user,
+                token.iat,
+                None,
+            ) {
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %token.user, reason = r.as_str(), "connect with a revoked token, disconnecting with 3500");
+                return Err(revoked_disconnect().into());
+            }
+            self.client.set_creds(token.jti.as_deref(), token.iat);
+            let mut subs: BTreeMap<String, rotor_auth::SubscriptionClaim> = BTreeMap::new();
+            for ch in token.channels {
+                subs.insert(ch, rotor_auth::SubscriptionClaim::default());
+            }
+            subs.extend(token.subs);
+            (token.user, token.expire_at, token.info, subs)
+        };
+        // Server-side channels must all be known before the connection is accepted.
+        for ch in server_subs.keys() {
+            self.node.channel_options(ch)?;
+        }
+        let node = self.node.clone();
+        let cfg = &node.config().client;
+        if server_subs.len() > cfg.channel_limit {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %user, channels = server_subs.len(), limit = cfg.channel_limit, "token names more channels than client.channel_limit, disconnecting with 3505");
+            self.limit_hit(Limit::Channels);
+            return Err(Disconnect::CHANNEL_LIMIT.into());
+        }
+        self.user = Arc::from(user.as_str());
+        let _ = self.client.user.set(self.user.clone());
+        if let Err(limit) = node.hub().add_connection(
+            &self.client,
+            cfg.connection_limit,
+            cfg.user_connection_limit,
+        ) {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, limit = limit.as_str(), "connection limit reached, disconnecting with 3504");
+            self.limit_hit(limit);
+            return Err(Disconnect::CONNECTION_LIMIT.into());
+        }
+        self.conn_info = info;
+        self.expire_at = expire_at;
+        self.client.set_expire_at(expire_at);
+        self.state = State::Connected;
+        self.stale_deadline = None;
+        // The wire counts whole seconds: a sub-second interval is announced as 1 s, so the
+        // client still knows to answer (announcing 0 would mean "no pings, no pongs" while the
+        // server goes on expecting pongs).
+        let ping = cfg.ping_interval.as_secs_f64().ceil() as u32;
+        if !cfg.ping_interval.is_zero() {
+            self.next_ping = Some(Instant::now() + cfg.ping_interval);
+        }
+        let mut result = ConnectResult {
+            client: self.client.id().to_string(),
+            version: self.node.config().version.clone(),
+            ping,
+            pong: ping > 0 && self.expects_pong(),
+            ..ConnectResult::default()
+        };
+        if let Some(at) = expire_at {
+            result.expires = true;
+            result.ttl = at.saturating_sub(now).max(1) as u32;
+        }
+        if let Some(session) = self.client.session() {
+            result.session = session.to_string();
+        }
+        if self.transport.kind == TransportKind::Emulation {
+            result.node = self.node.uid().to_string();
+        }
+        for (ch, claim) in std::mem::take(&mut server_subs) {
+            let recover = req.subs.get(&ch).cloned().unwrap_or_default();
+            let opts = channels::with_override(&*self.node.channel_options(&ch)?, &claim.override_);
+            let (chan_info, data) = (claim.info, claim.data);
+            let want = SubscribeRequest {
+                channel: ch.clone(),
+                ..recover
+            };
+            let mut sub_result = self.join(&ch, &opts, &want, chan_info, true, None).await?;
+            sub_result.data = data;
+            result.subs.insert(ch, sub_result);
+        }
+        tracing::debug!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, transport = self.transport.name, "connected");
+        self.node.observer().connected(
+            self.transport.name,
+            expire_at.map(|at| at.saturating_sub(now)),
+        );
+        Ok(Some(Reply {
+            connect: Some(result),
+            ..Reply::default()
+        }))
+    }
+
+    pub(super) async fn refresh(&mut self, token: String) -> CommandResult {
+        let now = self.now();
+        let lag = self.lag_after(self.expire_at);
+        let outcome = self.refresh_inner(token, now).await;
+        self.report_refresh(TokenKind::Connection, lag, outcome)
+    }
+
+    /// Seconds from `expire_at` to now (negative before it).
+    pub(super) fn lag_after(&self, expire_at: Option<u64>) -> Option<f64> {
+        expire_at.map(|at| self.node.clock().unix_ms() as f64 / 1000.0 - at as f64)
+    }
+
+    /// Reports a refresh's outcome and lag to the observer, then drops the outcome kind.
+    pub(super) fn report_refresh(
+        &self,
+        kind: TokenKind,
+        lag: Option<f64>,
+        outcome: Result<Option<Reply>, (RefreshOutcome, CoreError)>,
+    ) -> CommandResult {
+        let result = match &outcome {
+            Ok(_) => RefreshOutcome::Ok,
+            Err((r, _)) => *r,
+        };
+        self.node.observer().refresh(kind, result, lag);
+        outcome.map_err(|(_, e)| e)
+    }
+
+    async fn refresh_inner(
+        &mut self,
+        token: String,
+        now: u64,
+    ) -> Result<Option<Reply>, (RefreshOutcome, CoreError)> {
+        if token.is_empty() {
+            let d = Disconnect::BAD_REQUEST.with_reason("refresh without a token");
+            return Err((RefreshOutcome::Empty, d.into()));
+        }
+        let t = match self.node.verifier().verify_connect(&token, now).await {
+            Ok(t) => t,
+            Err(AuthError::Expired) => {
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "refresh with an expired token, disconnecting with 3005");
+                return Err((RefreshOutcome::Expired, Disconnect::EXPIRED.into()));
+            }
+            Err(AuthError::Unavailable(e)) => {
+                tracing::warn!(client = %self.client.id(), error = %e, "refresh: token keys unavailable, answering 100");
+                return Err((RefreshOutcome::Unavailable, CoreError::Unavailable(e)));
+            }
+            Err(e) => {
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, "refresh with an invalid token, disconnecting with 3500");
+                return Err((RefreshOutcome::Invalid, Disconnect::INVALID_TOKEN.into()));
+            }
+        };
+        if t.user != *self.user {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "refresh token is for another user, disconnecting with 3500");
+            return Err((RefreshOutcome::Mismatch, Disconnect::INVALID_TOKEN.into()));
+        }
+        if let Some(r) = self.refusal(Stage::Refresh, t.jti.as_deref(), &t.user, t.iat, None) {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), reason = r.as_str(), "refresh with a revoked token, disconnecting with 3500");
+            return Err((RefreshOutcome::Revoked, revoked_disconnect().into()));
+        }
+        self.client.set_creds(t.jti.as_deref(), t.iat);
+        self.expire_at = t.expire_at;
+        self.client.set_expire_at(t.expire_at);
+        if t.info.is_some() {
+            self.conn_info = t.info;
+        }
+        let mut result = RefreshResult {
+            client: self.client.id().to_string(),
+            version: self.node.config().version.clone(),
+            ..RefreshResult::default()
+        };
+        if let Some(at) = t.expire_at {
+            result.expires = true;
+            result.ttl = at.saturating_sub(now).max(1) as u32;
+        }
+        Ok(Some(Reply {
+            refresh: Some(result),
+            ..Reply::default()
+        }))
+    }
+}
+
+/// How a refused connect is counted.
+fn refusal_reason(e: &CoreError) -> &'static str {
+    match e {
+        CoreError::TokenExpired => "token_expired",
+        CoreError::UnknownChannel => "unknown_channel",
+        CoreError::Unavailable(_) => "unavailable",
+        CoreError::Disconnect(d) if *d == revoked_disconnect() => "revoked",
+        CoreError::Disconnect(d) if d.code == Disconnect::INVALID_TOKEN.code => "invalid_token",
+        CoreError::Disconnect(d) if d.code == Disconnect::BAD_REQUEST.code => "bad_request",
+        CoreError::Disconnect(d) if d.code == Disconnect::PERMISSION_DENIED.code => {
+            "permission_denied"
+        }
+        _ => "other",
+    }
+}

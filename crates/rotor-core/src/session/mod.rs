@@ -1,0 +1,480 @@
+//! The client session: one state machine per connection, fed by any transport.
+//!
+//! A transport implements [`Transport`] (frames from the client, messages to it) and calls
+//! [`run`]. Everything the protocol says — connect first, commands in order, replies by id,
+//! pings, expiry, server-side commands, cleanup — happens here, once, for every transport.
+//! This file holds the loop and what every part shares; the parts, by concern:
+//!
+//! - `connect`: connect (bidirectional and unidirectional) and refresh;
+//! - `commands`: frames, commands in order, their errors, publish/presence/history;
+//! - `subscribe`: subscribe, unsubscribe, sub_refresh (membership itself is the node's);
+//! - `control`: pushes and commands from the node (server-side subscribe, refresh, ...);
+//! - `timers`: the one deadline: stale, ping/pong, presence refresh, expiries.
+//!
+//! The session touches the node only through [`Node`]'s methods.
+
+mod commands;
+mod connect;
+mod control;
+mod subscribe;
+#[cfg(test)]
+mod tests;
+mod timers;
+
+use std::collections::HashMap;
+use std::future::{poll_fn, Future};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rotor_protocol::{ClientInfo, ConnectRequest, Disconnect, DisconnectPush, Push, Raw, Reply};
+use tokio::time::Instant;
+
+use crate::config::ClientConfig;
+use crate::events::Stage;
+use crate::hub::ClientHandle;
+use crate::limits::{CommandBucket, Limit};
+use crate::node::Node;
+use crate::revocation::Refusal;
+use crate::CoreError;
+
+pub use connect::uni_connect_request;
+
+/// How a transport delivers messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// WebSocket: the close frame carries the disconnect code, no disconnect push.
+    WebSocket,
+    /// HTTP-streaming and SSE emulation: commands arrive by `/emulation` POST; a disconnect is
+    /// written as a push before the stream ends; the connect reply carries session and node.
+    Emulation,
+    /// Unidirectional (uni_websocket, uni_sse, uni_http_stream): the connect request comes
+    /// with the HTTP request, pushes are sent bare (`{"channel":…,"pub":…}`), pings are `{}`
+    /// with no pong expected, and a disconnect is a bare `{"disconnect":…}`. Client frames
+    /// after the connect are ignored.
+    Unidirectional,
+}
+
+/// A transport's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportInfo {
+    /// `websocket`, `http_stream`, `sse`: used in logs and metrics.
+    pub name: &'static str,
+    pub kind: TransportKind,
+}
+
+/// What the transport read from the client.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text frame: one or more `\n`-joined commands.
+    Frame(String),
+    /// Input the transport itself refuses (binary frame, frame too large): end with this code.
+    Refused(Disconnect),
+    /// The client went away.
+    Closed,
+}
+
+/// A connection's transport: frames from the client in, messages to the client out. The
+/// session owns it and is generic over it (nothing is boxed: under fan-out `write` runs once
+/// per delivery and `poll_read` once per turn), so a transport keeps its socket inline.
+pub trait Transport: Send {
+    /// Polls for the next frame from the client. Partial progress is kept across polls: the
+    /// session polls it only when nothing else needs its attention.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound>;
+    /// Writes complete JSON messages in order, framed as the transport frames them. A
+    /// message may be shared with other connections (a pre-encoded push).
+    fn write(&mut self, messages: Vec<Bytes>) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Ends the connection with this code (a WebSocket close frame; the end of a stream).
+    fn close(&mut self, disconnect: &Disconnect) -> impl Future<Output = ()> + Send;
+}
+
+/// Per-connection parameters from the transport.
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    pub transport: TransportInfo,
+    /// The emulation session id the transport routes `/emulation` POSTs by.
+    pub session_id: Option<Arc<str>>,
+    /// Where the connect request comes from.
+    pub connect: ConnectFrom,
+    /// The client's address as the transport believes it (for log lines).
+    pub remote: Option<std::net::IpAddr>,
+}
+
+/// Where a session's connect request comes from.
+#[derive(Debug, Clone)]
+pub enum ConnectFrom {
+    /// A `connect` command among the client's frames (bidirectional transports).
+    Commands,
+    /// Parsed already from the HTTP request (uni_http_stream, uni_sse).
+    Request(ConnectRequest),
+    /// The text of a unidirectional connect request (see [`uni_connect_request`]): the
+    /// `cf_connect` parameter when `text` is given, else the client's first frame, which must
+    /// arrive within `client.stale_close_delay` (uni_websocket). A bad request ends the
+    /// connection with 3501, none in time with 3502. `fallback_token` (from the HTTP
+    /// request's headers) fills in when the request carries no token.
+    Text {
+        text: Option<String>,
+        fallback_token: Option<String>,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Connected,
+}
+
+struct Sub {
+    server_side: bool,
+    /// Effective options (after token overrides) that cleanup needs.
+    presence: bool,
+    join_leave: bool,
+    chan_info: Option<Raw>,
+    /// Unix seconds; `None` = does not expire.
+    expire_at: Option<u64>,
+}
+
+struct Session {
+    node: Node,
+    client: Arc<ClientHandle>,
+    transport: TransportInfo,
+    remote: Option<std::net::IpAddr>,
+    state: State,
+    user: Arc<str>,
+    conn_info: Option<Raw>,
+    expire_at: Option<u64>,
+    subs: HashMap<Arc<str>, Sub>,
+    /// The hub's name of the channel of the last push delivered (a subscribed channel):
+    /// pushes of the same channel skip the lookup in `subs`. Cleared when a subscription ends.
+    delivering: Option<Arc<str>>,
+    stale_deadline: Option<Instant>,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    next_presence: Option<Instant>,
+    /// Only when `client.command_rate_limit` is set.
+    bucket: Option<CommandBucket>,
+    /// Messages for the client, written at the end of the turn.
+    out: Vec<Bytes>,
+    /// A unidirectional session waiting for its connect request as its first frame: the
+    /// token to fall back on.
+    first_frame: Option<Option<String>>,
+    /// A unidirectional connect request arrived: the disconnect is announced with a push
+    /// before the connection closes (before that, a close alone, as Centrifugo does).
+    connect_seen: bool,
+}
+
+/// Creates a connection and runs it until it ends. Returns the code it ended with (`None`
+/// when the client went away).
+pub async fn run(
+    node: Node,
+    params: SessionParams,
+    mut transport: impl Transport,
+) -> Option<Disconnect> {
+    let cfg = &node.config().client;
+    let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
+    let cancel = node.shutdown_token();
+    let client = ClientHandle::new(
+        id,
+        params.session_id.clone(),
+        cfg.queue_max_size,
+        cancel.clone(),
+    );
+    let mut s = Session {
+        stale_deadline: Some(Instant::now() + cfg.stale_close_delay),
+        node: node.clone(),
+        client: client.clone(),
+        transport: params.transport,
+        remote: params.remote,
+        state: State::Connecting,
+        user: Arc::from(""),
+        conn_info: None,
+        expire_at: None,
+        subs: HashMap::new(),
+        delivering: None,
+        next_ping: None,
+        pong_deadline: None,
+        next_presence: None,
+        bucket: (cfg.command_rate_limit > 0)
+            .then(|| CommandBucket::new(rate_burst(cfg), Instant::now())),
+        out: Vec::new(),
+        first_frame: None,
+        connect_seen: false,
+    };
+    let mut first = match params.connect {
+        ConnectFrom::Commands => None,
+        ConnectFrom::Request(req) => Some(Box::pin(s.uni_connect(req)).await),
+        ConnectFrom::Text {
+            text: Some(text),
+            fallback_token,
+        } => Some(Box::pin(s.uni_connect_text(&text, fallback_token)).await),
+        ConnectFrom::Text {
+            text: None,
+            fallback_token,
+        } => {
+            s.first_frame = Some(fallback_token);
+            None
+        }
+    };
+    // Command, timer and node-command handlers run boxed: their state (often several KiB,
+    // as they await storage and the broker) is allocated only while one runs, so an idle
+    // connection's task holds just this loop. Pushes, the common case under fan-out, are
+    // handled inline without an allocation.
+    //
+    // The loop runs once per wake-up, under fan-out once per delivery, so it does as little
+    // as it can per turn. It keeps its futures across turns instead of making new ones: the
+    // pending read, the timer (moved only when the next deadline moves) and the cancellation
+    // wait. The cancellation wait is polled once to register its wake-up and afterwards only
+    // on the fair turns and while a write is pending: a cancellation also sets flags
+    // (`stopping`: every cancel goes through `Node::shutdown` or `ClientHandle::close`, which
+    // set them first), which the loop reads on every turn and every wake-up, so re-polling
+    // it each time would only repeat two locks. The timer is polled whenever the queue and
+    // the read are both pending (a branch's condition is evaluated once per select, so a
+    // "poll the timer only when due" condition would miss a deadline passing during the
+    // wait).
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    // Registers the wake-up (if already cancelled, the flags below say so).
+    let _ = poll_fn(|cx| Poll::Ready(cancelled.as_mut().poll(cx))).await;
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
+    // Whether the last turn may have moved a deadline (anything but delivering pushes).
+    let mut deadlines_moved = true;
+    let mut turn: u32 = 0;
+    let stopping = |client: &ClientHandle| {
+        (client.closing() || node.stopping())
+            .then(|| client.close_reason().unwrap_or(Disconnect::SHUTDOWN))
+    };
+    let ending = loop {
+        if let Some(d) = stopping(&client) {
+            break Some(d);
+        }
+        if deadlines_moved {
+            let deadline = s.next_deadline();
+            if deadline != armed {
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+                armed = deadline;
+            }
+        }
+        deadlines_moved = true;
+        let ending = if let Some(result) = first.take() {
+            result
+        } else {
+            // Messages to deliver come first, but every FAIR_EVERY-th turn the timer and
+            // the client's frames do: a client kept busy by a hot channel still gets its
+            // expiry, ping and refresh handled.
+            turn = turn.wrapping_add(1);
+            let wake = if turn.is_multiple_of(FAIR_EVERY) {
+                tokio::select! {
+                biased;
+                _ = &mut timer, if armed.is_some() => Wake::Timer,
+                inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
+                _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
+                _ = &mut cancelled => Wake::Cancelled,
+                }
+            } else {
+                tokio::select! {
+                biased;
+                _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
+                inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
+                _ = &mut timer, if armed.is_some() => Wake::Timer,
+                // The flags only: the cancellation wait registered the wake-up.
+                _ = poll_fn(|_| if stopping(&client).is_some() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }) => Wake::Cancelled,
+                }
+            };
+            match wake {
+                Wake::Messages => match s.take_pushes() {
+                    None => {
+                        deadlines_moved = false;
+                        None
+                    }
+                    Some(control) => Box::pin(s.on_control(*control)).await,
+                },
+                Wake::Read(Inbound::Frame(frame)) => {
+                    node.observer().received(s.transport.name, frame.len());
+                    Box::pin(s.on_frame(&frame)).await
+                }
+                Wake::Read(Inbound::Refused(d)) => Some(d),
+                Wake::Read(Inbound::Closed) => break None,
+                Wake::Timer => {
+                    // Armed again next turn, even for the same deadline.
+                    armed = None;
+                    Box::pin(s.on_timer()).await
+                }
+                Wake::Cancelled => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
+            }
+        };
+        if !s.out.is_empty() {
+            let messages = std::mem::take(&mut s.out);
+            let bytes = messages.iter().map(Bytes::len).sum();
+            node.observer()
+                .sent(s.transport.name, messages.len(), bytes);
+            let write = tokio::select! {
+                biased;
+                r = transport.write(messages) => r,
+                _ = &mut cancelled => Ok(()),
+            };
+            if let Err(e) = write {
+                tracing::debug!(client = %client.id(), error = %e, "write failed");
+                break ending.or(Some(Disconnect::WRITE_ERROR));
+            }
+        }
+        if let Some(d) = ending {
+            break Some(d);
+        }
+    };
+    // Nothing reads the queue any more: drop what is in it and whatever comes until the
+    // hub forgets this connection.
+    client.end_inbox();
+    if let Some(d) = &ending {
+        let limit = match d.code {
+            c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
+            c if c == Disconnect::STALE.code => Some(Limit::Stale),
+            c if c == Disconnect::MESSAGE_SIZE_LIMIT.code => Some(Limit::MessageSize),
+            _ => None,
+        };
+        if let Some(l) = limit {
+            node.observer().limit_hit(l);
+        }
+        tracing::debug!(client = %client.id(), user = %s.user, code = d.code, reason = %d.reason, transport = s.transport.name, "disconnect");
+        let push = Push {
+            disconnect: Some(DisconnectPush {
+                code: d.code as u32,
+                reason: d.reason.to_string(),
+            }),
+            ..Push::default()
+        };
+        let message = match s.transport.kind {
+            TransportKind::WebSocket => None,
+            TransportKind::Emulation => Some(to_json(&Reply::push(push))),
+            TransportKind::Unidirectional if s.connect_seen => Some(to_json(&push)),
+            TransportKind::Unidirectional => None,
+        };
+        if let Some(m) = message {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                transport.write(vec![Bytes::from(m)]),
+            )
+            .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(d)).await;
+    }
+    Box::pin(s.cleanup()).await;
+    if s.state == State::Connected {
+        node.observer()
+            .disconnected(s.transport.name, ending.as_ref().map(|d| d.code));
+    }
+    ending
+}
+
+/// What woke the session loop.
+enum Wake {
+    Messages,
+    Read(Inbound),
+    Timer,
+    Cancelled,
+}
+
+/// Every this many turns the session loop looks at its timer and the client's frames
+/// before its queue of messages to deliver.
+const FAIR_EVERY: u32 = 16;
+
+/// A client address for log lines (`-` when the transport does not know it).
+struct Addr(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The command bucket's size: `command_rate_burst`, or one second's worth.
+fn rate_burst(cfg: &ClientConfig) -> u32 {
+    if cfg.command_rate_burst > 0 {
+        cfg.command_rate_burst
+    } else {
+        cfg.command_rate_limit
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("protocol types always serialize")
+}
+
+/// What a command ends in: a reply (or nothing, for `send` and pongs), or a disconnect.
+type CommandResult = Result<Option<Reply>, CoreError>;
+
+impl Session {
+    fn cfg(&self) -> &ClientConfig {
+        &self.node.config().client
+    }
+
+    fn now(&self) -> u64 {
+        self.node.clock().unix()
+    }
+
+    fn info(&self, chan_info: Option<Raw>) -> ClientInfo {
+        ClientInfo {
+            user: self.user.to_string(),
+            client: self.client.id().to_string(),
+            conn_info: self.conn_info.clone(),
+            chan_info,
+        }
+    }
+
+    /// The revocation check, reported to the observer when it refuses.
+    fn refusal(
+        &self,
+        stage: Stage,
+        jti: Option<&str>,
+        user: &str,
+        iat: Option<u64>,
+        channel: Option<&str>,
+    ) -> Option<Refusal> {
+        let r = self.node.token_refusal(jti, user, iat, channel)?;
+        self.node.observer().rejected(stage, r);
+        Some(r)
+    }
+
+    fn limit_hit(&self, limit: Limit) {
+        self.node.observer().limit_hit(limit);
+    }
+
+    fn emit(&mut self, reply: &Reply) {
+        self.out.push(Bytes::from(to_json(reply)));
+    }
+
+    fn emit_push(&mut self, push: Push) {
+        if self.transport.kind == TransportKind::Unidirectional {
+            self.out.push(Bytes::from(to_json(&push)));
+        } else {
+            self.emit(&Reply::push(push));
+        }
+    }
+
+    /// Whether the client answers pings (bidirectional transports only).
+    fn expects_pong(&self) -> bool {
+        self.transport.kind != TransportKind::Unidirectional && !self.cfg().pong_timeout.is_zero()
+    }
+
+    /// Ends every subscription and takes the connection out of the hub.
+    async fn cleanup(&mut self) {
+        let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
+        for ch in channels {
+            self.leave(&ch).await;
+        }
+        if self.state == State::Connected {
+            self.node.hub().remove_connection(&self.client);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The session core without sockets: connect, refresh, expiry, subscribe errors and the
+//! unidirectional connect, driven through the in-memory transport on tokio's paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rotor_protocol::Disconnect;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{ConnectFrom, SessionParams, TransportInfo, TransportKind};
+use crate::broker::LocalBroker;
+use crate::config::{ChannelOptions, CoreConfig, NamespaceConfig};
+use crate::events::NoObserver;
+use crate::testing::{self, Out};
+use crate::Node;
+
+const SECRET: &str = "session-test-secret";
+
+/// A node whose storage is down, with namespaces:
+/// `open` (anyone connected may subscribe), `locked` (nothing allowed), `positioned` (open,
+/// with history, every subscription positioned: it needs storage).
+fn node(tune: impl FnOnce(&mut CoreConfig)) -> Node {
+    let mut config = CoreConfig::default();
+    config.client.token.hmac_secret_key = SECRET.into();
+    config.channel.namespaces = vec![
+        NamespaceConfig {
+            name: "open".into(),
+            allow_subscribe_for_client: true,
+            ..NamespaceConfig::default()
+        },
+        NamespaceConfig {
+            name: "locked".into(),
+            ..NamespaceConfig::default()
+        },
+        NamespaceConfig {
+            name: "positioned".into(),
+            allow_subscribe_for_client: true,
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            force_positioning: true,
+            ..NamespaceConfig::default()
+        },
+    ];
+    config.channel.without_namespace = ChannelOptions::default();
+    tune(&mut config);
+    Node::new(
+        config,
+        testing::storage_down(),
+        Arc::new(LocalBroker::default()),
+        Arc::new(NoObserver),
+    )
+    .expect("valid config")
+}
+
+fn token(claims: Value) -> String {
+    rotor_auth::sign_hmac(&claims, SECRET).unwrap()
+}
+
+/// A client of an in-memory session.
+struct Client {
+    tx: Option<mpsc::UnboundedSender<String>>,
+    rx: mpsc::UnboundedReceiver<Out>,
+    started: Instant,
+}
+
+impl Client {
+    fn start(node: &Node) -> Client {
+        Client::with(node, testing::params())
+    }
+
+    fn with(node: &Node, params: SessionParams) -> Client {
+        let (tx, rx) = testing::session_with(node, params);
+        Client {
+            tx: Some(tx),
+            rx,
+            started: Instant::now(),
+        }
+    }
+
+    fn send(&self, command: Value) {
+        self.tx
+            .as_ref()
+            .expect("still sending")
+            .send(command.to_string())
+            .unwrap();
+    }
+
+    /// The next message the session wrote (the paused clock runs on while nothing happens).
+    async fn message(&mut self) -> Value {
+        match self.rx.recv().await {
+            Some(Out::Messages(m)) => {
+                let mut m = m.into_iter();
+                let first = m.next().expect("a write holds a message");
+                assert!(m.next().is_none(), "one message per turn here");
+                serde_json::from_str(&first).unwrap()
+            }
+            Some(Out::Closed(d, _)) => panic!("closed with {d:?} while a message was due"),
+            None => panic!("the session ended"),
+        }
+    }
+
+    /// The next reply (a message with an id), skipping pings.
+    async fn reply(&mut self) -> Value {
+        loop {
+            let m = self.message().await;
+            if m.get("id").is_some() {
+                return m;
+            }
+        }
+    }
+
+    /// How the session closed, and how long after it started; messages before are skipped
+    /// (and returned).
+    async fn closed(&mut self) -> (Disconnect, Duration, Vec<String>) {
+        let mut before = Vec::new();
+        loop {
+            match self.rx.recv().await {
+                Some(Out::Messages(m)) => before.extend(m),
+                Some(Out::Closed(d, at)) => return (d, at - self.started, before),
+                None => panic!("the session ended without closing"),
+            }
+        }
+    }
+
+    async fn connect(&mut self, claims: Value) -> Value {
+        self.send(json!({"id": 1, "connect": {"token": token(claims)}}));
+        self.reply().await
+    }
+}
+
+fn now(node: &Node) -> u64 {
+    node.clock().unix()
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_answers_with_the_client_id_ping_and_expiry() {
+    let node = node(|_| {});
+    let mut c = Client::start(&node);
+    let r = c
+        .connect(json!({"sub": "alice", "exp": now(&node) + 60}))
+        .await;
+    let result = &r["connect"];
+    assert!(
+        result["client"].as_str().is_some_and(|id| id.len() == 36),
+        "{r}"
+    );
+    assert_eq!(result["expires"], true, "{r}");
+    assert_eq!(result["ttl"], 60, "{r}");
+    assert_eq!(result["ping"], 25, "{r}");
+    assert_eq!(result["pong"], true, "{r}");
+    assert_eq!(node.info().num_clients, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_before_connect_closes_with_3501() {
+    let node = node(|_| {});
+    let mut c = Client::start(&node);
+    c.send(json!({"id": 1, "subscribe": {"channel": "open:x"}}));
+    assert_eq!(c.closed().await.0, Disconnect::BAD_REQUEST);
+    assert_eq!(node.info().num_clients, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_connect_within_the_stale_delay_closes_with_3502() {
+    let node = node(|c| c.client.stale_close_delay = Duration::from_secs(3));
+    let mut c = Client::start(&node);
+    let (d, after, _) = c.closed().await;
+    assert_eq!(d, Disconnect::STALE);
+    assert!(
+        after >= Duration::from_secs(3) && after < Duration::from_secs(4),
+        "{after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_token_is_error_109_and_a_forged_one_3500() {
+    let node = node(|_| {});
+    let mut c = Client::start(&node);
+    let r = c
+        .connect(json!({"sub": "alice", "exp": now(&node) - 10}))
+        .await;
+    assert_eq!(r["error"]["code"], 109, "{r}");
+    assert_eq!(r["error"]["temporary"], Value::Null, "not temporary: {r}");
+    // The connection stays: the SDK fetches a new token and connects again.
+    let r = c
+        .connect(json!({"sub": "alice", "exp": now(&node) + 60}))
+        .await;
+    assert!(r["connect"]["client"].is_string(), "{r}");
+
+    let mut forged = Client::start(&node);
+    let t = rotor_auth::sign_hmac(&json!({"sub": "mallory"}), "not-the-secret").unwrap();
+    forged.send(json!({"id": 1, "connect": {"token": t}}));
+    assert_eq!(forged.closed().await.0, Disconnect::INVALID_TOKEN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_extends_the_connection_in_place() {
+    let node = node(|c| {
+        c.client.expired_close_delay = Duration::from_secs(2);
+        c.client.ping_interval = Duration::ZERO;
+    });
+    let mut c = Client::start(&node);
+    let start = now(&node);
+    let r = c.connect(json!({"sub": "alice", "exp": start + 10})).await;
+    let client_id = r["connect"]["client"].clone();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let fresh = token(json!({"sub": "alice", "exp": now(&node) + 100}));
+    c.send(json!({"id": 2, "refresh": {"token": fresh}}));
+    let r = c.reply().await;
+    assert_eq!(r["refresh"]["client"], client_id, "same connection: {r}");
+    assert_eq!(r["refresh"]["ttl"], 100, "{r}");
+    // Past the first token's expiry and grace: still open.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    c.send(json!({"id": 3, "ping": {}}));
+    assert!(c.reply().await.get("ping").is_some());
+
+    // A token for someone else never refreshes this connection.
+    let other = token(json!({"sub": "bob", "exp": now(&node) + 100}));
+    c.send(json!({"id": 4, "refresh": {"token": other}}));
+    assert_eq!(c.closed().await.0, Disconnect::INVALID_TOKEN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_nobody_refreshes_closes_with_3005_after_the_grace() {
+    let node = node(|c| {
+        c.client.expired_close_delay = Duration::from_secs(3);
+        c.client.ping_interval = Duration::ZERO;
+    });
+    let mut c = Client::start(&node);
+    let exp = now(&node) + 5;
+    c.connect(json!({"sub": "alice", "exp": exp})).await;
+    let (d, _, _) = c.closed().await;
+    assert_eq!(d, Disconnect::EXPIRED);
+    let closed_at = node.clock().unix_ms();
+    assert!(
+        closed_at >= (exp + 3) * 1000 && closed_at < (exp + 4) * 1000,
+        "closed at {closed_at} ms, token expired at {exp} s, grace 3 s"
+    );
+    assert_eq!(node.info().num_clients, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refresh_with_an_expired_token_closes_with_3005() {
+    let node = node(|_| {});
+    let mut c = Client::start(&node);
+    c.connect(json!({"sub": "alice", "exp": now(&node) + 60}))
+        .await;
+    let stale = token(json!({"sub": "alice", "exp": now(&node) - 1}));
+    c.send(json!({"id": 2, "refresh": {"token": stale}}));
+    assert_eq!(c.closed().await.0, Disconnect::EXPIRED);
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribe_errors_are_replies_with_their_codes() {
+    let node = node(|c| c.client.channel_limit = 1);
+    let mut c = Client::start(&node);
+    c.connect(json!({"sub": "alice"})).await;
+    let mut id = 1;
+    let mut subscribe = |c: &mut Client, body: Value| {
+        id += 1;
+        c.send(json!({"id": id, "subscribe": body}));
+    };
+    subscribe(&mut c, json!({"channel": "nowhere:x"}));
+    assert_eq!(c.reply().await["error"]["code"], 102, "unknown namespace");
+    subscribe(&mut c, json!({"channel": "locked:x"}));
+    assert_eq!(c.reply().await["error"]["code"], 103, "not allowed");
+    // A subscription token that expired: 109, the SDK fetches another.
+    let expired = token(json!({"sub": "alice", "channel": "locked:x", "exp": now(&node) - 5}));
+    subscribe(&mut c, json!({"channel": "locked:x", "token": expired}));
+    assert_eq!(c.reply().await["error"]["code"], 109);
+    subscribe(&mut c, json!({"channel": "open:x"}));
+    assert!(c.reply().await.get("subscribe").is_some());
+    subscribe(&mut c, json!({"channel": "open:x"}));
+    assert_eq!(c.reply().await["error"]["code"], 105, "already subscribed");
+    subscribe(&mut c, json!({"channel": "open:y"}));
+    assert_eq!(
+        c.reply().await["error"]["code"],
+        106,
+        "over client.channel_limit"
+    );
+    c.send(json!({"id": 98, "unsubscribe": {"channel": "open:x"}}));
+    assert!(c.reply().await.get("unsubscribe").is_some());
+    // Still connected after all of them.
+    c.send(json!({"id": 99, "ping": {}}));
+    assert!(c.reply().await.get("ping").is_some());
+    // A subscription token of another user ends the connection.
+    let bobs = token(json!({"sub": "bob", "channel": "locked:x"}));
+    subscribe(&mut c, json!({"channel": "locked:x", "token": bobs}));
+    assert_eq!(c.closed().await.0, Disconnect::INVALID_TOKEN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_positioned_subscribe_with_storage_down_is_a_temporary_error_and_no_subscription() {
+    let node = node(|_| {});
+    let mut c = Client::start(&node);
+    c.connect(json!({"sub": "alice"})).await;
+    for id in [2, 3] {
+        c.send(json!({"id": id, "subscribe": {"channel": "positioned:x"}}));
+        let r = c.reply().await;
+        assert_eq!(r["error"]["code"], 100, "{r}");
+        assert_eq!(r["error"]["temporary"], true, "{r}");
+    }
+    assert_eq!(node.hub().num_channels(), 0, "nothing left in the hub");
+}
+
+fn uni(text: Option<&str>, fallback_token: Option<String>) -> SessionParams {
+    SessionParams {
+        transport: TransportInfo {
+            name: "uni_memory",
+            kind: TransportKind::Unidirectional,
+        },
+        session_id: None,
+        connect: ConnectFrom::Text {
+            text: text.map(str::to_string),
+            fallback_token,
+        },
+        remote: None,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unidirectional_connects_from_the_first_frame_or_the_given_text() {
+    let node = node(|_| {});
+    // The first frame is the connect request; the answer is a bare connect push.
+    let mut c = Client::with(&node, uni(None, None));
+    c.send(json!({"token": token(json!({"sub": "alice"}))}));
+    let m = c.message().await;
+    assert!(m["connect"]["client"].is_string(), "{m}");
+    // Frames after it are ignored.
+    c.send(json!({"anything": true}));
+    c.tx = None;
+    assert!(
+        c.rx.recv().await.is_none(),
+        "no answer, no close: the client left"
+    );
+
+    // The token of the HTTP request fills in for a request without one.
+    let bearer = token(json!({"sub": "bob"}));
+    let mut c = Client::with(&node, uni(Some(""), Some(bearer)));
+    let m = c.message().await;
+    assert!(m["connect"]["client"].is_string(), "{m}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unidirectional_connect_refusals_close_with_their_codes() {
+    let node = node(|c| c.client.stale_close_delay = Duration::from_secs(2));
+    // Not a connect request: 3501, with no disconnect push before the close.
+    let mut c = Client::with(&node, uni(None, None));
+    c.tx.as_ref().unwrap().send("{not json".into()).unwrap();
+    let (d, _, before) = c.closed().await;
+    assert_eq!(d, Disconnect::BAD_REQUEST);
+    assert!(before.is_empty(), "{before:?}");
+    let mut c = Client::with(&node, uni(Some("{bad"), None));
+    assert_eq!(c.closed().await.0, Disconnect::BAD_REQUEST);
+    // No request in time: 3502 after the stale delay.
+    let mut c = Client::with(&node, uni(None, None));
+    let (d, after, before) = c.closed().await;
+    assert_eq!((d, before.len()), (Disconnect::STALE, 0));
+    assert!(after >= Duration::from_secs(2), "{after:?}");
+    // A refused token: the disconnect is announced with a bare push, then the close.
+    let expired = token(json!({"sub": "alice", "exp": now(&node) - 5}));
+    let mut c = Client::with(&node, uni(None, None));
+    c.send(json!({ "token": expired }));
+    let (d, _, before) = c.closed().await;
+    assert_eq!(d, Disconnect::EXPIRED);
+    let push: Value = serde_json::from_str(&before[0]).unwrap();
+    assert_eq!(push["disconnect"]["code"], 3005, "{push}");
+}
+
+#[test]
+fn uni_connect_requests_parse_with_a_token_fallback() {
+    use super::uni_connect_request as parse;
+    assert_eq!(parse("", Some("t".into())).unwrap().token, "t");
+    assert_eq!(parse("  ", None).unwrap().token, "");
+    assert_eq!(
+        parse(r#"{"token":"own"}"#, Some("t".into())).unwrap().token,
+        "own"
+    );
+    assert!(parse("{bad", None).is_err());
+}
