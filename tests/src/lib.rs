@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use rotor_core::config::{ChannelOptions, NamespaceConfig};
+pub use rotor_core::conformance::{in_ci, skip};
 use rotor_server::{Config, RunningServer, Server};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -212,24 +213,18 @@ pub async fn api_at(addr: SocketAddr, method: &str, body: Value) -> Value {
 /// Whether a Redis answers at `addr`. A missing Redis skips the test loudly, except under
 /// `CI=true`, where it fails it.
 pub async fn redis_available(test: &str, addr: &str) -> bool {
-    let ok = tokio::net::TcpStream::connect(addr).await.is_ok();
-    if !ok {
-        if in_ci() {
-            panic!("{test}: Redis is required under CI at {addr}");
+    match tokio::net::TcpStream::connect(addr).await {
+        Ok(_) => true,
+        Err(e) => {
+            skip(test, &format!("Redis at {addr}"), &e);
+            false
         }
-        eprintln!("\n!!!!! SKIPPED {test}: no Redis at {addr} !!!!!\n");
     }
-    ok
 }
 
 /// Where the SDK packages live.
 pub fn sdk_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sdk")
-}
-
-/// Whether this run is CI (`CI=true`), where tests that need a service fail instead of skipping.
-pub fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 /// Whether the official SDKs are installed. Missing SDKs skip the test loudly, except under
@@ -239,13 +234,14 @@ pub fn sdks_available(test: &str) -> bool {
     let ok = dir.join("node_modules/centrifuge/package.json").exists()
         && dir.join(".venv/bin/python").exists();
     if !ok {
-        if in_ci() {
-            panic!(
-                "{test}: the official SDKs are not installed in {} (run tests/sdk/install.sh)",
+        skip(
+            test,
+            "official SDKs",
+            &format!(
+                "not installed in {}; run tests/sdk/install.sh (or tests/run)",
                 dir.display()
-            );
-        }
-        eprintln!("\n!!!!! SKIPPED {test}: official SDKs missing; run tests/sdk/install.sh (or tests/run) !!!!!\n");
+            ),
+        );
     }
     ok
 }
@@ -734,10 +730,7 @@ impl PgSchema {
                 Some(PgSchema { dsn, schema, pool })
             }
             Err(e) => {
-                if in_ci() {
-                    panic!("{test}: Postgres is required under CI: {e}");
-                }
-                eprintln!("\n!!!!! SKIPPED {test}: no Postgres at {dsn} ({e}) !!!!!\n");
+                skip(test, &format!("Postgres at {dsn}"), &e);
                 None
             }
         }

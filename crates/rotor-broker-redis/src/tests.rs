@@ -1,14 +1,15 @@
-//! The storage conformance suite and broker behaviour on a real Redis (127.0.0.1:6379, or
-//! `TEST_REDIS_ADDR`), each test under its own key prefix. Without Redis the tests skip
-//! loudly, except under `CI=true`, where they fail.
+//! The storage and broker conformance suites on a real Redis (127.0.0.1:6379, or
+//! `TEST_REDIS_ADDR`), each test under its own key prefix, and on a throwaway Redis Cluster;
+//! plus the registry's expiry. Without Redis the tests skip loudly, except under `CI=true`,
+//! where they fail.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rotor_core::broker::{Broker, BrokerHandler, Control};
-use rotor_core::conformance as suite;
-use rotor_core::storage::HistoryStore;
-use rotor_protocol::{ClientInfo, Publication, Raw};
+use rotor_core::broker::Broker;
+use rotor_core::conformance::{self as suite, Subject};
+use rotor_core::storage::{HistoryStore, PresenceStore};
+use rotor_protocol::{Publication, Raw};
 
 use crate::*;
 
@@ -23,148 +24,49 @@ async fn shards(test: &str) -> Option<Shards> {
     match Shards::connect(&opts).await {
         Ok(s) => Some(s),
         Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("{test}: Redis is required under CI: {e}");
-            }
-            eprintln!("\n!!!!! SKIPPED {test}: no Redis at {addr} ({e}) !!!!!\n");
+            suite::skip(test, &format!("Redis at {addr}"), &e);
             None
         }
     }
 }
 
-macro_rules! conformance {
-    ($($name:ident: $make:expr,)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some(shards) = shards(stringify!($name)).await else { return };
-            suite::$name($make(shards)).await;
-        }
-    )*};
+async fn history_store(test: &'static str) -> Option<Subject<dyn HistoryStore>> {
+    Some(Subject::new(RedisHistory::new(shards(test).await?)))
 }
 
-fn history(s: Shards) -> Arc<dyn HistoryStore> {
-    RedisHistory::new(s)
+async fn presence_store(test: &'static str) -> Option<Subject<dyn PresenceStore>> {
+    Some(Subject::new(Arc::new(RedisPresence::new(
+        shards(test).await?,
+    ))))
 }
 
-fn presence(s: Shards) -> Arc<dyn rotor_core::storage::PresenceStore> {
-    Arc::new(RedisPresence::new(s))
+rotor_core::history_suite!(history_store);
+rotor_core::presence_suite!(presence_store);
+
+/// Brokers on one Redis (one key prefix), one per node, with their pub/sub connections up.
+async fn brokers(test: &'static str, uids: &[&str]) -> Option<Vec<Arc<dyn Broker>>> {
+    Some(started(shards(test).await?, uids).await)
 }
 
-conformance! {
-    history_offsets_and_epoch: history,
-    history_since_reverse_limit: history,
-    history_trims_by_size_and_ttl: history,
-    history_remove_keeps_position: history,
-    history_concurrent_adds_are_gap_free: history,
-    presence_basics: presence,
-    presence_expires: presence,
-}
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<String>>);
-
-impl BrokerHandler for Recorder {
-    fn on_publication(&self, channel: &str, p: &Publication) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("pub {channel} {}", p.data.get()));
-    }
-    fn on_join(&self, channel: &str, info: &ClientInfo) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("join {channel} {}", info.client));
-    }
-    fn on_leave(&self, channel: &str, info: &ClientInfo) {
-        self.0
-            .lock()
-            .unwrap()
-            .push(format!("leave {channel} {}", info.client));
-    }
-    fn on_control(&self, c: &Control) {
-        self.0.lock().unwrap().push(format!("control {c:?}"));
-    }
-    fn on_node_message(&self, payload: &str) {
-        self.0.lock().unwrap().push(format!("node {payload}"));
-    }
-    fn node_info(&self) -> Option<rotor_core::NodeInfo> {
-        None
-    }
-}
-
-async fn eventually(rec: &Recorder, want: &[&str]) {
-    for _ in 0..100 {
-        if *rec.0.lock().unwrap() == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(*rec.0.lock().unwrap(), want);
-}
-
-#[tokio::test]
-async fn two_brokers_share_publications_only_where_subscribed_and_all_controls() {
-    let Some(s) = shards("broker").await else {
-        return;
-    };
-    let a = RedisBroker::start(s.clone(), "node-a");
-    let b = RedisBroker::start(s, "node-b");
-    let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
-    a.set_handler(ra.clone());
-    b.set_handler(rb.clone());
-    for _ in 0..50 {
-        if a.connected() && b.connected() {
+async fn started(shards: Shards, uids: &[&str]) -> Vec<Arc<dyn Broker>> {
+    let brokers: Vec<Arc<RedisBroker>> = uids
+        .iter()
+        .map(|uid| RedisBroker::start(shards.clone(), uid))
+        .collect();
+    for _ in 0..250 {
+        if brokers.iter().all(|b| b.connected()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    b.subscribe("room").await.unwrap();
-    let p = Publication {
-        data: Raw::from_json(r#"{"x":1}"#).unwrap(),
-        info: None,
-        offset: 7,
-        tags: Default::default(),
-        time: 0,
-    };
-    a.publish("room", &p).await.unwrap();
-    a.publish("elsewhere", &p).await.unwrap();
-    let info = ClientInfo {
-        user: "u".into(),
-        client: "c1".into(),
-        conn_info: None,
-        chan_info: None,
-    };
-    a.publish_join("room", &info).await.unwrap();
-    a.publish_control(&Control::Revoke {
-        jti: "j1".into(),
-        expire_at: 5,
-    })
-    .await
-    .unwrap();
-    let control = r#"control Revoke { jti: "j1", expire_at: 5 }"#;
-    eventually(&rb, &[r#"pub room {"x":1}"#, "join room c1", control]).await;
-    eventually(&ra, &[control]).await;
-
-    // Node-addressed messages reach only that node; an unknown node has no listener.
-    assert!(a.send_to_node("node-b", "hello").await.unwrap());
-    assert!(!a.send_to_node("node-zzz", "hello").await.unwrap());
-    eventually(
-        &rb,
-        &[r#"pub room {"x":1}"#, "join room c1", control, "node hello"],
-    )
-    .await;
-
-    b.unsubscribe("room").await.unwrap();
-    a.publish("room", &p).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(rb.0.lock().unwrap().len(), 4, "nothing after unsubscribe");
-    assert_eq!(
-        ra.0.lock().unwrap().len(),
-        1,
-        "node messages reach their node only"
+    assert!(
+        brokers.iter().all(|b| b.connected()),
+        "pub/sub connections up"
     );
+    brokers.into_iter().map(|b| b as Arc<dyn Broker>).collect()
 }
+
+rotor_core::broker_suite!(brokers, cluster);
 
 #[tokio::test]
 async fn registry_lists_live_nodes() {
@@ -244,10 +146,11 @@ async fn start_cluster(test: &str) -> Option<TestCluster> {
         .output()
         .is_ok();
     if !have {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("{test}: redis-server is required under CI (Debian package redis-server)");
-        }
-        eprintln!("\n!!!!! SKIPPED {test}: no redis-server binary to build a cluster !!!!!\n");
+        suite::skip(
+            test,
+            "redis-server binary to build a cluster",
+            &"install the Debian package redis-server",
+        );
         return None;
     }
     let dir = std::env::temp_dir().join(format!("rotor-cluster-{}", uuid::Uuid::new_v4().simple()));
@@ -335,14 +238,25 @@ async fn redis_cluster_runs_the_suite_and_fans_out() {
     let Some(cluster) = start_cluster("redis_cluster").await else {
         return;
     };
-    suite::history_offsets_and_epoch(history(cluster_shards(&cluster, "h1").await)).await;
-    suite::history_since_reverse_limit(history(cluster_shards(&cluster, "h2").await)).await;
-    suite::history_trims_by_size_and_ttl(history(cluster_shards(&cluster, "h3").await)).await;
-    suite::history_remove_keeps_position(history(cluster_shards(&cluster, "h4").await)).await;
-    suite::history_concurrent_adds_are_gap_free(history(cluster_shards(&cluster, "h5").await))
+    suite::history_offsets_and_epoch(RedisHistory::new(cluster_shards(&cluster, "h1").await)).await;
+    suite::history_since_reverse_limit(RedisHistory::new(cluster_shards(&cluster, "h2").await))
         .await;
-    suite::presence_basics(presence(cluster_shards(&cluster, "p1").await)).await;
-    suite::presence_expires(presence(cluster_shards(&cluster, "p2").await)).await;
+    suite::history_trims_by_size_and_ttl(RedisHistory::new(cluster_shards(&cluster, "h3").await))
+        .await;
+    suite::history_remove_keeps_position(RedisHistory::new(cluster_shards(&cluster, "h4").await))
+        .await;
+    suite::history_concurrent_adds_are_gap_free(RedisHistory::new(
+        cluster_shards(&cluster, "h5").await,
+    ))
+    .await;
+    suite::presence_basics(Arc::new(RedisPresence::new(
+        cluster_shards(&cluster, "p1").await,
+    )))
+    .await;
+    suite::presence_expires(Arc::new(RedisPresence::new(
+        cluster_shards(&cluster, "p2").await,
+    )))
+    .await;
 
     // Many channels in one writer batch: each channel's pipeline goes to its own slot.
     let s = cluster_shards(&cluster, "spread").await;
@@ -382,26 +296,21 @@ async fn redis_cluster_runs_the_suite_and_fans_out() {
         "60 channels should spread over the cluster's nodes"
     );
 
-    let a = RedisBroker::start(s.clone(), "node-a");
-    let b = RedisBroker::start(s, "node-b");
-    let (ra, rb) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
-    a.set_handler(ra.clone());
-    b.set_handler(rb.clone());
-    for _ in 0..100 {
-        if a.connected() && b.connected() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    b.subscribe("room").await.unwrap();
-    a.publish("room", &p).await.unwrap();
-    a.publish_control(&Control::Revoke {
-        jti: "j2".into(),
-        expire_at: 9,
-    })
-    .await
-    .unwrap();
-    let control = r#"control Revoke { jti: "j2", expire_at: 9 }"#;
-    eventually(&rb, &["pub room 1", control]).await;
-    eventually(&ra, &[control]).await;
+    // The broker suite's cluster tests, on the cluster.
+    suite::brokers_deliver_publications_only_where_subscribed(
+        started(cluster_shards(&cluster, "b1").await, &["node-a", "node-b"]).await,
+    )
+    .await;
+    suite::brokers_deliver_controls_to_every_node(
+        started(cluster_shards(&cluster, "b2").await, &["node-a", "node-b"]).await,
+    )
+    .await;
+    suite::node_messages_reach_their_node_only(
+        started(cluster_shards(&cluster, "b3").await, &["node-a", "node-b"]).await,
+    )
+    .await;
+    suite::nodes_are_listed_until_they_shut_down(
+        started(cluster_shards(&cluster, "b4").await, &["node-a", "node-b"]).await,
+    )
+    .await;
 }

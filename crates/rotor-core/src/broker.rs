@@ -170,3 +170,16 @@ impl Broker for LocalBroker {
     }
     async fn shutdown(&self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The single-node broker: one node, nothing to reach beyond it.
+    async fn local(_test: &'static str, uids: &[&str]) -> Option<Vec<Arc<dyn Broker>>> {
+        assert_eq!(uids.len(), 1, "a LocalBroker is one node");
+        Some(vec![Arc::new(LocalBroker::default())])
+    }
+
+    crate::broker_suite!(local);
+}

@@ -1,7 +1,7 @@
 //! Storage traits: history, presence and the token revocation list. Implementations live in
-//! their own crates (`rotor-store-memory`, `rotor-store-postgres`) and are used as
-//! `Arc<dyn …>`; one conformance suite (in `rotor-store-memory`'s `conformance` module) runs
-//! against each of them.
+//! their own crates (`rotor-store-memory`, `rotor-store-postgres`, `rotor-broker-redis`) and
+//! are used as `Arc<dyn …>`; one conformance suite per trait (`crate::conformance`, behind
+//! the `testing` feature) is stamped for each of them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -316,53 +316,29 @@ pub fn storage() -> Storage {
 
 #[cfg(test)]
 mod tests {
-    use rotor_core::conformance as suite;
+    use rotor_core::conformance::Subject;
+    use rotor_core::storage::{HistoryStore, PresenceStore, RevocationStore};
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn history_offsets_and_epoch() {
-        suite::history_offsets_and_epoch(MemoryHistory::new()).await;
+    async fn history_store(_test: &'static str) -> Option<Subject<dyn HistoryStore>> {
+        Some(Subject::new(MemoryHistory::new()))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn history_since_reverse_limit() {
-        suite::history_since_reverse_limit(MemoryHistory::new()).await;
+    async fn presence_store(_test: &'static str) -> Option<Subject<dyn PresenceStore>> {
+        Some(Subject::new(MemoryPresence::new()))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn history_trims_by_size_and_ttl() {
-        suite::history_trims_by_size_and_ttl(MemoryHistory::new()).await;
+    async fn revocation_store(_test: &'static str) -> Option<Subject<dyn RevocationStore>> {
+        Some(Subject::new(MemoryRevocations::new()))
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn history_remove_keeps_position() {
-        suite::history_remove_keeps_position(MemoryHistory::new()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn history_concurrent_adds_are_gap_free() {
-        suite::history_concurrent_adds_are_gap_free(MemoryHistory::new()).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn presence_basics() {
-        suite::presence_basics(MemoryPresence::new()).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn presence_expires() {
-        suite::presence_expires(MemoryPresence::new()).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn revocations() {
-        suite::revocations(MemoryRevocations::new()).await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn user_invalidations() {
-        suite::user_invalidations(MemoryRevocations::new()).await;
+    // The memory stores keep tokio's time: the suite's waits run on the paused clock.
+    rotor_core::storage_suite! {
+        history: history_store,
+        presence: presence_store,
+        revocations: revocation_store,
+        paused_clock
     }
 
     #[tokio::test(start_paused = true)]

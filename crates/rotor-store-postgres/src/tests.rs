@@ -7,8 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rotor_core::conformance as suite;
-use rotor_core::storage::{HistoryFilter, HistoryOptions, HistoryStore};
+use rotor_core::conformance::{self as suite, Subject};
+use rotor_core::storage::{
+    HistoryFilter, HistoryOptions, HistoryStore, PresenceStore, RevocationStore, Storage,
+};
 use rotor_core::CoreError;
 use rotor_protocol::{Publication, Raw};
 
@@ -32,13 +34,7 @@ async fn fresh(test: &str) -> Option<(PgPool, PgOptions)> {
     let pool = match connect(&opts).await {
         Ok(p) => p,
         Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                panic!("{test}: Postgres is required under CI: {e}");
-            }
-            eprintln!(
-                "\n!!!!! SKIPPED {test}: no Postgres at {} ({e}) !!!!!\n",
-                dsn()
-            );
+            suite::skip(test, &format!("Postgres at {}", dsn()), &e);
             return None;
         }
     };
@@ -55,28 +51,29 @@ async fn drop_schema(pool: &PgPool, opts: &PgOptions) {
     .await;
 }
 
-macro_rules! conformance {
-    ($($name:ident: $store:ident,)*) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let Some((pool, opts)) = fresh(stringify!($name)).await else { return };
-            let storage = storage(pool.clone(), &opts);
-            suite::$name(storage.$store.clone()).await;
-            drop_schema(&pool, &opts).await;
-        }
-    )*};
+/// One store of a fresh schema's storage; the schema is dropped when the test passed.
+async fn part<T: ?Sized>(test: &'static str, pick: fn(Storage) -> Arc<T>) -> Option<Subject<T>> {
+    let (pool, opts) = fresh(test).await?;
+    let store = pick(storage(pool.clone(), &opts));
+    Some(Subject::new(store).with_teardown(async move { drop_schema(&pool, &opts).await }))
 }
 
-conformance! {
-    history_offsets_and_epoch: history,
-    history_since_reverse_limit: history,
-    history_trims_by_size_and_ttl: history,
-    history_remove_keeps_position: history,
-    history_concurrent_adds_are_gap_free: history,
-    presence_basics: presence,
-    presence_expires: presence,
-    revocations: revocations,
-    user_invalidations: revocations,
+async fn history_store(test: &'static str) -> Option<Subject<dyn HistoryStore>> {
+    part(test, |s| s.history).await
+}
+
+async fn presence_store(test: &'static str) -> Option<Subject<dyn PresenceStore>> {
+    part(test, |s| s.presence).await
+}
+
+async fn revocation_store(test: &'static str) -> Option<Subject<dyn RevocationStore>> {
+    part(test, |s| s.revocations).await
+}
+
+rotor_core::storage_suite! {
+    history: history_store,
+    presence: presence_store,
+    revocations: revocation_store,
 }
 
 fn publication(n: u64) -> Publication {

@@ -141,11 +141,11 @@ impl PrivatePg {
                 .find(|b| b.join("initdb").is_file())
         });
         let Some(bin) = bin else {
-            assert!(
-                !in_ci(),
-                "{test}: PostgreSQL's server binaries are needed under CI"
+            skip(
+                test,
+                "PostgreSQL server binaries",
+                &"no /usr/lib/postgresql/*/bin/initdb",
             );
-            eprintln!("\n!!!!! SKIPPED {test}: no /usr/lib/postgresql/*/bin/initdb !!!!!\n");
             return None;
         };
         // The server refuses to run as root; run it as the postgres user then.

@@ -1,6 +1,7 @@
-//! The storage conformance suite: every storage backend runs these functions in its own
-//! tests (`rotor-store-memory` always, `rotor-store-postgres` against a real server).
-//! Each function takes a fresh store and panics with a message on the first violation.
+//! The storage conformance suite: what every history, presence and revocation store must
+//! do. Each function takes a fresh store and panics with a message on the first violation;
+//! [`crate::history_suite`], [`crate::presence_suite`] and [`crate::revocation_suite`] stamp
+//! them as tests for a backend.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
