@@ -738,7 +738,7 @@ impl PgSchema {
 
     /// Points a config at this schema.
     pub fn configure(&self, config: &mut Config) {
-        config.storage.kind = "postgres".into();
+        config.storage.kind = rotor_server::config::StorageKind::Postgres;
         config.storage.postgres.dsn = self.dsn.clone();
         config.storage.postgres.schema = self.schema.clone();
     }

@@ -259,7 +259,7 @@ fn init_logging(config: &Config) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" {
+    let _ = if config.log.format == crate::config::LogFormat::Json {
         builder.json().try_init()
     } else {
         builder.try_init()
@@ -461,7 +461,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
         Command::Migrate => {
             let config = cli.common.load()?;
             init_logging(&config);
-            if config.storage.kind != "postgres" {
+            if config.storage.kind != crate::config::StorageKind::Postgres {
                 return Err(ServerError::Cli(
                     "migrate needs storage.type = \"postgres\"".into(),
                 ));

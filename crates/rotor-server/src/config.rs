@@ -269,17 +269,49 @@ impl Default for PrometheusConfig {
 pub struct LogConfig {
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `rotor=debug`.
     pub level: String,
-    /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
-            format: "text".into(),
+            format: LogFormat::Text,
         }
     }
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `storage.type`: where history, presence and revocations live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    /// This process only.
+    #[default]
+    Memory,
+    /// PostgreSQL: survives restarts, shared by the nodes on the database.
+    Postgres,
+}
+
+/// `engine.type`, `broker.type`, `presence_manager.type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// One node.
+    #[default]
+    Memory,
+    /// Nodes share fan-out, presence and history through Redis.
+    Redis,
 }
 
 /// `node.*`
@@ -312,16 +344,15 @@ impl Default for ShutdownConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// `memory` (one node) or `redis` (nodes share fan-out, presence and history via Redis).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EngineKind,
     pub redis: RedisConfig,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            kind: "memory".into(),
+            kind: EngineKind::Memory,
             redis: RedisConfig::default(),
         }
     }
@@ -333,9 +364,8 @@ impl Default for EngineConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct EnginePartConfig {
     pub enabled: bool,
-    /// `memory` or `redis`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EngineKind,
     pub redis: RedisConfig,
 }
 
@@ -343,7 +373,7 @@ impl Default for EnginePartConfig {
     fn default() -> Self {
         EnginePartConfig {
             enabled: false,
-            kind: "memory".into(),
+            kind: EngineKind::Memory,
             redis: RedisConfig::default(),
         }
     }
@@ -441,15 +471,15 @@ impl Config {
 
     /// The Redis history lives on: the engine's, unless storage is Postgres.
     pub fn history_redis(&self) -> Option<&RedisConfig> {
-        (self.storage.kind != "postgres" && self.engine.kind == "redis")
+        (self.storage.kind != StorageKind::Postgres && self.engine.kind == EngineKind::Redis)
             .then_some(&self.engine.redis)
     }
 
     fn part<'a>(part: &'a EnginePartConfig, engine: &'a EngineConfig) -> Option<&'a RedisConfig> {
         if part.enabled {
-            (part.kind == "redis").then_some(&part.redis)
+            (part.kind == EngineKind::Redis).then_some(&part.redis)
         } else {
-            (engine.kind == "redis").then_some(&engine.redis)
+            (engine.kind == EngineKind::Redis).then_some(&engine.redis)
         }
     }
 }
@@ -458,16 +488,15 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `memory` (this process only) or `postgres` (survives restarts, shared by nodes).
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: StorageKind,
     pub postgres: PostgresConfig,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            kind: "memory".into(),
+            kind: StorageKind::Memory,
             postgres: PostgresConfig::default(),
         }
     }
@@ -661,31 +690,10 @@ impl Config {
                 )));
             }
         }
-        match self.storage.kind.as_str() {
-            "memory" => {}
-            "postgres" => {
-                if self.storage.postgres.dsn.is_empty() {
-                    return Err(ServerError::Config(
-                        "storage.postgres.dsn: required when storage.type is postgres".into(),
-                    ));
-                }
-            }
-            other => {
-                return Err(ServerError::Config(format!(
-                    "storage.type: unknown storage {other:?} (use memory or postgres)"
-                )));
-            }
-        }
-        for (key, kind) in [
-            ("engine.type", &self.engine.kind),
-            ("broker.type", &self.broker.kind),
-            ("presence_manager.type", &self.presence_manager.kind),
-        ] {
-            if !matches!(kind.as_str(), "memory" | "redis") {
-                return Err(ServerError::Config(format!(
-                    "{key}: unknown engine {kind:?} (use memory or redis)"
-                )));
-            }
+        if self.storage.kind == StorageKind::Postgres && self.storage.postgres.dsn.is_empty() {
+            return Err(ServerError::Config(
+                "storage.postgres.dsn: required when storage.type is postgres".into(),
+            ));
         }
         for redis in [
             self.broker_redis(),
@@ -700,12 +708,6 @@ impl Config {
                     "redis address: at least one address (or cluster_address) is required".into(),
                 ));
             }
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err(ServerError::Config(format!(
-                "log.format: {:?} is not text or json",
-                self.log.format
-            )));
         }
         if !self.http_api.insecure && self.http_api.key.is_empty() {
             tracing::warn!("http_api.key is empty: the server API refuses every request (set a key or http_api.insecure)");
@@ -800,4 +802,55 @@ fn set_path(root: &mut Value, path: &[String], value: Value) {
 /// The default configuration as pretty JSON (for `rotor genconfig`).
 pub fn default_json() -> String {
     serde_json::to_string_pretty(&Config::default()).expect("config serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(sets: &[&str]) -> Result<Config, String> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::load(None, Vec::new(), &sets).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn kinds_are_checked_by_their_types_and_named_in_errors() {
+        let err = load(&["storage.type=mongo"]).unwrap_err();
+        assert!(
+            err.contains("storage.type") && err.contains("memory") && err.contains("postgres"),
+            "{err}"
+        );
+        let err = load(&["engine.type=etcd"]).unwrap_err();
+        assert!(
+            err.contains("engine.type") && err.contains("redis"),
+            "{err}"
+        );
+        let err = load(&["broker.type=nats"]).unwrap_err();
+        assert!(err.contains("broker.type"), "{err}");
+        let err = load(&["log.format=xml"]).unwrap_err();
+        assert!(err.contains("log.format") && err.contains("json"), "{err}");
+        let err = load(&["storage.type=postgres"]).unwrap_err();
+        assert!(err.contains("storage.postgres.dsn"), "{err}");
+    }
+
+    #[test]
+    fn kinds_read_from_files_env_and_sets() {
+        let c = load(&[
+            "storage.type=postgres",
+            "storage.postgres.dsn=postgres://db/x",
+        ])
+        .unwrap();
+        assert_eq!(c.storage.kind, StorageKind::Postgres);
+        let env = vec![
+            ("ROTOR_ENGINE_TYPE".to_string(), "redis".to_string()),
+            ("ROTOR_LOG_FORMAT".to_string(), "json".to_string()),
+        ];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.engine.kind, EngineKind::Redis);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(c.history_redis().is_some() && c.broker_redis().is_some());
+        let defaults: Value = serde_json::from_str(&default_json()).unwrap();
+        assert_eq!(defaults["storage"]["type"], "memory");
+        assert_eq!(defaults["log"]["format"], "text");
+    }
 }

@@ -13,7 +13,7 @@ use rotor_core::Node;
 use tokio_util::sync::CancellationToken;
 
 use crate::background::{Background, Housekeeping};
-use crate::config::Config;
+use crate::config::{Config, StorageKind};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::routes;
@@ -71,7 +71,7 @@ impl Server {
             .then(|| Arc::new(Metrics::new(config.prometheus.centrifugo_aliases)));
         let (storage, observer) = match &metrics {
             Some(m) => {
-                let backend = if config.storage.kind == "postgres" {
+                let backend = if config.storage.kind == StorageKind::Postgres {
                     "postgres"
                 } else if config.history_redis().is_some() {
                     "redis"
@@ -226,7 +226,7 @@ impl RunningServer {
 
 /// The configured storage, and the housekeeping it needs.
 async fn storage(config: &Config) -> Result<(Storage, Housekeeping), ServerError> {
-    if config.storage.kind == "postgres" {
+    if config.storage.kind == StorageKind::Postgres {
         let pg = &config.storage.postgres;
         let opts = pg.options();
         let pool = rotor_store_postgres::connect(&opts).await?;

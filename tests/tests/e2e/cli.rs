@@ -213,6 +213,6 @@ fn example_config_lists_every_key_at_its_default() {
 fn dev_config_loads() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/dev.toml");
     let c = rotor_server::Config::load(Some(&path), std::iter::empty(), &[]).unwrap();
-    assert_eq!(c.storage.kind, "memory");
+    assert_eq!(c.storage.kind, rotor_server::config::StorageKind::Memory);
     assert!(!c.client.token.hmac_secret_key.is_empty());
 }

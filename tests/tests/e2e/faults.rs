@@ -300,7 +300,7 @@ async fn postgres_stopped_and_started_during_traffic() {
     let mut config = test_config();
     config.channel.namespaces.push(durable_namespace());
     config.client.history_max_publication_limit = 10_000;
-    config.storage.kind = "postgres".into();
+    config.storage.kind = rotor_server::config::StorageKind::Postgres;
     config.storage.postgres.dsn = pg.dsn();
     config.storage.postgres.schema = "rotor_fault".into();
     config.storage.postgres.acquire_timeout = Duration::from_millis(500);
