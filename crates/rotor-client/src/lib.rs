@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod actor;
 mod backoff;
 mod client;
 mod config;
