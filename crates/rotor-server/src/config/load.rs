@@ -1,0 +1,256 @@
+//! Reading a configuration: a file (JSON, TOML or YAML, by extension), overridden by
+//! `ROTOR_`-prefixed environment variables and then by command-line `--set` flags, then the
+//! checks types cannot express. Unknown keys are errors that name the key.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::{Config, StorageKind};
+use crate::error::ServerError;
+
+impl Config {
+    /// Loads a file (or the defaults when `path` is `None`), then applies environment
+    /// variables and `--set key=value` overrides.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<Config, ServerError> {
+        let mut value = match path {
+            Some(p) => read_file(p)?,
+            None => Value::Object(Default::default()),
+        };
+        let leaves =
+            leaf_paths(&serde_json::to_value(Config::default()).expect("config serializes"));
+        for (name, raw) in env {
+            let Some(rest) = name.strip_prefix("ROTOR_") else {
+                continue;
+            };
+            let Some((path, default)) = leaves
+                .iter()
+                .find(|(p, _)| p.join("_").to_uppercase() == rest)
+            else {
+                return Err(ServerError::Config(format!(
+                    "environment variable {name} does not name a configuration key"
+                )));
+            };
+            set_path(
+                &mut value,
+                path,
+                parse_like(default, &raw)
+                    .map_err(|e| ServerError::Config(format!("{name}: {e}")))?,
+            );
+        }
+        for set in sets {
+            let (key, raw) = set
+                .split_once('=')
+                .ok_or_else(|| ServerError::Config(format!("--set {set:?}: expected key=value")))?;
+            let path: Vec<String> = key.split('.').map(str::to_string).collect();
+            let default = leaves
+                .iter()
+                .find(|(p, _)| *p == path)
+                .map(|(_, d)| d.clone())
+                .unwrap_or(Value::Null);
+            set_path(
+                &mut value,
+                &path,
+                parse_like(&default, raw)
+                    .map_err(|e| ServerError::Config(format!("--set {key}: {e}")))?,
+            );
+        }
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ServerError::Config(if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            })
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that cannot be expressed in types.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        for (key, value) in [
+            (
+                "http_server.header_read_timeout",
+                self.http_server.header_read_timeout,
+            ),
+            (
+                "http_server.body_read_timeout",
+                self.http_server.body_read_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(ServerError::Config(format!(
+                    "{key}: must be above zero (it bounds how long a client may take; 0 would refuse every request)"
+                )));
+            }
+        }
+        if self.storage.kind == StorageKind::Postgres && self.storage.postgres.dsn.is_empty() {
+            return Err(ServerError::Config(
+                "storage.postgres.dsn: required when storage.type is postgres".into(),
+            ));
+        }
+        for redis in [
+            self.broker_redis(),
+            self.presence_redis(),
+            self.history_redis(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if redis.address.is_empty() && redis.cluster_address.is_empty() {
+                return Err(ServerError::Config(
+                    "redis address: at least one address (or cluster_address) is required".into(),
+                ));
+            }
+        }
+        if !self.http_api.insecure && self.http_api.key.is_empty() {
+            tracing::warn!("http_api.key is empty: the server API refuses every request (set a key or http_api.insecure)");
+        }
+        rotor_core::channels::ChannelRules::new(&self.channel).map_err(ServerError::Config)?;
+        rotor_auth::TokenVerifier::new(&self.client.token)
+            .map_err(|e| ServerError::Config(format!("client.token: {e}")))?;
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<Value, ServerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let name = path.display();
+    match ext.as_str() {
+        "json" => {
+            serde_json::from_str(&text).map_err(|e| ServerError::Config(format!("{name}: {e}")))
+        }
+        "toml" => {
+            toml::from_str::<Value>(&text).map_err(|e| ServerError::Config(format!("{name}: {e}")))
+        }
+        "yaml" | "yml" => serde_yaml_ng::from_str::<Value>(&text)
+            .map_err(|e| ServerError::Config(format!("{name}: {e}"))),
+        _ => Err(ServerError::Config(format!(
+            "{name}: unknown config format (use .json, .toml, .yaml or .yml)"
+        ))),
+    }
+}
+
+/// Every leaf of the default configuration with its default value (arrays count as leaves).
+fn leaf_paths(value: &Value) -> Vec<(Vec<String>, Value)> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Value)>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    prefix.push(k.clone());
+                    walk(child, prefix, out);
+                    prefix.pop();
+                }
+            }
+            other => out.push((prefix.clone(), other.clone())),
+        }
+    }
+    walk(value, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Reads a text value as the same type as the default: strings stay strings, numbers,
+/// booleans, lists and objects are parsed as JSON.
+fn parse_like(default: &Value, raw: &str) -> Result<Value, String> {
+    match default {
+        Value::String(_) => Ok(Value::String(raw.to_string())),
+        Value::Bool(_) => match raw.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Bool(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Bool(false)),
+            _ => Err(format!("{raw:?} is not a boolean")),
+        },
+        Value::Number(_) => {
+            serde_json::from_str(raw).map_err(|_| format!("{raw:?} is not a number"))
+        }
+        _ => Ok(serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))),
+    }
+}
+
+fn set_path(root: &mut Value, path: &[String], value: Value) {
+    let mut cur = root;
+    for key in &path[..path.len() - 1] {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        cur = cur
+            .as_object_mut()
+            .expect("made an object")
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    if !cur.is_object() {
+        *cur = Value::Object(Default::default());
+    }
+    cur.as_object_mut()
+        .expect("made an object")
+        .insert(path[path.len() - 1].clone(), value);
+}
+
+/// The default configuration as pretty JSON (for `rotor genconfig`).
+pub fn default_json() -> String {
+    serde_json::to_string_pretty(&Config::default()).expect("config serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EngineKind, LogFormat, StorageKind};
+
+    fn load(sets: &[&str]) -> Result<Config, String> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::load(None, Vec::new(), &sets).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn kinds_are_checked_by_their_types_and_named_in_errors() {
+        let err = load(&["storage.type=mongo"]).unwrap_err();
+        assert!(
+            err.contains("storage.type") && err.contains("memory") && err.contains("postgres"),
+            "{err}"
+        );
+        let err = load(&["engine.type=etcd"]).unwrap_err();
+        assert!(
+            err.contains("engine.type") && err.contains("redis"),
+            "{err}"
+        );
+        let err = load(&["broker.type=nats"]).unwrap_err();
+        assert!(err.contains("broker.type"), "{err}");
+        let err = load(&["log.format=xml"]).unwrap_err();
+        assert!(err.contains("log.format") && err.contains("json"), "{err}");
+        let err = load(&["storage.type=postgres"]).unwrap_err();
+        assert!(err.contains("storage.postgres.dsn"), "{err}");
+    }
+
+    #[test]
+    fn kinds_read_from_files_env_and_sets() {
+        let c = load(&[
+            "storage.type=postgres",
+            "storage.postgres.dsn=postgres://db/x",
+        ])
+        .unwrap();
+        assert_eq!(c.storage.kind, StorageKind::Postgres);
+        let env = vec![
+            ("ROTOR_ENGINE_TYPE".to_string(), "redis".to_string()),
+            ("ROTOR_LOG_FORMAT".to_string(), "json".to_string()),
+        ];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.engine.kind, EngineKind::Redis);
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(c.history_redis().is_some() && c.broker_redis().is_some());
+        let defaults: Value = serde_json::from_str(&default_json()).unwrap();
+        assert_eq!(defaults["storage"]["type"], "memory");
+        assert_eq!(defaults["log"]["format"], "text");
+    }
+}
