@@ -1,3 +1,7 @@
+//! The claims of connection and subscription tokens as Centrifugo defines them (`sub`,
+//! `exp`, `info`/`b64info`, `channels`, `subs`, `aud`, `iss`, ...), parsed strictly enough
+//! that a malformed claim is a refusal, not a default.
+
 use std::collections::BTreeMap;
 
 use base64::Engine;

@@ -1,3 +1,6 @@
+//! Token verification against real keys (HMAC, RSA, ECDSA from testdata/): signatures,
+//! expiry, audience and issuer, claims, and the refusals.
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 

@@ -1,3 +1,6 @@
+//! The verifier: the configured keys (HMAC, RSA, ECDSA, a JWKS endpoint), the algorithms
+//! they allow, and the checks every token passes before its claims are used.
+
 use std::collections::HashSet;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

@@ -1,3 +1,6 @@
+//! How a client is set up: the server address and transport, credentials (a token or a
+//! provider), timeouts and backoff, and per-subscription options.
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;

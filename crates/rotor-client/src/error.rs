@@ -1,3 +1,6 @@
+//! The client's one error type: what a call or the event stream can report, and whether the
+//! client goes on (reconnects) after it.
+
 use std::time::Duration;
 
 /// Everything a client call or the event stream can report.

@@ -1,3 +1,6 @@
+//! What the client reports: its state, its subscriptions' states, and the events of the
+//! stream (connected, publications, joins, errors, ...).
+
 use rotor_protocol::{ClientInfo, Publication, Raw};
 
 use crate::error::Error;

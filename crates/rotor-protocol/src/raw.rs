@@ -1,3 +1,6 @@
+//! [`Raw`]: JSON carried verbatim (publication data, info, RPC payloads), shared, and never
+//! with a line break outside a string.
+
 use std::fmt;
 use std::sync::Arc;
 

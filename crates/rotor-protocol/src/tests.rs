@@ -1,3 +1,6 @@
+//! The wire format against what the SDKs send and expect: frames from centrifuge-js and
+//! centrifuge-python, replies and pushes as they parse them, and round trips (proptest).
+
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;

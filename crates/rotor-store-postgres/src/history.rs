@@ -1,3 +1,7 @@
+//! History in Postgres: a stream per channel (offset, epoch) and its publications, written
+//! by one batching writer per store so that concurrent publications commit in groups with
+//! gap-free offsets, across every node sharing the database.
+
 use std::collections::HashMap;
 
 use rand::Rng;

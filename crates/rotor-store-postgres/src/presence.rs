@@ -1,3 +1,6 @@
+//! Presence in Postgres: one row per client in a channel, refreshed by its node and gone
+//! after its TTL, so a crashed node's entries disappear.
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

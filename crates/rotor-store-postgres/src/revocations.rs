@@ -1,3 +1,6 @@
+//! The revocation list in Postgres: revoked jtis and user invalidations with their audit
+//! fields, listed newest first, purged once the tokens they name have expired.
+
 use rotor_core::storage::{RevocationFilter, RevocationStore, RevokedToken, UserInvalidation};
 use rotor_core::CoreError;
 use sqlx::postgres::PgRow;
