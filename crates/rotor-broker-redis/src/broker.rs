@@ -56,11 +56,12 @@ pub struct RedisBroker {
     node_uid: String,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     pubsub: Vec<Arc<PubSubState>>,
-    /// The pub/sub loops (one per instance) and the heartbeat; aborted on drop.
+    /// The pub/sub loops (one per instance); aborted on drop.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    /// The heartbeat, also among `tasks`: stopped at shutdown before the node leaves the
-    /// registry, so that no late report puts it back.
-    heartbeat: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The heartbeat, from the node's attachment to its shutdown (or the broker's drop). It
+    /// is stopped and awaited before the node leaves the registry, so that no report still
+    /// on its way puts it back.
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// This broker, for the tasks it starts later (they must not keep it alive).
     weak: std::sync::Weak<RedisBroker>,
 }
@@ -166,6 +167,17 @@ impl RedisBroker {
         Ok(nodes)
     }
 
+    /// Whether node `uid` reported within [`HEARTBEAT_MAX_AGE`].
+    async fn is_listed(&self, uid: &str) -> Result<bool, CoreError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(self.registry_key()).arg(uid);
+        let entry: Option<String> = self.shards.run(self.shards.first(), &cmd).await?;
+        let max_age = HEARTBEAT_MAX_AGE.as_millis() as u64;
+        Ok(entry
+            .and_then(|text| serde_json::from_str::<Heartbeat>(&text).ok())
+            .is_some_and(|h| now_ms().saturating_sub(h.at_ms) <= max_age))
+    }
+
     async fn publish_envelope(&self, channel: &str, env: &Envelope) -> Result<(), CoreError> {
         let payload = serde_json::to_string(env).map_err(|e| CoreError::Internal(e.to_string()))?;
         let mut cmd = redis::cmd("PUBLISH");
@@ -220,6 +232,9 @@ impl RedisBroker {
 impl Drop for RedisBroker {
     fn drop(&mut self) {
         for t in self.tasks.lock().unwrap().iter() {
+            t.abort();
+        }
+        if let Some(t) = self.heartbeat.lock().unwrap().as_ref() {
             t.abort();
         }
     }
@@ -306,8 +321,7 @@ impl Broker for RedisBroker {
         }
         // The node is attached: it can be reported from now on.
         let heartbeat = tokio::spawn(heartbeat_loop(self.weak.clone()));
-        *self.heartbeat.lock().unwrap() = Some(heartbeat.abort_handle());
-        self.tasks.lock().unwrap().push(heartbeat);
+        *self.heartbeat.lock().unwrap() = Some(heartbeat);
     }
 
     async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError> {
@@ -388,12 +402,21 @@ impl Broker for RedisBroker {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(self.node_channel(uid)).arg(payload);
         let receivers: u64 = self.shards.run(self.shards.first(), &cmd).await?;
-        Ok(receivers > 0)
+        if receivers > 0 || !self.shards.cluster {
+            return Ok(receivers > 0);
+        }
+        // In a Redis Cluster, PUBLISH reaches the subscribers on every node but counts only
+        // those on the node that ran it: whether `uid` listens is the registry's to say.
+        Ok(self.is_listed(uid).await?)
     }
 
     async fn shutdown(&self) {
-        if let Some(heartbeat) = self.heartbeat.lock().unwrap().take() {
+        let heartbeat = self.heartbeat.lock().unwrap().take();
+        if let Some(heartbeat) = heartbeat {
             heartbeat.abort();
+            // Until it has stopped, a report it already started could still land after
+            // the entry is removed.
+            let _ = heartbeat.await;
         }
         if let Err(e) = self.leave_registry().await {
             tracing::warn!(error = %e, "could not leave the Redis node registry; the entry ages out");
