@@ -302,173 +302,203 @@ async fn call(node: &Node, method: &str, params: Value) -> Option<Result<Value, 
     Some(match method {
         "publish" => publish(node, params).await,
         "broadcast" => broadcast(node, params).await,
-        "presence" => {
-            async {
-                let p: ChannelParams = parse(params)?;
-                required("channel", &p.channel)?;
-                Ok(json!({ "presence": node.presence(&p.channel).await? }))
-            }
-            .await
-        }
-        "presence_stats" => {
-            async {
-                let p: ChannelParams = parse(params)?;
-                required("channel", &p.channel)?;
-                let (num_clients, num_users) = node.presence_stats(&p.channel).await?;
-                Ok(json!({ "num_clients": num_clients, "num_users": num_users }))
-            }
-            .await
-        }
-        "history" => {
-            async {
-                let p: HistoryParams = parse(params)?;
-                required("channel", &p.channel)?;
-                let page = node
-                    .history(&p.channel, p.limit, p.since, p.reverse)
-                    .await?;
-                let mut out = position_json(&page.position);
-                out["publications"] = publications_json(&page.publications);
-                Ok(out)
-            }
-            .await
-        }
-        "history_remove" => {
-            async {
-                let p: ChannelParams = parse(params)?;
-                required("channel", &p.channel)?;
-                node.history_remove(&p.channel).await?;
-                Ok(json!({}))
-            }
-            .await
-        }
-        "channels" => {
-            async {
-                let p: ChannelsParams = if params.is_null() {
-                    ChannelsParams::default()
-                } else {
-                    parse(params)?
-                };
-                let mut channels = serde_json::Map::new();
-                for (name, n) in node.hub().channels() {
-                    if p.pattern.is_empty() || glob_match(&p.pattern, &name) {
-                        channels.insert(name, json!({ "num_clients": n }));
-                    }
-                }
-                Ok(json!({ "channels": channels }))
-            }
-            .await
-        }
-        // Every node that is up, this one with its numbers now.
-        "info" => node.nodes().await.map(|nodes| json!({ "nodes": nodes })),
-        "disconnect" => {
-            async {
-                let p: DisconnectParams = parse(params)?;
-                required("user", &p.target.user)?;
-                let d = p.disconnect.unwrap_or_default();
-                let (code, reason) = if d.code == 0 {
-                    let def = rotor_protocol::Disconnect::FORCE_NO_RECONNECT;
-                    (def.code, def.reason.to_string())
-                } else {
-                    (d.code, d.reason)
-                };
-                node.control(Control::Disconnect {
-                    user: p.target.user,
-                    client: p.target.client,
-                    session: p.target.session,
-                    whitelist: p.whitelist,
-                    code,
-                    reason,
-                })
-                .await?;
-                Ok(json!({}))
-            }
-            .await
-        }
-        "unsubscribe" => {
-            async {
-                let p: SubscribeParams = parse(params)?;
-                required("user", &p.user)?;
-                node.channel_options(&p.channel)?;
-                node.control(Control::Unsubscribe {
-                    user: p.user,
-                    channel: p.channel,
-                    client: p.client,
-                    session: p.session,
-                })
-                .await?;
-                Ok(json!({}))
-            }
-            .await
-        }
-        "subscribe" => {
-            async {
-                let p: SubscribeParams = parse(params)?;
-                required("user", &p.user)?;
-                node.channel_options(&p.channel)?;
-                node.control(Control::Subscribe {
-                    user: p.user,
-                    channel: p.channel,
-                    client: p.client,
-                    session: p.session,
-                    info: p.info,
-                    data: p.data,
-                })
-                .await?;
-                Ok(json!({}))
-            }
-            .await
-        }
-        "refresh" => {
-            async {
-                let p: RefreshParams = parse(params)?;
-                required("user", &p.target.user)?;
-                node.control(Control::Refresh {
-                    user: p.target.user,
-                    client: p.target.client,
-                    session: p.target.session,
-                    expired: p.expired,
-                    expire_at: p.expire_at,
-                })
-                .await?;
-                Ok(json!({}))
-            }
-            .await
-        }
-        "revoke_token" => async {
-            let p: RevokeParams = parse(params)?;
-            node.revoke_token(&p.uid, p.expire_at, &p.user, &p.reason, p.actor.as_deref().unwrap_or("api")).await?;
-            Ok(json!({}))
-        }
-        .await,
-        "invalidate_user_tokens" => async {
-            let p: InvalidateParams = parse(params)?;
-            let before = p.issued_before.unwrap_or_else(|| node.clock().unix());
-            node.invalidate_user_tokens(&p.user, before, &p.channel, p.expire_at, &p.reason, p.actor.as_deref().unwrap_or("api")).await?;
-            Ok(json!({}))
-        }
-        .await,
-        "revoked_tokens" => async {
-            let p: RevokedTokensParams = if params.is_null() { RevokedTokensParams::default() } else { parse(params)? };
-            let filter = rotor_core::storage::RevocationFilter {
-                user: p.user.filter(|u| !u.is_empty()),
-                since: p.since,
-                until: p.until,
-                limit: p.limit.unwrap_or(100).clamp(1, 1000),
-                offset: p.offset,
-            };
-            let entries = node.storage().revocations.list(&filter).await?;
-            let tokens: Vec<Value> = entries
-                .into_iter()
-                .map(|e| {
-                    json!({"jti": e.jti, "user": e.user, "revoked_at": e.revoked_at, "expire_at": e.expire_at,
-                           "reason": e.reason, "actor": e.actor, "kicked": e.kicked})
-                })
-                .collect();
-            Ok(json!({ "tokens": tokens }))
-        }
-        .await,
+        "presence" => presence(node, params).await,
+        "presence_stats" => presence_stats(node, params).await,
+        "history" => history(node, params).await,
+        "history_remove" => history_remove(node, params).await,
+        "channels" => channels(node, params).await,
+        "disconnect" => disconnect(node, params).await,
+        "unsubscribe" => unsubscribe(node, params).await,
+        "subscribe" => subscribe(node, params).await,
+        "refresh" => refresh(node, params).await,
+        "revoke_token" => revoke_token(node, params).await,
+        "invalidate_user_tokens" => invalidate_user_tokens(node, params).await,
+        "revoked_tokens" => revoked_tokens(node, params).await,
+        "info" => info(node).await,
         _ => return None,
     })
+}
+
+/// `info`: every node that is up, this one with its numbers now.
+async fn info(node: &Node) -> Result<Value, CoreError> {
+    node.nodes().await.map(|nodes| json!({ "nodes": nodes }))
+}
+
+/// `presence`: the clients in a channel.
+async fn presence(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: ChannelParams = parse(params)?;
+    required("channel", &p.channel)?;
+    Ok(json!({ "presence": node.presence(&p.channel).await? }))
+}
+
+/// `presence_stats`: how many clients and distinct users a channel has.
+async fn presence_stats(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: ChannelParams = parse(params)?;
+    required("channel", &p.channel)?;
+    let (num_clients, num_users) = node.presence_stats(&p.channel).await?;
+    Ok(json!({ "num_clients": num_clients, "num_users": num_users }))
+}
+
+/// `history`: publications of a channel (since a position, limited, reversed) and its
+/// position.
+async fn history(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: HistoryParams = parse(params)?;
+    required("channel", &p.channel)?;
+    let page = node
+        .history(&p.channel, p.limit, p.since, p.reverse)
+        .await?;
+    let mut out = position_json(&page.position);
+    out["publications"] = publications_json(&page.publications);
+    Ok(out)
+}
+
+/// `history_remove`: drops a channel's publications; the position stays.
+async fn history_remove(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: ChannelParams = parse(params)?;
+    required("channel", &p.channel)?;
+    node.history_remove(&p.channel).await?;
+    Ok(json!({}))
+}
+
+/// `channels`: the channels with subscribers on this node, by pattern.
+async fn channels(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: ChannelsParams = if params.is_null() {
+        ChannelsParams::default()
+    } else {
+        parse(params)?
+    };
+    let mut channels = serde_json::Map::new();
+    for (name, n) in node.hub().channels() {
+        if p.pattern.is_empty() || glob_match(&p.pattern, &name) {
+            channels.insert(name, json!({ "num_clients": n }));
+        }
+    }
+    Ok(json!({ "channels": channels }))
+}
+
+/// `disconnect`: closes a user's connections (3503 unless a code is given).
+async fn disconnect(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: DisconnectParams = parse(params)?;
+    required("user", &p.target.user)?;
+    let d = p.disconnect.unwrap_or_default();
+    let (code, reason) = if d.code == 0 {
+        let def = rotor_protocol::Disconnect::FORCE_NO_RECONNECT;
+        (def.code, def.reason.to_string())
+    } else {
+        (d.code, d.reason)
+    };
+    node.control(Control::Disconnect {
+        user: p.target.user,
+        client: p.target.client,
+        session: p.target.session,
+        whitelist: p.whitelist,
+        code,
+        reason,
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+/// `unsubscribe`: ends a user's subscription to a channel on every node.
+async fn unsubscribe(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: SubscribeParams = parse(params)?;
+    required("user", &p.user)?;
+    node.channel_options(&p.channel)?;
+    node.control(Control::Unsubscribe {
+        user: p.user,
+        channel: p.channel,
+        client: p.client,
+        session: p.session,
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+/// `subscribe`: subscribes a user's connections to a channel (server-side).
+async fn subscribe(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: SubscribeParams = parse(params)?;
+    required("user", &p.user)?;
+    node.channel_options(&p.channel)?;
+    node.control(Control::Subscribe {
+        user: p.user,
+        channel: p.channel,
+        client: p.client,
+        session: p.session,
+        info: p.info,
+        data: p.data,
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+/// `refresh`: extends (or expires) a user's connections.
+async fn refresh(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: RefreshParams = parse(params)?;
+    required("user", &p.target.user)?;
+    node.control(Control::Refresh {
+        user: p.target.user,
+        client: p.target.client,
+        session: p.target.session,
+        expired: p.expired,
+        expire_at: p.expire_at,
+    })
+    .await?;
+    Ok(json!({}))
+}
+
+/// `revoke_token`: refuses a token by its `jti` from now on and closes its connections.
+async fn revoke_token(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: RevokeParams = parse(params)?;
+    node.revoke_token(
+        &p.uid,
+        p.expire_at,
+        &p.user,
+        &p.reason,
+        p.actor.as_deref().unwrap_or("api"),
+    )
+    .await?;
+    Ok(json!({}))
+}
+
+/// `invalidate_user_tokens`: refuses a user's tokens issued before a time.
+async fn invalidate_user_tokens(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: InvalidateParams = parse(params)?;
+    let before = p.issued_before.unwrap_or_else(|| node.clock().unix());
+    node.invalidate_user_tokens(
+        &p.user,
+        before,
+        &p.channel,
+        p.expire_at,
+        &p.reason,
+        p.actor.as_deref().unwrap_or("api"),
+    )
+    .await?;
+    Ok(json!({}))
+}
+
+/// `revoked_tokens`: the revocation audit trail, newest first.
+async fn revoked_tokens(node: &Node, params: Value) -> Result<Value, CoreError> {
+    let p: RevokedTokensParams = if params.is_null() {
+        RevokedTokensParams::default()
+    } else {
+        parse(params)?
+    };
+    let filter = rotor_core::storage::RevocationFilter {
+        user: p.user.filter(|u| !u.is_empty()),
+        since: p.since,
+        until: p.until,
+        limit: p.limit.unwrap_or(100).clamp(1, 1000),
+        offset: p.offset,
+    };
+    let entries = node.storage().revocations.list(&filter).await?;
+    let tokens: Vec<Value> = entries
+        .into_iter()
+        .map(|e| {
+            json!({"jti": e.jti, "user": e.user, "revoked_at": e.revoked_at, "expire_at": e.expire_at,
+                   "reason": e.reason, "actor": e.actor, "kicked": e.kicked})
+        })
+        .collect();
+    Ok(json!({ "tokens": tokens }))
 }
 
 #[derive(Deserialize)]

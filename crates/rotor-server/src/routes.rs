@@ -14,8 +14,6 @@ use warp::hyper::upgrade::OnUpgrade;
 use warp::reply::Response;
 use warp::Filter;
 
-use rotor_core::session::uni_connect_request;
-
 use crate::http::{json_response, origin_allowed, plain};
 use crate::state::{AppState, Peer, API_BODY_LIMIT};
 use crate::stream::{self, Framing};
@@ -270,13 +268,8 @@ fn uni_http_stream(state: &AppState) -> Route {
             |headers: HeaderMap, body: Bytes, peer: Peer, state: AppState| {
                 with_origin(&state, &headers, || {
                     let bearer = uni::token_from_headers(&headers, "");
-                    match uni_connect_request(&String::from_utf8_lossy(&body), bearer) {
-                        Ok(req) => stream::unidirectional(state.clone(), req, peer, Framing::Lines),
-                        Err(e) => {
-                            tracing::info!(error = %e, "uni_http_stream: bad connect request");
-                            plain(StatusCode::BAD_REQUEST, "bad connect request\n")
-                        }
-                    }
+                    let text = String::from_utf8_lossy(&body);
+                    stream::unidirectional(state.clone(), &text, bearer, peer, Framing::Lines)
                 })
             },
         )
@@ -298,15 +291,7 @@ fn uni_sse(state: &AppState) -> Route {
                     let token =
                         uni::token_from_headers(&headers, &state.config.uni_sse.token_cookie);
                     let text = q.remove("cf_connect").unwrap_or_default();
-                    match uni_connect_request(&text, token) {
-                        Ok(req) => {
-                            stream::unidirectional(state.clone(), req, peer, Framing::EventStream)
-                        }
-                        Err(e) => {
-                            tracing::info!(error = %e, "uni_sse: bad connect request");
-                            plain(StatusCode::BAD_REQUEST, "bad connect request\n")
-                        }
-                    }
+                    stream::unidirectional(state.clone(), &text, token, peer, Framing::EventStream)
                 })
             },
         )

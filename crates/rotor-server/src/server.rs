@@ -17,7 +17,7 @@ use crate::config::{Config, StorageKind};
 use crate::error::ServerError;
 use crate::metrics::Metrics;
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppState, Sessions};
 use crate::stream::ForwardedEmulation;
 
 /// A configured server, not yet listening.
@@ -26,6 +26,9 @@ pub struct Server {
     node: Node,
     housekeeping: Housekeeping,
     metrics: Option<Arc<Metrics>>,
+    /// This node's emulation sessions: other nodes' requests for them arrive from the moment
+    /// the node is in the cluster.
+    sessions: Arc<Sessions>,
 }
 
 /// A listening server.
@@ -86,11 +89,14 @@ impl Server {
         let mut core = config.core();
         core.node_uid = node_uid;
         let node = Node::new(core, storage, broker, observer)?;
+        let sessions = Arc::new(Sessions::default());
+        node.set_node_message_handler(Arc::new(ForwardedEmulation(sessions.clone())));
         Ok(Server {
             config: Arc::new(config),
             node,
             housekeeping,
             metrics,
+            sessions,
         })
     }
 
@@ -123,7 +129,7 @@ impl Server {
         let state = AppState {
             node: self.node.clone(),
             config: cfg.clone(),
-            sessions: Default::default(),
+            sessions: self.sessions.clone(),
             metrics: self.metrics.clone(),
         };
         let prom = &cfg.prometheus;
@@ -145,8 +151,6 @@ impl Server {
         let tls = serving.tls.is_some();
 
         // Everything is bound: from here on nothing fails.
-        self.node
-            .set_node_message_handler(Arc::new(ForwardedEmulation(state.sessions.clone())));
         // Revocations from storage are in force before the first client connects.
         if let Err(e) = self.node.sync_revocations().await {
             tracing::warn!(error = %e, "could not load the revocation list; retrying every sync interval");
@@ -195,9 +199,10 @@ impl RunningServer {
         &self.node
     }
 
-    /// Stops accepting, closes every connection with 3001 (shutdown) and waits for them, for
-    /// the HTTP requests in flight and for the background tasks, all within
-    /// `shutdown.timeout` (at least a second for the requests and another for the tasks).
+    /// Stops accepting, closes every connection with 3001 (shutdown), leaves the cluster, and
+    /// waits for the connections, the HTTP requests in flight and the background tasks, all
+    /// within `shutdown.timeout`; past it, the requests and the tasks get a second each
+    /// before they are abandoned.
     pub async fn shutdown(self) {
         let timeout = self.config.shutdown.timeout;
         let started = tokio::time::Instant::now();

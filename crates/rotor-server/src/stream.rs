@@ -13,7 +13,7 @@ use bytes::Bytes;
 use rotor_core::session::{
     self, ConnectFrom, Inbound, SessionParams, Transport, TransportInfo, TransportKind,
 };
-use rotor_protocol::{ConnectRequest, Disconnect};
+use rotor_protocol::Disconnect;
 use tokio::sync::mpsc;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -158,13 +158,23 @@ pub fn emulation(state: AppState, connect: String, peer: Peer, framing: Framing)
     streaming_response(body_rx, framing)
 }
 
-/// Starts a unidirectional streaming session with its connect request.
+/// Starts a unidirectional streaming session with the connect request in `text` (the body
+/// of `uni_http_stream`, the `cf_connect` parameter of `uni_sse`); a text that is not one is
+/// answered 400 before anything streams.
 pub fn unidirectional(
     state: AppState,
-    req: ConnectRequest,
+    text: &str,
+    fallback_token: Option<String>,
     peer: Peer,
     framing: Framing,
 ) -> Response {
+    let req = match session::uni_connect_request(text, fallback_token) {
+        Ok(req) => req,
+        Err(e) => {
+            tracing::info!(error = %e, ?framing, "unidirectional stream: bad connect request");
+            return crate::http::plain(StatusCode::BAD_REQUEST, "bad connect request\n");
+        }
+    };
     let (name, timeout) = match framing {
         Framing::Lines => (
             "uni_http_stream",

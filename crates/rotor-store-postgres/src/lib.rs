@@ -33,11 +33,13 @@ pub use revocations::PgRevocations;
 /// Errors setting up Postgres storage.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("storage.postgres.dsn is not a usable connection string")]
+    // The cause is in the message too, so that a log line with the error alone says why;
+    // `rotor_server::report` does not repeat it.
+    #[error("storage.postgres.dsn is not a usable connection string: {0}")]
     Dsn(#[source] sqlx::Error),
-    #[error("cannot connect to Postgres")]
+    #[error("cannot connect to Postgres: {0}")]
     Connect(#[source] sqlx::Error),
-    #[error("migrations failed")]
+    #[error("migrations failed: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 

@@ -336,9 +336,9 @@ impl Actor {
         if matches!(self.phase, Phase::Idle) {
             return;
         }
-        if code == 3005 {
+        if code == u32::from(Disconnect::EXPIRED.code) {
             self.auth_failed(code, reason);
-        } else if !rotor_protocol::Disconnect::reconnects(code) {
+        } else if !Disconnect::reconnects(code) {
             tracing::info!(code, reason = %reason, "terminal disconnect; not reconnecting");
             self.stop(
                 code,

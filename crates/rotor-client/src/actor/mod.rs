@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rotor_protocol::{
-    decode_replies, encode_frame, Command, ConnectRequest, ConnectResult, ErrorCode, Publication,
-    Push, Raw, RefreshRequest, Reply, SendRequest, SubRefreshRequest, SubscribeRequest,
-    SubscribeResult, UnsubscribeRequest,
+    decode_replies, encode_frame, Command, ConnectRequest, ConnectResult, Disconnect, ErrorCode,
+    Publication, Push, Raw, RefreshRequest, Reply, SendRequest, SubRefreshRequest,
+    SubscribeRequest, SubscribeResult, UnsubscribeCode, UnsubscribeRequest,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -442,8 +442,8 @@ impl Actor {
             };
             sub.refresh_at = None;
             sub.busy = false;
-            if u.code >= 2500 {
-                if u.code == 2501 && sub.opts.token_required {
+            if UnsubscribeCode::resubscribe(u.code) {
+                if u.code == UnsubscribeCode::Expired.code() && sub.opts.token_required {
                     sub.token = None;
                 }
                 sub.state = SubscriptionState::Subscribing;

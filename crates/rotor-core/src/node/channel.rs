@@ -272,29 +272,23 @@ impl Node {
         }
     }
 
-    /// Ends a subscription [`Node::join`] made: the hub, then the presence entry and the
-    /// leave push when the subscription had them.
+    /// Ends a subscription [`Node::join`] made: the hub, then the presence entry (when it had
+    /// one) and the leave push (with this info, when it announces one).
     pub(crate) async fn leave(
         &self,
         channel: &str,
         client: &Arc<ClientHandle>,
-        info: &ClientInfo,
         presence: bool,
-        join_leave: bool,
+        leave_push: Option<&ClientInfo>,
     ) {
         self.unsubscribe_hub(channel, client).await;
         if presence {
-            if let Err(e) = self
-                .inner
-                .storage
-                .presence
-                .remove(channel, client.id())
-                .await
-            {
+            let removed = self.inner.storage.presence.remove(channel, client.id());
+            if let Err(e) = removed.await {
                 tracing::warn!(channel, error = %e, "presence remove failed");
             }
         }
-        if join_leave {
+        if let Some(info) = leave_push {
             if let Err(e) = self.inner.broker.publish_leave(channel, info).await {
                 tracing::warn!(channel, error = %e, "leave push failed");
             }

@@ -117,10 +117,12 @@ impl Node {
         Ok(Node { inner })
     }
 
+    #[inline]
     pub fn config(&self) -> &CoreConfig {
         &self.inner.config
     }
 
+    #[inline]
     pub fn clock(&self) -> Clock {
         self.inner.clock
     }
@@ -129,6 +131,7 @@ impl Node {
         &self.inner.uid
     }
 
+    #[inline]
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
     }
@@ -144,6 +147,7 @@ impl Node {
     }
 
     /// Whether `shutdown` has begun (an atomic read, for hot loops).
+    #[inline]
     pub fn stopping(&self) -> bool {
         self.inner.stopping.load(Ordering::Acquire)
     }
@@ -155,6 +159,7 @@ impl Node {
     }
 
     /// Where the core reports what happens (metrics).
+    #[inline]
     pub(crate) fn observer(&self) -> &dyn Observer {
         &*self.inner.observer
     }
@@ -197,30 +202,28 @@ impl Node {
         }
     }
 
-    /// Closes every session with 3001 (shutdown) and waits until they are gone, at most
-    /// `timeout`. Returns the number of connections still open when it gave up.
+    /// Closes every session with 3001 (shutdown), leaves the cluster, and waits until the
+    /// sessions are gone, all within `timeout`. Returns the number of connections still open
+    /// when it gave up.
     pub async fn shutdown(&self, timeout: Duration) -> usize {
         self.inner.stopping.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
         let deadline = tokio::time::Instant::now() + timeout;
-        let left = loop {
-            let left = self.inner.hub.num_clients();
-            if left == 0 || tokio::time::Instant::now() >= deadline {
-                break left;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        // Other nodes stop listing this one (and routing to it).
-        let rest = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .max(Duration::from_secs(1));
-        if tokio::time::timeout(rest, self.inner.broker.shutdown())
+        // Other nodes stop listing this one (and routing to it) while its sessions close;
+        // the broker goes on carrying publications and controls until the node is dropped.
+        if tokio::time::timeout(timeout, self.inner.broker.shutdown())
             .await
             .is_err()
         {
             tracing::warn!("the broker did not leave the cluster in time");
         }
-        left
+        loop {
+            let left = self.inner.hub.num_clients();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -159,8 +159,9 @@ struct Session {
     /// A unidirectional session waiting for its connect request as its first frame: the
     /// token to fall back on.
     first_frame: Option<Option<String>>,
-    /// A unidirectional connect request arrived: the disconnect is announced with a push
-    /// before the connection closes (before that, a close alone, as Centrifugo does).
+    /// A unidirectional connect request arrived: from then on a disconnect is announced with a
+    /// bare push before the connection closes; before it (a bad or missing request), the
+    /// close alone says it.
     connect_seen: bool,
 }
 

@@ -86,6 +86,7 @@ impl Session {
         server_side: bool,
         expire_at: Option<u64>,
     ) -> Result<SubscribeResult, CoreError> {
+        let now = self.now();
         let info = self.info(chan_info.clone());
         let membership = Membership {
             client: &self.client,
@@ -97,7 +98,7 @@ impl Session {
         let mut result = self.node.join(channel, membership).await?;
         if let Some(at) = expire_at {
             result.expires = true;
-            result.ttl = at.saturating_sub(self.now()).max(1) as u32;
+            result.ttl = at.saturating_sub(now).max(1) as u32;
         }
         if opts.presence && self.next_presence.is_none() {
             self.next_presence = Some(Instant::now() + self.cfg().presence_update_interval);
@@ -121,9 +122,9 @@ impl Session {
         let Some(sub) = self.subs.remove(channel) else {
             return false;
         };
-        let info = self.info(sub.chan_info);
+        let leave_push = sub.join_leave.then(|| self.info(sub.chan_info));
         self.node
-            .leave(channel, &self.client, &info, sub.presence, sub.join_leave)
+            .leave(channel, &self.client, sub.presence, leave_push.as_ref())
             .await;
         true
     }
