@@ -217,12 +217,7 @@ fn http_stream(state: &AppState) -> Route {
 
 /// `GET <sse.handler_prefix>?cf_connect=…`: the event stream.
 fn sse(state: &AppState) -> Route {
-    warp::get()
-        .and(exact_path(state.config.sse.handler_prefix.clone()))
-        .and(warp::header::headers_cloned())
-        .and(query())
-        .and(peer())
-        .and(with_state(state))
+    get_query(state, state.config.sse.handler_prefix.clone())
         .map(
             |headers: HeaderMap, mut q: HashMap<String, String>, peer: Peer, state: AppState| {
                 with_origin(&state, &headers, || match q.remove("cf_connect") {
@@ -279,12 +274,7 @@ fn uni_http_stream(state: &AppState) -> Route {
 /// `GET <uni_sse.handler_prefix>`: the connect request in `cf_connect`, the token possibly in
 /// `Authorization` or the configured cookie.
 fn uni_sse(state: &AppState) -> Route {
-    warp::get()
-        .and(exact_path(state.config.uni_sse.handler_prefix.clone()))
-        .and(warp::header::headers_cloned())
-        .and(query())
-        .and(peer())
-        .and(with_state(state))
+    get_query(state, state.config.uni_sse.handler_prefix.clone())
         .map(
             |headers: HeaderMap, mut q: HashMap<String, String>, peer: Peer, state: AppState| {
                 with_origin(&state, &headers, || {
@@ -391,6 +381,23 @@ fn post_body(
         .and(exact_path(path))
         .and(warp::header::headers_cloned())
         .and(body(limit, within))
+        .and(peer())
+        .and(with_state(state))
+}
+
+/// `GET path`: yields the headers, the query parameters, the client address and the state
+/// (the event-stream endpoints).
+fn get_query(
+    state: &AppState,
+    path: String,
+) -> impl Filter<
+    Extract = (HeaderMap, HashMap<String, String>, Peer, AppState),
+    Error = warp::Rejection,
+> + Clone {
+    warp::get()
+        .and(exact_path(path))
+        .and(warp::header::headers_cloned())
+        .and(query())
         .and(peer())
         .and(with_state(state))
 }
