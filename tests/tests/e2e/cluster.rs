@@ -158,6 +158,15 @@ async fn three_nodes_share_publications_presence_info_and_revocations() {
         assert!(Instant::now() < deadline, "nodes never all listed: {info}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // `info` inside a batch lists the same nodes.
+    let batched = api_at(c, "batch", json!({"commands": [{"info": {}}]})).await;
+    let names: Vec<&str> = batched["replies"][0]["info"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{batched}"))
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "c"], "{batched}");
 
     // Revoking ana's token on B kicks her connection on A within a second.
     let start = Instant::now();

@@ -203,6 +203,13 @@ async fn uni_websocket_first_message_or_cf_connect() {
 
     let mut ws = RawWs::connect(&url).await;
     ws.send("{not json").await;
+    match ws.recv(Duration::from_secs(10)).await {
+        Received::Close(code, _) => assert_eq!(code, 3501),
+        other => panic!("a bad request gets a close frame alone, got {other:?}"),
+    }
+    // A binary first frame is not a connect request either.
+    let mut ws = RawWs::connect(&url).await;
+    ws.send_binary(vec![1, 2, 3]).await;
     assert_eq!(ws.closed().await.0, 3501);
     server.shutdown().await;
 }
