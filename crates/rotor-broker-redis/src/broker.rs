@@ -41,6 +41,14 @@ struct Heartbeat {
     at_ms: u64,
 }
 
+impl Heartbeat {
+    /// The node an entry describes, if the entry reads and is at most `max_age` old.
+    fn fresh(text: &str, max_age: Duration) -> Option<NodeInfo> {
+        let h: Heartbeat = serde_json::from_str(text).ok()?;
+        (now_ms().saturating_sub(h.at_ms) <= max_age.as_millis() as u64).then_some(h.info)
+    }
+}
+
 /// Pub/sub state of one Redis instance.
 #[derive(Default)]
 struct PubSubState {
@@ -149,14 +157,11 @@ impl RedisBroker {
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.registry_key());
         let all: Vec<(String, String)> = self.shards.run(self.shards.first(), &cmd).await?;
-        let now = now_ms();
         let mut nodes = Vec::new();
         for (uid, text) in all {
-            match serde_json::from_str::<Heartbeat>(&text) {
-                Ok(h) if now.saturating_sub(h.at_ms) <= max_age.as_millis() as u64 => {
-                    nodes.push(h.info)
-                }
-                _ => {
+            match Heartbeat::fresh(&text, max_age) {
+                Some(info) => nodes.push(info),
+                None => {
                     let mut del = redis::cmd("HDEL");
                     del.arg(self.registry_key()).arg(uid);
                     let _ = self.shards.run::<()>(self.shards.first(), &del).await;
@@ -172,10 +177,7 @@ impl RedisBroker {
         let mut cmd = redis::cmd("HGET");
         cmd.arg(self.registry_key()).arg(uid);
         let entry: Option<String> = self.shards.run(self.shards.first(), &cmd).await?;
-        let max_age = HEARTBEAT_MAX_AGE.as_millis() as u64;
-        Ok(entry
-            .and_then(|text| serde_json::from_str::<Heartbeat>(&text).ok())
-            .is_some_and(|h| now_ms().saturating_sub(h.at_ms) <= max_age))
+        Ok(entry.is_some_and(|text| Heartbeat::fresh(&text, HEARTBEAT_MAX_AGE).is_some()))
     }
 
     async fn publish_envelope(&self, channel: &str, env: &Envelope) -> Result<(), CoreError> {
