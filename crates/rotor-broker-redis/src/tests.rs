@@ -298,19 +298,19 @@ async fn redis_cluster_runs_the_suite_and_fans_out() {
 
     // The broker suite's cluster tests, on the cluster.
     suite::brokers_deliver_publications_only_where_subscribed(
-        started(cluster_shards(&cluster, "b1").await, &["node-a", "node-b"]).await,
+        started(cluster_shards(&cluster, "b1").await, &suite::NODES).await,
     )
     .await;
     suite::brokers_deliver_controls_to_every_node(
-        started(cluster_shards(&cluster, "b2").await, &["node-a", "node-b"]).await,
+        started(cluster_shards(&cluster, "b2").await, &suite::NODES).await,
     )
     .await;
     suite::node_messages_reach_their_node_only(
-        started(cluster_shards(&cluster, "b3").await, &["node-a", "node-b"]).await,
+        started(cluster_shards(&cluster, "b3").await, &suite::NODES).await,
     )
     .await;
     suite::nodes_are_listed_until_they_shut_down(
-        started(cluster_shards(&cluster, "b4").await, &["node-a", "node-b"]).await,
+        started(cluster_shards(&cluster, "b4").await, &suite::NODES).await,
     )
     .await;
 }

@@ -87,26 +87,15 @@ impl BrokerHandler for Recorder {
     }
 }
 
-/// The node uids a suite test needs: one for the single-node tests, two for the cluster's.
-pub fn nodes_for(test: &str) -> &'static [&'static str] {
-    const CLUSTER: [&str; 4] = [
-        "brokers_deliver_publications_only_where_subscribed",
-        "brokers_deliver_controls_to_every_node",
-        "node_messages_reach_their_node_only",
-        "nodes_are_listed_until_they_shut_down",
-    ];
-    if CLUSTER.contains(&test) {
-        &["node-a", "node-b"]
-    } else {
-        &["node-a"]
-    }
-}
+/// The nodes the suite plays, by uid: brokers are made for the first one (single-node
+/// tests) or both (cluster tests), in this order.
+pub const NODES: [&str; 2] = ["node-a", "node-b"];
 
-/// Attaches a recorder to each broker.
-fn attach(brokers: &[Arc<dyn Broker>], uids: &[&str]) -> Vec<Arc<Recorder>> {
+/// Attaches a recorder to each broker, reporting the broker's node uid.
+fn attach(brokers: &[Arc<dyn Broker>]) -> Vec<Arc<Recorder>> {
     brokers
         .iter()
-        .zip(uids)
+        .zip(NODES)
         .map(|(b, uid)| {
             let r = Recorder::new(uid);
             b.set_handler(r.clone());
@@ -182,7 +171,7 @@ fn every_control() -> Vec<Control> {
 /// every field as it was sent (data byte for byte, info, offset, tags, time).
 pub async fn broker_delivers_publications_in_order_and_intact(brokers: Vec<Arc<dyn Broker>>) {
     let b = &brokers[0];
-    let rec = &attach(&brokers, &["node-a"])[0];
+    let rec = &attach(&brokers)[0];
     b.subscribe("ordered").await.unwrap();
     let mut want = Vec::new();
     for n in 1..=50 {
@@ -202,7 +191,7 @@ pub async fn broker_delivers_publications_in_order_and_intact(brokers: Vec<Arc<d
 /// Join and leave events of a subscribed channel arrive, in order, with the client's info.
 pub async fn broker_delivers_join_and_leave(brokers: Vec<Arc<dyn Broker>>) {
     let b = &brokers[0];
-    let rec = &attach(&brokers, &["node-a"])[0];
+    let rec = &attach(&brokers)[0];
     b.subscribe("room").await.unwrap();
     let (one, two) = (client("u1", "c1"), client("u2", "c2"));
     b.publish_join("room", &one).await.unwrap();
@@ -223,7 +212,7 @@ pub async fn broker_delivers_join_and_leave(brokers: Vec<Arc<dyn Broker>>) {
 /// kind of control with every field.
 pub async fn broker_delivers_every_control_to_its_own_node(brokers: Vec<Arc<dyn Broker>>) {
     let b = &brokers[0];
-    let rec = &attach(&brokers, &["node-a"])[0];
+    let rec = &attach(&brokers)[0];
     let want: Vec<Received> = every_control().into_iter().map(Received::Control).collect();
     for c in every_control() {
         b.publish_control(&c).await.unwrap();
@@ -235,7 +224,7 @@ pub async fn broker_delivers_every_control_to_its_own_node(brokers: Vec<Arc<dyn 
 /// (by itself either).
 pub async fn broker_reaches_no_node_that_is_not_up(brokers: Vec<Arc<dyn Broker>>) {
     let b = &brokers[0];
-    let rec = &attach(&brokers, &["node-a"])[0];
+    let rec = &attach(&brokers)[0];
     assert!(
         !b.send_to_node("no-such-node", "hello").await.unwrap(),
         "nobody takes a message for a node that is not up"
@@ -258,7 +247,7 @@ pub async fn broker_reaches_no_node_that_is_not_up(brokers: Vec<Arc<dyn Broker>>
 /// the node still has, did arrive.)
 pub async fn brokers_deliver_publications_only_where_subscribed(brokers: Vec<Arc<dyn Broker>>) {
     let (a, b) = (&brokers[0], &brokers[1]);
-    let recs = attach(&brokers, &["node-a", "node-b"]);
+    let recs = attach(&brokers);
     b.subscribe("room").await.unwrap();
     b.subscribe("marker").await.unwrap();
     a.publish("room", &publication(1)).await.unwrap();
@@ -296,7 +285,7 @@ pub async fn brokers_deliver_publications_only_where_subscribed(brokers: Vec<Arc
 
 /// A control from one node reaches every node, the sender included.
 pub async fn brokers_deliver_controls_to_every_node(brokers: Vec<Arc<dyn Broker>>) {
-    let recs = attach(&brokers, &["node-a", "node-b"]);
+    let recs = attach(&brokers);
     let c = Control::Revoke {
         jti: "j2".into(),
         expire_at: 9,
@@ -326,7 +315,7 @@ async fn until_listed(broker: &Arc<dyn Broker>, uid: &str) -> Vec<NodeInfo> {
 
 /// A message addressed to a node that is up (listed) reaches that node once, and no other.
 pub async fn node_messages_reach_their_node_only(brokers: Vec<Arc<dyn Broker>>) {
-    let recs = attach(&brokers, &["node-a", "node-b"]);
+    let recs = attach(&brokers);
     until_listed(&brokers[0], "node-b").await;
     until_listed(&brokers[1], "node-a").await;
     assert!(brokers[0].send_to_node("node-b", "for b").await.unwrap());
@@ -349,7 +338,7 @@ pub async fn node_messages_reach_their_node_only(brokers: Vec<Arc<dyn Broker>>) 
 /// it once it shut down.
 pub async fn nodes_are_listed_until_they_shut_down(brokers: Vec<Arc<dyn Broker>>) {
     let (a, b) = (&brokers[0], &brokers[1]);
-    let _recs = attach(&brokers, &["node-a", "node-b"]);
+    let _recs = attach(&brokers);
     let listed = |nodes: &[NodeInfo]| nodes.iter().any(|n| n.uid == "node-b");
     let nodes = until_listed(a, "node-b").await;
     let entry = nodes.iter().find(|n| n.uid == "node-b");

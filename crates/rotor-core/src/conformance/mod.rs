@@ -65,10 +65,25 @@ impl<T: ?Sized> Subject<T> {
 }
 
 /// One suite function as a test: `$make(test name)` gives the subject (or `None`: skip).
+/// The clock: `[]` threads (the default), `[paused_clock]` tokio's paused clock, `[threads]`
+/// threads whatever the suite was asked for.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_test {
-    ($make:path, #[$attr:meta], $name:ident) => {
+    ($make:path, [paused_clock], $name:ident) => {
+        $crate::__conformance_test!(@test $make, #[tokio::test(start_paused = true)], $name);
+    };
+    ($make:path, [], $name:ident) => {
+        $crate::__conformance_test!($make, [threads], $name);
+    };
+    ($make:path, [threads], $name:ident) => {
+        $crate::__conformance_test!(
+            @test $make,
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)],
+            $name
+        );
+    };
+    (@test $make:path, #[$attr:meta], $name:ident) => {
         #[$attr]
         async fn $name() {
             let Some(subject) = $make(stringify!($name)).await else {
@@ -85,53 +100,31 @@ macro_rules! __conformance_test {
 /// (stores whose time is tokio's).
 #[macro_export]
 macro_rules! history_suite {
-    ($make:path) => {
-        $crate::history_suite!(@stamp $make, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);
-    };
-    ($make:path, paused_clock) => {
-        $crate::history_suite!(@stamp $make, #[tokio::test(start_paused = true)]);
-    };
-    (@stamp $make:path, #[$timed:meta]) => {
-        $crate::__conformance_test!($make, #[$timed], history_offsets_and_epoch);
-        $crate::__conformance_test!($make, #[$timed], history_since_reverse_limit);
-        $crate::__conformance_test!($make, #[$timed], history_trims_by_size_and_ttl);
-        $crate::__conformance_test!($make, #[$timed], history_remove_keeps_position);
+    ($make:path $(, $clock:ident)?) => {
+        $crate::__conformance_test!($make, [$($clock)?], history_offsets_and_epoch);
+        $crate::__conformance_test!($make, [$($clock)?], history_since_reverse_limit);
+        $crate::__conformance_test!($make, [$($clock)?], history_trims_by_size_and_ttl);
+        $crate::__conformance_test!($make, [$($clock)?], history_remove_keeps_position);
         // Concurrency needs threads, whatever the clock.
-        $crate::__conformance_test!(
-            $make,
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)],
-            history_concurrent_adds_are_gap_free
-        );
+        $crate::__conformance_test!($make, [threads], history_concurrent_adds_are_gap_free);
     };
 }
 
 /// The presence store suite (see [`history_suite`] for `$make` and `paused_clock`).
 #[macro_export]
 macro_rules! presence_suite {
-    ($make:path) => {
-        $crate::presence_suite!(@stamp $make, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);
-    };
-    ($make:path, paused_clock) => {
-        $crate::presence_suite!(@stamp $make, #[tokio::test(start_paused = true)]);
-    };
-    (@stamp $make:path, #[$timed:meta]) => {
-        $crate::__conformance_test!($make, #[$timed], presence_basics);
-        $crate::__conformance_test!($make, #[$timed], presence_expires);
+    ($make:path $(, $clock:ident)?) => {
+        $crate::__conformance_test!($make, [$($clock)?], presence_basics);
+        $crate::__conformance_test!($make, [$($clock)?], presence_expires);
     };
 }
 
 /// The revocation store suite (see [`history_suite`] for `$make` and `paused_clock`).
 #[macro_export]
 macro_rules! revocation_suite {
-    ($make:path) => {
-        $crate::revocation_suite!(@stamp $make, #[tokio::test(flavor = "multi_thread", worker_threads = 2)]);
-    };
-    ($make:path, paused_clock) => {
-        $crate::revocation_suite!(@stamp $make, #[tokio::test(start_paused = true)]);
-    };
-    (@stamp $make:path, #[$timed:meta]) => {
-        $crate::__conformance_test!($make, #[$timed], revocations);
-        $crate::__conformance_test!($make, #[$timed], user_invalidations);
+    ($make:path $(, $clock:ident)?) => {
+        $crate::__conformance_test!($make, [$($clock)?], revocations);
+        $crate::__conformance_test!($make, [$($clock)?], user_invalidations);
     };
 }
 
@@ -152,28 +145,29 @@ macro_rules! storage_suite {
 #[macro_export]
 macro_rules! broker_suite {
     ($make:path) => {
-        $crate::__broker_test!($make, broker_delivers_publications_in_order_and_intact);
-        $crate::__broker_test!($make, broker_delivers_join_and_leave);
-        $crate::__broker_test!($make, broker_delivers_every_control_to_its_own_node);
-        $crate::__broker_test!($make, broker_reaches_no_node_that_is_not_up);
+        $crate::__broker_test!($make, 1, broker_delivers_publications_in_order_and_intact);
+        $crate::__broker_test!($make, 1, broker_delivers_join_and_leave);
+        $crate::__broker_test!($make, 1, broker_delivers_every_control_to_its_own_node);
+        $crate::__broker_test!($make, 1, broker_reaches_no_node_that_is_not_up);
     };
     ($make:path, cluster) => {
         $crate::broker_suite!($make);
-        $crate::__broker_test!($make, brokers_deliver_publications_only_where_subscribed);
-        $crate::__broker_test!($make, brokers_deliver_controls_to_every_node);
-        $crate::__broker_test!($make, node_messages_reach_their_node_only);
-        $crate::__broker_test!($make, nodes_are_listed_until_they_shut_down);
+        $crate::__broker_test!($make, 2, brokers_deliver_publications_only_where_subscribed);
+        $crate::__broker_test!($make, 2, brokers_deliver_controls_to_every_node);
+        $crate::__broker_test!($make, 2, node_messages_reach_their_node_only);
+        $crate::__broker_test!($make, 2, nodes_are_listed_until_they_shut_down);
     };
 }
 
-/// One broker suite function as a test.
+/// One broker suite function as a test, with brokers for the first `$nodes` of
+/// [`broker::NODES`].
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __broker_test {
-    ($make:path, $name:ident) => {
+    ($make:path, $nodes:literal, $name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let uids = $crate::conformance::broker::nodes_for(stringify!($name));
+            let uids = &$crate::conformance::broker::NODES[..$nodes];
             let Some(brokers) = $make(stringify!($name), uids).await else {
                 return;
             };
