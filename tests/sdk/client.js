@@ -3,14 +3,37 @@
 //
 // Environment: BASE (http://host:port), TRANSPORT (websocket | http_stream | sse),
 // TOKEN (initial connection token), GET_TOKEN=1 (ask the test for tokens through stdin),
-// EMULATION_BASE (where emulation POSTs go; default BASE).
+// EMULATION_BASE (where emulation POSTs go; default BASE), PROTOBUF=1 (the SDK's Protobuf
+// build: payloads go out as bytes and are reported as `data` when they are JSON text, and
+// always as `data_b64`).
 'use strict';
-const { Centrifuge, UnauthorizedError } = require('centrifuge');
+const protobuf = process.env.PROTOBUF === '1';
+const { Centrifuge, UnauthorizedError } = require(protobuf ? 'centrifuge/build/protobuf' : 'centrifuge');
 const WebSocket = require('ws');
 const { EventSource } = require('eventsource');
 const readline = require('readline');
 
 const out = (event, data = {}) => process.stdout.write(JSON.stringify({ event, ...data }) + '\n');
+
+// A payload the test gave: JSON, or bytes in base64 (`b64`); the Protobuf build sends bytes.
+const payload = (cmd) => {
+  if (!protobuf) return cmd.data;
+  if (cmd.b64 !== undefined) return new Uint8Array(Buffer.from(cmd.b64, 'base64'));
+  return new TextEncoder().encode(JSON.stringify(cmd.data));
+};
+// A payload the SDK handed over, as the test reads it.
+const seen = (data) => {
+  if (!protobuf || !(data instanceof Uint8Array)) return { data };
+  const b64 = Buffer.from(data).toString('base64');
+  try {
+    return { data: JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(data)), data_b64: b64 };
+  } catch (e) {
+    return { data: null, data_b64: b64 };
+  }
+};
+const seenPubs = (r) => (r && r.publications
+  ? { ...r, publications: r.publications.map((p) => ({ ...p, ...seen(p.data) })) }
+  : r);
 const fail = (error) => { out('fail', { error: String((error && error.stack) || error) }); process.exit(1); };
 process.on('unhandledRejection', fail);
 
@@ -46,12 +69,12 @@ if (env.GET_TOKEN === '1') options.getToken = () => askToken({});
 
 const client = new Centrifuge([{ transport, endpoint: endpoints[transport] }], options);
 client.on('connecting', (ctx) => out('connecting', { code: ctx.code, reason: ctx.reason }));
-client.on('connected', (ctx) => out('connected', { client: ctx.client, transport: ctx.transport, data: ctx.data }));
+client.on('connected', (ctx) => out('connected', { client: ctx.client, transport: ctx.transport, ...seen(ctx.data) }));
 client.on('disconnected', (ctx) => out('disconnected', { code: ctx.code, reason: ctx.reason }));
 client.on('error', (ctx) => out('error', { type: ctx.type, error: ctx.error }));
-client.on('publication', (ctx) => out('server_publication', { channel: ctx.channel, data: ctx.data, offset: ctx.offset }));
+client.on('publication', (ctx) => out('server_publication', { channel: ctx.channel, ...seen(ctx.data), offset: ctx.offset }));
 client.on('subscribed', (ctx) => out('server_subscribed', { channel: ctx.channel, recovered: ctx.recovered }));
-client.on('message', (ctx) => out('message', { data: ctx.data }));
+client.on('message', (ctx) => out('message', seen(ctx.data)));
 
 const subs = {};
 function subscription(channel, opts = {}) {
@@ -62,10 +85,12 @@ function subscription(channel, opts = {}) {
   sub.on('subscribing', (ctx) => out('subscribing', { channel, code: ctx.code, reason: ctx.reason }));
   sub.on('subscribed', (ctx) => out('subscribed', {
     channel, recoverable: ctx.recoverable, positioned: ctx.positioned, wasRecovering: ctx.wasRecovering,
-    recovered: ctx.recovered, streamPosition: ctx.streamPosition, data: ctx.data,
+    recovered: ctx.recovered, streamPosition: ctx.streamPosition, ...seen(ctx.data),
   }));
   sub.on('unsubscribed', (ctx) => out('unsubscribed', { channel, code: ctx.code, reason: ctx.reason }));
-  sub.on('publication', (ctx) => out('publication', { channel, data: ctx.data, offset: ctx.offset, info: ctx.info }));
+  sub.on('publication', (ctx) => out('publication', {
+    channel, ...seen(ctx.data), offset: ctx.offset, info: ctx.info && { ...ctx.info, connInfo: seen(ctx.info.connInfo).data },
+  }));
   sub.on('join', (ctx) => out('join', { channel, info: ctx.info }));
   sub.on('leave', (ctx) => out('leave', { channel, info: ctx.info }));
   sub.on('error', (ctx) => out('sub_error', { channel, type: ctx.type, error: ctx.error }));
@@ -80,12 +105,12 @@ async function run(op, cmd) {
     case 'disconnect': client.disconnect(); return undefined;
     case 'subscribe': subscription(cmd.channel, cmd.options || {}).subscribe(); return undefined;
     case 'unsubscribe': sub().unsubscribe(); return undefined;
-    case 'publish': return sub().publish(cmd.data);
-    case 'client_publish': return client.publish(cmd.channel, cmd.data);
+    case 'publish': return sub().publish(payload(cmd));
+    case 'client_publish': return client.publish(cmd.channel, payload(cmd));
     case 'presence': return sub().presence();
     case 'presence_stats': return sub().presenceStats();
-    case 'history': return sub().history(cmd.options || {});
-    case 'rpc': return client.rpc(cmd.method, cmd.data);
+    case 'history': return seenPubs(await sub().history(cmd.options || {}));
+    case 'rpc': return client.rpc(cmd.method, payload(cmd));
     case 'quit': process.exit(0); return undefined;
     default: throw new Error(`unknown op ${op}`);
   }

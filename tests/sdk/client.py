@@ -1,7 +1,10 @@
 """Drives the official centrifuge-python client from JSON commands on stdin and reports every
 event as one JSON line on stdout. Used by rotor's end-to-end tests; see tests/src/lib.rs.
 
-Environment: BASE (http://host:port), TOKEN (initial connection token)."""
+Environment: BASE (http://host:port), TOKEN (initial connection token), PROTOBUF=1 (the
+Protobuf protocol: payloads go out as bytes, and are reported as `data` when they are JSON
+text, and always as `data_b64`)."""
+import base64
 import asyncio
 import dataclasses
 import json
@@ -15,6 +18,29 @@ from centrifuge import (
     StreamPosition,
     SubscriptionEventHandler,
 )
+
+
+PROTOBUF = os.environ.get("PROTOBUF") == "1"
+
+
+def payload(cmd):
+    """A payload the test gave: JSON, or bytes in base64 (`b64`)."""
+    if not PROTOBUF:
+        return cmd["data"]
+    if "b64" in cmd:
+        return base64.b64decode(cmd["b64"])
+    return json.dumps(cmd["data"]).encode()
+
+
+def seen(data):
+    """A payload the SDK handed over, as the test reads it."""
+    if not PROTOBUF or not isinstance(data, (bytes, bytearray)):
+        return {"data": data}
+    b64 = base64.b64encode(data).decode()
+    try:
+        return {"data": json.loads(data.decode("utf-8")), "data_b64": b64}
+    except (UnicodeDecodeError, ValueError):
+        return {"data": None, "data_b64": b64}
 
 
 def out(event, **data):
@@ -53,7 +79,7 @@ class SubEvents(SubscriptionEventHandler):
 
     async def on_publication(self, ctx):
         info = {"client": ctx.pub.info.client, "user": ctx.pub.info.user} if ctx.pub.info else None
-        out("publication", channel=self.channel, data=ctx.pub.data, offset=ctx.pub.offset, info=info)
+        out("publication", channel=self.channel, offset=ctx.pub.offset, info=info, **seen(ctx.pub.data))
 
     async def on_join(self, ctx):
         out("join", channel=self.channel, info={"client": ctx.info.client, "user": ctx.info.user})
@@ -68,7 +94,8 @@ class SubEvents(SubscriptionEventHandler):
 async def main():
     base = os.environ["BASE"]
     client = Client(base.replace("http", "ws", 1) + "/connection/websocket", events=Events(),
-                    token=os.environ.get("TOKEN", ""), proxy=None, min_reconnect_delay=0.1, max_reconnect_delay=0.5)
+                    token=os.environ.get("TOKEN", ""), proxy=None, min_reconnect_delay=0.1, max_reconnect_delay=0.5,
+                    use_protobuf=PROTOBUF)
     subs = {}
 
     def snake(name):
@@ -91,7 +118,7 @@ async def main():
         elif op == "unsubscribe":
             await sub(cmd["channel"]).unsubscribe()
         elif op == "publish":
-            await sub(cmd["channel"]).publish(cmd["data"])
+            await sub(cmd["channel"]).publish(payload(cmd))
         elif op == "presence":
             r = await sub(cmd["channel"]).presence()
             return {"clients": {k: {"client": v.client, "user": v.user} for k, v in r.clients.items()}}
@@ -103,7 +130,7 @@ async def main():
             since = StreamPosition(**o["since"]) if o.get("since") else None
             r = await sub(cmd["channel"]).history(limit=o.get("limit", 0), since=since, reverse=o.get("reverse", False))
             return {"epoch": r.epoch, "offset": r.offset,
-                    "publications": [{"data": p.data, "offset": p.offset} for p in r.publications]}
+                    "publications": [{"offset": p.offset, **seen(p.data)} for p in r.publications]}
         elif op == "quit":
             await client.disconnect()
             sys.exit(0)

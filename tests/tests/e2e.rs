@@ -14,6 +14,7 @@ mod e2e {
     pub mod limits;
     pub mod metrics;
     pub mod postgres;
+    pub mod protobuf;
     pub mod revocation;
     pub mod sdk;
     pub mod secrets;

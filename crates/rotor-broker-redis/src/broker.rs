@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use rotor_core::broker::{Broker, BrokerHandler, Control};
+use rotor_core::stored::{StoredInfo, StoredPublication};
 use rotor_core::{CoreError, NodeInfo};
 use rotor_protocol::{ClientInfo, Publication};
 use serde::{Deserialize, Serialize};
@@ -29,9 +30,9 @@ struct Envelope {
     /// `p` publication, `j` join, `l` leave.
     k: char,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    p: Option<Publication>,
+    p: Option<StoredPublication>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    i: Option<ClientInfo>,
+    i: Option<StoredInfo>,
 }
 
 /// A registry entry: a node's stats and when it last reported.
@@ -196,20 +197,31 @@ impl RedisBroker {
             let Some(handler) = self.handler.get() else {
                 return;
             };
-            match serde_json::from_slice::<Envelope>(payload) {
-                Ok(Envelope {
-                    k: 'p', p: Some(p), ..
-                }) => handler.on_publication(channel, &p),
-                Ok(Envelope {
-                    k: 'j', i: Some(i), ..
-                }) => handler.on_join(channel, &i),
-                Ok(Envelope {
-                    k: 'l', i: Some(i), ..
-                }) => handler.on_leave(channel, &i),
-                Ok(_) => tracing::warn!(channel, "unknown message kind from Redis; ignored"),
+            let env = match serde_json::from_slice::<Envelope>(payload) {
+                Ok(env) => env,
                 Err(e) => {
-                    tracing::warn!(channel, error = %e, "undecodable message from Redis; ignored")
+                    tracing::warn!(channel, error = %e, "undecodable message from Redis; ignored");
+                    return;
                 }
+            };
+            let undecodable = |e: String| tracing::warn!(channel, error = %e, "undecodable message from Redis; ignored");
+            match env {
+                Envelope {
+                    k: 'p', p: Some(p), ..
+                } => match Publication::try_from(p) {
+                    Ok(p) => handler.on_publication(channel, &p),
+                    Err(e) => undecodable(e),
+                },
+                Envelope {
+                    k: k @ ('j' | 'l'),
+                    i: Some(i),
+                    ..
+                } => match ClientInfo::try_from(i) {
+                    Ok(i) if k == 'j' => handler.on_join(channel, &i),
+                    Ok(i) => handler.on_leave(channel, &i),
+                    Err(e) => undecodable(e),
+                },
+                _ => tracing::warn!(channel, "unknown message kind from Redis; ignored"),
             }
         } else if name == self.control_channel() {
             let Some(handler) = self.handler.get() else {
@@ -329,7 +341,7 @@ impl Broker for RedisBroker {
     async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError> {
         let env = Envelope {
             k: 'p',
-            p: Some(publication.clone()),
+            p: Some(StoredPublication::from(publication)),
             i: None,
         };
         self.publish_envelope(channel, &env).await
@@ -339,7 +351,7 @@ impl Broker for RedisBroker {
         let env = Envelope {
             k: 'j',
             p: None,
-            i: Some(info.clone()),
+            i: Some(StoredInfo::from(info)),
         };
         self.publish_envelope(channel, &env).await
     }
@@ -348,7 +360,7 @@ impl Broker for RedisBroker {
         let env = Envelope {
             k: 'l',
             p: None,
-            i: Some(info.clone()),
+            i: Some(StoredInfo::from(info)),
         };
         self.publish_envelope(channel, &env).await
     }

@@ -152,7 +152,7 @@ async fn write_group(shards: &Shards, i: usize, adds: Vec<Add>) {
         // Stored without its offset: the stream entry's id is the offset.
         let mut p = a.publication.clone();
         p.offset = 0;
-        let json = serde_json::to_string(&p).expect("publications serialize");
+        let json = rotor_core::stored::publication_to_json(&p);
         pipe.cmd("EVAL")
             .arg(ADD)
             .arg(2)
@@ -236,8 +236,7 @@ impl HistoryStore for RedisHistory {
         let mut publications = Vec::with_capacity(entries.len() / 2);
         for pair in entries.chunks_exact(2) {
             let bad = |e: String| CoreError::Internal(format!("bad history entry in Redis: {e}"));
-            let mut p =
-                serde_json::from_str::<Publication>(&pair[1]).map_err(|e| bad(e.to_string()))?;
+            let mut p = rotor_core::stored::publication_from_json(&pair[1]).map_err(bad)?;
             p.offset = pair[0]
                 .split('-')
                 .next()

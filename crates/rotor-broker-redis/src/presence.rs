@@ -60,7 +60,7 @@ impl RedisPresence {
 impl PresenceStore for RedisPresence {
     async fn add(&self, channel: &str, info: &ClientInfo, ttl: Duration) -> Result<(), CoreError> {
         let (h, z) = self.keys(channel);
-        let json = serde_json::to_string(info).map_err(|e| CoreError::Internal(e.to_string()))?;
+        let json = rotor_core::stored::info_to_json(info);
         let mut inv = self.add.prepare_invoke();
         inv.key(h)
             .key(z)
@@ -94,7 +94,7 @@ impl PresenceStore for RedisPresence {
         let pairs: Vec<(String, String)> = self.shards.script(channel, inv).await?;
         let mut out = BTreeMap::new();
         for (client, json) in pairs {
-            match serde_json::from_str::<ClientInfo>(&json) {
+            match rotor_core::stored::info_from_json(&json) {
                 Ok(info) => {
                     out.insert(client, info);
                 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use rotor_protocol::Disconnect;
+use rotor_protocol::{Disconnect, Protocol, Push};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Control;
@@ -22,9 +22,10 @@ pub(crate) struct Chunk {
     /// The hub's name of the channel (the same allocation for every chunk of the channel).
     channel: Arc<str>,
     /// Filled in order by [`Hub::broadcast`] (under the channel's shard lock), each before
-    /// any subscriber is told of it. As replies (`{"push":…}`, see [`wrap_push`]). Boxed, so
-    /// that the pushes go when the last run does, not when the hub's weak pointer does.
-    slots: Box<[OnceLock<Bytes>; CHUNK]>,
+    /// any subscriber is told of it, in the protocols the subscribers speak (see
+    /// [`Encoded`]). Boxed, so that the pushes go when the last run does, not when the hub's
+    /// weak pointer does.
+    slots: Box<[OnceLock<Encoded>; CHUNK]>,
 }
 
 /// Pushes per chunk.
@@ -55,13 +56,66 @@ pub(crate) enum Taken<'a> {
     Control(Box<Control>),
 }
 
-/// What a queued push counts against the queue's byte limit: the bare push, as before
-/// pushes were kept wrapped (the limit means the same), and never 0 (an empty queue is one
-/// that counts 0 bytes).
-fn push_cost(wrapped: &Bytes) -> u32 {
-    u32::try_from(bare_range(wrapped).len())
-        .unwrap_or(u32::MAX)
-        .max(1)
+/// A push encoded once for every subscriber of a channel, in each protocol some subscriber
+/// speaks (the other is left empty, never encoded): JSON as a reply `{"push":…}` (see
+/// [`wrap_push`]), Protobuf as a `Reply` message (unframed).
+pub(crate) struct Encoded {
+    json: Bytes,
+    protobuf: Bytes,
+}
+
+impl Encoded {
+    /// `push`, encoded for the protocols asked for.
+    pub(crate) fn of(push: &Push, wanted: Wanted) -> Encoded {
+        Encoded {
+            json: if wanted.json {
+                wrap_push(push)
+            } else {
+                Bytes::new()
+            },
+            protobuf: if wanted.protobuf {
+                Bytes::from(rotor_protocol::proto::encode_push_reply(push))
+            } else {
+                Bytes::new()
+            },
+        }
+    }
+
+    /// A JSON push only (`{"push":…}`), for a channel whose subscribers all speak JSON.
+    #[cfg(test)]
+    pub(crate) fn json(wrapped: Bytes) -> Encoded {
+        Encoded {
+            json: wrapped,
+            protobuf: Bytes::new(),
+        }
+    }
+
+    fn bytes(&self, protocol: Protocol) -> &Bytes {
+        match protocol {
+            Protocol::Json => &self.json,
+            Protocol::Protobuf => &self.protobuf,
+        }
+    }
+
+    /// What the push counts against a queue's byte limit: for JSON the bare push, as before
+    /// pushes were kept wrapped (the limit means the same), and never 0 (an empty queue is
+    /// one that counts 0 bytes).
+    fn cost(&self, protocol: Protocol) -> u32 {
+        let len = match protocol {
+            // Not encoded: nobody speaking it is handed this push.
+            Protocol::Json if self.json.is_empty() => 0,
+            Protocol::Json => bare_range(&self.json).len(),
+            Protocol::Protobuf => self.protobuf.len(),
+        };
+        u32::try_from(len).unwrap_or(u32::MAX).max(1)
+    }
+}
+
+/// The protocols a channel's subscribers speak.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Wanted {
+    pub(crate) json: bool,
+    pub(crate) protobuf: bool,
 }
 
 /// What a queued node command counts against the limit.
@@ -72,7 +126,7 @@ const PUSH_PREFIX: &[u8] = b"{\"push\":";
 
 /// Encodes a push once for all subscribers, in the form bidirectional transports send
 /// (`{"push":…}`); [`bare_push`] is the view unidirectional transports send.
-pub(crate) fn wrap_push(push: &rotor_protocol::Push) -> Bytes {
+pub(crate) fn wrap_push(push: &Push) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(PUSH_PREFIX);
     serde_json::to_writer(&mut out, push).expect("pushes always serialize");
@@ -95,6 +149,8 @@ pub struct ClientHandle {
     pub(crate) id: Arc<str>,
     pub(crate) user: OnceLock<Arc<str>>,
     pub(crate) session: Option<Arc<str>>,
+    /// The protocol the client speaks: which encoding of a push it is handed.
+    protocol: Protocol,
     /// Messages for the session. A plain queue under a mutex rather than a channel: fan-out
     /// sends one message to every subscriber, and with the queue, its byte count, its limit
     /// and the session's waker on one cache line a send touches this line and nothing else
@@ -212,6 +268,7 @@ impl ClientHandle {
     pub(crate) fn new(
         id: Arc<str>,
         session: Option<Arc<str>>,
+        protocol: Protocol,
         queue_limit: usize,
         cancel: CancellationToken,
     ) -> Arc<ClientHandle> {
@@ -219,6 +276,7 @@ impl ClientHandle {
             id,
             user: OnceLock::new(),
             session,
+            protocol,
             inbox: Line(Mutex::new(Inbox {
                 limit: u32::try_from(queue_limit).unwrap_or(u32::MAX),
                 ..Inbox::default()
@@ -327,11 +385,11 @@ impl ClientHandle {
                         run.from += 1;
                         budget -= 1;
                         // Always filled: a slot is set before it is queued anywhere.
-                        if let Some(bytes) = slot.get() {
-                            inbox.bytes -= push_cost(bytes);
+                        if let Some(encoded) = slot.get() {
+                            inbox.bytes -= encoded.cost(self.protocol);
                             go_on = each(Taken::Push {
                                 channel: &run.chunk.channel,
-                                bytes,
+                                bytes: encoded.bytes(self.protocol),
                             });
                         }
                     }
@@ -407,6 +465,8 @@ struct Channel {
     /// The key it is stored under (every push of the channel carries this allocation).
     name: Arc<str>,
     subs: HashMap<usize, Subscriber>,
+    /// How many of `subs` speak Protobuf (the rest speak JSON).
+    protobuf: u32,
     /// The chunk new pushes go into while some subscriber still holds a run of it (weak:
     /// once every subscriber has taken its pushes, the chunk and its pushes are freed), and
     /// its next free slot.
@@ -509,9 +569,13 @@ impl Hub {
             client: client.clone(),
             join_leave,
         };
+        let protobuf = u32::from(client.protocol == Protocol::Protobuf);
         match shard.channels.get_mut(channel) {
             Some(ch) => {
-                ch.subs.insert(key(client), subscriber);
+                if let Some(old) = ch.subs.insert(key(client), subscriber) {
+                    ch.protobuf -= u32::from(old.client.protocol == Protocol::Protobuf);
+                }
+                ch.protobuf += protobuf;
             }
             None => {
                 let name: Arc<str> = Arc::from(channel);
@@ -520,6 +584,7 @@ impl Hub {
                     Channel {
                         name,
                         subs: HashMap::from([(key(client), subscriber)]),
+                        protobuf,
                         chunk: std::sync::Weak::new(),
                         next: 0,
                     },
@@ -535,9 +600,10 @@ impl Hub {
         let Some(ch) = shard.channels.get_mut(channel) else {
             return false;
         };
-        if ch.subs.remove(&key(client)).is_none() {
+        let Some(gone) = ch.subs.remove(&key(client)) else {
             return false;
-        }
+        };
+        ch.protobuf -= u32::from(gone.client.protocol == Protocol::Protobuf);
         if ch.subs.is_empty() {
             shard.channels.remove(channel);
             return true;
@@ -545,13 +611,29 @@ impl Hub {
         false
     }
 
-    /// Queues a pre-encoded push to every subscriber (or only those that want join/leave).
-    pub(crate) fn broadcast(&self, channel: &str, push: Bytes, only_join_leave: bool) -> usize {
+    /// Queues `push` to every subscriber (or only those that want join/leave), encoded once
+    /// per protocol the channel's subscribers speak, and only when it has local subscribers.
+    pub(crate) fn broadcast(&self, channel: &str, push: &Push, only_join_leave: bool) -> usize {
+        self.broadcast_with(channel, only_join_leave, |wanted| Encoded::of(push, wanted))
+    }
+
+    /// [`broadcast`](Self::broadcast) with the encoding left to `encode` (called under the
+    /// channel's shard lock, once, with the protocols wanted).
+    pub(crate) fn broadcast_with(
+        &self,
+        channel: &str,
+        only_join_leave: bool,
+        encode: impl FnOnce(Wanted) -> Encoded,
+    ) -> usize {
         let mut shard = lock(self.shard(channel));
         let Some(ch) = shard.channels.get_mut(channel) else {
             return 0;
         };
-        let cost = push_cost(&push);
+        let push = encode(Wanted {
+            json: ch.subs.len() > ch.protobuf as usize,
+            protobuf: ch.protobuf > 0,
+        });
+        let costs = [push.cost(Protocol::Json), push.cost(Protocol::Protobuf)];
         let (chunk, idx) = match ch.chunk.upgrade() {
             Some(chunk) if usize::from(ch.next) < CHUNK => (chunk, ch.next),
             _ => (
@@ -579,6 +661,7 @@ impl Hub {
                 std::hint::black_box(client.touch());
             }
             for client in group {
+                let cost = costs[usize::from(client.protocol == Protocol::Protobuf)];
                 client.send_push(&chunk, idx, cost);
             }
         }
@@ -677,7 +760,13 @@ mod tests {
     use std::task::Wake;
 
     fn handle(limit: usize) -> Arc<ClientHandle> {
-        ClientHandle::new(Arc::from("c"), None, limit, CancellationToken::new())
+        ClientHandle::new(
+            Arc::from("c"),
+            None,
+            Protocol::Json,
+            limit,
+            CancellationToken::new(),
+        )
     }
 
     /// A hub with one client (a queue of `limit` bytes) subscribed to `channels`.
@@ -736,19 +825,19 @@ mod tests {
         let (hub, client) = subscribed(1 << 20, &["a", "b"]);
         // Runs of two channels, interleaved with a node command; more than one chunk.
         for n in 0..20 {
-            hub.broadcast("a", push("a", n), false);
+            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n)));
         }
-        hub.broadcast("b", push("b", 0), false);
-        hub.broadcast("a", push("a", 20), false);
+        hub.broadcast_with("b", false, |_| Encoded::json(push("b", 0)));
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 20)));
         client.send_control(control("x"));
-        hub.broadcast("a", push("a", 21), false);
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 21)));
         // Stops at the node command, which is handed over; the push after it stays.
         let first = take_all(&client);
         let mut want: Vec<String> = (0..20).map(|n| format!("a:{n}")).collect();
         want.extend(["b:0".into(), "a:20".into(), "x".into()]);
         assert_eq!(first, want);
         // Sent while a push is still queued behind the taken ones: after it.
-        hub.broadcast("a", push("a", 22), false);
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 22)));
         assert_eq!(take_all(&client), ["a:21", "a:22"]);
         assert!(take_all(&client).is_empty());
     }
@@ -759,19 +848,19 @@ mod tests {
         // 8 of b first, so that the turn's bound falls in the middle of one of a's runs.
         let mut want: Vec<String> = (0..8).map(|n| format!("b:{n}")).collect();
         for n in 0..8 {
-            hub.broadcast("b", push("b", n), false);
+            hub.broadcast_with("b", false, |_| Encoded::json(push("b", n)));
         }
         let total = TAKE_AT_MOST as u32 + 40;
         for n in 0..total {
-            hub.broadcast("a", push("a", n), false);
+            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n)));
             want.push(format!("a:{n}"));
         }
-        hub.broadcast("b", push("b", 8), false);
+        hub.broadcast_with("b", false, |_| Encoded::json(push("b", 8)));
         want.push("b:8".into());
         let first = take_all(&client);
         assert_eq!(first.len(), TAKE_AT_MOST);
         // Sent after a turn stopped in the middle of a run: after everything before it.
-        hub.broadcast("a", push("a", total), false);
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", total)));
         want.push(format!("a:{total}"));
         let second = take_all(&client);
         let got: Vec<String> = first.into_iter().chain(second).collect();
@@ -788,7 +877,7 @@ mod tests {
         let mut fast_got = Vec::new();
         for n in 0..40 {
             let only_join_leave = n % 10 == 9;
-            let sent = hub.broadcast("a", push("a", n), only_join_leave);
+            let sent = hub.broadcast_with("a", only_join_leave, |_| Encoded::json(push("a", n)));
             assert_eq!(sent, if only_join_leave { 2 } else { 3 });
             // One subscriber keeps up, one does not take anything until the end.
             fast_got.extend(take_all(&fast));
@@ -813,8 +902,8 @@ mod tests {
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(client.poll_ready(&mut cx).is_pending());
-        hub.broadcast("a", push("a", 0), false);
-        hub.broadcast("a", push("a", 1), false);
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 0)));
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 1)));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(client.poll_ready(&mut cx).is_ready());
         assert_eq!(take_all(&client).len(), 2);
@@ -825,13 +914,13 @@ mod tests {
 
     #[test]
     fn a_queue_past_its_byte_limit_closes_the_connection_as_slow() {
-        let one = push_cost(&push("a", 0)) as usize;
+        let one = Encoded::json(push("a", 0)).cost(Protocol::Json) as usize;
         let (hub, client) = subscribed(one * 3, &["a"]);
         for n in 0..3 {
-            hub.broadcast("a", push("a", n), false);
+            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n)));
         }
         assert!(!client.closing(), "three pushes fit the limit exactly");
-        hub.broadcast("a", push("a", 3), false);
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 3)));
         assert!(client.closing());
         assert_eq!(
             client.close_reason().map(|d| d.code),
@@ -843,18 +932,18 @@ mod tests {
 
     #[test]
     fn taking_frees_the_byte_count_and_an_ended_queue_drops_everything() {
-        let one = push_cost(&push("a", 0)) as usize;
+        let one = Encoded::json(push("a", 0)).cost(Protocol::Json) as usize;
         let (hub, client) = subscribed(one * 2, &["a"]);
         for n in 0..20 {
             // Same-sized pushes (one digit), two at a time: exactly the limit.
-            hub.broadcast("a", push("a", n % 10), false);
-            hub.broadcast("a", push("a", n % 10), false);
+            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n % 10)));
+            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n % 10)));
             assert_eq!(take_all(&client).len(), 2);
         }
         assert!(!client.closing(), "the count went down with every take");
-        hub.broadcast("a", push("a", 0), false);
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 0)));
         client.end_inbox();
-        hub.broadcast("a", push("a", 1), false);
+        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 1)));
         assert!(take_all(&client).is_empty());
         assert!(!client.closing());
     }

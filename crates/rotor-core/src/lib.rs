@@ -22,6 +22,7 @@ mod order;
 pub mod revocation;
 pub mod session;
 pub mod storage;
+pub mod stored;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

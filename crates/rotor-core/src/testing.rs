@@ -66,6 +66,7 @@ pub fn params() -> SessionParams {
             name: "memory",
             kind: TransportKind::WebSocket,
         },
+        protocol: rotor_protocol::Protocol::Json,
         session_id: None,
         connect: ConnectFrom::Commands,
         remote: None,

@@ -1,5 +1,6 @@
-//! Wire types of the Centrifugo client protocol v2 in its JSON form, the codec for
-//! newline-joined frames, and the error and disconnect codes with their reconnect semantics.
+//! Wire types of the Centrifugo client protocol v2, their JSON and Protobuf forms behind one
+//! codec seam ([`Protocol`]), and the error and disconnect codes with their reconnect
+//! semantics.
 //!
 //! This crate describes bytes on the wire and nothing else: it must not depend on tokio, do
 //! any IO, or know about sessions, channels or storage. Both the server and Rust clients are
@@ -7,11 +8,13 @@
 
 mod codec;
 mod codes;
+pub mod proto;
 mod raw;
 mod types;
 
-pub use codec::{decode_commands, decode_replies, encode_frame, DecodeError};
+pub use codec::{decode_commands, decode_replies, encode_frame, DecodeError, Protocol};
 pub use codes::{Disconnect, ErrorCode, ProtocolError, UnsubscribeCode};
+pub use proto::{EmulationRequest, ProtoError};
 pub use raw::Raw;
 pub use types::*;
 

@@ -319,3 +319,262 @@ proptest! {
         let _ = decode_commands(&s);
     }
 }
+
+// The Protobuf form, against bytes centrifuge-python's generated code (google.protobuf, from
+// Centrifugo's client.proto) produced for the same messages.
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+#[test]
+fn protobuf_connect_command_decodes_as_the_python_sdk_encodes_it() {
+    let bytes = hex(
+        "080122270a05742e6b2e6e12077b2261223a317d1a0d0a0263681207180132016538052206707974686f6e",
+    );
+    let cmd: Command = proto::decode(&bytes).unwrap();
+    assert_eq!(cmd.id, 1);
+    let c = cmd.connect.as_ref().unwrap();
+    assert_eq!((c.token.as_str(), c.name.as_str()), ("t.k.n", "python"));
+    assert_eq!(c.data.as_ref().unwrap().json(), Some(r#"{"a":1}"#));
+    let sub = &c.subs["ch"];
+    assert_eq!(
+        (sub.recover, sub.offset, sub.epoch.as_str()),
+        (true, 5, "e")
+    );
+    // Fields in number order, as the generated code writes them: the same bytes back.
+    assert_eq!(proto::encode(&cmd), bytes);
+}
+
+#[test]
+fn protobuf_replies_are_byte_for_byte_what_the_generated_code_writes() {
+    let push = Reply::push(Push {
+        channel: "news".into(),
+        publication: Some(Publication {
+            data: Raw::from_bytes(&[0x00, 0xff]),
+            info: Some(ClientInfo {
+                user: "u".into(),
+                client: "c".into(),
+                conn_info: Some(Raw::from_json(r#"{"n":1}"#).unwrap()),
+                chan_info: None,
+            }),
+            offset: 300,
+            tags: BTreeMap::from([("k".into(), "v".into())]),
+            time: 1_700_000_000_000,
+        }),
+        ..Push::default()
+    });
+    assert_eq!(
+        proto::encode(&push),
+        hex("222f12046e6577732227220200ff2a0f0a01751201631a077b226e223a317d30ac023a060a016b1201764880d095ffbc31")
+    );
+    // An empty result is still there: the client tells a subscribe reply by it.
+    let sub = Reply {
+        id: 2,
+        subscribe: Some(SubscribeResult::default()),
+        ..Reply::default()
+    };
+    assert_eq!(proto::encode(&sub), hex("08023200"));
+    let err = Reply::error(
+        3,
+        Error {
+            code: 103,
+            message: "permission denied".into(),
+            temporary: false,
+        },
+    );
+    assert_eq!(
+        proto::encode(&err),
+        hex("08031215086712117065726d697373696f6e2064656e696564")
+    );
+    let presence = Reply {
+        id: 5,
+        presence: Some(PresenceResult {
+            presence: BTreeMap::from([(
+                "c1".into(),
+                ClientInfo {
+                    user: "u".into(),
+                    client: "c1".into(),
+                    conn_info: None,
+                    chan_info: None,
+                },
+            )]),
+        }),
+        ..Reply::default()
+    };
+    assert_eq!(
+        proto::encode(&presence),
+        hex("08054a0f0a0d0a02633112070a017512026331")
+    );
+}
+
+#[test]
+fn protobuf_history_with_negative_limit_and_since_decodes() {
+    let cmd: Command =
+        proto::decode(&hex("080452130a016338ffffffffffffffffff014203120178")).unwrap();
+    let h = cmd.history.unwrap();
+    assert_eq!((h.channel.as_str(), h.limit), ("c", -1));
+    assert_eq!(h.since.unwrap().epoch, "x");
+}
+
+#[test]
+fn protobuf_ping_is_one_zero_byte_and_frames_are_length_delimited() {
+    let mut frame = Vec::new();
+    Protocol::Protobuf.frame_into(&mut frame, &[proto::encode(&Reply::default())]);
+    assert_eq!(frame, [0u8]);
+    let replies = Protocol::Protobuf.decode_replies(&[0, 0]).unwrap();
+    assert_eq!(replies, vec![Reply::default(), Reply::default()]);
+    let long = Reply::push(Push {
+        channel: "c".repeat(200),
+        ..Push::default()
+    });
+    let messages = [proto::encode(&long), proto::encode(&Reply::default())];
+    let mut frame = Vec::new();
+    Protocol::Protobuf.frame_into(&mut frame, &messages);
+    assert_eq!(frame.len(), Protocol::Protobuf.frame_len(&messages));
+    assert_eq!(
+        Protocol::Protobuf.decode_replies(&frame).unwrap(),
+        vec![long, Reply::default()]
+    );
+}
+
+#[test]
+fn protobuf_decoding_refuses_bad_input_without_allocating_what_it_claims() {
+    let p = Protocol::Protobuf;
+    // A length of 2^62 for the first message: refused as truncated, nothing allocated.
+    let mut huge = Vec::new();
+    proto::put_varint(&mut huge, 1 << 62);
+    huge.push(0x08);
+    assert!(matches!(
+        p.decode_commands(&huge),
+        Err(DecodeError::Proto(ProtoError::Truncated))
+    ));
+    // A nested length past the end of its message.
+    assert!(p.decode_commands(&[0x03, 0x22, 0x7f, 0x00]).is_err());
+    // Varints: unterminated, and longer than 10 bytes.
+    assert!(matches!(
+        p.decode_commands(&[0x80, 0x80]),
+        Err(DecodeError::Proto(ProtoError::Truncated))
+    ));
+    assert!(matches!(
+        p.decode_commands(&[0xff; 12]),
+        Err(DecodeError::Proto(ProtoError::VarintTooLong))
+    ));
+    // Field number 0, a group wire type, a string that is not UTF-8, a wrong wire type.
+    assert!(p.decode_commands(&[0x02, 0x00, 0x01]).is_err());
+    assert!(p.decode_commands(&[0x01, 0x0b]).is_err());
+    assert!(matches!(
+        p.decode_commands(&[0x06, 0x22, 0x04, 0x0a, 0x02, 0xc3, 0x28]),
+        Err(DecodeError::Proto(ProtoError::NotUtf8))
+    ));
+    assert!(p.decode_commands(&[0x02, 0x0a, 0x01]).is_err());
+}
+
+#[test]
+fn protobuf_unknown_fields_are_skipped() {
+    // id 7, then unknown fields of every wire type (varint 90, fixed64 91, bytes 92,
+    // fixed32 93), then a ping.
+    let mut body = vec![0x08, 0x07];
+    body.extend([0xd0, 0x05, 0x01]);
+    body.extend([0xd9, 0x05, 1, 2, 3, 4, 5, 6, 7, 8]);
+    body.extend([0xe2, 0x05, 0x02, 0xaa, 0xbb]);
+    body.extend([0xed, 0x05, 1, 2, 3, 4]);
+    body.extend([0x5a, 0x00]);
+    let cmd: Command = proto::decode(&body).unwrap();
+    assert_eq!((cmd.id, cmd.method()), (7, MethodKind::Ping));
+}
+
+#[test]
+fn binary_payloads_reach_json_clients_as_base64_strings() {
+    let bin = Raw::from_bytes(&[0xde, 0xad, 0xbe, 0xef]);
+    assert!(!bin.is_json());
+    let p = Publication {
+        data: bin.clone(),
+        ..Publication::default()
+    };
+    assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"data":"3q2+7w=="}"#);
+    assert_eq!(bin.get(), "\"3q2+7w==\"");
+    // Bytes that are JSON stay JSON, for JSON clients too; text that is not JSON is binary.
+    assert!(Raw::from_bytes(br#"{"a":[1,2]}"#).is_json());
+    assert!(!Raw::from_bytes(b"hello").is_json());
+    assert_eq!(Raw::from_base64("aGVsbG8=").unwrap().as_bytes(), b"hello");
+    assert_eq!(Raw::from_base64("aGVsbG8").unwrap().as_bytes(), b"hello");
+    assert!(Raw::from_base64("not base64!").is_err());
+}
+
+fn arb_binary() -> impl Strategy<Value = Raw> {
+    proptest::collection::vec(any::<u8>(), 1..40).prop_map(|b| Raw::from_bytes(&b))
+}
+
+proptest! {
+    #[test]
+    fn commands_round_trip_through_a_protobuf_frame(cmds in proptest::collection::vec(arb_command(), 1..5)) {
+        let messages: Vec<Vec<u8>> = cmds.iter().map(|c| Protocol::Protobuf.encode_command(c)).collect();
+        let mut frame = Vec::new();
+        Protocol::Protobuf.frame_into(&mut frame, &messages);
+        prop_assert_eq!(Protocol::Protobuf.decode_commands(&frame).unwrap(), cmds);
+    }
+
+    #[test]
+    fn replies_round_trip_through_a_protobuf_stream(replies in proptest::collection::vec(arb_reply(), 1..5)) {
+        let messages: Vec<Vec<u8>> = replies.iter().map(|r| Protocol::Protobuf.encode_reply(r)).collect();
+        let mut stream = Vec::new();
+        Protocol::Protobuf.stream_into(&mut stream, &messages);
+        prop_assert_eq!(Protocol::Protobuf.decode_replies(&stream).unwrap(), replies);
+    }
+
+    #[test]
+    fn binary_data_round_trips_through_protobuf(data in arb_binary(), info in proptest::option::of(arb_binary())) {
+        let r = Reply::push(Push {
+            channel: "c".into(),
+            publication: Some(Publication {
+                data: data.clone(),
+                info: Some(ClientInfo { conn_info: info.clone(), ..ClientInfo::default() }),
+                ..Publication::default()
+            }),
+            ..Push::default()
+        });
+        let back: Reply = proto::decode(&proto::encode(&r)).unwrap();
+        let p = back.push.unwrap().publication.unwrap();
+        prop_assert_eq!(p.data.as_bytes(), data.as_bytes());
+        prop_assert_eq!(p.info.unwrap().conn_info.map(|i| i.as_bytes().to_vec()), info.map(|i| i.as_bytes().to_vec()));
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(b in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = Protocol::Protobuf.decode_commands(&b);
+        let _ = Protocol::Protobuf.decode_replies(&b);
+        let _ = proto::decode::<EmulationRequest>(&b);
+    }
+
+    #[test]
+    fn truncating_a_valid_frame_is_an_error_or_fewer_messages(cmds in proptest::collection::vec(arb_command(), 1..3), cut in 0usize..1000) {
+        let messages: Vec<Vec<u8>> = cmds.iter().map(|c| Protocol::Protobuf.encode_command(c)).collect();
+        let mut frame = Vec::new();
+        Protocol::Protobuf.frame_into(&mut frame, &messages);
+        let cut = cut % frame.len();
+        if let Ok(decoded) = Protocol::Protobuf.decode_commands(&frame[..cut]) {
+            prop_assert!(decoded.len() < cmds.len());
+        }
+    }
+}
+
+#[test]
+fn a_push_reply_encodes_without_building_the_reply() {
+    let push = Push {
+        channel: "c".into(),
+        publication: Some(Publication {
+            data: Raw::from_value(&1),
+            offset: 9,
+            ..Publication::default()
+        }),
+        ..Push::default()
+    };
+    assert_eq!(
+        proto::encode_push_reply(&push),
+        proto::encode(&Reply::push(push))
+    );
+}

@@ -241,7 +241,7 @@ pub struct UnsubscribeRequest {
     pub channel: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PublishRequest {
     #[serde(default)]
     pub channel: String,
@@ -310,7 +310,7 @@ pub struct HistoryResult {
     pub offset: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SendRequest {
     pub data: Raw,
 }
@@ -376,7 +376,7 @@ pub struct ClientInfo {
     pub chan_info: Option<Raw>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Publication {
     pub data: Raw,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -394,12 +394,12 @@ pub struct Publication {
     pub time: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Join {
     pub info: ClientInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Leave {
     pub info: ClientInfo,
 }
@@ -413,7 +413,7 @@ pub struct UnsubscribePush {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub data: Raw,
 }

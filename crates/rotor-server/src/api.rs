@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use rotor_core::broker::Control;
 use rotor_core::{CoreError, Node, PublishOptions};
 use rotor_protocol::{ClientInfo, ErrorCode, Publication, Raw, StreamPosition};
@@ -168,20 +167,13 @@ struct BroadcastParams {
     tags: BTreeMap<String, String>,
 }
 
+/// `data`, or `b64data`: any bytes (Protobuf clients get them as they are, JSON clients as
+/// JSON when they hold JSON, else as a base64 string; see docs/protobuf.md).
 fn payload(data: Option<Raw>, b64data: Option<String>) -> Result<Raw, CoreError> {
     match (data, b64data) {
         (Some(d), _) => Ok(d),
-        (None, Some(b)) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|_| CoreError::BadRequest("b64data is not valid base64".into()))?;
-            let text = std::str::from_utf8(&bytes).map_err(|_| {
-                CoreError::BadRequest("b64data must hold JSON for JSON clients".into())
-            })?;
-            Raw::from_json(text).map_err(|_| {
-                CoreError::BadRequest("b64data must hold JSON for JSON clients".into())
-            })
-        }
+        (None, Some(b)) => Raw::from_base64(&b)
+            .map_err(|_| CoreError::BadRequest("b64data is not valid base64".into())),
         (None, None) => Err(CoreError::BadRequest("data required".into())),
     }
 }

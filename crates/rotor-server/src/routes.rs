@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::time::Duration;
 
+use rotor_core::session::Inbound;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::hyper::body::Bytes;
@@ -160,11 +161,21 @@ fn websocket(state: &AppState) -> Route {
         .and(exact_path(state.config.websocket.handler_prefix.clone()))
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(query())
         .and(peer())
         .and(with_state(state))
-        .map(|headers, on_upgrade, peer: Peer, state: AppState| {
-            ws::upgrade(state, headers, on_upgrade, peer, ws::Mode::Bidirectional)
-        })
+        .map(
+            |headers: HeaderMap,
+             on_upgrade,
+             q: HashMap<String, String>,
+             peer: Peer,
+             state: AppState| {
+                let mode = ws::Mode::Bidirectional {
+                    protocol: ws::protocol_asked(&headers, &q),
+                };
+                ws::upgrade(state, headers, on_upgrade, peer, mode)
+            },
+        )
         .boxed()
 }
 
@@ -203,10 +214,17 @@ fn http_stream(state: &AppState) -> Route {
         .map(
             |headers: HeaderMap, body: Bytes, peer: Peer, state: AppState| {
                 with_origin(&state, &headers, || {
+                    if is_protobuf(&headers) {
+                        let connect = Inbound::Binary(body);
+                        return stream::emulation(state.clone(), connect, peer, Framing::Lines);
+                    }
                     match String::from_utf8(body.to_vec()) {
-                        Ok(connect) => {
-                            stream::emulation(state.clone(), connect, peer, Framing::Lines)
-                        }
+                        Ok(connect) => stream::emulation(
+                            state.clone(),
+                            Inbound::Frame(connect),
+                            peer,
+                            Framing::Lines,
+                        ),
                         Err(_) => plain(StatusCode::BAD_REQUEST, "body is not UTF-8\n"),
                     }
                 })
@@ -221,9 +239,12 @@ fn sse(state: &AppState) -> Route {
         .map(
             |headers: HeaderMap, mut q: HashMap<String, String>, peer: Peer, state: AppState| {
                 with_origin(&state, &headers, || match q.remove("cf_connect") {
-                    Some(connect) => {
-                        stream::emulation(state.clone(), connect, peer, Framing::EventStream)
-                    }
+                    Some(connect) => stream::emulation(
+                        state.clone(),
+                        Inbound::Frame(connect),
+                        peer,
+                        Framing::EventStream,
+                    ),
                     None => plain(
                         StatusCode::BAD_REQUEST,
                         "cf_connect query parameter required\n",
@@ -242,7 +263,7 @@ fn emulation(state: &AppState) -> Route {
             |headers: HeaderMap, body: Bytes, _peer: Peer, state: AppState| async move {
                 // Refused origins never reach a session, here or on another node.
                 let status = if origin_ok(&state, &headers) {
-                    stream::post(&state, &body).await
+                    stream::post(&state, &body, is_protobuf(&headers)).await
                 } else {
                     StatusCode::FORBIDDEN
                 };
@@ -367,6 +388,16 @@ fn with_origin(
         h.insert("vary", HeaderValue::from_static("origin"));
     }
     res
+}
+
+/// Whether a request's body is Protobuf: its content type is `application/octet-stream`
+/// (what centrifuge-js's Protobuf build sends), as Centrifugo decides.
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(stream::PROTOBUF_CONTENT_TYPE))
 }
 
 /// `POST path` with a body of at most `emulation.max_request_body_size`: yields the headers,

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use rotor_core::session::Inbound;
 use rotor_core::Node;
 use tokio::sync::mpsc;
 use warp::http::StatusCode;
@@ -38,16 +39,16 @@ pub const COMMAND_BACKLOG: usize = 256;
 /// The emulation sessions of this node: where the commands POSTed for each go, by session id.
 #[derive(Default)]
 pub struct Sessions {
-    map: Mutex<HashMap<String, mpsc::Sender<String>>>,
+    map: Mutex<HashMap<String, mpsc::Sender<Inbound>>>,
 }
 
 impl Sessions {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<String>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Inbound>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Registers a session; returns where its commands arrive, with `first` already in it.
-    pub fn open(&self, id: &str, first: String) -> mpsc::Receiver<String> {
+    pub fn open(&self, id: &str, first: Inbound) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(COMMAND_BACKLOG);
         tx.try_send(first).expect("a new channel has room");
         self.lock().insert(id.to_string(), tx);
@@ -59,9 +60,10 @@ impl Sessions {
         self.lock().remove(id);
     }
 
-    /// Hands `data` (one frame of commands) to session `id`: 204, 404 for a session this
-    /// node does not have (the client reconnects), 503 when its backlog is full.
-    pub fn deliver(&self, id: &str, data: String) -> StatusCode {
+    /// Hands `data` (one frame of commands: text for JSON, binary for Protobuf) to session
+    /// `id`: 204, 404 for a session this node does not have (the client reconnects), 503 when
+    /// its backlog is full.
+    pub fn deliver(&self, id: &str, data: Inbound) -> StatusCode {
         let Some(tx) = self.lock().get(id).cloned() else {
             tracing::debug!(session = %id, "emulation request for an unknown session");
             return StatusCode::NOT_FOUND;

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use rotor_core::session::{
     self, ConnectFrom, Inbound, SessionParams, Transport, TransportInfo, TransportKind,
 };
-use rotor_protocol::Disconnect;
+use rotor_protocol::{Disconnect, Protocol};
 use tokio::sync::mpsc;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -24,11 +25,16 @@ use crate::state::{AppState, Peer, Sessions};
 /// How messages are framed on the response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
-    /// One JSON message per line, each ending with `\n`.
+    /// HTTP streaming: JSON messages one per line, each ending with `\n`; Protobuf messages
+    /// length-delimited.
     Lines,
-    /// `data: <json>\n\n` per message.
+    /// `data: <json>\n\n` per message (JSON only, as in Centrifugo).
     EventStream,
 }
+
+/// The content type of Protobuf requests (an http_stream connect, an emulation POST), as
+/// centrifuge-js's Protobuf build sends them and Centrifugo reads them.
+pub const PROTOBUF_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// Body chunks waiting to be sent to the client.
 const BODY_BACKLOG: usize = 16;
@@ -45,19 +51,21 @@ impl futures_util::Stream for BodyStream {
 /// A streaming response as the session's transport.
 struct StreamTransport {
     /// Frames POSTed to `/emulation`; `None` for unidirectional transports.
-    commands: Option<mpsc::Receiver<String>>,
+    commands: Option<mpsc::Receiver<Inbound>>,
     body: mpsc::Sender<Bytes>,
     /// Finishes when the client goes away (the response body is dropped).
     gone: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     framing: Framing,
+    protocol: Protocol,
     timeout: Duration,
 }
 
 impl StreamTransport {
     fn new(
-        commands: Option<mpsc::Receiver<String>>,
+        commands: Option<mpsc::Receiver<Inbound>>,
         body: mpsc::Sender<Bytes>,
         framing: Framing,
+        protocol: Protocol,
         timeout: Duration,
     ) -> StreamTransport {
         let watch = body.clone();
@@ -66,6 +74,7 @@ impl StreamTransport {
             body,
             gone: Box::pin(async move { watch.closed().await }),
             framing,
+            protocol,
             timeout,
         }
     }
@@ -75,7 +84,7 @@ impl Transport for StreamTransport {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         if let Some(rx) = &mut self.commands {
             if let Poll::Ready(frame) = rx.poll_recv(cx) {
-                return Poll::Ready(frame.map(Inbound::Frame).unwrap_or(Inbound::Closed));
+                return Poll::Ready(frame.unwrap_or(Inbound::Closed));
             }
         }
         self.gone.as_mut().poll(cx).map(|()| Inbound::Closed)
@@ -83,13 +92,10 @@ impl Transport for StreamTransport {
 
     async fn write(&mut self, messages: Vec<Bytes>) -> std::io::Result<()> {
         let mut chunk = Vec::with_capacity(messages.iter().map(|m| m.len() + 8).sum());
-        for m in &messages {
-            match self.framing {
-                Framing::Lines => {
-                    chunk.extend_from_slice(m);
-                    chunk.push(b'\n');
-                }
-                Framing::EventStream => {
+        match self.framing {
+            Framing::Lines => self.protocol.stream_into(&mut chunk, &messages),
+            Framing::EventStream => {
+                for m in &messages {
                     chunk.extend_from_slice(b"data: ");
                     chunk.extend_from_slice(m);
                     chunk.extend_from_slice(b"\n\n");
@@ -114,12 +120,13 @@ impl Transport for StreamTransport {
     }
 }
 
-fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing) -> Response {
+fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing, protocol: Protocol) -> Response {
     let mut res = warp::reply::stream(BodyStream(rx)).into_response();
     let h = res.headers_mut();
-    let content_type = match framing {
-        Framing::Lines => "application/json",
-        Framing::EventStream => "text/event-stream; charset=utf-8",
+    let content_type = match (framing, protocol) {
+        (Framing::Lines, Protocol::Json) => "application/json",
+        (Framing::Lines, Protocol::Protobuf) => PROTOBUF_CONTENT_TYPE,
+        (Framing::EventStream, _) => "text/event-stream; charset=utf-8",
     };
     h.insert("content-type", HeaderValue::from_static(content_type));
     h.insert(
@@ -132,8 +139,13 @@ fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing) -> Response {
 }
 
 /// Starts a bidirectional emulation session whose first frame is `connect` (the POST body
-/// of `http_stream`, the `cf_connect` parameter of `sse`).
-pub fn emulation(state: AppState, connect: String, peer: Peer, framing: Framing) -> Response {
+/// of `http_stream`, the `cf_connect` parameter of `sse`), in its protocol: a text frame is
+/// JSON, a binary one Protobuf (http_stream only).
+pub fn emulation(state: AppState, connect: Inbound, peer: Peer, framing: Framing) -> Response {
+    let protocol = match connect {
+        Inbound::Binary(_) => Protocol::Protobuf,
+        _ => Protocol::Json,
+    };
     let (name, timeout) = match framing {
         Framing::Lines => ("http_stream", state.config.http_stream.write_timeout),
         Framing::EventStream => ("sse", state.config.sse.write_timeout),
@@ -146,16 +158,17 @@ pub fn emulation(state: AppState, connect: String, peer: Peer, framing: Framing)
             name,
             kind: TransportKind::Emulation,
         },
+        protocol,
         session_id: Some(session_id.clone()),
         connect: ConnectFrom::Commands,
         remote: peer,
     };
-    let transport = StreamTransport::new(Some(cmd_rx), body_tx, framing, timeout);
+    let transport = StreamTransport::new(Some(cmd_rx), body_tx, framing, protocol, timeout);
     tokio::spawn(async move {
         session::run(state.node.clone(), params, transport).await;
         state.sessions.close(&session_id);
     });
-    streaming_response(body_rx, framing)
+    streaming_response(body_rx, framing, protocol)
 }
 
 /// Starts a unidirectional streaming session with the connect request in `text` (the body
@@ -188,29 +201,62 @@ pub fn unidirectional(
             name,
             kind: TransportKind::Unidirectional,
         },
+        protocol: Protocol::Json,
         session_id: Some(crate::http::new_session_id()),
         connect: ConnectFrom::Request(req),
         remote: peer,
     };
-    let transport = StreamTransport::new(None, body_tx, framing, timeout);
+    let transport = StreamTransport::new(None, body_tx, framing, Protocol::Json, timeout);
     tokio::spawn(session::run(state.node.clone(), params, transport));
-    streaming_response(body_rx, framing)
+    streaming_response(body_rx, framing, Protocol::Json)
 }
 
-/// The body of `POST /emulation` (public for the fuzz target, fuzz/).
-#[derive(Debug, serde::Deserialize)]
+/// The body of `POST /emulation` in the JSON protocol, and the form a request takes when it
+/// is forwarded to another node (public for the fuzz target, fuzz/).
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
 pub struct EmulationRequest {
     pub session: String,
     #[serde(default)]
     pub node: String,
     /// The commands as one JSON string, `\n`-joined.
+    #[serde(default)]
     pub data: String,
+    /// Between nodes only: the commands of a Protobuf session, length-delimited, in base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b64data: Option<String>,
 }
 
 impl EmulationRequest {
-    /// Parses a `POST /emulation` body (or a copy forwarded by another node).
+    /// Parses a JSON `POST /emulation` body (or a request forwarded by another node).
     pub fn parse(body: &[u8]) -> Result<EmulationRequest, serde_json::Error> {
         serde_json::from_slice(body)
+    }
+
+    /// Parses a `POST /emulation` body: a Protobuf `EmulationRequest` when `protobuf` (the
+    /// request's content type said so), else JSON.
+    pub fn parse_as(body: &[u8], protobuf: bool) -> Result<EmulationRequest, String> {
+        if !protobuf {
+            return EmulationRequest::parse(body).map_err(|e| e.to_string());
+        }
+        let req: rotor_protocol::EmulationRequest =
+            rotor_protocol::proto::decode(body).map_err(|e| e.to_string())?;
+        Ok(EmulationRequest {
+            session: req.session,
+            node: req.node,
+            data: String::new(),
+            b64data: Some(base64::engine::general_purpose::STANDARD.encode(&req.data)),
+        })
+    }
+
+    /// The frame for the session: binary commands (Protobuf) when the request carries them,
+    /// else the JSON text.
+    pub fn frame(&self) -> Result<Inbound, base64::DecodeError> {
+        match &self.b64data {
+            Some(b64) => Ok(Inbound::Binary(Bytes::from(
+                base64::engine::general_purpose::STANDARD.decode(b64)?,
+            ))),
+            None => Ok(Inbound::Frame(self.data.clone())),
+        }
     }
 }
 
@@ -218,17 +264,23 @@ impl EmulationRequest {
 /// session (the client reconnects), 400 for a bad body, 503 when the session's backlog is full.
 /// A request for a session on another node (its `node` is not this one) is forwarded to that
 /// node: 204 once it took it, 404 when no such node is up (always on a single node, unless the
-/// session is here after all), 503 when it cannot be reached.
-pub async fn post(state: &AppState, body: &[u8]) -> StatusCode {
-    let req = match EmulationRequest::parse(body) {
+/// session is here after all), 503 when it cannot be reached. The body is a Protobuf
+/// `EmulationRequest` when `protobuf` (content type `application/octet-stream`), else JSON.
+pub async fn post(state: &AppState, body: &[u8], protobuf: bool) -> StatusCode {
+    let req = match EmulationRequest::parse_as(body, protobuf) {
         Ok(r) => r,
         Err(e) => {
-            tracing::info!(error = %e, "emulation request is not {{session, node, data: string}}");
+            let want = if protobuf {
+                "a Protobuf EmulationRequest"
+            } else {
+                "{session, node, data: string}"
+            };
+            tracing::info!(error = %e, "emulation request is not {want}");
             return StatusCode::BAD_REQUEST;
         }
     };
     if !req.node.is_empty() && req.node != state.node.uid() {
-        let payload = String::from_utf8_lossy(body);
+        let payload = serde_json::to_string(&req).expect("an emulation request serializes");
         match state.node.send_to_node(&req.node, &payload).await {
             Ok(true) => return StatusCode::NO_CONTENT,
             Ok(false) => {
@@ -240,7 +292,13 @@ pub async fn post(state: &AppState, body: &[u8]) -> StatusCode {
             }
         }
     }
-    state.sessions.deliver(&req.session, req.data)
+    match req.frame() {
+        Ok(frame) => state.sessions.deliver(&req.session, frame),
+        Err(e) => {
+            tracing::info!(error = %e, "emulation request with bad b64data");
+            StatusCode::BAD_REQUEST
+        }
+    }
 }
 
 /// Emulation requests forwarded from other nodes to sessions on this one.
@@ -250,7 +308,11 @@ impl rotor_core::broker::NodeMessageHandler for ForwardedEmulation {
     fn on_node_message(&self, payload: &str) {
         match EmulationRequest::parse(payload.as_bytes()) {
             Ok(req) => {
-                let status = self.0.deliver(&req.session, req.data);
+                let Ok(frame) = req.frame() else {
+                    tracing::warn!("forwarded emulation request with bad b64data");
+                    return;
+                };
+                let status = self.0.deliver(&req.session, frame);
                 if status != StatusCode::NO_CONTENT {
                     tracing::info!(%status, "forwarded emulation request not delivered");
                 }

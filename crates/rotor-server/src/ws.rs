@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use rotor_core::session::{
     self, ConnectFrom, Inbound, SessionParams, Transport, TransportInfo, TransportKind,
 };
-use rotor_protocol::Disconnect;
+use rotor_protocol::{Disconnect, Protocol};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
@@ -38,8 +38,9 @@ const UNI_TRANSPORT: TransportInfo = TransportInfo {
 
 /// Which WebSocket endpoint answered.
 pub enum Mode {
-    /// `/connection/websocket`: commands in, replies and pushes out.
-    Bidirectional,
+    /// `/connection/websocket`: commands in, replies and pushes out, in `protocol` (as
+    /// [`protocol_asked`] says).
+    Bidirectional { protocol: Asked },
     /// `/connection/uni_websocket`: the connect request comes in the `cf_connect` query
     /// parameter or as the first message (the session reads it); after that only pushes go
     /// out.
@@ -47,6 +48,58 @@ pub enum Mode {
         cf_connect: Option<String>,
         bearer: Option<String>,
     },
+}
+
+/// The WebSocket subprotocol of the Protobuf protocol (what the SDKs' Protobuf builds ask for).
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+/// The subprotocol of the JSON protocol (SDKs ask for none; Centrifugo accepts it).
+const JSON_SUBPROTOCOL: &str = "centrifuge-json";
+
+/// The protocol a bidirectional WebSocket client asked for, and the subprotocol to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked {
+    protocol: Protocol,
+    subprotocol: Option<&'static str>,
+}
+
+/// The protocol a client asks for, as Centrifugo reads it: the subprotocol
+/// `centrifuge-protobuf` (or `centrifuge-json`) in `Sec-WebSocket-Protocol`, else the query
+/// parameter `format=protobuf` or `cf_protocol=protobuf`; JSON by default.
+pub fn protocol_asked(
+    headers: &HeaderMap,
+    query: &std::collections::HashMap<String, String>,
+) -> Asked {
+    let offered = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    for name in offered {
+        if name == PROTOBUF_SUBPROTOCOL {
+            return Asked {
+                protocol: Protocol::Protobuf,
+                subprotocol: Some(PROTOBUF_SUBPROTOCOL),
+            };
+        }
+        if name == JSON_SUBPROTOCOL {
+            return Asked {
+                protocol: Protocol::Json,
+                subprotocol: Some(JSON_SUBPROTOCOL),
+            };
+        }
+    }
+    let by_query = ["format", "cf_protocol"]
+        .iter()
+        .any(|k| query.get(*k).is_some_and(|v| v == "protobuf"));
+    Asked {
+        protocol: if by_query {
+            Protocol::Protobuf
+        } else {
+            Protocol::Json
+        },
+        subprotocol: None,
+    }
 }
 
 /// Answers a WebSocket upgrade request and starts the session once the upgrade completes.
@@ -92,8 +145,12 @@ pub fn upgrade(
         .max_message_size(Some(ws.message_size_limit))
         .max_frame_size(Some(ws.message_size_limit));
     let write_timeout = match mode {
-        Mode::Bidirectional => ws.write_timeout,
+        Mode::Bidirectional { .. } => ws.write_timeout,
         Mode::Unidirectional { .. } => state.config.uni_websocket.write_timeout,
+    };
+    let (protocol, subprotocol) = match &mode {
+        Mode::Bidirectional { protocol } => (protocol.protocol, protocol.subprotocol),
+        Mode::Unidirectional { .. } => (Protocol::Json, None),
     };
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -106,18 +163,21 @@ pub fn upgrade(
         let ws = WsTransport {
             socket: socket(upgraded, ws_config).await,
             write_timeout,
+            protocol,
             one_per_frame: matches!(mode, Mode::Unidirectional { .. }),
             unsent: Vec::new(),
         };
         let params = match mode {
-            Mode::Bidirectional => SessionParams {
+            Mode::Bidirectional { .. } => SessionParams {
                 transport: TRANSPORT,
+                protocol,
                 session_id: None,
                 connect: ConnectFrom::Commands,
                 remote: peer,
             },
             Mode::Unidirectional { cf_connect, bearer } => SessionParams {
                 transport: UNI_TRANSPORT,
+                protocol: Protocol::Json,
                 session_id: Some(crate::http::new_session_id()),
                 connect: ConnectFrom::Text {
                     text: cf_connect,
@@ -137,6 +197,9 @@ pub fn upgrade(
         "sec-websocket-accept",
         HeaderValue::from_str(&accept).expect("base64 is a valid header value"),
     );
+    if let Some(name) = subprotocol {
+        h.insert("sec-websocket-protocol", HeaderValue::from_static(name));
+    }
     res
 }
 
@@ -162,6 +225,8 @@ async fn socket(upgraded: Upgraded, config: WebSocketConfig) -> Socket {
 struct WsTransport {
     socket: Socket,
     write_timeout: Duration,
+    /// JSON messages go in text frames, Protobuf ones (length-delimited) in binary frames.
+    protocol: Protocol,
     /// Each message in a frame of its own (uni_websocket: its clients parse a frame as one
     /// push, as Centrifugo sends them by default). Otherwise messages written together are
     /// joined with `\n` into one frame, as the SDKs expect and Centrifugo does.
@@ -173,8 +238,10 @@ struct WsTransport {
     unsent: Vec<u8>,
 }
 
-/// Writes `messages` as WebSocket text frames straight to the socket: the frames (headers
-/// built here, messages one per frame or joined with `\n`) are assembled in a buffer of the
+/// Writes `messages` as WebSocket frames straight to the socket: the frames (headers built
+/// here, messages one per frame or framed together as `protocol` frames them: JSON joined
+/// with `\n` in a text frame, Protobuf length-delimited in a binary one) are assembled in a
+/// buffer of the
 /// worker thread, written with one non-blocking write, and only what the socket did not
 /// take is copied out to wait for it. So a batch is copied once, and no connection keeps a
 /// buffer the size of its largest batch (tungstenite's write buffer would, for the life of
@@ -183,6 +250,7 @@ struct WsTransport {
 async fn write_frames(
     tcp: &mut TcpStream,
     messages: &[Bytes],
+    protocol: Protocol,
     one_per_frame: bool,
     unsent: &mut Vec<u8>,
 ) -> std::io::Result<()> {
@@ -197,12 +265,13 @@ async fn write_frames(
         buf.clear();
         if one_per_frame {
             for m in messages {
-                buf.extend_from_slice(FrameHeader::text(m.len()).bytes());
-                buf.extend_from_slice(m);
+                let one = std::slice::from_ref(m);
+                buf.extend_from_slice(FrameHeader::new(protocol, protocol.frame_len(one)).bytes());
+                protocol.frame_into(&mut buf, one);
             }
         } else {
-            buf.extend_from_slice(FrameHeader::text(joined_len(messages)).bytes());
-            join_lines(&mut buf, messages);
+            buf.extend_from_slice(FrameHeader::new(protocol, protocol.frame_len(messages)).bytes());
+            protocol.frame_into(&mut buf, messages);
         }
         let mut done = 0;
         let result = loop {
@@ -245,16 +314,20 @@ async fn finish_unsent(tcp: &mut TcpStream, unsent: &mut Vec<u8>) -> std::io::Re
 /// The largest assembly buffer a worker thread keeps between writes.
 const SCRATCH_KEEP: usize = 1 << 20;
 
-/// The header of an unmasked, final text frame with a payload of `len` bytes.
+/// The header of an unmasked, final frame (text for JSON, binary for Protobuf) with a payload
+/// of `len` bytes.
 struct FrameHeader {
     bytes: [u8; 10],
     len: u8,
 }
 
 impl FrameHeader {
-    fn text(len: usize) -> FrameHeader {
+    fn new(protocol: Protocol, len: usize) -> FrameHeader {
         let mut bytes = [0u8; 10];
-        bytes[0] = 0x81; // FIN, opcode 1 (text)
+        bytes[0] = match protocol {
+            Protocol::Json => 0x81,     // FIN, opcode 1 (text)
+            Protocol::Protobuf => 0x82, // FIN, opcode 2 (binary)
+        };
         let used = if len < 126 {
             bytes[1] = len as u8;
             2
@@ -280,49 +353,43 @@ impl FrameHeader {
 async fn write_through_tungstenite(
     socket: &mut Socket,
     messages: Vec<Bytes>,
+    protocol: Protocol,
     one_per_frame: bool,
 ) -> std::io::Result<()> {
-    let result = if one_per_frame || messages.len() == 1 {
+    let result = if one_per_frame || messages.len() == 1 && protocol == Protocol::Json {
         async {
             for m in messages {
-                socket.feed(text_frame(m)).await?;
+                let payload = match protocol {
+                    Protocol::Json => m,
+                    Protocol::Protobuf => {
+                        let mut framed = Vec::with_capacity(m.len() + 5);
+                        protocol.frame_into(&mut framed, &[m]);
+                        Bytes::from(framed)
+                    }
+                };
+                socket.feed(frame(protocol, payload)).await?;
             }
             socket.flush().await
         }
         .await
     } else {
-        let mut joined = Vec::with_capacity(joined_len(&messages));
-        join_lines(&mut joined, &messages);
-        socket.send(text_frame(Bytes::from(joined))).await
+        let mut framed = Vec::with_capacity(protocol.frame_len(&messages));
+        protocol.frame_into(&mut framed, &messages);
+        socket.send(frame(protocol, Bytes::from(framed))).await
     };
     result.map_err(std::io::Error::other)
 }
 
-/// The length of `messages` joined with `\n`.
-fn joined_len(messages: &[Bytes]) -> usize {
-    messages
-        .iter()
-        .map(|m| m.len() + 1)
-        .sum::<usize>()
-        .saturating_sub(1)
-}
-
-/// Appends `messages` joined with `\n` (several replies in one frame, as the SDKs read
-/// them) to `buf`.
-fn join_lines(buf: &mut Vec<u8>, messages: &[Bytes]) {
-    for (i, m) in messages.iter().enumerate() {
-        if i > 0 {
-            buf.push(b'\n');
-        }
-        buf.extend_from_slice(m);
-    }
-}
-
-/// A text frame holding `json`. Built as a raw frame so tungstenite does not check the
-/// bytes again: the session only hands over JSON it encoded (serde output, or publication
-/// data that was parsed as JSON text on the way in), which is UTF-8.
-fn text_frame(json: Bytes) -> Message {
-    Message::Frame(Frame::message(json, OpCode::Data(OpData::Text), true))
+/// A frame holding `payload`: text for JSON, binary for Protobuf. Built as a raw frame so
+/// tungstenite does not check the bytes again: a JSON session only hands over JSON it
+/// encoded (serde output, or publication data that was parsed as JSON text on the way in),
+/// which is UTF-8.
+fn frame(protocol: Protocol, payload: Bytes) -> Message {
+    let opcode = match protocol {
+        Protocol::Json => OpData::Text,
+        Protocol::Protobuf => OpData::Binary,
+    };
+    Message::Frame(Frame::message(payload, OpCode::Data(opcode), true))
 }
 
 impl Transport for WsTransport {
@@ -330,12 +397,8 @@ impl Transport for WsTransport {
         loop {
             let inbound = match ready!(self.socket.poll_next_unpin(cx)) {
                 Some(Ok(Message::Text(text))) => Inbound::Frame(text.to_string()),
-                Some(Ok(Message::Binary(_))) => {
-                    tracing::info!("binary frame on the JSON protocol, disconnecting with 3501");
-                    Inbound::Refused(
-                        Disconnect::BAD_REQUEST.with_reason("binary frames are not supported"),
-                    )
-                }
+                // The session checks the frame's kind against its protocol.
+                Some(Ok(Message::Binary(bytes))) => Inbound::Binary(bytes),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
                 Some(Ok(Message::Close(_))) | None => Inbound::Closed,
                 Some(Err(WsError::Capacity(e))) => {
@@ -354,6 +417,7 @@ impl Transport for WsTransport {
     async fn write(&mut self, messages: Vec<Bytes>) -> std::io::Result<()> {
         let socket = &mut self.socket;
         let one_per_frame = self.one_per_frame;
+        let protocol = self.protocol;
         let unsent = &mut self.unsent;
         let send = async move {
             if matches!(socket.get_ref(), Either::Left(_)) {
@@ -363,10 +427,10 @@ impl Transport for WsTransport {
                 socket.flush().await.map_err(std::io::Error::other)?;
                 if let Either::Left(tcp) = socket.get_mut() {
                     finish_unsent(tcp, unsent).await?;
-                    return write_frames(tcp, &messages, one_per_frame, unsent).await;
+                    return write_frames(tcp, &messages, protocol, one_per_frame, unsent).await;
                 }
             }
-            write_through_tungstenite(socket, messages, one_per_frame).await
+            write_through_tungstenite(socket, messages, protocol, one_per_frame).await
         };
         match crate::http::within(self.write_timeout, send).await {
             Ok(r) => r,

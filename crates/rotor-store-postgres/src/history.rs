@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use rand::Rng;
 use rotor_core::storage::{BoxFuture, HistoryFilter, HistoryOptions, HistoryPage, HistoryStore};
 use rotor_core::CoreError;
-use rotor_protocol::{ClientInfo, Publication, Raw, StreamPosition};
+use rotor_protocol::{Publication, StreamPosition};
 use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
@@ -111,12 +111,8 @@ async fn write_batch(pool: &PgPool, batch: &[Job]) -> Result<Vec<StreamPosition>
         let mut time = Vec::with_capacity(jobs.len());
         for &i in jobs {
             let p = &batch[i].publication;
-            data.push(p.data.get().to_string());
-            info.push(
-                p.info
-                    .as_ref()
-                    .map(|i| serde_json::to_string(i).expect("serializes")),
-            );
+            data.push(rotor_core::stored::payload_to_text(&p.data));
+            info.push(p.info.as_ref().map(rotor_core::stored::info_to_json));
             tags.push(
                 (!p.tags.is_empty()).then(|| serde_json::to_string(&p.tags).expect("serializes")),
             );
@@ -157,9 +153,9 @@ fn publication_from(
 ) -> Result<Publication, CoreError> {
     let bad = |what: &str| CoreError::Internal(format!("stored publication has invalid {what}"));
     Ok(Publication {
-        data: Raw::from_json(&data).map_err(|_| bad("data"))?,
+        data: rotor_core::stored::payload_from_text(&data).map_err(|_| bad("data"))?,
         info: match info {
-            Some(i) => Some(serde_json::from_str::<ClientInfo>(&i).map_err(|_| bad("info"))?),
+            Some(i) => Some(rotor_core::stored::info_from_json(&i).map_err(|_| bad("info"))?),
             None => None,
         },
         offset: offset as u64,

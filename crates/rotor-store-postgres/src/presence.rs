@@ -34,7 +34,7 @@ impl PresenceStore for PgPresence {
         .bind(channel)
         .bind(&info.client)
         .bind(&info.user)
-        .bind(serde_json::to_string(info).expect("serializes"))
+        .bind(rotor_core::stored::info_to_json(info))
         .bind(ms(ttl))
         .execute(&self.pool)
         .await
@@ -63,7 +63,7 @@ impl PresenceStore for PgPresence {
         rows.into_iter()
             .map(|r| {
                 let info: String = r.get(1);
-                let info = serde_json::from_str(&info)
+                let info = rotor_core::stored::info_from_json(&info)
                     .map_err(|_| CoreError::Internal("stored presence info is invalid".into()))?;
                 Ok((r.get(0), info))
             })

@@ -16,11 +16,15 @@ fn short_grace() -> rotor_server::Config {
     c
 }
 
-fn js(server: &TestServer, token: Option<String>) -> Script {
+/// centrifuge-js, its Protobuf build when `protobuf`.
+fn js(server: &TestServer, token: Option<String>, protobuf: bool) -> Script {
     let mut env = vec![("BASE", server.http_url())];
     match token {
         Some(t) => env.push(("TOKEN", t)),
         None => env.push(("GET_TOKEN", "1".into())),
+    }
+    if protobuf {
+        env.push(("PROTOBUF", "1".into()));
     }
     Script::node("client.js", &env)
 }
@@ -36,11 +40,18 @@ fn short_token(user: &str, secs: u64) -> String {
 
 #[tokio::test]
 async fn js_client_stays_connected_through_refreshes_then_stops_on_unauthorized() {
+    js_client_stays_connected_through_refreshes_then_stops_on_unauthorized_with(false).await;
+}
+
+/// The flow of [`js_client_stays_connected_through_refreshes_then_stops_on_unauthorized`], over the JSON or the Protobuf protocol.
+pub async fn js_client_stays_connected_through_refreshes_then_stops_on_unauthorized_with(
+    protobuf: bool,
+) {
     if !sdks_available("js_client_stays_connected_through_refreshes_then_stops_on_unauthorized") {
         return;
     }
     let server = TestServer::start(short_grace()).await;
-    let mut c = js(&server, None);
+    let mut c = js(&server, None, protobuf);
     c.expect("ready", T).await;
     c.send(&json!({"op": "subscribe", "channel": "chat:life"}).to_string())
         .await;
@@ -111,11 +122,18 @@ async fn js_client_stays_connected_through_refreshes_then_stops_on_unauthorized(
 
 #[tokio::test]
 async fn js_client_that_never_refreshes_gets_3005_then_109_then_a_new_token() {
+    js_client_that_never_refreshes_gets_3005_then_109_then_a_new_token_with(false).await;
+}
+
+/// The flow of [`js_client_that_never_refreshes_gets_3005_then_109_then_a_new_token`], over the JSON or the Protobuf protocol.
+pub async fn js_client_that_never_refreshes_gets_3005_then_109_then_a_new_token_with(
+    protobuf: bool,
+) {
     if !sdks_available("js_client_that_never_refreshes_gets_3005_then_109_then_a_new_token") {
         return;
     }
     let server = TestServer::start(short_grace()).await;
-    let mut c = js(&server, None);
+    let mut c = js(&server, None, protobuf);
     c.expect("ready", T).await;
     c.send(&json!({"op": "connect"}).to_string()).await;
     c.expect("get_token", T).await;
@@ -149,11 +167,16 @@ async fn js_client_that_never_refreshes_gets_3005_then_109_then_a_new_token() {
 
 #[tokio::test]
 async fn js_subscription_token_lifecycle() {
+    js_subscription_token_lifecycle_with(false).await;
+}
+
+/// The flow of [`js_subscription_token_lifecycle`], over the JSON or the Protobuf protocol.
+pub async fn js_subscription_token_lifecycle_with(protobuf: bool) {
     if !sdks_available("js_subscription_token_lifecycle") {
         return;
     }
     let server = TestServer::start(short_grace()).await;
-    let mut c = js(&server, Some(user_token("gina")));
+    let mut c = js(&server, Some(user_token("gina")), protobuf);
     c.expect("ready", T).await;
     c.send(
         &json!({"op": "subscribe", "channel": "$chat:secret", "options": {"getToken": true}})

@@ -104,10 +104,20 @@ fn attach(brokers: &[Arc<dyn Broker>]) -> Vec<Arc<Recorder>> {
         .collect()
 }
 
+/// Every third publication carries binary data (a Protobuf client's), and every fifth a
+/// binary `conn_info`: they must come out binary, byte for byte.
 fn publication(n: u64) -> Publication {
+    let mut info = (n % 2 == 1).then(|| client("u1", &format!("c{n}")));
+    if let Some(i) = info.as_mut().filter(|_| n.is_multiple_of(5)) {
+        i.conn_info = Some(Raw::binary(&[0xc3, 0x28, n as u8]));
+    }
     Publication {
-        data: Raw::from_value(&serde_json::json!({ "n": n, "text": "héllo \"quoted\"\n" })),
-        info: (n % 2 == 1).then(|| client("u1", &format!("c{n}"))),
+        data: if n.is_multiple_of(3) {
+            Raw::from_bytes(&[0x00, 0xff, b'{', n as u8])
+        } else {
+            Raw::from_value(&serde_json::json!({ "n": n, "text": "héllo \"quoted\"\n" }))
+        },
+        info,
         offset: n,
         tags: BTreeMap::from([("n".to_string(), n.to_string())]),
         time: 1_700_000_000_000 + n,
@@ -183,7 +193,8 @@ pub async fn broker_delivers_publications_in_order_and_intact(brokers: Vec<Arc<d
         .await;
     for (got, sent) in rec.received().iter().zip(&want) {
         if let (Received::Publication(_, g), Received::Publication(_, s)) = (got, sent) {
-            assert_eq!(g.data.get(), s.data.get(), "data byte for byte");
+            assert_eq!(g.data.as_bytes(), s.data.as_bytes(), "data byte for byte");
+            assert_eq!(g.data.is_json(), s.data.is_json(), "binary stays binary");
         }
     }
 }

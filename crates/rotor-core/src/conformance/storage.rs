@@ -302,13 +302,61 @@ pub async fn history_concurrent_adds_are_gap_free(store: Arc<dyn HistoryStore>) 
     assert_eq!(offsets(&page.publications), (1..=200).collect::<Vec<_>>());
 }
 
+/// Client `c3`'s info is binary (a Protobuf client's `b64info`), the others' JSON.
 fn info(user: &str, client: &str) -> ClientInfo {
     ClientInfo {
         user: user.into(),
         client: client.into(),
-        conn_info: Some(Raw::from_value(&serde_json::json!({"n": client}))),
-        chan_info: None,
+        conn_info: Some(if client == "c3" {
+            Raw::binary(&[0x80, 0x00, 0x01])
+        } else {
+            Raw::from_value(&serde_json::json!({"n": client}))
+        }),
+        chan_info: (client == "c3").then(|| Raw::from_json(r#""text""#).unwrap()),
     }
+}
+
+/// Binary payloads (Protobuf clients', `b64data`) come back binary and byte for byte, beside
+/// JSON ones, with binary info; a JSON string that looks like base64 stays a JSON string.
+pub async fn history_keeps_binary_payloads(store: Arc<dyn HistoryStore>) {
+    let o = opts(100, Duration::from_secs(60));
+    let sent = vec![
+        Publication {
+            data: Raw::from_bytes(&[0x00, 0x01, 0xfe, 0xff]),
+            info: Some(info("u2", "c3")),
+            ..publication(0)
+        },
+        Publication {
+            data: Raw::from_json(r#""AAH+/w==""#).unwrap(),
+            ..publication(0)
+        },
+        publication(3),
+    ];
+    for p in &sent {
+        store.add("bin", p.clone(), &o).await.unwrap();
+    }
+    let page = store
+        .read(
+            "bin",
+            &HistoryFilter {
+                limit: 10,
+                ..HistoryFilter::default()
+            },
+            &o,
+        )
+        .await
+        .unwrap();
+    let got: Vec<(bool, Vec<u8>)> = page
+        .publications
+        .iter()
+        .map(|p| (p.data.is_json(), p.data.as_bytes().to_vec()))
+        .collect();
+    let want: Vec<(bool, Vec<u8>)> = sent
+        .iter()
+        .map(|p| (p.data.is_json(), p.data.as_bytes().to_vec()))
+        .collect();
+    assert_eq!(got, want, "payloads byte for byte, binary stays binary");
+    assert_eq!(page.publications[0].info, sent[0].info, "binary info kept");
 }
 
 /// Presence add, get, stats (distinct users) and remove.
@@ -324,6 +372,11 @@ pub async fn presence_basics(store: Arc<dyn PresenceStore>) {
         vec!["c1", "c2", "c3"]
     );
     assert_eq!(got["c1"], info("u1", "c1"), "info is kept as given");
+    assert_eq!(
+        got["c3"],
+        info("u2", "c3"),
+        "binary info comes back binary, a JSON string stays a JSON string"
+    );
     assert_eq!(store.stats("p").await.unwrap(), (3, 2));
     store.remove("p", "c2").await.unwrap();
     assert_eq!(store.stats("p").await.unwrap(), (2, 2));

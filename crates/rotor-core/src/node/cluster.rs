@@ -34,8 +34,7 @@ impl BrokerHandler for Handler {
             publication: Some(publication.clone()),
             ..Push::default()
         };
-        node.hub
-            .broadcast(channel, crate::hub::wrap_push(&push), false);
+        node.hub.broadcast(channel, &push, false);
     }
 
     fn on_join(&self, channel: &str, info: &ClientInfo) {
@@ -45,8 +44,7 @@ impl BrokerHandler for Handler {
             join: Some(rotor_protocol::Join { info: info.clone() }),
             ..Push::default()
         };
-        node.hub
-            .broadcast(channel, crate::hub::wrap_push(&push), true);
+        node.hub.broadcast(channel, &push, true);
     }
 
     fn on_leave(&self, channel: &str, info: &ClientInfo) {
@@ -56,8 +54,7 @@ impl BrokerHandler for Handler {
             leave: Some(rotor_protocol::Leave { info: info.clone() }),
             ..Push::default()
         };
-        node.hub
-            .broadcast(channel, crate::hub::wrap_push(&push), true);
+        node.hub.broadcast(channel, &push, true);
     }
 
     fn on_control(&self, control: &Control) {

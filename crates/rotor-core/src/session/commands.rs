@@ -3,8 +3,8 @@
 //! read or publish: publish, presence, presence_stats, history, ping, rpc and send.
 
 use rotor_protocol::{
-    decode_commands, Command, Disconnect, Empty, HistoryRequest, HistoryResult, MethodKind,
-    PresenceResult, PresenceStatsResult, ProtocolError, PublishRequest, Reply,
+    Command, Disconnect, Empty, HistoryRequest, HistoryResult, MethodKind, PresenceResult,
+    PresenceStatsResult, Protocol, ProtocolError, PublishRequest, Reply,
 };
 use tokio::time::Instant;
 
@@ -15,16 +15,26 @@ use crate::node::PublishOptions;
 use crate::CoreError;
 
 impl Session {
-    /// One frame from the client: its commands in order, until one ends the connection.
-    pub(super) async fn on_frame(&mut self, frame: &str) -> Option<Disconnect> {
+    /// One frame from the client (`kind`: a text frame is JSON, a binary one Protobuf): its
+    /// commands in order, until one ends the connection.
+    pub(super) async fn on_frame(&mut self, frame: &[u8], kind: Protocol) -> Option<Disconnect> {
+        if kind != self.protocol {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), protocol = self.protocol.name(), frame = kind.name(), transport = self.transport.name, "frame of the other protocol, disconnecting with 3501");
+            return Some(Disconnect::BAD_REQUEST.with_reason(match kind {
+                Protocol::Protobuf => "binary frames are not supported",
+                Protocol::Json => "text frames are not supported",
+            }));
+        }
         if self.transport.kind == TransportKind::Unidirectional {
             if let Some(fallback_token) = self.first_frame.take() {
-                return self.uni_connect_text(frame, fallback_token).await;
+                // A text frame: the transport checked it is UTF-8.
+                let text = String::from_utf8_lossy(frame);
+                return self.uni_connect_text(&text, fallback_token).await;
             }
             tracing::debug!(client = %self.client.id(), "ignoring a frame on a unidirectional transport");
             return None;
         }
-        let commands = match decode_commands(frame) {
+        let commands = match self.protocol.decode_commands(frame) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, transport = self.transport.name, "malformed frame, disconnecting with 3501");

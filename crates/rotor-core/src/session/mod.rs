@@ -28,7 +28,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rotor_protocol::{ClientInfo, ConnectRequest, Disconnect, DisconnectPush, Push, Raw, Reply};
+use rotor_protocol::{
+    ClientInfo, ConnectRequest, Disconnect, DisconnectPush, Protocol, Push, Raw, Reply,
+};
 use tokio::time::Instant;
 
 use crate::config::ClientConfig;
@@ -67,9 +69,12 @@ pub struct TransportInfo {
 /// What the transport read from the client.
 #[derive(Debug)]
 pub enum Inbound {
-    /// A text frame: one or more `\n`-joined commands.
+    /// A text frame: one or more `\n`-joined JSON commands.
     Frame(String),
-    /// Input the transport itself refuses (binary frame, frame too large): end with this code.
+    /// A binary frame: one or more length-delimited Protobuf commands. A session that speaks
+    /// JSON refuses it (3501), as a Protobuf session refuses a text frame.
+    Binary(Bytes),
+    /// Input the transport itself refuses (frame too large): end with this code.
     Refused(Disconnect),
     /// The client went away.
     Closed,
@@ -82,8 +87,9 @@ pub trait Transport: Send {
     /// Polls for the next frame from the client. Partial progress is kept across polls: the
     /// session polls it only when nothing else needs its attention.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound>;
-    /// Writes complete JSON messages in order, framed as the transport frames them. A
-    /// message may be shared with other connections (a pre-encoded push).
+    /// Writes complete messages (encoded in the session's protocol, unframed) in order,
+    /// framed as the transport frames them. A message may be shared with other connections
+    /// (a pre-encoded push).
     fn write(&mut self, messages: Vec<Bytes>) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Ends the connection with this code (a WebSocket close frame; the end of a stream).
     fn close(&mut self, disconnect: &Disconnect) -> impl Future<Output = ()> + Send;
@@ -93,6 +99,9 @@ pub trait Transport: Send {
 #[derive(Debug, Clone)]
 pub struct SessionParams {
     pub transport: TransportInfo,
+    /// The protocol the client speaks (the transport negotiated it: a WebSocket subprotocol,
+    /// a request's content type). Unidirectional transports speak JSON.
+    pub protocol: Protocol,
     /// The emulation session id the transport routes `/emulation` POSTs by.
     pub session_id: Option<Arc<str>>,
     /// Where the connect request comes from.
@@ -139,6 +148,7 @@ struct Session {
     node: Node,
     client: Arc<ClientHandle>,
     transport: TransportInfo,
+    protocol: Protocol,
     remote: Option<std::net::IpAddr>,
     state: State,
     user: Arc<str>,
@@ -178,6 +188,7 @@ pub async fn run(
     let client = ClientHandle::new(
         id,
         params.session_id.clone(),
+        params.protocol,
         cfg.queue_max_size,
         cancel.clone(),
     );
@@ -186,6 +197,7 @@ pub async fn run(
         node: node.clone(),
         client: client.clone(),
         transport: params.transport,
+        protocol: params.protocol,
         remote: params.remote,
         state: State::Connecting,
         user: Arc::from(""),
@@ -300,7 +312,11 @@ pub async fn run(
                 },
                 Wake::Read(Inbound::Frame(frame)) => {
                     node.observer().received(s.transport.name, frame.len());
-                    Box::pin(s.on_frame(&frame)).await
+                    Box::pin(s.on_frame(frame.as_bytes(), Protocol::Json)).await
+                }
+                Wake::Read(Inbound::Binary(frame)) => {
+                    node.observer().received(s.transport.name, frame.len());
+                    Box::pin(s.on_frame(&frame, Protocol::Protobuf)).await
                 }
                 Wake::Read(Inbound::Refused(d)) => Some(d),
                 Wake::Read(Inbound::Closed) => break None,
@@ -354,8 +370,8 @@ pub async fn run(
         };
         let message = match s.transport.kind {
             TransportKind::WebSocket => None,
-            TransportKind::Emulation => Some(to_json(&Reply::push(push))),
-            TransportKind::Unidirectional if s.connect_seen => Some(to_json(&push)),
+            TransportKind::Emulation => Some(s.protocol.encode_reply(&Reply::push(push))),
+            TransportKind::Unidirectional if s.connect_seen => Some(to_json(&push).into_bytes()),
             TransportKind::Unidirectional => None,
         };
         if let Some(m) = message {
@@ -452,7 +468,8 @@ impl Session {
     }
 
     fn emit(&mut self, reply: &Reply) {
-        self.out.push(Bytes::from(to_json(reply)));
+        self.out
+            .push(Bytes::from(self.protocol.encode_reply(reply)));
     }
 
     fn emit_push(&mut self, push: Push) {

@@ -311,6 +311,7 @@ fn uni(text: Option<&str>, fallback_token: Option<String>) -> SessionParams {
             name: "uni_memory",
             kind: TransportKind::Unidirectional,
         },
+        protocol: rotor_protocol::Protocol::Json,
         session_id: None,
         connect: ConnectFrom::Text {
             text: text.map(str::to_string),
