@@ -34,14 +34,17 @@ pub struct BoolValue {
     pub value: bool,
 }
 
-/// Per-channel option overrides granted by a token.
+/// Per-channel option overrides granted by a token. Centrifugo v6's names, and the older
+/// `position` and `recover` of the same options (the seed documents use them); keys it does
+/// not know are ignored, as Centrifugo's decoder ignores them.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
 pub struct ChannelOverride {
     pub presence: Option<BoolValue>,
     pub join_leave: Option<BoolValue>,
     pub force_push_join_leave: Option<BoolValue>,
+    #[serde(alias = "recover")]
     pub force_recovery: Option<BoolValue>,
+    #[serde(alias = "position")]
     pub force_positioning: Option<BoolValue>,
 }
 

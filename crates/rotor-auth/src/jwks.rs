@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jsonwebtoken::jwk::{JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use jsonwebtoken::DecodingKey;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -20,11 +20,17 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
 /// into a flood of requests to the identity provider).
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// A key of the set, for jsonwebtoken's algorithms or for ES512.
+pub(crate) enum Key {
+    Jwt(DecodingKey),
+    Es512(crate::es512::Es512Key),
+}
+
 #[derive(Clone)]
 pub(crate) struct JwkKey {
-    pub key: Arc<DecodingKey>,
-    /// The algorithm the JWK pins, if any.
-    pub alg: Option<Algorithm>,
+    pub key: Arc<Key>,
+    /// The algorithm the JWK pins (`alg`), if any.
+    pub alg: Option<String>,
 }
 
 #[derive(Default)]
@@ -124,24 +130,40 @@ impl Jwks {
             return Err(format!("HTTP {}", resp.status()));
         }
         let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        let set: JwkSet =
+        let set: JwkSetValue =
             serde_json::from_slice(&body).map_err(|e| format!("not a JWK set: {e}"))?;
         let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let Some(kid) = &jwk.common.key_id else {
+        // Each key on its own: one the verifier cannot use is skipped, not the whole set.
+        for value in set.keys {
+            let Some(kid) = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned) else {
                 continue;
             };
-            if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+            let field = |name: &str| value.get(name).and_then(|v| v.as_str());
+            if field("use").is_some_and(|u| u != "sig") {
                 continue;
             }
-            let alg = jwk
-                .common
-                .key_algorithm
-                .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-            match DecodingKey::from_jwk(jwk) {
+            let alg = field("alg").map(str::to_owned);
+            let key = if field("kty") == Some("EC") && field("crv") == Some("P-521") {
+                crate::es512::Es512Key::from_coordinates(
+                    field("x").unwrap_or(""),
+                    field("y").unwrap_or(""),
+                )
+                .map(Key::Es512)
+            } else {
+                serde_json::from_value::<Jwk>(value.clone())
+                    .map_err(|e| e.to_string())
+                    .and_then(|jwk| {
+                        if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
+                            return Err("not a signature key".to_string());
+                        }
+                        DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())
+                    })
+                    .map(Key::Jwt)
+            };
+            match key {
                 Ok(key) => {
                     keys.insert(
-                        kid.clone(),
+                        kid,
                         JwkKey {
                             key: Arc::new(key),
                             alg,
@@ -153,4 +175,10 @@ impl Jwks {
         }
         Ok(keys)
     }
+}
+
+/// A JWK set read loosely: its keys are parsed one by one.
+#[derive(serde::Deserialize)]
+struct JwkSetValue {
+    keys: Vec<serde_json::Value>,
 }

@@ -157,6 +157,98 @@ async fn es384_verifies() {
     assert_eq!(v.verify_connect(&t, NOW).await.unwrap().user, "e384");
 }
 
+/// The ES512 test key (testdata/ec521.key, made by openssl).
+fn es512_key(dir: &str) -> p521::ecdsa::SigningKey {
+    use p521::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(format!("{dir}/ec521.key")).unwrap();
+    let secret = p521::SecretKey::from_pkcs8_pem(&pem).unwrap();
+    p521::ecdsa::SigningKey::from_bytes(&secret.to_bytes()).unwrap()
+}
+
+#[tokio::test]
+async fn es512_verifies_and_a_bad_signature_or_the_wrong_curve_is_invalid() {
+    let dir = keys_dir();
+    let v = TokenVerifier::new(&TokenConfig {
+        ecdsa_public_key: format!("{dir}/ec521.pub"),
+        ..TokenConfig::default()
+    })
+    .unwrap();
+    let key = es512_key(&dir);
+    let t = sign_es512(
+        &json!({"sub": "e512", "exp": NOW + 60, "info": {"a": 1}}),
+        &key,
+        None,
+    );
+    let c = v.verify_connect(&t, NOW).await.unwrap();
+    assert_eq!((c.user.as_str(), c.expire_at), ("e512", Some(NOW + 60)));
+    // Expiry is checked as for every algorithm.
+    let old = sign_es512(&json!({"sub": "e512", "exp": NOW - 1}), &key, None);
+    assert_eq!(v.verify_connect(&old, NOW).await, Err(AuthError::Expired));
+    // Subscription tokens too.
+    let s = sign_es512(&json!({"sub": "e512", "channel": "$c"}), &key, None);
+    assert_eq!(v.verify_subscribe(&s, NOW).await.unwrap().channel, "$c");
+
+    // Another P-521 key, a tampered payload, a truncated signature: invalid.
+    let other =
+        p521::ecdsa::SigningKey::from_slice(&[&[0u8][..], &[7u8; 65][..]].concat()).unwrap();
+    let forged = sign_es512(&json!({"sub": "e512"}), &other, None);
+    let mut parts: Vec<String> = t.split('.').map(str::to_string).collect();
+    let tampered = {
+        use base64::Engine;
+        let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        parts[1] = e.encode(br#"{"sub":"admin"}"#);
+        parts.join(".")
+    };
+    let truncated = &t[..t.len() - 4];
+    for bad in [
+        forged.as_str(),
+        tampered.as_str(),
+        truncated,
+        "eyJhbGciOiJFUzUxMiJ9.e30.",
+    ] {
+        assert!(
+            matches!(v.verify_connect(bad, NOW).await, Err(AuthError::Invalid(_))),
+            "{bad}"
+        );
+    }
+    // ES256 tokens are refused with a P-521 key, and ES512 ones with a P-256 key.
+    let ec256 =
+        EncodingKey::from_ec_pem(&std::fs::read(format!("{dir}/ec256.key")).unwrap()).unwrap();
+    let t256 = sign(Algorithm::ES256, &ec256, json!({"sub": "e"}));
+    assert!(matches!(
+        v.verify_connect(&t256, NOW).await,
+        Err(AuthError::Invalid(_))
+    ));
+    let v256 = TokenVerifier::new(&TokenConfig {
+        ecdsa_public_key: format!("{dir}/ec256.pub"),
+        ..TokenConfig::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        v256.verify_connect(&t, NOW).await,
+        Err(AuthError::Invalid(_))
+    ));
+    assert_eq!(v256.verify_connect(&t256, NOW).await.unwrap().user, "e");
+}
+
+#[tokio::test]
+async fn alg_none_and_unknown_algorithms_are_invalid() {
+    use base64::Engine;
+    let e = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let v = hmac_verifier();
+    for alg in ["none", "ES999", "HS1"] {
+        let t = format!(
+            "{}.{}.",
+            e.encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#)),
+            e.encode(br#"{"sub":"x"}"#)
+        );
+        assert!(
+            matches!(v.verify_connect(&t, NOW).await, Err(AuthError::Invalid(_))),
+            "{alg}"
+        );
+    }
+}
+
 #[test]
 fn bad_key_config_names_the_key() {
     let err = TokenVerifier::new(&TokenConfig {
@@ -247,6 +339,37 @@ async fn b64info_channels_and_subs_claims() {
     assert_eq!(sub.data.as_ref().unwrap().get(), r#"{"x":1}"#);
     assert_eq!(sub.override_.presence.map(|b| b.value), Some(true));
     assert!(c.meta.is_some());
+}
+
+#[tokio::test]
+async fn override_names_of_the_seed_and_of_v6_are_accepted_and_unknown_keys_ignored() {
+    let t = sign_hmac(
+        &json!({"sub": "u", "subs": {
+            "a": {"override": {"presence": {"value": true}, "join_leave": {"value": false},
+                               "position": {"value": true}, "recover": {"value": true},
+                               "not_an_option": {"value": true}, "x": 1}},
+            "b": {"override": {"force_positioning": {"value": false}, "force_recovery": {"value": false},
+                               "force_push_join_leave": {"value": true}}}
+        }, "unknown_claim": {"nested": [1, 2]}}),
+        SECRET,
+    )
+    .unwrap();
+    let c = hmac_verifier().verify_connect(&t, NOW).await.unwrap();
+    let a = &c.subs["a"].override_;
+    let value = |b: Option<BoolValue>| b.map(|b| b.value);
+    assert_eq!(value(a.presence), Some(true));
+    assert_eq!(value(a.join_leave), Some(false));
+    assert_eq!(value(a.force_positioning), Some(true), "position");
+    assert_eq!(value(a.force_recovery), Some(true), "recover");
+    let b = &c.subs["b"].override_;
+    assert_eq!(
+        (
+            value(b.force_positioning),
+            value(b.force_recovery),
+            value(b.force_push_join_leave)
+        ),
+        (Some(false), Some(false), Some(true))
+    );
 }
 
 #[tokio::test]

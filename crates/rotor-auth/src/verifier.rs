@@ -8,7 +8,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::claims::{HasRegistered, RawConnectClaims, RawSubscribeClaims};
-use crate::jwks::Jwks;
+use crate::es512::Es512Key;
+use crate::jwks::{JwkKey, Jwks, Key};
 use crate::{AuthError, ConnectToken, SubscribeToken};
 
 /// Key and claim-check settings, named as Centrifugo v6 names them under `client.token`.
@@ -23,7 +24,8 @@ pub struct TokenConfig {
     pub hmac_previous_secret_key_valid_until: u64,
     /// RSA public key for RS256/384/512: PEM text, or a path to a PEM file.
     pub rsa_public_key: String,
-    /// ECDSA public key for ES256/384: PEM text, or a path to a PEM file.
+    /// ECDSA public key for ES256/384 (a P-256 or P-384 key) or ES512 (a P-521 key): PEM
+    /// text, or a path to a PEM file.
     pub ecdsa_public_key: String,
     /// When set, the token's `aud` must contain it.
     pub audience: String,
@@ -77,6 +79,7 @@ pub struct TokenVerifier {
     hmac_previous: Option<(DecodingKey, u64)>,
     rsa: Option<DecodingKey>,
     ecdsa: Option<DecodingKey>,
+    es512: Option<Es512Key>,
     audience: Option<String>,
     issuer: Option<String>,
     jwks: Option<Jwks>,
@@ -88,6 +91,7 @@ impl std::fmt::Debug for TokenVerifier {
             .field("hmac", &self.hmac.is_some())
             .field("rsa", &self.rsa.is_some())
             .field("ecdsa", &self.ecdsa.is_some())
+            .field("es512", &self.es512.is_some())
             .field("jwks", &self.jwks.is_some())
             .finish()
     }
@@ -114,14 +118,20 @@ impl TokenVerifier {
                     .map_err(|e| AuthError::Config(format!("rsa_public_key: {e}")))?,
             )
         };
-        let ecdsa = if config.ecdsa_public_key.is_empty() {
-            None
+        let (ecdsa, es512) = if config.ecdsa_public_key.is_empty() {
+            (None, None)
         } else {
             let pem = pem_bytes("ecdsa_public_key", &config.ecdsa_public_key)?;
-            Some(
-                DecodingKey::from_ec_pem(&pem)
-                    .map_err(|e| AuthError::Config(format!("ecdsa_public_key: {e}")))?,
-            )
+            match Es512Key::from_pem(&pem) {
+                Some(key) => (None, Some(key)),
+                None => (
+                    Some(
+                        DecodingKey::from_ec_pem(&pem)
+                            .map_err(|e| AuthError::Config(format!("ecdsa_public_key: {e}")))?,
+                    ),
+                    None,
+                ),
+            }
         };
         let hmac = (!config.hmac_secret_key.is_empty())
             .then(|| DecodingKey::from_secret(config.hmac_secret_key.as_bytes()));
@@ -136,6 +146,7 @@ impl TokenVerifier {
             hmac_previous,
             rsa,
             ecdsa,
+            es512,
             audience: (!config.audience.is_empty()).then(|| config.audience.clone()),
             issuer: (!config.issuer.is_empty()).then(|| config.issuer.clone()),
             jwks: if config.jwks_public_endpoint.is_empty() {
@@ -169,52 +180,75 @@ impl TokenVerifier {
         token: &str,
         now: u64,
     ) -> Result<T, AuthError> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
-        let alg = header.alg;
-        let mut validation = Validation::new(alg);
-        validation.required_spec_claims = HashSet::new();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        let no_key = || AuthError::Invalid(format!("no key configured for algorithm {alg:?}"));
-        let claims: T = if let Some(jwks) = &self.jwks {
-            let kid = header
-                .kid
-                .as_deref()
-                .filter(|k| !k.is_empty())
-                .ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
-            let key = jwks.key(kid).await?;
-            if key.alg.is_some_and(|a| a != alg) {
-                return Err(AuthError::Invalid(format!(
-                    "key {kid:?} is not for {alg:?}"
-                )));
-            }
-            decode_with(token, &key.key, &validation)?
-        } else {
-            match alg {
-                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
-                    let key = self.hmac.as_ref().ok_or_else(no_key);
-                    match key.and_then(|k| decode_with(token, k, &validation)) {
-                        Ok(c) => c,
-                        Err(err) => match &self.hmac_previous {
-                            Some((prev, until)) if *until > now => {
-                                decode_with(token, prev, &validation).map_err(|_| err)?
-                            }
-                            _ => return Err(err),
-                        },
+        let header = crate::es512::header(token)?;
+        let kid = header.kid.as_deref().filter(|k| !k.is_empty());
+        let claims: T = if header.alg == crate::es512::ALG {
+            let key = match &self.jwks {
+                Some(jwks) => {
+                    let kid = kid.ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
+                    let key = jwks.key(kid).await?;
+                    check_pinned(&key, kid, &header.alg)?;
+                    match &*key.key {
+                        Key::Es512(k) => k.clone(),
+                        Key::Jwt(_) => {
+                            return Err(AuthError::Invalid(format!(
+                                "key {kid:?} is not a P-521 key"
+                            )))
+                        }
                     }
                 }
-                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
-                    decode_with(token, self.rsa.as_ref().ok_or_else(no_key)?, &validation)?
+                None => self.es512.clone().ok_or_else(|| {
+                    AuthError::Invalid("no key configured for algorithm ES512".into())
+                })?,
+            };
+            key.decode(token)?
+        } else {
+            let alg: Algorithm = header.alg.parse().map_err(|_| {
+                AuthError::Invalid(format!("unsupported algorithm {:?}", header.alg))
+            })?;
+            let mut validation = Validation::new(alg);
+            validation.required_spec_claims = HashSet::new();
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.validate_aud = false;
+            let no_key = || AuthError::Invalid(format!("no key configured for algorithm {alg:?}"));
+            if let Some(jwks) = &self.jwks {
+                let kid = kid.ok_or_else(|| AuthError::Invalid("token has no kid".into()))?;
+                let key = jwks.key(kid).await?;
+                check_pinned(&key, kid, &header.alg)?;
+                match &*key.key {
+                    Key::Jwt(k) => decode_with(token, k, &validation)?,
+                    Key::Es512(_) => {
+                        return Err(AuthError::Invalid(format!(
+                            "key {kid:?} is not for {alg:?}"
+                        )))
+                    }
                 }
-                Algorithm::ES256 | Algorithm::ES384 => {
-                    decode_with(token, self.ecdsa.as_ref().ok_or_else(no_key)?, &validation)?
-                }
-                other => {
-                    return Err(AuthError::Invalid(format!(
-                        "unsupported algorithm {other:?}"
-                    )))
+            } else {
+                match alg {
+                    Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                        let key = self.hmac.as_ref().ok_or_else(no_key);
+                        match key.and_then(|k| decode_with(token, k, &validation)) {
+                            Ok(c) => c,
+                            Err(err) => match &self.hmac_previous {
+                                Some((prev, until)) if *until > now => {
+                                    decode_with(token, prev, &validation).map_err(|_| err)?
+                                }
+                                _ => return Err(err),
+                            },
+                        }
+                    }
+                    Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => {
+                        decode_with(token, self.rsa.as_ref().ok_or_else(no_key)?, &validation)?
+                    }
+                    Algorithm::ES256 | Algorithm::ES384 => {
+                        decode_with(token, self.ecdsa.as_ref().ok_or_else(no_key)?, &validation)?
+                    }
+                    other => {
+                        return Err(AuthError::Invalid(format!(
+                            "unsupported algorithm {other:?}"
+                        )))
+                    }
                 }
             }
         };
@@ -240,6 +274,16 @@ impl TokenVerifier {
             }
         }
         Ok(claims)
+    }
+}
+
+/// A JWK that pins an algorithm (`alg`) only verifies tokens of that algorithm.
+fn check_pinned(key: &JwkKey, kid: &str, alg: &str) -> Result<(), AuthError> {
+    match &key.alg {
+        Some(pinned) if pinned != alg => {
+            Err(AuthError::Invalid(format!("key {kid:?} is not for {alg}")))
+        }
+        _ => Ok(()),
     }
 }
 

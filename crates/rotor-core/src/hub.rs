@@ -162,10 +162,20 @@ pub struct ClientHandle {
     /// Set by `close`: read on every turn of the session loop, cheaper than asking the
     /// cancellation token (a mutex).
     closed: std::sync::atomic::AtomicBool,
-    /// The connection token's `jti` and `iat`, for revocation.
-    creds: Mutex<(Option<Arc<str>>, Option<u64>)>,
+    /// The connection token's `jti` and `iat` (for revocation) and `meta`.
+    creds: Mutex<Creds>,
     /// When the connection expires (Unix seconds, 0 = never), for the expiry gauges.
     expire_at: std::sync::atomic::AtomicU64,
+}
+
+/// What a connection's token said that the node needs later.
+#[derive(Default)]
+struct Creds {
+    jti: Option<Arc<str>>,
+    iat: Option<u64>,
+    /// The token's `meta` claim: kept for the backend (proxies, the connections API), never
+    /// sent to clients.
+    meta: Option<rotor_protocol::Raw>,
 }
 
 /// Keeps its content on a cache line of its own: the queue's lock and state are what fan-out
@@ -284,7 +294,7 @@ impl ClientHandle {
             cancel,
             reason: OnceLock::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
-            creds: Mutex::new((None, None)),
+            creds: Mutex::new(Creds::default()),
             expire_at: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -424,7 +434,19 @@ impl ClientHandle {
 
     /// Records the current connection token's `jti` and `iat`.
     pub(crate) fn set_creds(&self, jti: Option<&str>, iat: Option<u64>) {
-        *self.creds.lock().unwrap_or_else(|e| e.into_inner()) = (jti.map(Arc::from), iat);
+        let mut c = lock(&self.creds);
+        c.jti = jti.map(Arc::from);
+        c.iat = iat;
+    }
+
+    /// Records the connection token's `meta` claim.
+    pub(crate) fn set_meta(&self, meta: Option<rotor_protocol::Raw>) {
+        lock(&self.creds).meta = meta;
+    }
+
+    /// The connection token's `meta` claim (never sent to the client).
+    pub fn meta(&self) -> Option<rotor_protocol::Raw> {
+        lock(&self.creds).meta.clone()
     }
 
     /// Records when the connection expires (`None`: never).
@@ -434,7 +456,8 @@ impl ClientHandle {
 
     /// The current connection token's `jti` and `iat`.
     pub(crate) fn creds(&self) -> (Option<Arc<str>>, Option<u64>) {
-        self.creds.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        let c = lock(&self.creds);
+        (c.jti.clone(), c.iat)
     }
 
     /// Whether the connection is already closing.

@@ -64,6 +64,24 @@ async fn rs256_and_es256_tokens_are_accepted() {
 }
 
 #[tokio::test]
+async fn es512_tokens_from_a_configured_p521_key() {
+    let mut config = test_config();
+    config.client.token.ecdsa_public_key = format!("{}/ec521.pub", keys());
+    let server = TestServer::start(config).await;
+    let t = super::jwks::es512(None, json!({"sub": "p521", "exp": now() + 60}), false);
+    let (_ws, reply) = connect(&server, &t).await;
+    assert!(reply["connect"]["client"].is_string(), "{reply}");
+    assert_eq!(reply["connect"]["ttl"].as_u64().map(|t| t > 50), Some(true));
+    // Signed by another P-521 key: 3500.
+    let forged = super::jwks::es512(None, json!({"sub": "p521"}), true);
+    assert_eq!(connect(&server, &forged).await.1["closed"], 3500);
+    // Expired: 109, the connection stays for a retry.
+    let old = super::jwks::es512(None, json!({"sub": "p521", "exp": now() - 5}), false);
+    assert_eq!(connect(&server, &old).await.1["error"]["code"], 109);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_signature_wrong_audience_and_expiry_get_their_codes() {
     let mut config = test_config();
     config.client.token.audience = "rotor-tests".into();

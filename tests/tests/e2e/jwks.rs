@@ -35,6 +35,20 @@ fn sign(alg: Algorithm, key_file: &str, kid: Option<&str>, claims: Value) -> Str
     jsonwebtoken::encode(&header, &claims, &key).unwrap()
 }
 
+/// An ES512 token signed with testdata/ec521.key, or with another P-521 key (`forged`).
+pub fn es512(kid: Option<&str>, claims: Value, forged: bool) -> String {
+    use rotor_auth::p521;
+    use rotor_auth::p521::pkcs8::DecodePrivateKey;
+    let key = if forged {
+        p521::ecdsa::SigningKey::from_slice(&[&[0u8][..], &[9u8; 65][..]].concat()).unwrap()
+    } else {
+        let pem = std::fs::read_to_string(testdata("ec521.key")).unwrap();
+        let secret = p521::SecretKey::from_pkcs8_pem(&pem).unwrap();
+        p521::ecdsa::SigningKey::from_bytes(&secret.to_bytes()).unwrap()
+    };
+    rotor_auth::sign_es512(&claims, &key, kid)
+}
+
 struct Jwks {
     url: String,
     keys: Arc<Mutex<Value>>,
@@ -117,7 +131,7 @@ async fn jwks_keys_rotation_unknown_kid_and_outage() {
     assert_eq!(connect(&server, &user_token("jw")).await["closed"], 3500);
 
     // The provider rotates to rsa2 and adds an EC key: an unknown kid triggers one refetch.
-    *jwks.keys.lock().unwrap() = json!({"keys": [jwk("rsa2"), jwk("ec1")]});
+    *jwks.keys.lock().unwrap() = json!({"keys": [jwk("rsa2"), jwk("ec1"), jwk("ec521")]});
     let r = connect(
         &server,
         &sign(Algorithm::RS256, "rsa2.key", Some("rsa2"), claims()),
@@ -131,6 +145,14 @@ async fn jwks_keys_rotation_unknown_kid_and_outage() {
     )
     .await;
     assert!(r["connect"]["client"].is_string(), "EC keys from JWKS: {r}");
+    // ES512 on a P-521 JWK of the same set (jsonwebtoken has no ES512): accepted; a token
+    // signed by another P-521 key under the same kid is not.
+    let r = connect(&server, &es512(Some("ec521"), claims(), false)).await;
+    assert!(r["connect"]["client"].is_string(), "ES512 from JWKS: {r}");
+    assert_eq!(
+        connect(&server, &es512(Some("ec521"), claims(), true)).await["closed"],
+        3500
+    );
     // A key signed by rsa.key but claiming kid rsa2 fails the signature check.
     assert_eq!(
         connect(

@@ -126,6 +126,7 @@ impl Session {
                 return Err(revoked_disconnect().into());
             }
             self.client.set_creds(token.jti.as_deref(), token.iat);
+            self.client.set_meta(token.meta);
             let mut subs: BTreeMap<String, rotor_auth::SubscriptionClaim> = BTreeMap::new();
             for ch in token.channels {
                 subs.insert(ch, rotor_auth::SubscriptionClaim::default());
@@ -267,6 +268,9 @@ impl Session {
             return Err((RefreshOutcome::Revoked, revoked_disconnect().into()));
         }
         self.client.set_creds(t.jti.as_deref(), t.iat);
+        if t.meta.is_some() {
+            self.client.set_meta(t.meta);
+        }
         self.expire_at = t.expire_at;
         self.client.set_expire_at(t.expire_at);
         if t.info.is_some() {

@@ -381,3 +381,53 @@ fn uni_connect_requests_parse_with_a_token_fallback() {
     );
     assert!(parse("{bad", None).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn meta_is_kept_on_the_connection_and_never_sent_to_the_client() {
+    let node = node(|_| {});
+    let mut c = Client::start(&node);
+    let r = c
+        .connect(json!({"sub": "alice", "meta": {"plan": "gold", "secret": "s3"}, "exp": now(&node) + 60}))
+        .await;
+    assert!(
+        !r.to_string().contains("gold"),
+        "meta is not in the reply: {r}"
+    );
+    let conns = node.hub().all_connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(
+        conns[0].meta().and_then(|m| m.json().map(str::to_string)),
+        Some(r#"{"plan":"gold","secret":"s3"}"#.to_string())
+    );
+    // A refresh with new meta replaces it; one without keeps it.
+    c.send(json!({"id": 2, "refresh": {"token": token(json!({"sub": "alice", "meta": {"plan": "free"}, "exp": now(&node) + 60}))}}));
+    let r = c.reply().await;
+    assert!(r["refresh"].is_object(), "{r}");
+    assert_eq!(
+        conns[0].meta().and_then(|m| m.json().map(str::to_string)),
+        Some(r#"{"plan":"free"}"#.to_string())
+    );
+    c.send(json!({"id": 3, "refresh": {"token": token(json!({"sub": "alice", "exp": now(&node) + 60}))}}));
+    assert!(c.reply().await["refresh"].is_object());
+    assert!(conns[0].meta().is_some(), "kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn subs_overrides_take_the_seed_names_and_ignore_unknown_keys() {
+    let node = node(|_| {});
+    let mut c = Client::start(&node);
+    let over = json!({
+        "presence": {"value": false},
+        "join_leave": {"value": true},
+        "position": {"value": true},
+        "recover": {"value": false},
+        "some_future_option": {"value": true}
+    });
+    let r = c
+        .connect(json!({"sub": "alice", "subs": {"open:mine": {"override": over}}, "exp": now(&node) + 60}))
+        .await;
+    // Accepted (it was 3500 when the names were refused), with its server-side
+    // subscription; rotor-auth's tests check what each name overrides.
+    assert!(r["connect"]["subs"]["open:mine"].is_object(), "{r}");
+    assert_eq!(node.hub().num_subscriptions(), 1);
+}
