@@ -47,6 +47,7 @@ fi
 dict_for() {
     case "$1" in
         protocol_decode | emulation_request) echo "$FUZZ_DIR/dict/protocol.dict" ;;
+        protobuf_decode) echo "$FUZZ_DIR/dict/protobuf.dict" ;;
         jwt_verify) echo "$FUZZ_DIR/dict/jwt.dict" ;;
         config_parse) echo "$FUZZ_DIR/dict/config.dict" ;;
         *) echo "" ;;

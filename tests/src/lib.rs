@@ -484,6 +484,27 @@ impl RawWs {
         }
     }
 
+    /// The next binary frame (a Protobuf connection's), or the close code and reason.
+    pub async fn binary_frame(&mut self, timeout: Duration) -> Result<Vec<u8>, (u16, String)> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match tokio::time::timeout(timeout, self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => return Ok(b.to_vec()),
+                Ok(Some(Ok(Message::Close(Some(f))))) => {
+                    return Err((f.code.into(), f.reason.to_string()))
+                }
+                Ok(Some(Ok(Message::Close(None)))) => return Err((1005, String::new())),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    panic!("a Protobuf connection never gets text frames: {t:?}")
+                }
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(_)) | None) => return Err((1006, String::new())),
+                Err(_) => panic!("nothing received within {timeout:?}"),
+            }
+        }
+    }
+
     pub async fn recv(&mut self, timeout: Duration) -> Received {
         use futures_util::StreamExt;
         use tokio_tungstenite::tungstenite::Message;

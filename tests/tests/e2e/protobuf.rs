@@ -224,6 +224,97 @@ async fn json_and_protobuf_clients_on_one_channel_both_receive_every_publication
     server.shutdown().await;
 }
 
+/// A raw Protobuf WebSocket (`?format=protobuf`, as Centrifugo also accepts), connected.
+async fn raw_protobuf(server: &TestServer) -> RawWs {
+    use rotor_protocol::{proto, Command, ConnectRequest, Protocol, Reply};
+    let mut ws = RawWs::connect(&format!("{}?format=protobuf", server.ws_url())).await;
+    let connect = Command {
+        id: 1,
+        connect: Some(ConnectRequest {
+            token: user_token("raw"),
+            ..ConnectRequest::default()
+        }),
+        ..Command::default()
+    };
+    let mut frame = Vec::new();
+    Protocol::Protobuf.frame_into(&mut frame, &[proto::encode(&connect)]);
+    ws.send_binary(frame).await;
+    let reply = ws.binary_frame(T).await.expect("a connect reply");
+    let replies: Vec<Reply> = Protocol::Protobuf.decode_replies(&reply).unwrap();
+    assert!(
+        replies[0]
+            .connect
+            .as_ref()
+            .is_some_and(|c| !c.client.is_empty()),
+        "{replies:?}"
+    );
+    ws
+}
+
+#[tokio::test]
+async fn protobuf_bad_input_closes_with_3501_or_1009_and_nothing_else_is_hurt() {
+    let server = TestServer::start(test_config()).await;
+    let mut bystander = raw_protobuf(&server).await;
+    let mut huge_length = Vec::new();
+    rotor_protocol::proto::put_varint(&mut huge_length, 1 << 62);
+    huge_length.extend([0x08, 0x01]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", vec![0x05, 0xff, 0xff, 0xff, 0xff, 0xff]),
+        ("a length of 2^62", huge_length),
+        ("an unterminated varint", vec![0x80]),
+        ("a varint of 11 bytes", vec![0xff; 11]),
+        (
+            "a nested length past the end",
+            vec![0x04, 0x08, 0x02, 0x22, 0x7f],
+        ),
+        (
+            "a string that is not UTF-8",
+            vec![0x06, 0x22, 0x04, 0x0a, 0x02, 0xc3, 0x28],
+        ),
+    ];
+    for (what, frame) in cases {
+        let mut ws = raw_protobuf(&server).await;
+        ws.send_binary(frame).await;
+        assert_eq!(
+            ws.binary_frame(T).await.map_err(|e| e.0),
+            Err(3501),
+            "{what}"
+        );
+    }
+    // A text frame on a Protobuf connection.
+    let mut ws = raw_protobuf(&server).await;
+    ws.send(r#"{"id":2,"presence":{"channel":"chat:x"}}"#).await;
+    assert_eq!(ws.binary_frame(T).await.map_err(|e| e.0), Err(3501));
+    // Over websocket.message_size_limit (64 KiB): 1009 before anything is decoded.
+    let mut ws = raw_protobuf(&server).await;
+    ws.send_binary(vec![0u8; 70_000]).await;
+    assert_eq!(ws.binary_frame(T).await.map_err(|e| e.0), Err(1009));
+    // The bystander is still served: a command gets its answer.
+    let cmd = rotor_protocol::Command {
+        id: 2,
+        presence_stats: Some(rotor_protocol::PresenceStatsRequest {
+            channel: "chat:x".into(),
+        }),
+        ..rotor_protocol::Command::default()
+    };
+    let mut frame = Vec::new();
+    rotor_protocol::Protocol::Protobuf
+        .frame_into(&mut frame, &[rotor_protocol::proto::encode(&cmd)]);
+    bystander.send_binary(frame).await;
+    let reply = loop {
+        let f = bystander.binary_frame(T).await.expect("served");
+        let r = rotor_protocol::Protocol::Protobuf
+            .decode_replies(&f)
+            .unwrap();
+        if let Some(r) = r.into_iter().find(|r| r.id == 2) {
+            break r;
+        }
+    };
+    // Answered (chat: needs a subscription for presence stats, so 103, as for JSON).
+    assert_eq!(reply.error.map(|e| e.code), Some(103));
+    server.shutdown().await;
+}
+
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
