@@ -224,6 +224,39 @@ async fn json_and_protobuf_clients_on_one_channel_both_receive_every_publication
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn protobuf_pings_are_empty_replies_and_the_empty_command_is_the_pong() {
+    let mut config = test_config();
+    config.client.ping_interval = Duration::from_millis(500);
+    config.client.pong_timeout = Duration::from_millis(400);
+    let server = TestServer::start(config).await;
+    // Does not answer: 3012 (no pong) after the first ping and the pong timeout.
+    let mut quiet = raw_protobuf(&server).await;
+    let code = loop {
+        match quiet.binary_frame(T).await {
+            Ok(f) => assert!(f == [0x00], "only pings come: {f:?}"),
+            Err((code, _)) => break code,
+        }
+    };
+    assert_eq!(code, 3012);
+    // Answers every ping with the empty command: still connected after many intervals.
+    let mut ws = raw_protobuf(&server).await;
+    let mut pings = 0;
+    while pings < 4 {
+        let frame = ws.binary_frame(T).await.expect("still connected");
+        if frame == [0x00] {
+            pings += 1;
+            ws.send_binary(vec![0x00]).await;
+        }
+    }
+    assert_eq!(
+        server.node().info().num_clients,
+        1,
+        "the answering one is kept"
+    );
+    server.shutdown().await;
+}
+
 /// A raw Protobuf WebSocket (`?format=protobuf`, as Centrifugo also accepts), connected.
 async fn raw_protobuf(server: &TestServer) -> RawWs {
     use rotor_protocol::{proto, Command, ConnectRequest, Protocol, Reply};

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rotor_protocol::{Disconnect, Push, Raw, UnsubscribeCode, UnsubscribePush};
+use rotor_protocol::{Disconnect, Protocol, Push, Raw, UnsubscribeCode, UnsubscribePush};
 use tokio::time::Instant;
 
 use super::{Addr, Session};
@@ -76,7 +76,12 @@ impl Session {
             }
         }
         if self.next_ping.is_some_and(|d| d <= now) {
-            self.out.push(Bytes::from_static(b"{}"));
+            // An empty reply: `{}` in JSON, an empty message (one 0x00 byte once framed) in
+            // Protobuf.
+            self.out.push(match self.protocol {
+                Protocol::Json => Bytes::from_static(b"{}"),
+                Protocol::Protobuf => Bytes::new(),
+            });
             self.next_ping = Some(now + cfg.ping_interval);
             if self.expects_pong() && self.pong_deadline.is_none() {
                 self.pong_deadline = Some(now + cfg.pong_timeout);
