@@ -5,7 +5,8 @@
 # per line) and the tables printed here.
 #
 #   scripts/bench.sh            # everything (~30 minutes)
-#   scripts/bench.sh idle       # one group: idle | fanout | channels | churn | cluster | postgres
+#   scripts/bench.sh idle       # one group: idle | fanout | channels | protobuf | churn |
+#                               # cluster | postgres
 #
 # Needs: nats-server (Debian package nats-server), Redis on 127.0.0.1:6379 for `cluster`,
 # PostgreSQL on 127.0.0.1:5432 for `postgres`, python3 (matplotlib is installed if missing).
@@ -19,7 +20,7 @@ ulimit -n 20000 || { echo "needs 20,000 open files (ulimit -n)"; exit 1; }
 out=target/bench
 mkdir -p "$out"
 results="$out/results.jsonl"
-groups="${*:-idle fanout channels churn cluster postgres}"
+groups="${*:-idle fanout channels protobuf churn cluster postgres}"
 [ $# -eq 0 ] && rm -f "$results"
 
 # One failed run is reported and the others go on.
@@ -51,6 +52,14 @@ for g in $groups; do
       for t in ceiling nats rotor-ws; do
         bench fanout --target "$t" --subs 10000 --channels each \
           --deliveries 5000,10000,20000,40000,80000,160000 --duration 3
+      done ;;
+    protobuf)
+      # JSON, Protobuf and a channel with both (every other subscriber Protobuf), side by
+      # side in the same run: idle memory per connection and the 10k fan-out ramp.
+      for t in rotor-ws rotor-ws-protobuf; do bench idle --target "$t" --counts 1000,5000,10000; done
+      for t in rotor-ws rotor-ws-protobuf rotor-ws-mixed; do
+        bench fanout --target "$t" --subs 10000 --duration 8 --p99-budget-ms 1000 \
+          --deliveries 100000,400000,1600000,2400000,2800000,3200000,3600000,4000000,4400000
       done ;;
     churn)
       bench churn --alg hs256 --duration 10

@@ -28,6 +28,11 @@ use crate::payload;
 pub enum Target {
     /// rotor, subscribers on WebSocket.
     RotorWs,
+    /// rotor, subscribers on WebSocket speaking Protobuf (`centrifuge-protobuf`).
+    RotorWsProtobuf,
+    /// rotor, subscribers on WebSocket, every other one speaking Protobuf: a channel with
+    /// both protocols (each push encoded twice, once per protocol).
+    RotorWsMixed,
     /// rotor, subscribers on HTTP streaming (bidirectional emulation).
     RotorHttpStream,
     /// rotor, subscribers on SSE (bidirectional emulation).
@@ -42,6 +47,8 @@ impl Target {
     pub fn name(self) -> &'static str {
         match self {
             Target::RotorWs => "rotor-ws",
+            Target::RotorWsProtobuf => "rotor-ws-protobuf",
+            Target::RotorWsMixed => "rotor-ws-mixed",
             Target::RotorHttpStream => "rotor-http-stream",
             Target::RotorSse => "rotor-sse",
             Target::Ceiling => "ceiling",
@@ -52,7 +59,11 @@ impl Target {
     pub fn is_rotor(self) -> bool {
         matches!(
             self,
-            Target::RotorWs | Target::RotorHttpStream | Target::RotorSse
+            Target::RotorWs
+                | Target::RotorWsProtobuf
+                | Target::RotorWsMixed
+                | Target::RotorHttpStream
+                | Target::RotorSse
         )
     }
 }
@@ -289,6 +300,16 @@ pub type Ws = WebSocketStream<TcpStream>;
 
 /// A WebSocket client with a small read buffer, so 10k+ load connections stay cheap.
 pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Ws, String> {
+    ws_connect_with(addr, path, None).await
+}
+
+/// [`ws_connect`] asking for a subprotocol.
+pub async fn ws_connect_with(
+    addr: SocketAddr,
+    path: &str,
+    subprotocol: Option<&str>,
+) -> Result<Ws, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -296,8 +317,16 @@ pub async fn ws_connect(addr: SocketAddr, path: &str) -> Result<Ws, String> {
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
-    let url = format!("ws://{addr}{path}");
-    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+    let mut request = format!("ws://{addr}{path}")
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    if let Some(p) = subprotocol {
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            p.parse().map_err(|_| "bad subprotocol".to_string())?,
+        );
+    }
+    let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| format!("websocket handshake: {e}"))?;
     Ok(ws)
@@ -320,6 +349,13 @@ pub async fn subscriber(
     let channel = channel_name(g % shared.stride);
     let result = match spec.target {
         Target::RotorWs => rotor_ws(&spec, addr, &channel, &shared, i, &ready).await,
+        Target::RotorWsProtobuf => {
+            rotor_ws_protobuf(&spec, addr, &channel, &shared, i, &ready).await
+        }
+        Target::RotorWsMixed if g % 2 == 1 => {
+            rotor_ws_protobuf(&spec, addr, &channel, &shared, i, &ready).await
+        }
+        Target::RotorWsMixed => rotor_ws(&spec, addr, &channel, &shared, i, &ready).await,
         Target::RotorHttpStream | Target::RotorSse => {
             rotor_emulated(&spec, addr, &channel, &shared, i, &ready).await
         }
@@ -425,6 +461,109 @@ async fn rotor_ws(
         }
         if pong {
             ws.send(Message::text("{}"))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    Err("connection closed".into())
+}
+
+/// The messages of a Protobuf frame: each is a varint length, then that many bytes.
+fn delimited(mut frame: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let mut len: usize = 0;
+        for shift in (0..64).step_by(7) {
+            let (&b, rest) = frame.split_first()?;
+            frame = rest;
+            len |= usize::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                break;
+            }
+        }
+        let len = len.min(frame.len());
+        let (m, rest) = frame.split_at(len);
+        frame = rest;
+        Some(m)
+    })
+}
+
+/// A rotor subscriber speaking Protobuf: the same connect and subscribe as [`rotor_ws`], in
+/// binary frames. A reply (field 1 set: it starts with 0x08) is decoded; a push (field 4:
+/// 0x22) only scanned for the payload, whose JSON text Protobuf carries as bytes; an empty
+/// message is a ping.
+async fn rotor_ws_protobuf(
+    spec: &SubSpec,
+    addr: SocketAddr,
+    channel: &str,
+    shared: &Shared,
+    i: usize,
+    ready: &Ready,
+) -> Result<(), String> {
+    use rotor_protocol::{Command, ConnectRequest, Protocol, Reply, SubscribeRequest};
+    let p = Protocol::Protobuf;
+    let mut ws =
+        ws_connect_with(addr, "/connection/websocket", Some("centrifuge-protobuf")).await?;
+    let hello = [
+        Command {
+            id: 1,
+            connect: Some(ConnectRequest {
+                token: spec.token.clone(),
+                ..ConnectRequest::default()
+            }),
+            ..Command::default()
+        },
+        Command {
+            id: 2,
+            subscribe: Some(SubscribeRequest {
+                channel: channel.to_string(),
+                ..SubscribeRequest::default()
+            }),
+            ..Command::default()
+        },
+    ];
+    let messages: Vec<Vec<u8>> = hello.iter().map(|c| p.encode_command(c)).collect();
+    let mut frame = Vec::new();
+    p.frame_into(&mut frame, &messages);
+    ws.send(Message::binary(frame))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut replies = 0;
+    while let Some(msg) = ws.next().await {
+        let msg = msg.map_err(|e| e.to_string())?;
+        let Message::Binary(bytes) = msg else {
+            if let Message::Close(f) = msg {
+                return Err(format!("closed: {f:?}"));
+            }
+            continue;
+        };
+        let mut pong = false;
+        let now = payload::now_ns();
+        for m in delimited(&bytes) {
+            match m.first() {
+                None => pong = true,
+                Some(0x22) => {
+                    if let Some((seq, t)) = payload::scan(m) {
+                        shared.on_payload(i, seq, t, now);
+                    }
+                }
+                Some(0x08) => {
+                    let reply: Reply =
+                        rotor_protocol::proto::decode(m).map_err(|e| e.to_string())?;
+                    if reply.id <= 2 {
+                        if let Some(e) = reply.error {
+                            return Err(format!("command {}: {e:?}", reply.id));
+                        }
+                        replies += 1;
+                        if replies == 2 {
+                            mark_ready(shared, ready);
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        if pong {
+            ws.send(Message::binary(vec![0u8]))
                 .await
                 .map_err(|e| e.to_string())?;
         }

@@ -149,8 +149,6 @@ pub struct ClientHandle {
     pub(crate) id: Arc<str>,
     pub(crate) user: OnceLock<Arc<str>>,
     pub(crate) session: Option<Arc<str>>,
-    /// The protocol the client speaks: which encoding of a push it is handed.
-    protocol: Protocol,
     /// Messages for the session. A plain queue under a mutex rather than a channel: fan-out
     /// sends one message to every subscriber, and with the queue, its byte count, its limit
     /// and the session's waker on one cache line a send touches this line and nothing else
@@ -201,6 +199,9 @@ struct Inbox {
     waker: Option<Waker>,
     /// The session has ended: messages are dropped.
     ended: bool,
+    /// The protocol the client speaks: which encoding of a push it is handed. Kept on the
+    /// queue's line, which fan-out and the session touch anyway.
+    protocol: Protocol,
 }
 
 impl Inbox {
@@ -286,9 +287,9 @@ impl ClientHandle {
             id,
             user: OnceLock::new(),
             session,
-            protocol,
             inbox: Line(Mutex::new(Inbox {
                 limit: u32::try_from(queue_limit).unwrap_or(u32::MAX),
+                protocol,
                 ..Inbox::default()
             })),
             cancel,
@@ -316,21 +317,35 @@ impl ClientHandle {
 
     /// Queues a node command for the session.
     pub(crate) fn send_control(&self, control: Control) {
-        self.enqueue(CONTROL_COST, |inbox| inbox.push_control(Box::new(control)));
+        self.enqueue(
+            |_| CONTROL_COST,
+            |inbox| inbox.push_control(Box::new(control)),
+        );
     }
 
-    /// Queues push `idx` of `chunk` (which costs `cost`).
-    fn send_push(&self, chunk: &Arc<Chunk>, idx: u16, cost: u32) {
-        self.enqueue(cost, |inbox| inbox.push_run(chunk, idx));
+    /// The protocol the client speaks.
+    fn protocol(&self) -> Protocol {
+        lock(&self.inbox.0).protocol
     }
 
-    /// Queues what `push` adds; a connection whose queue would exceed its byte limit is
-    /// closed as slow (3008) instead of growing memory.
-    fn enqueue(&self, cost: u32, push: impl FnOnce(&mut Inbox)) {
+    /// Queues push `idx` of `chunk`, which costs `costs[0]` in JSON and `costs[1]` in
+    /// Protobuf.
+    fn send_push(&self, chunk: &Arc<Chunk>, idx: u16, costs: [u32; 2]) {
+        self.enqueue(
+            |inbox| costs[usize::from(inbox.protocol == Protocol::Protobuf)],
+            |inbox| inbox.push_run(chunk, idx),
+        );
+    }
+
+    /// Queues what `push` adds (`cost` says what it counts, from the queue); a connection
+    /// whose queue would exceed its byte limit is closed as slow (3008) instead of growing
+    /// memory.
+    fn enqueue(&self, cost: impl FnOnce(&Inbox) -> u32, push: impl FnOnce(&mut Inbox)) {
         let mut inbox = lock(&self.inbox.0);
         if inbox.ended {
             return;
         }
+        let cost = cost(&inbox);
         if u64::from(inbox.bytes) + u64::from(cost) > u64::from(inbox.limit) {
             drop(inbox);
             self.close(Disconnect::SLOW);
@@ -375,6 +390,7 @@ impl ClientHandle {
     /// queue is empty or `each` returns false (that message is taken; the rest stay).
     pub(crate) fn take(&self, mut each: impl FnMut(Taken<'_>) -> bool) {
         let mut inbox = lock(&self.inbox.0);
+        let protocol = inbox.protocol;
         let mut budget = TAKE_AT_MOST;
         while budget > 0 {
             let Some(queued) = inbox.pop() else {
@@ -396,10 +412,10 @@ impl ClientHandle {
                         budget -= 1;
                         // Always filled: a slot is set before it is queued anywhere.
                         if let Some(encoded) = slot.get() {
-                            inbox.bytes -= encoded.cost(self.protocol);
+                            inbox.bytes -= encoded.cost(protocol);
                             go_on = each(Taken::Push {
                                 channel: &run.chunk.channel,
-                                bytes: encoded.bytes(self.protocol),
+                                bytes: encoded.bytes(protocol),
                             });
                         }
                     }
@@ -592,11 +608,11 @@ impl Hub {
             client: client.clone(),
             join_leave,
         };
-        let protobuf = u32::from(client.protocol == Protocol::Protobuf);
+        let protobuf = u32::from(client.protocol() == Protocol::Protobuf);
         match shard.channels.get_mut(channel) {
             Some(ch) => {
                 if let Some(old) = ch.subs.insert(key(client), subscriber) {
-                    ch.protobuf -= u32::from(old.client.protocol == Protocol::Protobuf);
+                    ch.protobuf -= u32::from(old.client.protocol() == Protocol::Protobuf);
                 }
                 ch.protobuf += protobuf;
             }
@@ -626,7 +642,7 @@ impl Hub {
         let Some(gone) = ch.subs.remove(&key(client)) else {
             return false;
         };
-        ch.protobuf -= u32::from(gone.client.protocol == Protocol::Protobuf);
+        ch.protobuf -= u32::from(gone.client.protocol() == Protocol::Protobuf);
         if ch.subs.is_empty() {
             shard.channels.remove(channel);
             return true;
@@ -684,8 +700,7 @@ impl Hub {
                 std::hint::black_box(client.touch());
             }
             for client in group {
-                let cost = costs[usize::from(client.protocol == Protocol::Protobuf)];
-                client.send_push(&chunk, idx, cost);
+                client.send_push(&chunk, idx, costs);
             }
         }
         targets.len()
