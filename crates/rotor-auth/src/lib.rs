@@ -37,4 +37,6 @@ pub enum AuthError {
 }
 
 #[cfg(test)]
+mod jwks_tests;
+#[cfg(test)]
 mod tests;
