@@ -24,7 +24,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
+/// Whether a request carries the API key (or the API needs none): decided from the headers
+/// and the query alone, before the body is read.
+pub fn authorized(state: &AppState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
     let api = &state.config.http_api;
     if api.insecure {
         return true;
@@ -40,25 +42,24 @@ fn authorized(state: &AppState, headers: &HeaderMap, query: &BTreeMap<String, St
                     .or_else(|| v.strip_prefix("Apikey "))
             })
         })
-        .or_else(|| query.get("api_key").map(String::as_str));
+        .or_else(|| {
+            api.key_in_query
+                .then(|| query.get("api_key").map(String::as_str))
+                .flatten()
+        });
     given.is_some_and(|k| constant_time_eq(k.trim().as_bytes(), api.key.as_bytes()))
 }
 
-/// Handles one API request.
-pub async fn handle(
-    state: AppState,
-    method: String,
-    headers: HeaderMap,
-    query: BTreeMap<String, String>,
-    body: Bytes,
-) -> Response {
-    if !authorized(&state, &headers, &query) {
-        tracing::info!(method, "server API request with a wrong or missing key");
-        return json_response(
-            StatusCode::UNAUTHORIZED,
-            &json!({ "error": error_value(ErrorCode::Unauthorized.to_error()) }),
-        );
-    }
+/// The answer to a request without the right key (401), sent before its body is read.
+pub fn unauthorized() -> Response {
+    json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({ "error": error_value(ErrorCode::Unauthorized.to_error()) }),
+    )
+}
+
+/// Handles one API request whose key was checked (see [`authorized`]).
+pub async fn handle(state: AppState, method: String, body: Bytes) -> Response {
     let params: Value = if body.is_empty() {
         json!({})
     } else {

@@ -140,20 +140,73 @@ fn api(state: &AppState) -> Route {
                 .or(warp::any().map(BTreeMap::new))
                 .unify(),
         )
-        .and(body(
-            API_BODY_LIMIT,
-            state.config.http_server.body_read_timeout,
-        ))
         .and(with_state(state))
-        .then(
+        // The key first, from the headers and the query: a request without it is answered
+        // 401 before a byte of its body is read or held.
+        .and_then(
             |method: String,
              headers: HeaderMap,
              query: BTreeMap<String, String>,
+             state: AppState| async move {
+                if api::authorized(&state, &headers, &query) {
+                    Ok((method, state))
+                } else {
+                    tracing::info!(method, "server API request with a wrong or missing key");
+                    Err(warp::reject::custom(ApiUnauthorized))
+                }
+            },
+        )
+        .untuple_one()
+        .and(warp::body::content_length_limit(API_BODY_LIMIT))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and_then(
+            move |method: String,
+                  state: AppState,
+                  length: Option<u64>,
+                  stream| async move {
+                // Room for the body in the API's budget before it is read; held until the
+                // request is answered.
+                let kib = u32::try_from(length.unwrap_or(0).div_ceil(1024).max(1))
+                    .unwrap_or(u32::MAX);
+                let budget = state.api_budget.clone();
+                let within = state.config.http_server.body_read_timeout;
+                let permit = match tokio::time::timeout(within, budget.acquire_many_owned(kib))
+                    .await
+                {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        tracing::warn!(method, kib, "server API body budget full (http_api.max_body_bytes_in_flight); answering 503");
+                        return Err(warp::reject::custom(ApiBusy));
+                    }
+                };
+                let body = read_within(stream, within).await?;
+                Ok::<_, warp::Rejection>((method, state, body, permit))
+            },
+        )
+        .untuple_one()
+        .then(
+            |method: String,
+             state: AppState,
              body: Bytes,
-             state: AppState| { api::handle(state, method, headers, query, body) },
+             permit: tokio::sync::OwnedSemaphorePermit| async move {
+                let answer = api::handle(state, method, body).await;
+                drop(permit);
+                answer
+            },
         )
         .boxed()
 }
+
+/// A server API request without the right key (401, JSON).
+#[derive(Debug)]
+struct ApiUnauthorized;
+impl warp::reject::Reject for ApiUnauthorized {}
+
+/// The server API's body budget stayed full (503).
+#[derive(Debug)]
+struct ApiBusy;
+impl warp::reject::Reject for ApiBusy {}
 
 /// `GET <websocket.handler_prefix>`: the bidirectional WebSocket.
 fn websocket(state: &AppState) -> Route {
@@ -514,7 +567,15 @@ fn exact_path(path: String) -> impl Filter<Extract = (), Error = warp::Rejection
 async fn rejection(err: warp::Rejection) -> Result<Response, Infallible> {
     // Specific rejections first: a request that reached its route and failed there also
     // carries the not-found and method rejections of the routes it did not match.
-    let (status, text) = if err.find::<BodyTimeout>().is_some() {
+    if err.find::<ApiUnauthorized>().is_some() {
+        return Ok(api::unauthorized());
+    }
+    let (status, text) = if err.find::<ApiBusy>().is_some() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server API busy: too many request bodies in flight\n",
+        )
+    } else if err.find::<BodyTimeout>().is_some() {
         (
             StatusCode::REQUEST_TIMEOUT,
             "request body not received in time\n",

@@ -131,6 +131,7 @@ impl Server {
             config: cfg.clone(),
             sessions: self.sessions.clone(),
             metrics: self.metrics.clone(),
+            api_budget: crate::state::api_budget(cfg),
         };
         let prom = &cfg.prometheus;
         let internal = match routes::internal(&state) {

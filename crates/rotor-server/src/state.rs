@@ -23,6 +23,21 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// Set when `prometheus.enabled`.
     pub metrics: Option<Arc<Metrics>>,
+    /// What the server API may hold of request bodies at once, in KiB permits
+    /// (`http_api.max_body_bytes_in_flight`).
+    pub api_budget: Arc<tokio::sync::Semaphore>,
+}
+
+/// The server API's body budget for `config`: one permit per KiB.
+pub fn api_budget(config: &Config) -> Arc<tokio::sync::Semaphore> {
+    let kib = config
+        .http_api
+        .max_body_bytes_in_flight
+        .div_ceil(1024)
+        .max(1);
+    Arc::new(tokio::sync::Semaphore::new(
+        kib.min(tokio::sync::Semaphore::MAX_PERMITS),
+    ))
 }
 
 /// The client's address (see [`crate::listener::client_addr`]); `None` only where rotor did

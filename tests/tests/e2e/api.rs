@@ -196,3 +196,129 @@ async fn every_api_method_through_cent() {
     s.finish(Duration::from_secs(10)).await;
     server.shutdown().await;
 }
+
+/// Sends `head` (a request head ending in a blank line) and, if given, part of a body;
+/// returns the status and body of the answer and how long it took.
+async fn raw_request(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+) -> (u16, String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = Vec::new();
+    // Read until the answer's body is there (a JSON object or a line).
+    while !(got.windows(4).any(|w| w == b"\r\n\r\n")
+        && (got.ends_with(b"}") || got.ends_with(b"\n")))
+    {
+        match tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer within 15 s"),
+        }
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&got).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body, took)
+}
+
+#[tokio::test]
+async fn requests_without_the_key_are_answered_401_before_their_bodies_are_read() {
+    let server = TestServer::start(test_config()).await;
+    // 16 at once, each announcing 15 MB and sending none of it: every one is answered 401
+    // at once (it was: nothing until the 10 s body timeout, the bodies held in memory).
+    let head = "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: wrong\r\nContent-Type: application/json\r\nContent-Length: 15000000\r\n\r\n";
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let addr = server.addr;
+            tokio::spawn(async move { raw_request(addr, head, b"{\"channel\":").await })
+        })
+        .collect();
+    for t in tasks {
+        let (status, body, took) = t.await.unwrap();
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("\"code\":101"), "{body}");
+        assert!(
+            took < Duration::from_secs(3),
+            "answered before the body: {took:?}"
+        );
+    }
+    // No key at all, the same.
+    let head = "POST /api/info HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n\r\n";
+    let (status, _, took) = raw_request(server.addr, head, b"").await;
+    assert_eq!((status, took < Duration::from_secs(3)), (401, true));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn api_bodies_wait_for_room_in_the_budget() {
+    let mut config = test_config();
+    config.http_api.max_body_bytes_in_flight = 64 * 1024;
+    config.http_server.body_read_timeout = Duration::from_millis(1500);
+    let server = TestServer::start(config).await;
+    let key = API_KEY;
+    // A holds 60 KiB of the 64 KiB: it announces them and sends nothing (408 at 1.5 s).
+    let holder = {
+        let addr = server.addr;
+        let head = format!("POST /api/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 61440\r\n\r\n");
+        tokio::spawn(async move { raw_request(addr, &head, b"").await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // B needs 10 KiB: it waits until A is done, then is answered.
+    let mut body = b"{}".to_vec();
+    body.resize(10 * 1024, b' ');
+    let head = format!(
+        "POST /api/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let (status, answer, took) = raw_request(server.addr, &head, &body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"nodes\""), "{answer}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited for the budget: {took:?}"
+    );
+    let (status, _, _) = holder.await.unwrap();
+    assert_eq!(status, 408);
+    // With room, no wait.
+    let (status, _, took) = raw_request(server.addr, &head, &body).await;
+    assert_eq!(status, 200);
+    assert!(took < Duration::from_millis(900), "{took:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_key_in_the_query_can_be_turned_off() {
+    let mut config = test_config();
+    let server = TestServer::start(config.clone()).await;
+    let key = API_KEY;
+    let head =
+        format!("POST /api/info?api_key={key} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n");
+    assert_eq!(
+        raw_request(server.addr, &head, b"{}").await.0,
+        200,
+        "on by default, as in Centrifugo"
+    );
+    server.shutdown().await;
+    config.http_api.key_in_query = false;
+    let server = TestServer::start(config).await;
+    assert_eq!(raw_request(server.addr, &head, b"{}").await.0, 401);
+    let head = format!(
+        "POST /api/info HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 2\r\n\r\n"
+    );
+    assert_eq!(raw_request(server.addr, &head, b"{}").await.0, 200);
+    server.shutdown().await;
+}

@@ -76,12 +76,21 @@ impl Default for TlsConfig {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpApiConfig {
-    /// Key for `POST /api/<method>` (header `X-API-Key` or `Authorization: apikey <key>`).
+    /// Key for `POST /api/<method>` (header `X-API-Key` or `Authorization: apikey <key>`,
+    /// or the query parameter `api_key` while `key_in_query` allows it).
     pub key: String,
     /// Accept API requests without a key. Only for trusted networks.
     pub insecure: bool,
     /// Path prefix of the API.
     pub handler_prefix: String,
+    /// Accept the key as the query parameter `api_key`, as Centrifugo does. URLs end up in
+    /// proxy and access logs, so a key sent this way leaks there; turn this off when every
+    /// client sends the header (rotor-specific).
+    pub key_in_query: bool,
+    /// Most request body bytes the server API holds at once across all its requests
+    /// (rotor-specific): a request waits for room (up to `http_server.body_read_timeout`,
+    /// then 503) before its body is read, so big batches cannot add up past it.
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for HttpApiConfig {
@@ -90,6 +99,8 @@ impl Default for HttpApiConfig {
             key: String::new(),
             insecure: false,
             handler_prefix: "/api".into(),
+            key_in_query: true,
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
         }
     }
 }
@@ -107,6 +118,8 @@ impl std::fmt::Debug for HttpApiConfig {
             )
             .field("insecure", &self.insecure)
             .field("handler_prefix", &self.handler_prefix)
+            .field("key_in_query", &self.key_in_query)
+            .field("max_body_bytes_in_flight", &self.max_body_bytes_in_flight)
             .finish()
     }
 }
