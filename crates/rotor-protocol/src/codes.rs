@@ -161,6 +161,13 @@ impl Disconnect {
         reason: Cow::Borrowed("message size limit exceeded"),
     };
 
+    /// WebSocket's close code for a text frame that is not UTF-8 (RFC 6455: 1007), sent by
+    /// the transport; like 1009 not one of Centrifugo's codes.
+    pub const INVALID_PAYLOAD: Disconnect = Disconnect {
+        code: 1007,
+        reason: Cow::Borrowed("invalid frame payload data"),
+    };
+
     /// A disconnect with a custom code and reason (application codes are 4000-4999).
     pub fn custom(code: u16, reason: impl Into<Cow<'static, str>>) -> Disconnect {
         Disconnect {

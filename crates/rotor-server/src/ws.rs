@@ -405,6 +405,10 @@ impl Transport for WsTransport {
                     tracing::info!(error = %e, "websocket message too large, closing with 1009");
                     Inbound::Refused(Disconnect::MESSAGE_SIZE_LIMIT)
                 }
+                Some(Err(WsError::Utf8(e))) => {
+                    tracing::info!(error = %e, "websocket text frame is not UTF-8, closing with 1007");
+                    Inbound::Refused(Disconnect::INVALID_PAYLOAD)
+                }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "websocket read error");
                     Inbound::Closed
@@ -448,11 +452,83 @@ impl Transport for WsTransport {
                 return;
             }
         }
-        let frame = CloseFrame {
-            code: CloseCode::from(disconnect.code),
-            reason: disconnect.close_reason().to_string().into(),
-        };
-        let _ = self.socket.send(Message::Close(Some(frame))).await;
-        let _ = SinkExt::close(&mut self.socket).await;
+        let reason = disconnect.close_reason();
+        match self.socket.get_mut() {
+            // Plain TCP: the close frame is written straight to the socket (tungstenite may
+            // have given up on the stream after a read error, 1009's among them), then no
+            // more writing; `finish` reads and drops what the client still sends, as RFC
+            // 6455's closing handshake has it. Closing with unread bytes would make the
+            // kernel reset the connection, and a reset throws away the close frame the
+            // client has not read yet.
+            Either::Left(tcp) => {
+                use tokio::io::AsyncWriteExt;
+                let frame = close_frame(disconnect.code, reason);
+                if tcp.write_all(&frame).await.is_err() {
+                    return;
+                }
+                let _ = tcp.shutdown().await;
+            }
+            Either::Right(_) => {
+                let frame = CloseFrame {
+                    code: CloseCode::from(disconnect.code),
+                    reason: reason.to_string().into(),
+                };
+                let _ = self.socket.send(Message::Close(Some(frame))).await;
+                let _ = SinkExt::close(&mut self.socket).await;
+            }
+        }
     }
+
+    /// The rest of the closing handshake, after the session cleaned up: what the client
+    /// still sends is read and dropped until it closes its side or the time is up.
+    async fn finish(&mut self) {
+        match self.socket.get_mut() {
+            Either::Left(tcp) => drain(tcp, CLOSE_DRAIN).await,
+            Either::Right(_) => {
+                let _ = crate::http::within(CLOSE_DRAIN, async {
+                    while let Some(Ok(_)) = self.socket.next().await {}
+                })
+                .await;
+            }
+        }
+    }
+}
+
+/// How long a closing WebSocket reads and drops what the client still sends, waiting for it
+/// to close its side (within the session's one second for the close).
+const CLOSE_DRAIN: Duration = Duration::from_millis(900);
+
+/// Most bytes a closing connection reads and drops.
+const DRAIN_AT_MOST: usize = 64 << 20;
+
+/// Reads and drops what the peer sends until it closes its side, an error, `within` or
+/// [`DRAIN_AT_MOST`] bytes, whichever comes first.
+pub(crate) async fn drain(io: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8192];
+    let mut total = 0;
+    let _ = crate::http::within(within, async {
+        while total < DRAIN_AT_MOST {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// An unmasked close frame with `code` and `reason` (cut to fit a control frame's 125
+/// bytes at a character boundary).
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut frame = Vec::with_capacity(4 + cut);
+    frame.push(0x88); // FIN, opcode 8 (close)
+    frame.push((2 + cut) as u8);
+    frame.extend_from_slice(&code.to_be_bytes());
+    frame.extend_from_slice(&reason.as_bytes()[..cut]);
+    frame
 }

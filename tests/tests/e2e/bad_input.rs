@@ -240,3 +240,99 @@ async fn a_frame_sent_with_the_upgrade_request_is_read() {
     assert!(reply.contains("\"connect\""), "{reply}");
     assert!(reply.contains("\"client\""), "{reply}");
 }
+
+/// A WebSocket opened by hand on a raw socket (the client side of the closing handshake is
+/// what the tests look at, so no library sits in between).
+async fn raw_websocket(server: &TestServer) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /connection/websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s
+}
+
+/// The header of a masked client frame (mask key 0: the payload goes as it is).
+fn client_frame_header(opcode: u8, len: usize) -> Vec<u8> {
+    let mut h = vec![0x80 | opcode];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        h.push(0x80 | 126);
+        h.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    h
+}
+
+/// Reads until the server's close frame and returns its code; `None` when the connection
+/// ended (or was reset) without one.
+async fn close_code(read: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        // Frames from the server are unmasked; find a close frame's first two bytes.
+        if let Some(at) = got
+            .windows(2)
+            .position(|w| w[0] == 0x88 && w[1] >= 2 && w[1] < 126)
+        {
+            if got.len() >= at + 4 {
+                return Some(u16::from_be_bytes([got[at + 2], got[at + 3]]));
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(10), read.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("neither a close frame nor an end within 10 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_far_over_the_limit_gets_its_1009_after_sending_it_all() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(test_config()).await;
+    for _ in 0..3 {
+        let mut s = raw_websocket(&server).await;
+        // 16 MiB announced and all of it sent before reading, as a client that writes a
+        // big message does (more than the socket buffers hold); the limit is 64 KiB.
+        let len = 16 << 20;
+        let mut message = client_frame_header(1, len);
+        message.resize(message.len() + len, b'x');
+        let sent = s.write_all(&message).await;
+        // Before the closing handshake drained, the server closed with the rest unread:
+        // the kernel reset the connection and the close frame was lost (1006).
+        assert!(
+            sent.is_ok(),
+            "the server reads what comes until it is all there"
+        );
+        assert_eq!(close_code(&mut s).await, Some(1009));
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_text_frame_that_is_not_utf8_gets_1007() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::start(test_config()).await;
+    let mut s = raw_websocket(&server).await;
+    let payload = [0xc3, 0x28, b'{', b'}'];
+    let mut frame = client_frame_header(1, payload.len());
+    frame.extend_from_slice(&payload);
+    s.write_all(&frame).await.unwrap();
+    assert_eq!(close_code(&mut s).await, Some(1007));
+    server.shutdown().await;
+}

@@ -93,6 +93,12 @@ pub trait Transport: Send {
     fn write(&mut self, messages: Vec<Bytes>) -> impl Future<Output = std::io::Result<()>> + Send;
     /// Ends the connection with this code (a WebSocket close frame; the end of a stream).
     fn close(&mut self, disconnect: &Disconnect) -> impl Future<Output = ()> + Send;
+    /// After `close` and the session's cleanup: waits (bounded) for the client to take the
+    /// close, e.g. reading and dropping what it still sends so the socket is not reset
+    /// under its unread close frame.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Per-connection parameters from the transport.
@@ -384,6 +390,9 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(d)).await;
     }
     Box::pin(s.cleanup()).await;
+    if ending.is_some() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), transport.finish()).await;
+    }
     if s.state == State::Connected {
         node.observer()
             .disconnected(s.transport.name, ending.as_ref().map(|d| d.code));
