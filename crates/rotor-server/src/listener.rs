@@ -294,6 +294,124 @@ impl Serving {
     }
 }
 
+/// How long a closed connection reads and drops what the client still sends, waiting for it
+/// to close its side.
+pub const CLOSE_DRAIN: Duration = Duration::from_millis(900);
+
+/// Most bytes a closing connection reads and drops.
+const DRAIN_AT_MOST: usize = 64 << 20;
+
+/// Reads and drops what the peer sends until it closes its side, an error, `within` or
+/// 64 MiB, whichever comes first. A socket closed with bytes unread is reset by the kernel,
+/// and the reset fails the client's writes before it reads the answer it was sent (a 413,
+/// a 401, a WebSocket close frame).
+pub async fn drain(io: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 8192];
+    let mut total = 0;
+    let _ = tokio::time::timeout(within, async {
+        while total < DRAIN_AT_MOST {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+/// An accepted connection that, when hyper is done with it, lingers: its write side is
+/// shut and what the client still sends is drained ([`drain`], in a task of its own) before
+/// the socket closes, so an answer sent before a request body was read (413, 401) reaches
+/// the client. A connection taken over by a WebSocket is taken out with
+/// [`into_inner`](Self::into_inner) and closes the WebSocket's way.
+pub struct Lingering<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> {
+    io: Option<T>,
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Lingering<T> {
+    pub fn new(io: T) -> Lingering<T> {
+        Lingering { io: Some(io) }
+    }
+
+    /// The connection itself; nothing lingers any more.
+    pub fn into_inner(mut self) -> T {
+        self.io.take().expect("a connection until taken")
+    }
+
+    fn io(&mut self) -> &mut T {
+        self.io.as_mut().expect("a connection until taken")
+    }
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Drop
+    for Lingering<T>
+{
+    fn drop(&mut self) {
+        let Some(mut io) = self.io.take() else {
+            return;
+        };
+        // Only inside a runtime (always, but for a connection dropped while it shuts down).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = tokio::time::timeout(CLOSE_DRAIN, io.shutdown()).await;
+                drain(&mut io, CLOSE_DRAIN).await;
+            });
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> tokio::io::AsyncRead
+    for Lingering<T>
+{
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.io()).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> tokio::io::AsyncWrite
+    for Lingering<T>
+{
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(self.io()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.io()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(self.io()).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(self.io()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+}
+
 /// Accepts connections until `stop`, then waits for the HTTP requests in flight (WebSocket
 /// sessions are closed by the node's own shutdown).
 pub async fn serve(
@@ -347,7 +465,7 @@ pub async fn serve(
             let result = match &serving.tls {
                 None => {
                     let conn = builder
-                        .serve_connection(TokioIo::new(tcp), svc)
+                        .serve_connection(TokioIo::new(Lingering::new(tcp)), svc)
                         .with_upgrades();
                     until_stopped(conn, &stop).await
                 }
@@ -369,7 +487,7 @@ pub async fn serve(
                         }
                     };
                     let conn = builder
-                        .serve_connection(TokioIo::new(tls), svc)
+                        .serve_connection(TokioIo::new(Lingering::new(tls)), svc)
                         .with_upgrades();
                     until_stopped(conn, &stop).await
                 }

@@ -25,6 +25,7 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use crate::http::{origin_allowed, plain};
+use crate::listener::{drain, Lingering, CLOSE_DRAIN};
 use crate::state::{AppState, Peer};
 
 const TRANSPORT: TransportInfo = TransportInfo {
@@ -213,8 +214,11 @@ type Socket = WebSocketStream<Io>;
 /// Takes the upgraded connection apart when it is a plain TCP stream (bytes the client sent
 /// after its upgrade request come first).
 async fn socket(upgraded: Upgraded, config: WebSocketConfig) -> Socket {
-    let (io, read_ahead) = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => (Either::Left(parts.io.into_inner()), parts.read_buf.to_vec()),
+    let (io, read_ahead) = match upgraded.downcast::<TokioIo<Lingering<TcpStream>>>() {
+        Ok(parts) => (
+            Either::Left(parts.io.into_inner().into_inner()),
+            parts.read_buf.to_vec(),
+        ),
         Err(upgraded) => (Either::Right(TokioIo::new(upgraded)), Vec::new()),
     };
     WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await
@@ -492,30 +496,6 @@ impl Transport for WsTransport {
             }
         }
     }
-}
-
-/// How long a closing WebSocket reads and drops what the client still sends, waiting for it
-/// to close its side (within the session's one second for the close).
-const CLOSE_DRAIN: Duration = Duration::from_millis(900);
-
-/// Most bytes a closing connection reads and drops.
-const DRAIN_AT_MOST: usize = 64 << 20;
-
-/// Reads and drops what the peer sends until it closes its side, an error, `within` or
-/// [`DRAIN_AT_MOST`] bytes, whichever comes first.
-pub(crate) async fn drain(io: &mut (impl tokio::io::AsyncRead + Unpin), within: Duration) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 8192];
-    let mut total = 0;
-    let _ = crate::http::within(within, async {
-        while total < DRAIN_AT_MOST {
-            match io.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    })
-    .await;
 }
 
 /// An unmasked close frame with `code` and `reason` (cut to fit a control frame's 125

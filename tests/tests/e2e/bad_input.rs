@@ -336,3 +336,55 @@ async fn a_text_frame_that_is_not_utf8_gets_1007() {
     assert_eq!(close_code(&mut s).await, Some(1007));
     server.shutdown().await;
 }
+
+/// Sends a request head announcing `len` body bytes and then all of them, then reads the
+/// answer's status line; `Err` when the write or the read failed (a reset).
+async fn post_all_then_read(
+    addr: std::net::SocketAddr,
+    head: &str,
+    len: usize,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = head.replace("{len}", &len.to_string()).into_bytes();
+    request.resize(request.len() + len, b'x');
+    s.write_all(&request)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) => return Err("ended without an answer".into()),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Err(_) => return Err("no answer within 10 s".into()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string())
+}
+
+#[tokio::test]
+async fn refused_http_bodies_get_their_status_after_sending_it_all() {
+    let server = TestServer::start(test_config()).await;
+    // Over emulation.max_request_body_size: 413; a wrong API key: 401. 16 MiB each, more
+    // than the socket buffers hold, so the server must read what it does not want.
+    let cases = [
+        ("POST /connection/http_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n", "413"),
+        ("POST /emulation HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n", "413"),
+        ("POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: wrong\r\nContent-Length: {len}\r\n\r\n", "401"),
+    ];
+    for (head, want) in cases {
+        let status = post_all_then_read(server.addr, head, 16 << 20).await;
+        assert!(
+            status.as_ref().is_ok_and(|s| s.contains(want)),
+            "{want} for {}: {status:?}",
+            head.lines().next().unwrap()
+        );
+    }
+    server.shutdown().await;
+}
