@@ -390,12 +390,14 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(d)).await;
     }
     Box::pin(s.cleanup()).await;
-    if ending.is_some() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), transport.finish()).await;
-    }
     if s.state == State::Connected {
         node.observer()
             .disconnected(s.transport.name, ending.as_ref().map(|d| d.code));
+    }
+    // The connection is gone for the node (hub, presence, metrics); only the socket waits
+    // for the client to take the close.
+    if ending.is_some() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), transport.finish()).await;
     }
     ending
 }
