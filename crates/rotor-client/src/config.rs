@@ -67,6 +67,10 @@ pub struct ClientConfig {
     /// most `max_refresh_margin`.
     pub refresh_margin: f64,
     pub max_refresh_margin: Duration,
+    /// A token from the provider must stay valid at least this long (by its `exp`); one
+    /// that expires sooner is not used: the provider is asked again once it has expired, up
+    /// to three times, then reported as stale. `None` sends whatever the provider returns.
+    pub min_token_validity: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -87,6 +91,7 @@ impl ClientConfig {
             max_reauth_attempts: 1,
             refresh_margin: 0.2,
             max_refresh_margin: Duration::from_secs(10),
+            min_token_validity: Some(Duration::from_secs(1)),
         }
     }
 

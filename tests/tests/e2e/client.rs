@@ -177,6 +177,8 @@ macro_rules! on_every_transport {
 }
 
 on_every_transport!(refresh_in_place_across_several_expiries);
+on_every_transport!(a_caching_provider_is_asked_again_when_its_token_is_about_to_expire);
+on_every_transport!(a_provider_serving_only_stale_tokens_is_reported_then_auth_expired);
 on_every_transport!(one_automatic_reauth_then_success);
 on_every_transport!(two_expired_credentials_surface_auth_expired_once);
 on_every_transport!(revocation_is_terminal);
@@ -236,6 +238,133 @@ async fn refresh_in_place_across_several_expiries(transport: Transport) {
     server.shutdown().await;
 }
 
+/// A provider that caches (the seed's Geode rule: it "can return existing tokens (which are
+/// about to expire)"): it hands back its 3 s token until that has expired. At the refresh
+/// (~0.6 s before expiry) it returns the same token; the client sees it is nearly expired,
+/// waits until it has, and asks again, getting a new one: refreshed in place, one
+/// connection, no 3005, no AuthExpired (before: the stale token's refresh ended in 3005).
+async fn a_caching_provider_is_asked_again_when_its_token_is_about_to_expire(transport: Transport) {
+    let server = strict_server().await;
+    let cache: Arc<std::sync::Mutex<Option<(String, u64)>>> = Default::default();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (c, n) = (cache.clone(), calls.clone());
+    let p = FnTokenProvider::new(move || {
+        n.fetch_add(1, Ordering::SeqCst);
+        let mut cached = c.lock().unwrap();
+        let t = match &*cached {
+            Some((t, exp)) if *exp > now() => t.clone(),
+            _ => {
+                let exp = now() + 3;
+                let t = token(json!({"sub": "gina", "exp": exp}));
+                *cached = Some((t.clone(), exp));
+                t
+            }
+        };
+        async move { Ok::<_, TokenError>(t) }
+    });
+    let (client, events) =
+        Client::new(client_config(server.addr, transport).with_token_provider(p));
+    let mut rec = Recorder::new(events);
+    client.connect();
+    client.ready().await.unwrap();
+    let id = client.client_id();
+    for _ in 0..2 {
+        rec.until("refresh", |e| matches!(e, Event::Refreshed { .. }))
+            .await;
+    }
+    assert_eq!(client.client_id(), id, "refreshed in place");
+    // No refresh carried the nearly expired token (the server would answer ttl 0: before,
+    // the client sent the cached token and the connection ran out of time).
+    assert_eq!(
+        rec.count(|e| matches!(e, Event::Refreshed { ttl: Some(t) } if *t < 1)),
+        0,
+        "{:#?}",
+        rec.seen
+    );
+    assert_eq!(rec.count(is_connected), 1, "{:#?}", rec.seen);
+    assert_eq!(
+        rec.count(
+            |e| matches!(e, Event::Connecting { code, .. } if *code != 0)
+                || matches!(e, Event::Error(Error::AuthExpired { .. }))
+        ),
+        0,
+        "no expiry, no re-authentication: {:#?}",
+        rec.seen
+    );
+    // One to connect, one per refresh, and at least one more: a refresh that got the
+    // cached, nearly expired token and asked again.
+    assert!(
+        calls.load(Ordering::SeqCst) >= 4,
+        "the provider was asked again: {}",
+        calls.load(Ordering::SeqCst)
+    );
+    client.disconnect();
+    server.shutdown().await;
+}
+
+/// A provider that only ever has stale tokens (expiring within the second): the client does
+/// not send them; after three asks it reports the provider as stale (an error naming it),
+/// counts that as expired credentials, retries once, then stops with AuthExpired, once.
+async fn a_provider_serving_only_stale_tokens_is_reported_then_auth_expired(transport: Transport) {
+    let server = strict_server().await;
+    let (p, calls) = provider(|_| token(json!({"sub": "sal", "exp": now()})));
+    let (client, events) =
+        Client::new(client_config(server.addr, transport).with_token_provider(p));
+    let mut rec = Recorder::new(events);
+    client.connect();
+    assert_eq!(
+        client.ready().await,
+        Err(Error::AuthExpired { channel: None })
+    );
+    rec.drain_for(Duration::from_millis(500)).await;
+    let stale_reports =
+        rec.count(|e| matches!(e, Event::Error(Error::Token(m)) if m.contains("stale tokens")));
+    assert_eq!(
+        stale_reports, 2,
+        "reported at the connect and at the one retry: {:#?}",
+        rec.seen
+    );
+    assert_eq!(
+        rec.count(|e| matches!(e, Event::Error(Error::AuthExpired { .. }))),
+        1
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 6, "three asks, twice");
+    assert_eq!(rec.count(is_connected), 0, "no stale token was sent");
+
+    // The same for a subscription's tokens: AuthExpired for that channel, after three asks
+    // twice; the connection is not touched.
+    let sub_calls = Arc::new(AtomicUsize::new(0));
+    let counter = sub_calls.clone();
+    let (p, _) = provider(|_| user_token("sal"));
+    let p = p.with_subscriptions(move |channel| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let t = token(json!({"sub": "sal", "channel": channel, "exp": now()}));
+        async move { Ok::<_, TokenError>(t) }
+    });
+    let (client, _events) =
+        Client::new(client_config(server.addr, transport).with_token_provider(p));
+    client.connect();
+    client.ready().await.unwrap();
+    let id = client.client_id();
+    let secret = client.subscribe(
+        "$chat:vault",
+        SubscriptionOptions {
+            token_required: true,
+            ..SubscriptionOptions::default()
+        },
+    );
+    assert_eq!(
+        secret.ready().await,
+        Err(Error::AuthExpired {
+            channel: Some("$chat:vault".into())
+        })
+    );
+    assert_eq!(sub_calls.load(Ordering::SeqCst), 6, "three asks, twice");
+    assert_eq!(client.client_id(), id, "the connection stays");
+    client.disconnect();
+    server.shutdown().await;
+}
+
 /// The provider's first token is already expired (109 at connect), the second works; later a
 /// refresh is answered 3005 because the provider handed out an expired token, and one more
 /// fresh token brings the client back. Each time exactly one re-authentication, no error
@@ -247,8 +376,11 @@ async fn one_automatic_reauth_then_success(transport: Transport) {
         1 => short_token("rita", 3),
         _ => short_token("rita", 3600),
     });
-    let (client, events) =
-        Client::new(client_config(server.addr, transport).with_token_provider(p));
+    // The expired tokens are meant to reach the server (its 109 and 3005 drive the
+    // re-authentication under test): the client's own check of `exp` is off.
+    let mut config = client_config(server.addr, transport).with_token_provider(p);
+    config.min_token_validity = None;
+    let (client, events) = Client::new(config);
     let mut rec = Recorder::new(events);
     let sub = client.subscribe("chat:reauth", SubscriptionOptions::default());
     client.connect();
@@ -295,8 +427,11 @@ async fn one_automatic_reauth_then_success(transport: Transport) {
 async fn two_expired_credentials_surface_auth_expired_once(transport: Transport) {
     let server = strict_server().await;
     let (p, calls) = provider(|_| expired_token("sam"));
-    let (client, events) =
-        Client::new(client_config(server.addr, transport).with_token_provider(p));
+    // The server's 109 is under test: the client's own check of `exp` is off (see
+    // a_provider_serving_only_stale_tokens_is_reported_then_auth_expired for it on).
+    let mut config = client_config(server.addr, transport).with_token_provider(p);
+    config.min_token_validity = None;
+    let (client, events) = Client::new(config);
     let mut rec = Recorder::new(events);
     client.connect();
     assert_eq!(
@@ -557,6 +692,9 @@ async fn requests_pings_and_subscription_reauth(transport: Transport) {
     });
     let mut cfg = client_config(server.addr, transport).with_token_provider(p);
     cfg.max_server_ping_delay = Duration::from_millis(700);
+    // The expired subscription tokens are meant to reach the server (its 109 drives the
+    // subscription's re-authentication): the client's own check of `exp` is off.
+    cfg.min_token_validity = None;
     let (client, events) = Client::new(cfg);
     let mut rec = Recorder::new(events);
     let sub = client.subscribe(

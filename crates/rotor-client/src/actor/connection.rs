@@ -2,6 +2,7 @@
 //! the connect reply, refresh in place, the reconnect backoff, and stopping for good.
 
 use super::*;
+use crate::token::{fetch_fresh, Fetched};
 
 impl Actor {
     pub(super) fn start_connect(&mut self) {
@@ -17,8 +18,9 @@ impl Actor {
                 let provider = provider.clone();
                 let tx = self.internal_tx.clone();
                 let gen = self.gen;
+                let min = self.cfg.min_token_validity;
                 tokio::spawn(async move {
-                    let r = provider.connection_token().await;
+                    let r = fetch_fresh(|| provider.connection_token(), min).await;
                     let _ = tx.send(Internal::ConnectToken(gen, r));
                 });
             }
@@ -89,15 +91,25 @@ impl Actor {
                     return;
                 }
                 match r {
-                    Ok(t) => {
+                    Fetched::Fresh(t) => {
                         self.token = Some(t).filter(|t| !t.is_empty());
                         self.token_stale = false;
                         self.open();
                     }
-                    Err(e) => {
+                    Fetched::Failed(e) => {
                         tracing::warn!(error = %e, "token provider failed; retrying with backoff");
                         self.emit(Event::Error(Error::Token(e.0)));
                         self.schedule_reconnect(1, "token provider failed".into());
+                    }
+                    // A provider that serves only stale tokens counts as credentials that
+                    // expired: one more try, then AuthExpired, not a loop.
+                    Fetched::Stale(e) => {
+                        tracing::warn!(error = %e, "token provider serves stale tokens");
+                        self.emit(Event::Error(Error::Token(e.0)));
+                        self.auth_failed(
+                            ErrorCode::TokenExpired.code(),
+                            "token provider serves stale tokens".into(),
+                        );
                     }
                 }
             }
@@ -123,7 +135,7 @@ impl Actor {
                     return;
                 }
                 match r {
-                    Ok(t) => {
+                    Fetched::Fresh(t) => {
                         self.token = Some(t.clone());
                         let cmd = Command {
                             refresh: Some(RefreshRequest { token: t }),
@@ -131,7 +143,9 @@ impl Actor {
                         };
                         self.command(cmd, Kind::Refresh);
                     }
-                    Err(e) => {
+                    // The connection stays until the server expires it (3005), which
+                    // re-authenticates; meanwhile the refresh is tried again.
+                    Fetched::Failed(e) | Fetched::Stale(e) => {
                         tracing::warn!(error = %e, "token provider failed at refresh; retrying");
                         self.emit(Event::Error(Error::Token(e.0)));
                         if let Some(l) = &mut self.live {
@@ -156,6 +170,33 @@ impl Actor {
                     return;
                 };
                 sub.busy = false;
+                let result = match result {
+                    // Only stale tokens for a subscribe: as if the server had said the
+                    // token expired (109): one more try, then AuthExpired for the channel.
+                    Fetched::Stale(e) if !refresh && sub.opts.token_required => {
+                        tracing::warn!(channel = %channel, error = %e, "subscription token provider serves stale tokens");
+                        sub.auth_failures += 1;
+                        sub.token = None;
+                        let give_up = sub.auth_failures > self.cfg.max_reauth_attempts;
+                        self.emit(Event::SubscriptionError {
+                            channel: channel.clone(),
+                            error: Error::Token(e.0),
+                        });
+                        if give_up {
+                            self.sub_failed(
+                                &channel,
+                                Error::AuthExpired {
+                                    channel: Some(channel.clone()),
+                                },
+                            );
+                        } else {
+                            self.send_subscribe(&channel);
+                        }
+                        return;
+                    }
+                    Fetched::Fresh(t) => Ok(t),
+                    Fetched::Failed(e) | Fetched::Stale(e) => Err(e),
+                };
                 match result {
                     Ok(t) => {
                         sub.token = Some(t.clone());
@@ -393,8 +434,9 @@ impl Actor {
         };
         let tx = self.internal_tx.clone();
         let gen = self.gen;
+        let min = self.cfg.min_token_validity;
         tokio::spawn(async move {
-            let r = provider.connection_token().await;
+            let r = fetch_fresh(|| provider.connection_token(), min).await;
             let _ = tx.send(Internal::RefreshToken(gen, r));
         });
     }

@@ -27,7 +27,6 @@ use crate::backoff;
 use crate::config::{ClientConfig, SubscriptionOptions, Transport};
 use crate::error::Error;
 use crate::event::{ClientState, Event, SubscriptionState};
-use crate::token::TokenError;
 use crate::transport::{self, Conn, Incoming};
 
 /// What handles see of the actor's state.
@@ -105,14 +104,14 @@ enum Phase {
 /// Results of work the actor hands to other tasks, tagged with the connection generation they
 /// belong to so that late results of an old connection are ignored.
 enum Internal {
-    ConnectToken(u64, Result<String, TokenError>),
+    ConnectToken(u64, crate::token::Fetched),
     Opened(u64, Result<Conn, Error>),
-    RefreshToken(u64, Result<String, TokenError>),
+    RefreshToken(u64, crate::token::Fetched),
     SubToken {
         gen: u64,
         channel: String,
         refresh: bool,
-        result: Result<String, TokenError>,
+        result: crate::token::Fetched,
     },
 }
 
@@ -602,7 +601,14 @@ impl Actor {
                 continue;
             };
             if let (true, Some(p)) = (sub.opts.token_required, self.cfg.token_provider.clone()) {
-                spawn_sub_token(p, self.internal_tx.clone(), gen, &channel, true);
+                spawn_sub_token(
+                    p,
+                    self.cfg.min_token_validity,
+                    self.internal_tx.clone(),
+                    gen,
+                    &channel,
+                    true,
+                );
             }
         }
     }
@@ -610,6 +616,7 @@ impl Actor {
 
 fn spawn_sub_token(
     provider: Arc<dyn crate::TokenProvider>,
+    min_validity: Option<Duration>,
     tx: mpsc::UnboundedSender<Internal>,
     gen: u64,
     channel: &str,
@@ -617,7 +624,8 @@ fn spawn_sub_token(
 ) {
     let channel = channel.to_string();
     tokio::spawn(async move {
-        let result = provider.subscription_token(&channel).await;
+        let result =
+            crate::token::fetch_fresh(|| provider.subscription_token(&channel), min_validity).await;
         let _ = tx.send(Internal::SubToken {
             gen,
             channel,

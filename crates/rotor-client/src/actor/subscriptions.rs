@@ -93,7 +93,14 @@ impl Actor {
                 return;
             };
             sub.busy = true;
-            spawn_sub_token(provider, self.internal_tx.clone(), gen, channel, false);
+            spawn_sub_token(
+                provider,
+                self.cfg.min_token_validity,
+                self.internal_tx.clone(),
+                gen,
+                channel,
+                false,
+            );
             return;
         }
         sub.busy = true;
@@ -220,7 +227,14 @@ impl Actor {
                         },
                     );
                 } else if let Some(p) = self.cfg.token_provider.clone() {
-                    spawn_sub_token(p, self.internal_tx.clone(), gen, &channel, true);
+                    spawn_sub_token(
+                        p,
+                        self.cfg.min_token_validity,
+                        self.internal_tx.clone(),
+                        gen,
+                        &channel,
+                        true,
+                    );
                 }
             } else if e.temporary {
                 sub.refresh_at = Some(Instant::now() + Duration::from_secs(1));
