@@ -9,7 +9,7 @@ use rotor_core::{CoreError, Node, PublishOptions};
 use rotor_protocol::{ClientInfo, ErrorCode, Publication, Raw, StreamPosition};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use warp::http::{HeaderMap, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
@@ -60,6 +60,9 @@ pub fn unauthorized() -> Response {
 
 /// Handles one API request whose key was checked (see [`authorized`]).
 pub async fn handle(state: AppState, method: String, body: Bytes) -> Response {
+    if method == "batch" {
+        return batch(&state.node, &body).await;
+    }
     let params: Value = if body.is_empty() {
         json!({})
     } else {
@@ -72,9 +75,6 @@ pub async fn handle(state: AppState, method: String, body: Bytes) -> Response {
             }
         }
     };
-    if method == "batch" {
-        return json_response(StatusCode::OK, &batch(&state.node, params).await);
-    }
     match call(&state.node, &method, params).await {
         Some(Ok(result)) => json_response(StatusCode::OK, &json!({ "result": result })),
         Some(Err(e)) => json_response(StatusCode::OK, &json!({ "error": error_json(&e) })),
@@ -94,41 +94,79 @@ fn error_value(err: rotor_protocol::Error) -> Value {
     json!({"code": err.code, "message": err.message})
 }
 
+/// A `batch` body with its commands left as they are in the body: each is parsed only when
+/// it runs, so a batch holds its body and its answer, not every command decoded at once.
 #[derive(Deserialize)]
-struct BatchRequest {
-    #[serde(default)]
-    commands: Vec<BTreeMap<String, Value>>,
+struct BatchRequest<'a> {
+    #[serde(default, borrow)]
+    commands: Vec<&'a serde_json::value::RawValue>,
     #[serde(default)]
     parallel: bool,
 }
 
-/// `batch`: runs commands in order (or concurrently with `parallel`); replies are keyed by
-/// method name and returned at the top level, not under `result`.
-async fn batch(node: &Node, params: Value) -> Value {
-    let req: BatchRequest = match serde_json::from_value(params) {
+/// Commands of a `parallel` batch that run at once (replies stay in command order).
+const BATCH_PARALLELISM: usize = 64;
+
+/// `batch`: runs commands in order (or in groups of [`BATCH_PARALLELISM`] run at once with
+/// `parallel`, replies still in command order); replies are keyed by method name and returned at the
+/// top level, not under `result`. Each reply is written into the answer as it is made.
+async fn batch(node: &Node, body: &[u8]) -> Response {
+    let req: BatchRequest<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
+        Err(e) => {
+            let e = CoreError::BadRequest(e.to_string());
+            return json_response(StatusCode::OK, &json!({"error": error_json(&e)}));
+        }
+    };
+    let mut out = Vec::with_capacity(64 + req.commands.len() * 16);
+    out.extend_from_slice(b"{\"replies\":[");
+    let mut write = |i: usize, reply: Value| {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, &reply).expect("replies serialize");
+    };
+    let texts: Vec<&str> = req.commands.iter().map(|raw| raw.get()).collect();
+    if req.parallel {
+        // In groups, each run at once; no closure over the commands (a stream of them
+        // would need a higher-ranked `Send` the compiler cannot prove).
+        let mut i = 0;
+        for group in texts.chunks(BATCH_PARALLELISM) {
+            let mut running = Vec::with_capacity(group.len());
+            for text in group {
+                running.push(batch_command(node, text));
+            }
+            for reply in futures_util::future::join_all(running).await {
+                write(i, reply);
+                i += 1;
+            }
+        }
+    } else {
+        for (i, text) in texts.into_iter().enumerate() {
+            write(i, batch_command(node, text).await);
+        }
+    }
+    out.extend_from_slice(b"]}");
+    let mut res = Response::new(out.into());
+    res.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    res
+}
+
+/// One command of a batch, parsed from its text when it runs.
+async fn batch_command(node: &Node, text: &str) -> Value {
+    let cmd = match serde_json::from_str::<BTreeMap<String, Value>>(text) {
+        Ok(c) => c,
         Err(e) => return json!({"error": error_json(&CoreError::BadRequest(e.to_string()))}),
     };
-    let run = |cmd: BTreeMap<String, Value>| async move {
-        let Some((method, params)) = cmd.into_iter().next() else {
-            return json!({"error": error_json(&CoreError::BadRequest("empty command".into()))});
-        };
-        match call(node, &method, params).await {
-            Some(Ok(result)) => json!({ method: result }),
-            Some(Err(e)) => json!({"error": error_json(&e)}),
-            None => json!({"error": error_json(&CoreError::MethodNotFound)}),
-        }
+    let Some((method, params)) = cmd.into_iter().next() else {
+        return json!({"error": error_json(&CoreError::BadRequest("empty command".into()))});
     };
-    let replies: Vec<Value> = if req.parallel {
-        futures_util::future::join_all(req.commands.into_iter().map(run)).await
-    } else {
-        let mut out = Vec::new();
-        for cmd in req.commands {
-            out.push(run(cmd).await);
-        }
-        out
-    };
-    json!({ "replies": replies })
+    match call(node, &method, params).await {
+        Some(Ok(result)) => json!({ method: result }),
+        Some(Err(e)) => json!({"error": error_json(&e)}),
+        None => json!({"error": error_json(&CoreError::MethodNotFound)}),
+    }
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, CoreError> {

@@ -322,3 +322,55 @@ async fn the_key_in_the_query_can_be_turned_off() {
     assert_eq!(raw_request(server.addr, &head, b"{}").await.0, 200);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_big_batch_answers_every_command_in_order() {
+    let server = TestServer::start(test_config()).await;
+    // 5,000 publishes in order: offsets follow the commands; a broken command in the middle
+    // gets its own error and the others go on.
+    let mut commands: Vec<serde_json::Value> = (0..5000)
+        .map(|n| json!({"publish": {"channel": "chat:batch", "data": {"n": n}}}))
+        .collect();
+    commands[2500] = json!({});
+    let (status, r) = server.api("batch", json!({ "commands": commands })).await;
+    assert_eq!(status, 200);
+    let replies = r["replies"].as_array().unwrap();
+    assert_eq!(replies.len(), 5000);
+    assert!(
+        replies[2500]["error"]["code"].is_number(),
+        "{}",
+        replies[2500]
+    );
+    assert_eq!(replies[0]["publish"]["offset"], 1);
+    assert_eq!(replies[2499]["publish"]["offset"], 2500);
+    assert_eq!(replies[2501]["publish"]["offset"], 2501);
+    assert_eq!(replies[4999]["publish"]["offset"], 4999);
+    // In parallel (in groups): every reply, in command order.
+    let commands: Vec<serde_json::Value> = (0..3000)
+        .map(|n| {
+            if n % 2 == 0 {
+                json!({"presence_stats": {"channel": "chat:batch"}})
+            } else {
+                json!({"history": {"channel": "chat:batch", "limit": 0}})
+            }
+        })
+        .collect();
+    let (_, r) = server
+        .api("batch", json!({ "commands": commands, "parallel": true }))
+        .await;
+    let replies = r["replies"].as_array().unwrap();
+    assert_eq!(replies.len(), 3000);
+    for (n, reply) in replies.iter().enumerate() {
+        let key = if n % 2 == 0 {
+            "presence_stats"
+        } else {
+            "history"
+        };
+        assert!(reply.get(key).is_some(), "{n}: {reply}");
+    }
+    // Not a batch body: the error, as before.
+    let (status, r) = server.api("batch", json!({"commands": 5})).await;
+    assert_eq!(status, 200);
+    assert!(r["error"]["code"].is_number(), "{r}");
+    server.shutdown().await;
+}
