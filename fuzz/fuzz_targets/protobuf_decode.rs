@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
     commands(data);
     replies(data);
     if let Ok(req) = EmulationRequest::parse_as(data, true) {
-        match req.frame() {
+        match req.into_frame() {
             Ok(rotor_core::session::Inbound::Binary(frame)) => commands(&frame),
             other => panic!("a Protobuf emulation request gives a binary frame: {other:?}"),
         }

@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::DecodingKey;
 use tokio::time::Instant;
 
@@ -167,9 +167,16 @@ impl Jwks {
             if let Some(k) = st.keys.get(kid).cloned() {
                 if !st.fresh(now, inner.ttl) && !st.inflight && st.may_fetch(now, None) {
                     st.inflight = true;
+                    let seen = st.generation;
                     let inner = inner.clone();
                     tokio::spawn(async move {
                         let _flight = inner.flight.lock().await;
+                        // A fetch that ran while this one waited for the flight answers
+                        // for it (and a failed one starts the backoff).
+                        if inner.state().generation != seen {
+                            inner.state().inflight = false;
+                            return;
+                        }
                         inner.fetch_and_store().await;
                     });
                 }
@@ -293,14 +300,9 @@ pub(crate) fn parse_set(body: &[u8]) -> Result<HashMap<String, JwkKey>, String> 
             .map(Key::Es512)
         } else {
             serde_json::from_value::<Jwk>(value.clone())
-                    .map_err(|e| e.to_string())
-                    .and_then(|jwk| {
-                        if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
-                            return Err("not a signature key".to_string());
-                        }
-                        DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string())
-                    })
-                    .map(Key::Jwt)
+                .map_err(|e| e.to_string())
+                .and_then(|jwk| DecodingKey::from_jwk(&jwk).map_err(|e| e.to_string()))
+                .map(Key::Jwt)
         };
         match key {
             Ok(key) => {

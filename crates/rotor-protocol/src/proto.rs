@@ -92,9 +92,11 @@ impl Writer<'_> {
             self.buf
                 .splice(at + 1..at + 1, std::iter::repeat_n(0, need - 1));
         }
-        let mut head = Vec::with_capacity(need);
-        put_varint(&mut head, len as u64);
-        self.buf[at..at + need].copy_from_slice(&head);
+        let mut v = len as u64;
+        for b in &mut self.buf[at..at + need] {
+            *b = (v as u8 & 0x7f) | if v >= 0x80 { 0x80 } else { 0 };
+            v >>= 7;
+        }
     }
 }
 
@@ -411,9 +413,12 @@ message!(Reply {
     8 => publish, 9 => presence, 10 => presence_stats, 11 => history, 12 => ping, 13 => rpc,
     14 => refresh, 15 => sub_refresh,
 });
+// Push.connect (field 10) is client.proto's `Connect`, numbered unlike `ConnectResult`; only
+// unidirectional transports send it, and they speak JSON, so its Protobuf form is left out
+// (skipped when read) rather than written with the wrong numbers.
 message!(Push {
     2 => channel, 4 => publication, 5 => join, 6 => leave, 7 => unsubscribe, 8 => message,
-    9 => subscribe, 10 => connect, 11 => disconnect, 12 => refresh,
+    9 => subscribe, 11 => disconnect, 12 => refresh,
 });
 message!(ClientInfo { 1 => user, 2 => client, 3 => conn_info, 4 => chan_info });
 message!(Publication { 4 => data, 5 => info, 6 => offset, 7 => tags, 9 => time });
@@ -476,13 +481,6 @@ pub fn encode_push_reply(push: &Push) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
     Writer { buf: &mut buf }.message(4, push);
     buf
-}
-
-/// Appends one message, length-delimited (its varint length, then its bytes).
-pub fn encode_delimited<M: ProtoMessage>(m: &M, buf: &mut Vec<u8>) {
-    let body = encode(m);
-    put_varint(buf, body.len() as u64);
-    buf.extend_from_slice(&body);
 }
 
 /// Decodes one message (no length prefix).

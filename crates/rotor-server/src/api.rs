@@ -111,8 +111,16 @@ const BATCH_PARALLELISM: usize = 64;
 /// `parallel`, replies still in command order); replies are keyed by method name and returned at the
 /// top level, not under `result`. Each reply is written into the answer as it is made.
 async fn batch(node: &Node, body: &[u8]) -> Response {
+    // An empty body is an empty batch; a body that is not JSON is a 400, as for every
+    // method; JSON that is not a batch is the error reply.
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     let req: BatchRequest<'_> = match serde_json::from_slice(body) {
         Ok(r) => r,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            tracing::info!(error = %e, "server API request body is not JSON");
+            let e = CoreError::BadRequest(e.to_string());
+            return json_response(StatusCode::BAD_REQUEST, &json!({ "error": error_json(&e) }));
+        }
         Err(e) => {
             let e = CoreError::BadRequest(e.to_string());
             return json_response(StatusCode::OK, &json!({"error": error_json(&e)}));

@@ -224,6 +224,10 @@ pub struct EmulationRequest {
     /// Between nodes only: the commands of a Protobuf session, length-delimited, in base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub b64data: Option<String>,
+    /// A Protobuf request's commands as they came (length-delimited): handed to the session
+    /// as they are, written as `b64data` only when the request goes to another node.
+    #[serde(skip)]
+    pub binary: Option<Vec<u8>>,
 }
 
 impl EmulationRequest {
@@ -244,18 +248,37 @@ impl EmulationRequest {
             session: req.session,
             node: req.node,
             data: String::new(),
-            b64data: Some(base64::engine::general_purpose::STANDARD.encode(&req.data)),
+            b64data: None,
+            binary: Some(req.data),
         })
+    }
+
+    /// The request as it goes to another node (JSON; Protobuf commands as `b64data`).
+    pub fn forwarded(&self) -> String {
+        let b64data = self
+            .binary
+            .as_ref()
+            .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+            .or_else(|| self.b64data.clone());
+        let forwarded = EmulationRequest {
+            session: self.session.clone(),
+            node: self.node.clone(),
+            data: self.data.clone(),
+            b64data,
+            binary: None,
+        };
+        serde_json::to_string(&forwarded).expect("an emulation request serializes")
     }
 
     /// The frame for the session: binary commands (Protobuf) when the request carries them,
     /// else the JSON text.
-    pub fn frame(&self) -> Result<Inbound, base64::DecodeError> {
-        match &self.b64data {
-            Some(b64) => Ok(Inbound::Binary(Bytes::from(
+    pub fn into_frame(self) -> Result<Inbound, base64::DecodeError> {
+        match (self.binary, self.b64data) {
+            (Some(bytes), _) => Ok(Inbound::Binary(Bytes::from(bytes))),
+            (None, Some(b64)) => Ok(Inbound::Binary(Bytes::from(
                 base64::engine::general_purpose::STANDARD.decode(b64)?,
             ))),
-            None => Ok(Inbound::Frame(self.data.clone())),
+            (None, None) => Ok(Inbound::Frame(self.data)),
         }
     }
 }
@@ -280,7 +303,7 @@ pub async fn post(state: &AppState, body: &[u8], protobuf: bool) -> StatusCode {
         }
     };
     if !req.node.is_empty() && req.node != state.node.uid() {
-        let payload = serde_json::to_string(&req).expect("an emulation request serializes");
+        let payload = req.forwarded();
         match state.node.send_to_node(&req.node, &payload).await {
             Ok(true) => return StatusCode::NO_CONTENT,
             Ok(false) => {
@@ -292,8 +315,9 @@ pub async fn post(state: &AppState, body: &[u8], protobuf: bool) -> StatusCode {
             }
         }
     }
-    match req.frame() {
-        Ok(frame) => state.sessions.deliver(&req.session, frame),
+    let session = req.session.clone();
+    match req.into_frame() {
+        Ok(frame) => state.sessions.deliver(&session, frame),
         Err(e) => {
             tracing::info!(error = %e, "emulation request with bad b64data");
             StatusCode::BAD_REQUEST
@@ -308,11 +332,12 @@ impl rotor_core::broker::NodeMessageHandler for ForwardedEmulation {
     fn on_node_message(&self, payload: &str) {
         match EmulationRequest::parse(payload.as_bytes()) {
             Ok(req) => {
-                let Ok(frame) = req.frame() else {
+                let session = req.session.clone();
+                let Ok(frame) = req.into_frame() else {
                     tracing::warn!("forwarded emulation request with bad b64data");
                     return;
                 };
-                let status = self.0.deliver(&req.session, frame);
+                let status = self.0.deliver(&session, frame);
                 if status != StatusCode::NO_CONTENT {
                     tracing::info!(%status, "forwarded emulation request not delivered");
                 }

@@ -498,17 +498,14 @@ impl Transport for WsTransport {
     }
 }
 
-/// An unmasked close frame with `code` and `reason` (cut to fit a control frame's 125
-/// bytes at a character boundary).
+/// An unmasked close frame with `code` and `reason` (at most 123 bytes: what
+/// `Disconnect::close_reason` gives).
 fn close_frame(code: u16, reason: &str) -> Vec<u8> {
-    let mut cut = reason.len().min(123);
-    while !reason.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let mut frame = Vec::with_capacity(4 + cut);
+    debug_assert!(reason.len() <= 123);
+    let mut frame = Vec::with_capacity(4 + reason.len());
     frame.push(0x88); // FIN, opcode 8 (close)
-    frame.push((2 + cut) as u8);
+    frame.push((2 + reason.len()) as u8);
     frame.extend_from_slice(&code.to_be_bytes());
-    frame.extend_from_slice(&reason.as_bytes()[..cut]);
+    frame.extend_from_slice(reason.as_bytes());
     frame
 }

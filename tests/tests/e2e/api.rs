@@ -368,9 +368,19 @@ async fn a_big_batch_answers_every_command_in_order() {
         };
         assert!(reply.get(key).is_some(), "{n}: {reply}");
     }
-    // Not a batch body: the error, as before.
+    // Not a batch body: the error, as before; no body: no commands; not JSON: 400.
     let (status, r) = server.api("batch", json!({"commands": 5})).await;
     assert_eq!(status, 200);
     assert!(r["error"]["code"].is_number(), "{r}");
+    let key = API_KEY;
+    let head = format!(
+        "POST /api/batch HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 0\r\n\r\n"
+    );
+    let (status, body, _) = raw_request(server.addr, &head, b"").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"replies":[]}"#));
+    let head = format!(
+        "POST /api/batch HTTP/1.1\r\nHost: x\r\nX-API-Key: {key}\r\nContent-Length: 5\r\n\r\n"
+    );
+    assert_eq!(raw_request(server.addr, &head, b"{oops").await.0, 400);
     server.shutdown().await;
 }
