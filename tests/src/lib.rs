@@ -175,7 +175,12 @@ pub async fn http_raw(addr: SocketAddr, request: &str) -> (u16, String) {
         .await
         .expect("response in time")
         .unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
+    parse_response(&buf)
+}
+
+/// The status and body of a raw HTTP/1.1 response (status 0 when there is none).
+pub fn parse_response(bytes: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(bytes);
     let status: u16 = text
         .split(' ')
         .nth(1)

@@ -222,16 +222,7 @@ async fn raw_request(
         }
     }
     let took = started.elapsed();
-    let text = String::from_utf8_lossy(&got).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let (status, body) = parse_response(&got);
     (status, body, took)
 }
 

@@ -175,23 +175,11 @@ impl Actor {
                     // token expired (109): one more try, then AuthExpired for the channel.
                     Fetched::Stale(e) if !refresh && sub.opts.token_required => {
                         tracing::warn!(channel = %channel, error = %e, "subscription token provider serves stale tokens");
-                        sub.auth_failures += 1;
-                        sub.token = None;
-                        let give_up = sub.auth_failures > self.cfg.max_reauth_attempts;
                         self.emit(Event::SubscriptionError {
                             channel: channel.clone(),
                             error: Error::Token(e.0),
                         });
-                        if give_up {
-                            self.sub_failed(
-                                &channel,
-                                Error::AuthExpired {
-                                    channel: Some(channel.clone()),
-                                },
-                            );
-                        } else {
-                            self.send_subscribe(&channel);
-                        }
+                        self.sub_token_expired(&channel);
                         return;
                     }
                     Fetched::Fresh(t) => Ok(t),

@@ -134,18 +134,7 @@ impl Actor {
         if let Some(e) = reply.error {
             let code = e.code;
             if code == ErrorCode::TokenExpired.code() && sub.opts.token_required {
-                sub.auth_failures += 1;
-                sub.token = None;
-                if sub.auth_failures > self.cfg.max_reauth_attempts {
-                    self.sub_failed(
-                        &channel,
-                        Error::AuthExpired {
-                            channel: Some(channel.clone()),
-                        },
-                    );
-                } else {
-                    self.send_subscribe(&channel);
-                }
+                self.sub_token_expired(&channel);
             } else if code == ErrorCode::UnrecoverablePosition.code() {
                 sub.position = None;
                 self.emit(Event::SubscriptionError {
@@ -185,6 +174,27 @@ impl Actor {
         let position = self.announce_subscribed(&channel, r);
         if let (true, Some(sub)) = (recoverable, self.subs.get_mut(&channel)) {
             sub.position = Some(position);
+        }
+    }
+
+    /// A subscription's token expired (the server's 109 to subscribe, or a provider that
+    /// serves only stale tokens): one more failure in a row; within the budget subscribe
+    /// again with a fresh token, beyond it AuthExpired for the channel.
+    pub(super) fn sub_token_expired(&mut self, channel: &str) {
+        let Some(sub) = self.subs.get_mut(channel) else {
+            return;
+        };
+        sub.auth_failures += 1;
+        sub.token = None;
+        if sub.auth_failures > self.cfg.max_reauth_attempts {
+            self.sub_failed(
+                channel,
+                Error::AuthExpired {
+                    channel: Some(channel.to_string()),
+                },
+            );
+        } else {
+            self.send_subscribe(channel);
         }
     }
 
