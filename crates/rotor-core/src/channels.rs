@@ -173,6 +173,15 @@ pub fn check_subscribe(
     Err(CoreError::PermissionDenied)
 }
 
+/// Whether the subscribe proxy (when the namespace enables one) decides a subscription
+/// without a token: not for private (`$`) channels, which always need a token, nor for
+/// user-limited channels, which their names decide.
+pub fn proxy_decides(opts: &ChannelOptions, channel: &str, user: &str) -> bool {
+    let user_limited =
+        opts.allow_user_limited_channels && user_limited_allows(channel, user).is_some();
+    !is_private(channel) && !user_limited
+}
+
 /// Publish from the client side.
 pub fn check_publish(opts: &ChannelOptions, asker: Asker<'_>) -> Result<(), CoreError> {
     if asker.allowed(

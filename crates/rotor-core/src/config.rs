@@ -55,6 +55,23 @@ macro_rules! channel_options {
             pub allow_history_for_anonymous: bool,
             /// Channels like `dialog#42,43` may be subscribed by the users listed after `#`.
             pub allow_user_limited_channels: bool,
+            /// Ask the application backend (the subscribe proxy) whether a client may
+            /// subscribe, instead of the `allow_subscribe_*` options (a subscription token
+            /// and user-limited channels still come first).
+            pub subscribe_proxy_enabled: bool,
+            /// Which proxy: `default` is `channel.proxy.subscribe`, any other name one of
+            /// `proxies`.
+            pub subscribe_proxy_name: ProxyName,
+            /// Send client publications to the backend (the publish proxy), which may refuse
+            /// them or replace their data, instead of the `allow_publish_*` options.
+            pub publish_proxy_enabled: bool,
+            /// `default` is `channel.proxy.publish`.
+            pub publish_proxy_name: ProxyName,
+            /// Subscriptions that expire are extended by the backend (the sub_refresh
+            /// proxy) instead of by the client with a new subscription token.
+            pub sub_refresh_proxy_enabled: bool,
+            /// `default` is `channel.proxy.sub_refresh`.
+            pub sub_refresh_proxy_name: ProxyName,
         }
     };
 }
@@ -89,12 +106,190 @@ impl ChannelOptions {
     }
 }
 
+/// The name of a proxy a namespace (or an RPC namespace) uses: `default` means the proxy of
+/// that kind's own section (`channel.proxy.subscribe`, `rpc.proxy`, ...), any other name one
+/// of the top-level `proxies`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ProxyName(pub String);
+
+impl Default for ProxyName {
+    fn default() -> Self {
+        ProxyName(DEFAULT_PROXY.into())
+    }
+}
+
+impl ProxyName {
+    /// Whether this is the kind's own proxy (`default`, or left empty).
+    pub fn is_default(&self) -> bool {
+        self.0.is_empty() || self.0 == DEFAULT_PROXY
+    }
+}
+
+/// The reserved name of each kind's own proxy.
+pub const DEFAULT_PROXY: &str = "default";
+
+macro_rules! proxy_config {
+    ($(#[$outer:meta])* $name:ident { $($(#[$extra_meta:meta])* $extra:ident: $extra_ty:ty = $extra_default:expr,)* }) => {
+        $(#[$outer])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct $name {
+            $($(#[$extra_meta])* pub $extra: $extra_ty,)*
+            /// Where the backend listens: an `http://` or `https://` URL that takes a JSON
+            /// POST (gRPC proxies are not supported).
+            pub endpoint: String,
+            /// How long one call may take, the whole exchange included; past it the call
+            /// fails (a temporary error 100 for the client, or a retry for refreshes).
+            #[serde(with = "crate::duration")]
+            pub timeout: Duration,
+            /// Headers of the client's connection request (WebSocket upgrade, SSE or HTTP
+            /// stream request) passed on to the backend, e.g. `Cookie`, `Authorization`.
+            /// Case-insensitive. None by default.
+            pub http_headers: Vec<String>,
+            /// Headers the client sent inside its connect command (`headers`, what SDKs do
+            /// where they cannot set HTTP headers) passed on to the backend.
+            pub emulated_headers: Vec<String>,
+            /// Payloads go to the backend as base64 (`b64data`; `encoding` is `binary`), for
+            /// Protobuf clients that publish bytes that are not JSON.
+            pub binary_encoding: bool,
+            /// Add the connection's `meta` (from its token or the connect proxy) to calls.
+            pub include_connection_meta: bool,
+            /// Most calls to this backend in flight at once (rotor-specific); a call that
+            /// finds none free within its timeout fails as if the backend timed out.
+            pub max_in_flight: usize,
+            pub http: ProxyHttpConfig,
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    $($extra: $extra_default,)*
+                    endpoint: String::new(),
+                    timeout: Duration::from_secs(1),
+                    http_headers: Vec::new(),
+                    emulated_headers: Vec::new(),
+                    binary_encoding: false,
+                    include_connection_meta: false,
+                    max_in_flight: 256,
+                    http: ProxyHttpConfig::default(),
+                }
+            }
+        }
+
+        impl $name {
+            /// The proxy part of this section.
+            pub fn proxy(&self) -> ProxyConfig {
+                ProxyConfig {
+                    endpoint: self.endpoint.clone(),
+                    timeout: self.timeout,
+                    http_headers: self.http_headers.clone(),
+                    emulated_headers: self.emulated_headers.clone(),
+                    binary_encoding: self.binary_encoding,
+                    include_connection_meta: self.include_connection_meta,
+                    max_in_flight: self.max_in_flight,
+                    http: self.http.clone(),
+                }
+            }
+        }
+    };
+}
+
+proxy_config!(
+    /// A proxy to the application backend: `channel.proxy.*`, `rpc.proxy`.
+    ProxyConfig {}
+);
+
+proxy_config!(
+    /// `client.proxy.connect` and `client.proxy.refresh`: a proxy that is used only when
+    /// enabled.
+    ToggledProxyConfig {
+        /// Use this proxy.
+        enabled: bool = false,
+    }
+);
+
+proxy_config!(
+    /// One of `proxies`: a proxy namespaces and RPC namespaces name with `*_proxy_name`.
+    NamedProxyConfig {
+        /// Matches `^[-a-zA-Z0-9_.]{2,}$`; `default` is reserved.
+        name: String = String::new(),
+    }
+);
+
+/// `*.http`: HTTP details of a proxy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyHttpConfig {
+    /// Headers added to every call (the client's forwarded headers win over them).
+    pub static_headers: std::collections::BTreeMap<String, String>,
+}
+
+/// `client.proxy`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientProxyConfig {
+    /// Connects without a token are decided by the backend.
+    pub connect: ToggledProxyConfig,
+    /// Connections that expire are extended by the backend (server-side refresh, for every
+    /// connection: clients are not told to refresh).
+    pub refresh: ToggledProxyConfig,
+}
+
+/// `channel.proxy`: the proxies namespaces use when their `*_proxy_name` is `default`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelProxyConfig {
+    pub subscribe: ProxyConfig,
+    pub publish: ProxyConfig,
+    pub sub_refresh: ProxyConfig,
+}
+
+/// `rpc.without_namespace` and `rpc.namespaces[]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcOptions {
+    /// The namespace's name (the part of a method before `rpc.namespace_boundary`); empty
+    /// for `without_namespace`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Send the namespace's RPCs to the backend.
+    pub proxy_enabled: bool,
+    /// `default` is `rpc.proxy`.
+    pub proxy_name: ProxyName,
+}
+
+/// `rpc.*`: what a client's `rpc` command does. Without a proxy an RPC is answered 108.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    pub proxy: ProxyConfig,
+    /// Methods without a namespace.
+    pub without_namespace: RpcOptions,
+    pub namespaces: Vec<RpcOptions>,
+    /// Separates a method's namespace from the rest of its name.
+    pub namespace_boundary: String,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            proxy: ProxyConfig::default(),
+            without_namespace: RpcOptions::default(),
+            namespaces: Vec::new(),
+            namespace_boundary: ":".into(),
+        }
+    }
+}
+
 /// `channel.*`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelConfig {
     pub without_namespace: ChannelOptions,
     pub namespaces: Vec<NamespaceConfig>,
+    /// The proxies namespaces use by default.
+    pub proxy: ChannelProxyConfig,
     /// How long a channel's stream position (offset and epoch) outlives its last publication.
     #[serde(with = "crate::duration")]
     pub history_meta_ttl: Duration,
@@ -107,6 +302,7 @@ impl Default for ChannelConfig {
         ChannelConfig {
             without_namespace: ChannelOptions::default(),
             namespaces: Vec::new(),
+            proxy: ChannelProxyConfig::default(),
             history_meta_ttl: Duration::from_secs(720 * 3600),
             max_length: 255,
         }
@@ -153,6 +349,8 @@ pub struct ClientConfig {
     pub token: TokenConfig,
     /// Keys for subscription tokens (see [`SubscriptionTokenConfig`]).
     pub subscription_token: SubscriptionTokenConfig,
+    /// The application backend deciding connects and refreshes (see docs/proxy.md).
+    pub proxy: ClientProxyConfig,
     /// Browser origins allowed to connect (glob patterns, `*` for any). Empty: requests that
     /// carry an `Origin` header are refused; requests without one are allowed.
     pub allowed_origins: Vec<String>,
@@ -208,6 +406,7 @@ impl Default for ClientConfig {
         ClientConfig {
             token: TokenConfig::default(),
             subscription_token: SubscriptionTokenConfig::default(),
+            proxy: ClientProxyConfig::default(),
             allowed_origins: Vec::new(),
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(8),
@@ -235,6 +434,9 @@ impl Default for ClientConfig {
 pub struct CoreConfig {
     pub client: ClientConfig,
     pub channel: ChannelConfig,
+    pub rpc: RpcConfig,
+    /// Named proxies (`*_proxy_name`).
+    pub proxies: Vec<NamedProxyConfig>,
     /// Node name shown in the `info` API and in emulation connect replies.
     pub node_name: String,
     /// Version string sent in connect replies.

@@ -34,6 +34,10 @@ pub enum CoreError {
     Expired,
     #[error("unrecoverable position")]
     UnrecoverablePosition,
+    /// An error the application backend answered a proxied command with: its own code and
+    /// message go to the client as they are.
+    #[error("backend error {}: {}", .0.code, .0.message)]
+    Backend(Error),
     /// The connection must end with this code.
     #[error("disconnect {}: {}", .0.code, .0.reason)]
     Disconnect(Disconnect),
@@ -55,8 +59,16 @@ impl CoreError {
             CoreError::TokenExpired => ErrorCode::TokenExpired,
             CoreError::Expired => ErrorCode::Expired,
             CoreError::UnrecoverablePosition => ErrorCode::UnrecoverablePosition,
-            CoreError::Disconnect(_) => return None,
+            CoreError::Backend(_) | CoreError::Disconnect(_) => return None,
         })
+    }
+
+    /// The numeric code of the error reply (0 for a disconnect).
+    pub fn reply_code(&self) -> u32 {
+        match self {
+            CoreError::Backend(e) => e.code,
+            other => other.code().map(|c| c.code()).unwrap_or(0),
+        }
     }
 
     /// The error reply or the disconnect the client gets.
@@ -70,6 +82,9 @@ impl CoreError {
     /// The error object of a client reply, with the code's standard message. A disconnect
     /// maps to 100.
     pub fn to_error(&self) -> Error {
+        if let CoreError::Backend(e) = self {
+            return e.clone();
+        }
         match self.code() {
             Some(code) => code.to_error(),
             None => ErrorCode::Internal.to_error(),

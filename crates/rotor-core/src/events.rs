@@ -56,7 +56,8 @@ pub trait Observer: Send + Sync {
     /// A connect succeeded; `expires_in` is the seconds until the connection's expiry.
     fn connected(&self, _transport: &'static str, _expires_in: Option<u64>) {}
     /// A connect was refused; `reason` is one of `token_expired`, `invalid_token`, `revoked`,
-    /// `bad_request`, `permission_denied`, `unknown_channel`, `unavailable`, `other`.
+    /// `bad_request`, `permission_denied`, `unknown_channel`, `unavailable` (keys or the
+    /// backend could not be reached), `backend` (the connect proxy refused), `other`.
     fn connect_refused(&self, _transport: &'static str, _reason: &'static str) {}
     /// A connection ended with this code (`None`: the client went away).
     fn disconnected(&self, _transport: &'static str, _code: Option<u16>) {}
@@ -85,6 +86,17 @@ pub trait Observer: Send + Sync {
     fn delivered(&self, _lag: std::time::Duration) {}
     /// A client ran into a limit (see [`crate::limits::Limit`] for what it got).
     fn limit_hit(&self, _limit: crate::limits::Limit) {}
+    /// A proxy call to the application backend ended after `took`; `failed` when the
+    /// backend could not be asked or gave no usable answer (an error or disconnect it
+    /// answered with is not a failure).
+    fn proxy_call(
+        &self,
+        _kind: crate::proxy::ProxyKind,
+        _name: &str,
+        _took: std::time::Duration,
+        _failed: bool,
+    ) {
+    }
 }
 
 /// Where a token was refused by the revocation list.
@@ -160,5 +172,8 @@ impl Observer for Fanout {
     }
     fn limit_hit(&self, l: crate::limits::Limit) {
         self.0.iter().for_each(|o| o.limit_hit(l));
+    }
+    fn proxy_call(&self, k: crate::proxy::ProxyKind, n: &str, t: std::time::Duration, f: bool) {
+        self.0.iter().for_each(|o| o.proxy_call(k, n, t, f));
     }
 }

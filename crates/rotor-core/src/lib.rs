@@ -19,6 +19,7 @@ pub mod hub;
 pub mod limits;
 pub mod node;
 mod order;
+pub mod proxy;
 pub mod revocation;
 pub mod session;
 pub mod storage;

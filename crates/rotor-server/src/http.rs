@@ -1,7 +1,7 @@
 //! Small HTTP pieces the routes and transports share: plain and JSON responses, the browser
 //! origin check, glob patterns, session ids, and a write bounded in time.
 
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 /// A browser `Origin` is allowed when it matches one of the patterns (case-insensitive, `*`
@@ -81,6 +81,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         pi += 1;
     }
     pi == p.len()
+}
+
+/// The headers of a connection request that the configured proxies pass on to the backend
+/// (none, at no cost, without such proxies).
+pub fn forwarded(node: &rotor_core::Node, headers: &HeaderMap) -> Vec<(String, String)> {
+    node.forwarded_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 
 #[cfg(test)]

@@ -50,6 +50,10 @@ pub struct Metrics {
     commands: IntCounterVec,
     command_errors: IntCounterVec,
     command_duration: HistogramVec,
+    /// Calls to the application backend, by proxy type and name.
+    proxy_calls: IntCounterVec,
+    proxy_errors: IntCounterVec,
+    proxy_duration: HistogramVec,
     messages_sent: IntCounterVec,
     bytes_sent: IntCounterVec,
     messages_received: IntCounterVec,
@@ -166,6 +170,21 @@ impl Metrics {
         .expect("valid");
         registry
             .register(Box::new(command_duration.clone()))
+            .expect("unique");
+
+        let proxy_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "rotor_proxy_duration_seconds",
+                "Time of calls to the application backend, by proxy type and name.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["type", "name"],
+        )
+        .expect("valid");
+        registry
+            .register(Box::new(proxy_duration.clone()))
             .expect("unique");
 
         let latency = |name: &str, help: &str| {
@@ -351,6 +370,19 @@ impl Metrics {
                 &["history"],
             ),
             command_duration,
+            proxy_calls: counter_vec(
+                &registry,
+                "rotor_proxy_calls_total",
+                "Calls to the application backend, by proxy type and name.",
+                &["type", "name"],
+            ),
+            proxy_errors: counter_vec(
+                &registry,
+                "rotor_proxy_errors_total",
+                "Calls to the application backend that failed (unreachable, timeout, a status other than 200, a bad answer), by proxy type and name.",
+                &["type", "name"],
+            ),
+            proxy_duration,
             broker_publish,
             broker_lag,
             with_expiry,
@@ -457,6 +489,23 @@ impl Observer for Metrics {
             self.command_errors
                 .with_label_values(&[method, &code.to_string()])
                 .inc();
+        }
+    }
+
+    fn proxy_call(
+        &self,
+        kind: rotor_core::proxy::ProxyKind,
+        name: &str,
+        took: std::time::Duration,
+        failed: bool,
+    ) {
+        let labels = [kind.as_str(), name];
+        self.proxy_calls.with_label_values(&labels).inc();
+        self.proxy_duration
+            .with_label_values(&labels)
+            .observe(took.as_secs_f64());
+        if failed {
+            self.proxy_errors.with_label_values(&labels).inc();
         }
     }
 

@@ -269,13 +269,20 @@ fn http_stream(state: &AppState) -> Route {
                 with_origin(&state, &headers, || {
                     if is_protobuf(&headers) {
                         let connect = Inbound::Binary(body);
-                        return stream::emulation(state.clone(), connect, peer, Framing::Lines);
+                        return stream::emulation(
+                            state.clone(),
+                            connect,
+                            peer,
+                            &headers,
+                            Framing::Lines,
+                        );
                     }
                     match String::from_utf8(body.to_vec()) {
                         Ok(connect) => stream::emulation(
                             state.clone(),
                             Inbound::Frame(connect),
                             peer,
+                            &headers,
                             Framing::Lines,
                         ),
                         Err(_) => plain(StatusCode::BAD_REQUEST, "body is not UTF-8\n"),
@@ -296,6 +303,7 @@ fn sse(state: &AppState) -> Route {
                         state.clone(),
                         Inbound::Frame(connect),
                         peer,
+                        &headers,
                         Framing::EventStream,
                     ),
                     None => plain(
@@ -338,7 +346,8 @@ fn uni_http_stream(state: &AppState) -> Route {
                 with_origin(&state, &headers, || {
                     let bearer = uni::token_from_headers(&headers, "");
                     let text = String::from_utf8_lossy(&body);
-                    stream::unidirectional(state.clone(), &text, bearer, peer, Framing::Lines)
+                    let from = (peer, &headers);
+                    stream::unidirectional(state.clone(), &text, bearer, from, Framing::Lines)
                 })
             },
         )
@@ -355,7 +364,8 @@ fn uni_sse(state: &AppState) -> Route {
                     let token =
                         uni::token_from_headers(&headers, &state.config.uni_sse.token_cookie);
                     let text = q.remove("cf_connect").unwrap_or_default();
-                    stream::unidirectional(state.clone(), &text, token, peer, Framing::EventStream)
+                    let from = (peer, &headers);
+                    stream::unidirectional(state.clone(), &text, token, from, Framing::EventStream)
                 })
             },
         )

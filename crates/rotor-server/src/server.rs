@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rotor_core::broker::{Broker, LocalBroker};
 use rotor_core::events::{Fanout, NoObserver, Observer};
+use rotor_core::proxy::Proxies;
 use rotor_core::storage::Storage;
 use rotor_core::Node;
 use tokio_util::sync::CancellationToken;
@@ -88,7 +89,8 @@ impl Server {
         };
         let mut core = config.core();
         core.node_uid = node_uid;
-        let node = Node::new(core, storage, broker, observer)?;
+        let proxies = proxies(&core)?;
+        let node = Node::with_proxies(core, storage, broker, observer, proxies)?;
         let sessions = Arc::new(Sessions::default());
         node.set_node_message_handler(Arc::new(ForwardedEmulation(sessions.clone())));
         Ok(Server {
@@ -102,11 +104,14 @@ impl Server {
 
     /// Checks everything the node checks (namespaces, token keys) without touching storage.
     pub fn check(config: &Config) -> Result<(), ServerError> {
-        Node::new(
-            config.core(),
+        let core = config.core();
+        let proxies = proxies(&core)?;
+        Node::with_proxies(
+            core,
             rotor_store_memory::storage(),
             Arc::new(LocalBroker::default()),
             Arc::new(NoObserver),
+            proxies,
         )?;
         Ok(())
     }
@@ -319,6 +324,11 @@ impl RedisConnections {
         self.0.push((cfg.clone(), shards.clone()));
         Ok(shards)
     }
+}
+
+/// The proxies to the application backend the configuration asks for, over HTTP.
+fn proxies(core: &rotor_core::config::CoreConfig) -> Result<Proxies, ServerError> {
+    Proxies::from_config(core, &mut rotor_proxy::factory).map_err(ServerError::Config)
 }
 
 #[cfg(test)]

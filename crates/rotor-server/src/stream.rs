@@ -16,7 +16,7 @@ use rotor_core::session::{
 };
 use rotor_protocol::{Disconnect, Protocol};
 use tokio::sync::mpsc;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
@@ -141,7 +141,13 @@ fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing, protocol: Pro
 /// Starts a bidirectional emulation session whose first frame is `connect` (the POST body
 /// of `http_stream`, the `cf_connect` parameter of `sse`), in its protocol: a text frame is
 /// JSON, a binary one Protobuf (http_stream only).
-pub fn emulation(state: AppState, connect: Inbound, peer: Peer, framing: Framing) -> Response {
+pub fn emulation(
+    state: AppState,
+    connect: Inbound,
+    peer: Peer,
+    headers: &HeaderMap,
+    framing: Framing,
+) -> Response {
     let protocol = match connect {
         Inbound::Binary(_) => Protocol::Protobuf,
         _ => Protocol::Json,
@@ -162,6 +168,7 @@ pub fn emulation(state: AppState, connect: Inbound, peer: Peer, framing: Framing
         session_id: Some(session_id.clone()),
         connect: ConnectFrom::Commands,
         remote: peer,
+        headers: crate::http::forwarded(&state.node, headers),
     };
     let transport = StreamTransport::new(Some(cmd_rx), body_tx, framing, protocol, timeout);
     tokio::spawn(async move {
@@ -178,7 +185,7 @@ pub fn unidirectional(
     state: AppState,
     text: &str,
     fallback_token: Option<String>,
-    peer: Peer,
+    (peer, headers): (Peer, &HeaderMap),
     framing: Framing,
 ) -> Response {
     let req = match session::uni_connect_request(text, fallback_token) {
@@ -205,6 +212,7 @@ pub fn unidirectional(
         session_id: Some(crate::http::new_session_id()),
         connect: ConnectFrom::Request(req),
         remote: peer,
+        headers: crate::http::forwarded(&state.node, headers),
     };
     let transport = StreamTransport::new(None, body_tx, framing, Protocol::Json, timeout);
     tokio::spawn(session::run(state.node.clone(), params, transport));

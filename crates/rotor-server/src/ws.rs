@@ -149,6 +149,7 @@ pub fn upgrade(
         Mode::Bidirectional { .. } => ws.write_timeout,
         Mode::Unidirectional { .. } => state.config.uni_websocket.write_timeout,
     };
+    let forwarded = crate::http::forwarded(&state.node, &headers);
     let (protocol, subprotocol) = match &mode {
         Mode::Bidirectional { protocol } => (protocol.protocol, protocol.subprotocol),
         Mode::Unidirectional { .. } => (Protocol::Json, None),
@@ -175,6 +176,7 @@ pub fn upgrade(
                 session_id: None,
                 connect: ConnectFrom::Commands,
                 remote: peer,
+                headers: forwarded,
             },
             Mode::Unidirectional { cf_connect, bearer } => SessionParams {
                 transport: UNI_TRANSPORT,
@@ -185,6 +187,7 @@ pub fn upgrade(
                     fallback_token: bearer,
                 },
                 remote: peer,
+                headers: forwarded,
             },
         };
         session::run(state.node.clone(), params, ws).await;

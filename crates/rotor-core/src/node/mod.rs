@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::config::{ChannelOptions, CoreConfig};
 use crate::events::Observer;
 use crate::hub::Hub;
+use crate::proxy::Proxies;
 use crate::revocation::RevocationSet;
 use crate::storage::Storage;
 use crate::CoreError;
@@ -65,6 +66,8 @@ struct NodeInner {
     order: crate::order::Sequencer,
     /// Where messages other nodes address to this one go (set by the server).
     node_messages: OnceLock<Arc<dyn NodeMessageHandler>>,
+    /// The application backend's proxies (none: tokens and options decide).
+    proxies: Proxies,
 }
 
 /// A rotor node. Cheap to clone.
@@ -74,12 +77,24 @@ pub struct Node {
 }
 
 impl Node {
-    /// Builds a node; fails with a message naming the bad setting.
+    /// Builds a node without proxies; fails with a message naming the bad setting.
     pub fn new(
         config: CoreConfig,
         storage: Storage,
         broker: Arc<dyn Broker>,
         observer: Arc<dyn Observer>,
+    ) -> Result<Node, CoreError> {
+        Node::with_proxies(config, storage, broker, observer, Proxies::none())
+    }
+
+    /// Builds a node that asks the application backend through `proxies` (see
+    /// [`Proxies::from_config`]).
+    pub fn with_proxies(
+        config: CoreConfig,
+        storage: Storage,
+        broker: Arc<dyn Broker>,
+        observer: Arc<dyn Observer>,
+        proxies: Proxies,
     ) -> Result<Node, CoreError> {
         let rules = ChannelRules::new(&config.channel).map_err(CoreError::BadRequest)?;
         let verifier = TokenVerifier::new(&config.client.token)
@@ -112,6 +127,7 @@ impl Node {
             started_at: tokio::time::Instant::now(),
             order: Default::default(),
             node_messages: OnceLock::new(),
+            proxies,
         });
         broker.set_handler(Arc::new(cluster::Handler(Arc::downgrade(&inner))));
         Ok(Node { inner })
@@ -162,6 +178,33 @@ impl Node {
     #[inline]
     pub(crate) fn observer(&self) -> &dyn Observer {
         &*self.inner.observer
+    }
+
+    /// The application backend's proxies.
+    pub(crate) fn proxies(&self) -> &Proxies {
+        &self.inner.proxies
+    }
+
+    /// The headers of a connection request that some proxy passes on to the backend (names in
+    /// lower case, values that are text); nothing, at no cost, when no proxy passes any on.
+    pub fn forwarded_headers<'a>(
+        &self,
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<(String, String)> {
+        let names = self.inner.proxies.http_headers();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        headers
+            .into_iter()
+            .filter(|(n, _)| names.iter().any(|k| k.eq_ignore_ascii_case(n)))
+            .filter_map(|(n, v)| {
+                Some((
+                    n.to_ascii_lowercase(),
+                    std::str::from_utf8(v).ok()?.to_string(),
+                ))
+            })
+            .collect()
     }
 
     /// Verifies connection tokens.

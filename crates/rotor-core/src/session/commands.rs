@@ -4,7 +4,7 @@
 
 use rotor_protocol::{
     Command, Disconnect, Empty, HistoryRequest, HistoryResult, MethodKind, PresenceResult,
-    PresenceStatsResult, Protocol, ProtocolError, PublishRequest, Reply,
+    PresenceStatsResult, Protocol, ProtocolError, PublishRequest, Reply, RpcRequest, RpcResult,
 };
 use tokio::time::Instant;
 
@@ -12,6 +12,7 @@ use super::{rate_burst, Addr, CommandResult, Session, State, TransportKind};
 use crate::channels::{self, Asker};
 use crate::limits::{Limit, Verdict};
 use crate::node::PublishOptions;
+use crate::proxy::ProxyKind;
 use crate::CoreError;
 
 impl Session {
@@ -92,11 +93,12 @@ impl Session {
                 ping: Some(Empty {}),
                 ..Reply::default()
             })),
+            // As Centrifugo v6: there is no handler for asynchronous messages.
             MethodKind::Send => {
-                tracing::debug!(client = %self.client.id(), "send: no handler configured, message dropped");
-                Ok(None)
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "send: asynchronous messages are not handled, disconnecting with 3508");
+                Err(Disconnect::NOT_AVAILABLE.into())
             }
-            MethodKind::Rpc => Err(CoreError::NotAvailable),
+            MethodKind::Rpc => self.rpc(cmd.rpc.unwrap_or_default()).await,
             MethodKind::Refresh => self.refresh(cmd.refresh.unwrap_or_default().token).await,
             MethodKind::SubRefresh => self.sub_refresh(cmd.sub_refresh.unwrap_or_default()).await,
             MethodKind::Pong => {
@@ -107,7 +109,7 @@ impl Session {
         };
         let error = match &result {
             Ok(_) => None,
-            Err(e) => Some(e.code().map(|c| c.code()).unwrap_or(0)),
+            Err(e) => Some(e.reply_code()),
         };
         if method != MethodKind::Pong {
             self.node
@@ -175,7 +177,10 @@ impl Session {
 
     async fn publish(&mut self, req: PublishRequest) -> CommandResult {
         let opts = self.node.channel_options(&req.channel)?;
-        channels::check_publish(&opts, self.asker(&req.channel))?;
+        let proxy = self.node.proxies().publish_for(&opts).cloned();
+        if proxy.is_none() {
+            channels::check_publish(&opts, self.asker(&req.channel))?;
+        }
         let max = self.cfg().publication_max_size;
         if req.data.get().len() > max {
             self.limit_hit(Limit::PublicationSize);
@@ -183,17 +188,82 @@ impl Session {
                 "publication data larger than {max} bytes"
             )));
         }
+        let mut data = req.data;
+        let mut skip_history = false;
+        // The backend decides instead of the allow_publish_* options; it may replace the
+        // data or keep the publication out of history.
+        if let Some(proxy) = proxy {
+            let caller = self.caller();
+            let answer = self
+                .ask(
+                    ProxyKind::Publish,
+                    &proxy,
+                    proxy.proxy.publish(&caller, &req.channel, &data),
+                )
+                .await?;
+            if let Some(grant) = answer.into_result()? {
+                if let Some(d) = grant.data {
+                    data = d;
+                }
+                skip_history = grant.skip_history;
+            }
+        }
         let chan_info = self
             .subs
             .get(req.channel.as_str())
             .and_then(|s| s.chan_info.clone());
         let options = PublishOptions {
             info: Some(self.info(chan_info)),
+            skip_history,
             ..PublishOptions::default()
         };
-        self.node.publish(&req.channel, req.data, options).await?;
+        self.node.publish(&req.channel, data, options).await?;
         Ok(Some(Reply {
             publish: Some(Empty {}),
+            ..Reply::default()
+        }))
+    }
+
+    /// `rpc`: to the backend of the method's namespace (the part before
+    /// `rpc.namespace_boundary`). Without any RPC proxy: 108; an unknown namespace: 104; a
+    /// namespace without its proxy enabled: 108.
+    async fn rpc(&mut self, req: RpcRequest) -> CommandResult {
+        let node = self.node.clone();
+        if !node.proxies().any_rpc() {
+            return Err(CoreError::NotAvailable);
+        }
+        let rpc = &node.config().rpc;
+        let boundary = rpc.namespace_boundary.as_str();
+        let ns = match req
+            .method
+            .split_once(boundary)
+            .filter(|_| !boundary.is_empty())
+        {
+            Some((name, _)) => rpc
+                .namespaces
+                .iter()
+                .find(|n| n.name == name)
+                .ok_or(CoreError::MethodNotFound)?,
+            None => &rpc.without_namespace,
+        };
+        if !ns.proxy_enabled {
+            return Err(CoreError::NotAvailable);
+        }
+        let proxy = node
+            .proxies()
+            .named(ProxyKind::Rpc, &ns.proxy_name)
+            .ok_or(CoreError::NotAvailable)?;
+        let caller = self.caller();
+        let answer = self
+            .ask(
+                ProxyKind::Rpc,
+                proxy,
+                proxy.proxy.rpc(&caller, &req.method, req.data.as_ref()),
+            )
+            .await?;
+        let data = answer.into_result()?.flatten();
+        Ok(Some(Reply {
+            rpc: Some(RpcResult { data }),
             ..Reply::default()
         }))
     }

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use rotor_auth::AuthError;
+use rotor_auth::{AuthError, SubscriptionClaim};
 use rotor_protocol::{
-    ConnectRequest, ConnectResult, Disconnect, Push, RefreshResult, Reply, SubscribeRequest,
+    ConnectRequest, ConnectResult, Disconnect, Push, Raw, RefreshResult, Reply, SubscribeRequest,
 };
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ use crate::channels;
 use crate::events::{RefreshOutcome, Stage, TokenKind};
 use crate::limits::Limit;
 use crate::node::revoked_disconnect;
+use crate::proxy::{ConnectCall, ConnectGrant, ForwardedHeaders, ProxyKind};
 use crate::CoreError;
 
 /// Parses the connect request of a unidirectional transport (`{"token":…,"data":…}`; empty
@@ -96,15 +97,8 @@ impl Session {
                 .into());
         }
         let now = self.now();
-        let (user, expire_at, info, mut server_subs) = if req.token.is_empty() {
-            if !self.cfg().allow_anonymous_connect_without_token {
-                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "connect without a token, disconnecting with 3501");
-                return Err(Disconnect::BAD_REQUEST
-                    .with_reason("client credentials not found")
-                    .into());
-            }
-            (String::new(), None, None, BTreeMap::new())
-        } else {
+        self.keep_emulated_headers(&req);
+        let (user, expire_at, info, data, mut server_subs) = if !req.token.is_empty() {
             let token = match self.node.verifier().verify_connect(&req.token, now).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -127,12 +121,47 @@ impl Session {
             }
             self.client.set_creds(token.jti.as_deref(), token.iat);
             self.client.set_meta(token.meta);
-            let mut subs: BTreeMap<String, rotor_auth::SubscriptionClaim> = BTreeMap::new();
-            for ch in token.channels {
-                subs.insert(ch, rotor_auth::SubscriptionClaim::default());
+            let subs = server_subs(token.channels, token.subs);
+            (token.user, token.expire_at, token.info, None, subs)
+        } else if let Some(proxy) = self.node.proxies().connect().cloned() {
+            let call = ConnectCall {
+                data: req.data.clone(),
+                name: req.name.clone(),
+                version: req.version.clone(),
+                channels: req.subs.keys().cloned().collect(),
+            };
+            let caller = self.caller();
+            let answer = self
+                .ask(
+                    ProxyKind::Connect,
+                    &proxy,
+                    proxy.proxy.connect(&caller, &call),
+                )
+                .await?;
+            match answer.into_result() {
+                Ok(Some(grant)) => self.proxy_grant(grant, now)?,
+                Ok(None) if self.cfg().allow_anonymous_connect_without_token => {
+                    (String::new(), None, None, None, BTreeMap::new())
+                }
+                Ok(None) => {
+                    tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "the connect proxy gave no credentials, disconnecting with 3501");
+                    return Err(Disconnect::BAD_REQUEST
+                        .with_reason("client credentials not found")
+                        .into());
+                }
+                Err(e) => {
+                    tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, "connect refused by the backend");
+                    return Err(e);
+                }
             }
-            subs.extend(token.subs);
-            (token.user, token.expire_at, token.info, subs)
+        } else {
+            if !self.cfg().allow_anonymous_connect_without_token {
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "connect without a token, disconnecting with 3501");
+                return Err(Disconnect::BAD_REQUEST
+                    .with_reason("client credentials not found")
+                    .into());
+            }
+            (String::new(), None, None, None, BTreeMap::new())
         };
         // Server-side channels must all be known before the connection is accepted.
         for ch in server_subs.keys() {
@@ -175,10 +204,12 @@ impl Session {
             pong: ping > 0 && self.expects_pong(),
             ..ConnectResult::default()
         };
-        if let Some(at) = expire_at {
+        // With the refresh proxy the server extends connections: the client is not told.
+        if let Some(at) = expire_at.filter(|_| !self.refreshed_by_proxy()) {
             result.expires = true;
             result.ttl = at.saturating_sub(now).max(1) as u32;
         }
+        result.data = data;
         if let Some(session) = self.client.session() {
             result.session = session.to_string();
         }
@@ -244,6 +275,11 @@ impl Session {
             let d = Disconnect::BAD_REQUEST.with_reason("refresh without a token");
             return Err((RefreshOutcome::Empty, d.into()));
         }
+        if self.refreshed_by_proxy() {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "refresh command while the refresh proxy extends connections, disconnecting with 3501");
+            let d = Disconnect::BAD_REQUEST.with_reason("server-side refresh expected");
+            return Err((RefreshOutcome::Invalid, d.into()));
+        }
         let t = match self.node.verifier().verify_connect(&token, now).await {
             Ok(t) => t,
             Err(AuthError::Expired) => {
@@ -292,12 +328,89 @@ impl Session {
     }
 }
 
+/// Server-side subscriptions: `channels` with the namespace's options, `subs` with their
+/// own (a channel in both takes its `subs` entry).
+fn server_subs(
+    channels: Vec<String>,
+    subs: BTreeMap<String, SubscriptionClaim>,
+) -> BTreeMap<String, SubscriptionClaim> {
+    let mut out: BTreeMap<String, SubscriptionClaim> = channels
+        .into_iter()
+        .map(|ch| (ch, SubscriptionClaim::default()))
+        .collect();
+    out.extend(subs);
+    out
+}
+
+/// What a connect decided by the backend gives the connection: user, expiry, info, the
+/// reply's data, server-side subscriptions.
+type Credentials = (
+    String,
+    Option<u64>,
+    Option<Raw>,
+    Option<Raw>,
+    BTreeMap<String, SubscriptionClaim>,
+);
+
+impl Session {
+    /// Whether connections are extended by the refresh proxy rather than by their clients.
+    pub(super) fn refreshed_by_proxy(&self) -> bool {
+        self.node.proxies().refresh().is_some()
+    }
+
+    /// Keeps the connect command's headers that some proxy passes on.
+    fn keep_emulated_headers(&mut self, req: &ConnectRequest) {
+        let names = self.node.proxies().emulated_headers();
+        if names.is_empty() || req.headers.is_empty() {
+            return;
+        }
+        let emulated: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .filter(|(n, _)| names.iter().any(|k| k.eq_ignore_ascii_case(n)))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
+            .collect();
+        if emulated.is_empty() {
+            return;
+        }
+        let http = self
+            .headers
+            .as_ref()
+            .map(|h| h.http.clone())
+            .unwrap_or_default();
+        self.headers = Some(Arc::new(ForwardedHeaders { http, emulated }));
+    }
+
+    /// A connect the backend accepted. The connection counts as holding a token issued now
+    /// (no `jti`): `invalidate_user_tokens` closes it like any token of its user, and an
+    /// invalidation reaching into the future keeps the user out even when the backend says
+    /// yes.
+    fn proxy_grant(&mut self, grant: ConnectGrant, now: u64) -> Result<Credentials, CoreError> {
+        if let Some(at) = grant.expire_at {
+            if at <= now {
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %grant.user, "the connect proxy gave an expiry in the past, error 110");
+                return Err(CoreError::Expired);
+            }
+        }
+        if let Some(r) = self.refusal(Stage::Connect, None, &grant.user, Some(now), None) {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %grant.user, reason = r.as_str(), "connect of an invalidated user, disconnecting with 3500");
+            return Err(revoked_disconnect().into());
+        }
+        self.client.set_creds(None, Some(now));
+        self.client.set_meta(grant.meta);
+        let subs = server_subs(grant.channels, grant.subs);
+        Ok((grant.user, grant.expire_at, grant.info, grant.data, subs))
+    }
+}
+
 /// How a refused connect is counted.
 fn refusal_reason(e: &CoreError) -> &'static str {
     match e {
         CoreError::TokenExpired => "token_expired",
         CoreError::UnknownChannel => "unknown_channel",
         CoreError::Unavailable(_) => "unavailable",
+        CoreError::Backend(_) | CoreError::Expired => "backend",
+        CoreError::Disconnect(d) if d.code >= 4000 => "backend",
         CoreError::Disconnect(d) if *d == revoked_disconnect() => "revoked",
         CoreError::Disconnect(d) if d.code == Disconnect::INVALID_TOKEN.code => "invalid_token",
         CoreError::Disconnect(d) if d.code == Disconnect::BAD_REQUEST.code => "bad_request",

@@ -16,6 +16,8 @@
 mod commands;
 mod connect;
 mod control;
+#[cfg(test)]
+mod proxy_tests;
 mod subscribe;
 #[cfg(test)]
 mod tests;
@@ -38,6 +40,7 @@ use crate::events::Stage;
 use crate::hub::ClientHandle;
 use crate::limits::{CommandBucket, Limit};
 use crate::node::Node;
+use crate::proxy::{Caller, ForwardedHeaders, NamedProxy, ProxyKind, ProxyResult};
 use crate::revocation::Refusal;
 use crate::CoreError;
 
@@ -114,6 +117,9 @@ pub struct SessionParams {
     pub connect: ConnectFrom,
     /// The client's address as the transport believes it (for log lines).
     pub remote: Option<std::net::IpAddr>,
+    /// Headers of the connection request that proxies pass on to the backend (see
+    /// [`Node::forwarded_headers`]); empty without proxies.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Where a session's connect request comes from.
@@ -148,6 +154,8 @@ struct Sub {
     chan_info: Option<Raw>,
     /// Unix seconds; `None` = does not expire.
     expire_at: Option<u64>,
+    /// The backend extends it (the namespace's sub_refresh proxy), not the client.
+    refreshed_by_proxy: bool,
 }
 
 struct Session {
@@ -179,6 +187,13 @@ struct Session {
     /// bare push before the connection closes; before it (a bad or missing request), the
     /// close alone says it.
     connect_seen: bool,
+    /// What proxies pass on to the backend (only when some proxy does).
+    headers: Option<Arc<ForwardedHeaders>>,
+    /// The refresh proxy failed: when to ask again, and how many times it failed in a row.
+    refresh_retry: Option<Instant>,
+    /// The sub_refresh proxy failed: when to ask again (for every subscription it extends).
+    sub_refresh_retry: Option<Instant>,
+    proxy_failures: u8,
 }
 
 /// Creates a connection and runs it until it ends. Returns the code it ended with (`None`
@@ -219,6 +234,15 @@ pub async fn run(
         out: Vec::new(),
         first_frame: None,
         connect_seen: false,
+        headers: (!params.headers.is_empty()).then(|| {
+            Arc::new(ForwardedHeaders {
+                http: params.headers,
+                emulated: Vec::new(),
+            })
+        }),
+        refresh_retry: None,
+        sub_refresh_retry: None,
+        proxy_failures: 0,
     };
     let mut first = match params.connect {
         ConnectFrom::Commands => None,
@@ -476,6 +500,44 @@ impl Session {
 
     fn limit_hit(&self, limit: Limit) {
         self.node.observer().limit_hit(limit);
+    }
+
+    /// This connection as a proxy call describes it.
+    fn caller(&self) -> Caller {
+        Caller {
+            client: Arc::from(self.client.id()),
+            transport: self.transport.name,
+            protocol: self.protocol,
+            user: self.user.clone(),
+            meta: self.client.meta(),
+            headers: self.headers.clone(),
+        }
+    }
+
+    /// Runs one proxy call, reporting its duration and failure.
+    async fn ask<T>(
+        &self,
+        kind: ProxyKind,
+        proxy: &NamedProxy,
+        call: impl Future<Output = ProxyResult<T>>,
+    ) -> ProxyResult<T> {
+        let started = Instant::now();
+        let result = call.await;
+        self.node
+            .observer()
+            .proxy_call(kind, &proxy.name, started.elapsed(), result.is_err());
+        if let Err(e) = &result {
+            tracing::warn!(client = %self.client.id(), user = %self.user, proxy = %proxy.name, kind = kind.as_str(), error = %e, "proxy call failed");
+        }
+        result
+    }
+
+    /// When a failed refresh proxy call is tried again: 1, 2, 4, then every 8 seconds (the
+    /// grace period ends it: `client.expired_close_delay`, `expired_sub_close_delay`).
+    fn proxy_retry_at(&mut self, now: Instant) -> Instant {
+        let backoff = Duration::from_secs(1 << self.proxy_failures.min(3));
+        self.proxy_failures = self.proxy_failures.saturating_add(1);
+        now + backoff
     }
 
     fn emit(&mut self, reply: &Reply) {

@@ -16,6 +16,7 @@ use crate::config::ChannelOptions;
 use crate::events::{RefreshOutcome, Stage, TokenKind};
 use crate::limits::Limit;
 use crate::node::{revoked_disconnect, Membership};
+use crate::proxy::{ProxyKind, SubscribeCall};
 use crate::CoreError;
 
 impl Session {
@@ -29,7 +30,38 @@ impl Session {
             self.limit_hit(Limit::Channels);
             return Err(CoreError::LimitExceeded);
         }
-        let (chan_info, expire_at, data, opts) = if req.token.is_empty() {
+        let proxy = if req.token.is_empty() && channels::proxy_decides(&opts, &channel, &self.user)
+        {
+            self.node.proxies().subscribe_for(&opts).cloned()
+        } else {
+            None
+        };
+        let (chan_info, expire_at, data, opts) = if let Some(proxy) = proxy {
+            // The backend decides instead of the allow_subscribe_* options.
+            let call = SubscribeCall {
+                channel: channel.clone(),
+                data: req.data.clone(),
+            };
+            let caller = self.caller();
+            let answer = self
+                .ask(
+                    ProxyKind::Subscribe,
+                    &proxy,
+                    proxy.proxy.subscribe(&caller, &call),
+                )
+                .await?;
+            match answer.into_result()? {
+                None => (None, None, None, (*opts).clone()),
+                Some(g) => {
+                    if g.expire_at > 0 && g.expire_at <= self.now() {
+                        return Err(CoreError::Expired);
+                    }
+                    let expire_at = (g.expire_at > 0).then_some(g.expire_at);
+                    let opts = channels::with_override(&opts, &g.override_);
+                    (g.info, expire_at, g.data, opts)
+                }
+            }
+        } else if req.token.is_empty() {
             channels::check_subscribe(
                 &opts,
                 &channel,
@@ -96,7 +128,9 @@ impl Session {
             server_side,
         };
         let mut result = self.node.join(channel, membership).await?;
-        if let Some(at) = expire_at {
+        // Subscriptions the backend extends (sub_refresh proxy) are not the client's to refresh.
+        let refreshed_by_proxy = self.node.proxies().sub_refresh_for(opts).is_some();
+        if let Some(at) = expire_at.filter(|_| !refreshed_by_proxy) {
             result.expires = true;
             result.ttl = at.saturating_sub(now).max(1) as u32;
         }
@@ -111,6 +145,7 @@ impl Session {
                 join_leave: opts.join_leave,
                 chan_info,
                 expire_at,
+                refreshed_by_proxy,
             },
         );
         Ok(result)
@@ -147,8 +182,13 @@ impl Session {
             let d = Disconnect::BAD_REQUEST.with_reason("sub_refresh needs channel and token");
             return Err((RefreshOutcome::Empty, d.into()));
         }
-        if !self.subs.contains_key(req.channel.as_str()) {
+        let Some(sub) = self.subs.get(req.channel.as_str()) else {
             return Err((RefreshOutcome::Mismatch, CoreError::PermissionDenied));
+        };
+        if sub.refreshed_by_proxy {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %req.channel, "sub_refresh command while the sub_refresh proxy extends the subscription, disconnecting with 3501");
+            let d = Disconnect::BAD_REQUEST.with_reason("server-side sub refresh expected");
+            return Err((RefreshOutcome::Invalid, d.into()));
         }
         let now = self.now();
         let t = match self

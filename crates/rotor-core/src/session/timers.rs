@@ -9,6 +9,8 @@ use rotor_protocol::{Disconnect, Protocol, Push, Raw, UnsubscribeCode, Unsubscri
 use tokio::time::Instant;
 
 use super::{Addr, Session};
+use crate::events::{RefreshOutcome, TokenKind};
+use crate::proxy::{Answer, ProxyKind};
 
 impl Session {
     /// Re-adds this connection's presence entries so they do not expire while it lives.
@@ -35,18 +37,30 @@ impl Session {
         let expiry = self
             .expire_at
             .map(|at| clock.instant_at(at) + cfg.expired_close_delay);
+        // The refresh proxy is asked at the expiry (again after a failure).
+        let server_refresh = self
+            .expire_at
+            .filter(|_| self.refreshed_by_proxy())
+            .map(|at| self.refresh_retry.unwrap_or(clock.instant_at(at)));
         let sub_expiry = self
             .subs
             .values()
-            .filter_map(|s| s.expire_at)
-            .min()
-            .map(|at| clock.instant_at(at) + cfg.expired_sub_close_delay);
+            .filter_map(|s| {
+                let at = clock.instant_at(s.expire_at?);
+                Some(if s.refreshed_by_proxy {
+                    self.sub_refresh_retry.map_or(at, |r| r.max(at))
+                } else {
+                    at + cfg.expired_sub_close_delay
+                })
+            })
+            .min();
         [
             self.stale_deadline,
             self.next_ping,
             self.pong_deadline,
             self.next_presence,
             expiry,
+            server_refresh,
             sub_expiry,
         ]
         .into_iter()
@@ -68,6 +82,13 @@ impl Session {
         // A handle to the node (an Arc) keeps the config borrowed while `self` changes.
         let node = self.node.clone();
         let cfg = &node.config().client;
+        if let Some(at) = self.expire_at.filter(|_| self.refreshed_by_proxy()) {
+            if self.refresh_retry.unwrap_or(clock.instant_at(at)) <= now {
+                if let Some(d) = self.server_refresh(now).await {
+                    return Some(d);
+                }
+            }
+        }
         if let Some(at) = self.expire_at {
             if clock.instant_at(at) + cfg.expired_close_delay <= now {
                 tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, "connection expired, disconnecting with 3005");
@@ -90,6 +111,24 @@ impl Session {
         if self.next_presence.is_some_and(|d| d <= now) {
             self.refresh_presence().await;
         }
+        let due: Vec<Arc<str>> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| {
+                s.refreshed_by_proxy
+                    && s.expire_at.is_some_and(|at| {
+                        self.sub_refresh_retry
+                            .map_or(clock.instant_at(at), |r| r.max(clock.instant_at(at)))
+                            <= now
+                    })
+            })
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        for channel in due {
+            if let Some(d) = self.server_sub_refresh(&channel, now).await {
+                return Some(d);
+            }
+        }
         let expired: Vec<(Arc<str>, bool)> = self
             .subs
             .iter()
@@ -100,22 +139,117 @@ impl Session {
             .map(|(ch, s)| (ch.clone(), s.server_side))
             .collect();
         for (channel, server_side) in expired {
-            self.node.observer().subscription_expired();
-            if server_side {
-                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %channel, "server-side subscription expired, disconnecting with 3006");
-                return Some(Disconnect::SUBSCRIPTION_EXPIRED);
+            if let Some(d) = self.sub_expired(&channel, server_side).await {
+                return Some(d);
             }
-            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %channel, "subscription expired, unsubscribing with 2501");
-            self.leave(&channel).await;
-            self.emit_push(Push {
-                channel: channel.to_string(),
-                unsubscribe: Some(UnsubscribePush {
-                    code: UnsubscribeCode::Expired.code(),
-                    reason: UnsubscribeCode::Expired.reason().into(),
-                }),
-                ..Push::default()
-            });
         }
         None
+    }
+
+    /// A subscription's expiry passed with nobody extending it: a client-side subscription
+    /// is unsubscribed with 2501 (the SDK subscribes again), a server-side one ends the
+    /// connection with 3006.
+    async fn sub_expired(&mut self, channel: &Arc<str>, server_side: bool) -> Option<Disconnect> {
+        self.node.observer().subscription_expired();
+        if server_side {
+            tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %channel, "server-side subscription expired, disconnecting with 3006");
+            return Some(Disconnect::SUBSCRIPTION_EXPIRED);
+        }
+        tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), channel = %channel, "subscription expired, unsubscribing with 2501");
+        self.leave(channel).await;
+        self.emit_push(Push {
+            channel: channel.to_string(),
+            unsubscribe: Some(UnsubscribePush {
+                code: UnsubscribeCode::Expired.code(),
+                reason: UnsubscribeCode::Expired.reason().into(),
+            }),
+            ..Push::default()
+        });
+        None
+    }
+
+    /// The refresh proxy is asked about a connection at its expiry. A new expiry extends it
+    /// in place; `expired`, no expiry in the future, or any answer without a result closes
+    /// it with 3005. A backend that cannot be asked is asked again (1, 2, 4, then every 8
+    /// seconds) until `client.expired_close_delay` after the expiry, and then the
+    /// connection closes with 3005 as an unrefreshed one does.
+    async fn server_refresh(&mut self, now: Instant) -> Option<Disconnect> {
+        let proxy = self.node.proxies().refresh()?.clone();
+        let lag = self.lag_after(self.expire_at);
+        let caller = self.caller();
+        let answer = self
+            .ask(ProxyKind::Refresh, &proxy, proxy.proxy.refresh(&caller))
+            .await;
+        let observer = self.node.clone();
+        let observer = |o| observer.observer().refresh(TokenKind::Connection, o, lag);
+        match answer {
+            Ok(Answer::Granted(g)) if !g.expired && g.expire_at > self.now() => {
+                observer(RefreshOutcome::Ok);
+                self.expire_at = Some(g.expire_at);
+                self.client.set_expire_at(self.expire_at);
+                if g.info.is_some() {
+                    self.conn_info = g.info;
+                }
+                if g.meta.is_some() {
+                    self.client.set_meta(g.meta);
+                }
+                self.refresh_retry = None;
+                self.proxy_failures = 0;
+                None
+            }
+            Ok(_) => {
+                observer(RefreshOutcome::Expired);
+                self.node.observer().connection_expired(self.transport.name);
+                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), user = %self.user, "the refresh proxy did not extend the connection, disconnecting with 3005");
+                Some(Disconnect::EXPIRED)
+            }
+            Err(_) => {
+                observer(RefreshOutcome::Unavailable);
+                self.refresh_retry = Some(self.proxy_retry_at(now));
+                None
+            }
+        }
+    }
+
+    /// The sub_refresh proxy is asked about a subscription at its expiry: as
+    /// [`server_refresh`](Self::server_refresh), with 2501 / 3006 for the end and
+    /// `client.expired_sub_close_delay` for the grace.
+    async fn server_sub_refresh(&mut self, channel: &Arc<str>, now: Instant) -> Option<Disconnect> {
+        let opts = self.node.channel_options(channel).ok()?;
+        let proxy = self.node.proxies().sub_refresh_for(&opts)?.clone();
+        let sub = self.subs.get(channel)?;
+        let (server_side, lag) = (sub.server_side, self.lag_after(sub.expire_at));
+        let caller = self.caller();
+        let answer = self
+            .ask(
+                ProxyKind::SubRefresh,
+                &proxy,
+                proxy.proxy.sub_refresh(&caller, channel),
+            )
+            .await;
+        let observer = self.node.clone();
+        let observer = |o| observer.observer().refresh(TokenKind::Subscription, o, lag);
+        match answer {
+            Ok(Answer::Granted(g)) if !g.expired && g.expire_at > self.now() => {
+                observer(RefreshOutcome::Ok);
+                let sub = self.subs.get_mut(channel)?;
+                sub.expire_at = Some(g.expire_at);
+                if g.info.is_some() {
+                    sub.chan_info = g.info;
+                }
+                self.sub_refresh_retry = None;
+                self.proxy_failures = 0;
+                None
+            }
+            Ok(_) => {
+                observer(RefreshOutcome::Expired);
+                self.sub_expired(channel, server_side).await
+            }
+            Err(_) => {
+                observer(RefreshOutcome::Unavailable);
+                self.sub_refresh_retry = Some(self.proxy_retry_at(now));
+                None
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ pub use load::default_json;
 
 use std::time::Duration;
 
-use rotor_core::config::{ChannelConfig, ClientConfig, CoreConfig};
+use rotor_core::config::{ChannelConfig, ClientConfig, CoreConfig, NamedProxyConfig, RpcConfig};
 use serde::{Deserialize, Serialize};
 
 /// `http_server.*`
@@ -585,6 +585,10 @@ pub struct Config {
     pub http_server: HttpServerConfig,
     pub client: ClientConfig,
     pub channel: ChannelConfig,
+    /// What clients' `rpc` commands do (proxies to the backend).
+    pub rpc: RpcConfig,
+    /// Named proxies to the application backend (`*_proxy_name`).
+    pub proxies: Vec<NamedProxyConfig>,
     pub http_api: HttpApiConfig,
     pub websocket: WebSocketConfig,
     pub http_stream: HttpStreamConfig,
@@ -617,6 +621,8 @@ impl Config {
         CoreConfig {
             client: self.client.clone(),
             channel: self.channel.clone(),
+            rpc: self.rpc.clone(),
+            proxies: self.proxies.clone(),
             node_name: name,
             version: format!("{} rotor", env!("CARGO_PKG_VERSION")),
             node_uid: String::new(),
