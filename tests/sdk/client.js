@@ -5,7 +5,8 @@
 // TOKEN (initial connection token), GET_TOKEN=1 (ask the test for tokens through stdin),
 // EMULATION_BASE (where emulation POSTs go; default BASE), PROTOBUF=1 (the SDK's Protobuf
 // build: payloads go out as bytes and are reported as `data` when they are JSON text, and
-// always as `data_b64`).
+// always as `data_b64`), COOKIE (a Cookie header on the WebSocket upgrade, as a browser
+// sends its cookies), HEADERS (JSON: the SDK's `headers` option, sent in the connect command).
 'use strict';
 const protobuf = process.env.PROTOBUF === '1';
 const { Centrifuge, UnauthorizedError } = require(protobuf ? 'centrifuge/build/protobuf' : 'centrifuge');
@@ -56,8 +57,15 @@ const askToken = (what) => new Promise((resolve, reject) => {
   out('get_token', what);
 });
 
+// A browser sends its cookies with the upgrade request; Node's `ws` does when told to.
+class CookieWebSocket extends WebSocket {
+  constructor(url, protocols) {
+    super(url, protocols, { headers: { Cookie: env.COOKIE } });
+  }
+}
+
 const options = {
-  websocket: WebSocket,
+  websocket: env.COOKIE ? CookieWebSocket : WebSocket,
   eventsource: EventSource,
   emulationEndpoint: `${env.EMULATION_BASE || base}/emulation`,
   token: env.TOKEN || '',
@@ -66,6 +74,7 @@ const options = {
   timeout: 5000,
 };
 if (env.GET_TOKEN === '1') options.getToken = () => askToken({});
+if (env.HEADERS) options.headers = JSON.parse(env.HEADERS);
 
 const client = new Centrifuge([{ transport, endpoint: endpoints[transport] }], options);
 client.on('connecting', (ctx) => out('connecting', { code: ctx.code, reason: ctx.reason }));
@@ -111,6 +120,7 @@ async function run(op, cmd) {
     case 'presence_stats': return sub().presenceStats();
     case 'history': return seenPubs(await sub().history(cmd.options || {}));
     case 'rpc': return client.rpc(cmd.method, payload(cmd));
+    case 'send': return client.send(payload(cmd));
     case 'quit': process.exit(0); return undefined;
     default: throw new Error(`unknown op ${op}`);
   }

@@ -3,7 +3,7 @@ event as one JSON line on stdout. Used by rotor's end-to-end tests; see tests/sr
 
 Environment: BASE (http://host:port), TOKEN (initial connection token), PROTOBUF=1 (the
 Protobuf protocol: payloads go out as bytes, and are reported as `data` when they are JSON
-text, and always as `data_b64`)."""
+text, and always as `data_b64`), COOKIE (a Cookie header on the WebSocket upgrade)."""
 import base64
 import asyncio
 import dataclasses
@@ -53,7 +53,7 @@ class Events(ClientEventHandler):
         out("connecting", code=ctx.code, reason=ctx.reason)
 
     async def on_connected(self, ctx):
-        out("connected", client=ctx.client)
+        out("connected", client=ctx.client, data=ctx.data)
 
     async def on_disconnected(self, ctx):
         out("disconnected", code=ctx.code, reason=ctx.reason)
@@ -95,7 +95,8 @@ async def main():
     base = os.environ["BASE"]
     client = Client(base.replace("http", "ws", 1) + "/connection/websocket", events=Events(),
                     token=os.environ.get("TOKEN", ""), proxy=None, min_reconnect_delay=0.1, max_reconnect_delay=0.5,
-                    use_protobuf=PROTOBUF)
+                    use_protobuf=PROTOBUF,
+                    headers={"Cookie": os.environ["COOKIE"]} if os.environ.get("COOKIE") else None)
     subs = {}
 
     def snake(name):
@@ -119,6 +120,9 @@ async def main():
             await sub(cmd["channel"]).unsubscribe()
         elif op == "publish":
             await sub(cmd["channel"]).publish(payload(cmd))
+        elif op == "rpc":
+            r = await client.rpc(cmd["method"], payload(cmd))
+            return seen(r.data)
         elif op == "presence":
             r = await sub(cmd["channel"]).presence()
             return {"clients": {k: {"client": v.client, "user": v.user} for k, v in r.clients.items()}}

@@ -15,6 +15,7 @@ mod e2e {
     pub mod metrics;
     pub mod postgres;
     pub mod protobuf;
+    pub mod proxy;
     pub mod revocation;
     pub mod sdk;
     pub mod secrets;
