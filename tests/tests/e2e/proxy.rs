@@ -577,3 +577,83 @@ async fn invalidate_user_tokens_cuts_off_a_proxied_user() {
         script.finish(T).await;
     }
 }
+
+/// The example in docs/proxy.md, as documented: docs/examples/proxy_backend.py (Python's
+/// standard library) and docs/examples/proxy.toml, with centrifuge-js.
+#[tokio::test]
+async fn the_documented_example_backend_works_as_the_docs_say() {
+    if !sdks_available("the_documented_example_backend") {
+        return;
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let port = free_port();
+    let mut backend = tokio::process::Command::new("python3")
+        .arg(root.join("docs/examples/proxy_backend.py"))
+        .args(["--port", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs the example backend");
+    let mut out = tokio::io::BufReader::new(backend.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(T, tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line))
+        .await
+        .expect("the backend starts")
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    let text = std::fs::read_to_string(root.join("docs/examples/proxy.toml"))
+        .unwrap()
+        .replace("127.0.0.1:3000", &format!("127.0.0.1:{port}"));
+    let dir = std::env::temp_dir().join(format!("rotor-proxy-example-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = rotor_server::Config::load(
+        Some(&path),
+        std::iter::empty(),
+        &["http_server.port=0".to_string()],
+    )
+    .expect("the documented config loads");
+    let server = TestServer::start(config).await;
+
+    let mut alice = js(&server, "session=alice-secret");
+    let c = connected(&mut alice).await;
+    assert_eq!(c["data"], json!({"greeting": "hello alice"}), "{c}");
+    let personal = alice.expect("server_subscribed", T).await;
+    assert_eq!(personal["channel"], "personal:#alice");
+    alice
+        .send(&json!({"op": "subscribe", "channel": "chat:lobby"}).to_string())
+        .await;
+    alice.expect("subscribed", T).await;
+    cmd(
+        &mut alice,
+        json!({"op": "publish", "channel": "chat:lobby", "data": {"text": " hi all "}}),
+    )
+    .await;
+    let p = alice.expect("publication", T).await;
+    assert_eq!(p["data"], json!({"text": "hi all", "by": "alice"}), "{p}");
+    assert_eq!(p["info"]["connInfo"], json!({"name": "Alice"}), "{p}");
+    let r = cmd(&mut alice, json!({"op": "rpc", "method": "whoami", "data": {}})).await;
+    assert_eq!(r["data"], json!({"user": "alice"}));
+    alice
+        .send(&json!({"op": "subscribe", "channel": "admin:ops"}).to_string())
+        .await;
+    alice.expect("subscribed", T).await;
+
+    let mut bob = js(&server, "session=bob-secret");
+    connected(&mut bob).await;
+    bob.send(&json!({"op": "subscribe", "channel": "admin:ops"}).to_string())
+        .await;
+    let refused = bob.expect("unsubscribed", T).await;
+    assert_eq!(refused["code"], 1403, "{refused}");
+
+    let mut stranger = js(&server, "session=guessed");
+    stranger.expect("ready", T).await;
+    stranger.send(&json!({"op": "connect"}).to_string()).await;
+    assert_eq!(stranger.expect("disconnected", T).await["code"], 4501);
+    for mut s in [alice, bob, stranger] {
+        s.send(&json!({"op": "quit"}).to_string()).await;
+        s.finish(T).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
