@@ -21,12 +21,15 @@ pub(crate) async fn rotor_connect(
     addr: SocketAddr,
     token: &str,
 ) -> Result<(load::Ws, Value), String> {
+    connect_with(addr, &format!("{{\"token\":\"{token}\"}}")).await
+}
+
+/// Opens one rotor WebSocket connection and sends `request` (a connect request's JSON).
+async fn connect_with(addr: SocketAddr, request: &str) -> Result<(load::Ws, Value), String> {
     let mut ws = load::ws_connect(addr, "/connection/websocket").await?;
-    ws.send(Message::text(format!(
-        "{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}"
-    )))
-    .await
-    .map_err(|e| e.to_string())?;
+    ws.send(Message::text(format!("{{\"id\":1,\"connect\":{request}}}")))
+        .await
+        .map_err(|e| e.to_string())?;
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => {
@@ -59,16 +62,37 @@ pub(crate) async fn churn(
     } else {
         Signer::hs256()
     });
-    let alg_name = if alg == Alg::Rs256 { "RS256" } else { "HS256" };
-    let servers = Servers::start(&common, &signer).await;
+    let alg_name = match alg {
+        Alg::Hs256 => "HS256",
+        Alg::Rs256 => "RS256",
+        Alg::Proxy => "proxy",
+    };
+    assert!(
+        alg != Alg::Proxy || refresh.is_none(),
+        "--refresh measures token refreshes, not the proxy"
+    );
+    let backend = match alg {
+        Alg::Proxy => Some(crate::backend::start().await),
+        _ => None,
+    };
+    let extra = match &backend {
+        Some((at, _)) => format!(
+            "[client.proxy.connect]\nenabled = true\nendpoint = \"http://{at}/connect\"\ntimeout = \"5s\"\n"
+        ),
+        None => String::new(),
+    };
+    let servers = Servers::start_with(&common, &signer, &extra).await;
     let addr = servers.addrs()[0];
-    // A pool of tokens (distinct users) for churn, signed before the clock starts.
-    let tokens: Arc<Vec<String>> = Arc::new(if refresh.is_none() {
-        (0..1000)
-            .map(|i| signer.token(&format!("u{i}"), None))
-            .collect()
-    } else {
-        Vec::new()
+    // A pool of connect requests (distinct users) for churn, tokens signed before the clock
+    // starts; without tokens, the backend reads the user from the connect's data.
+    let tokens: Arc<Vec<String>> = Arc::new(match (refresh, alg) {
+        (Some(_), _) => Vec::new(),
+        (None, Alg::Proxy) => (0..1000)
+            .map(|i| format!("{{\"data\":{{\"user\":\"u{i}\"}}}}"))
+            .collect(),
+        (None, _) => (0..1000)
+            .map(|i| format!("{{\"token\":\"{}\"}}", signer.token(&format!("u{i}"), None)))
+            .collect(),
     });
     let (cpu0, t0) = (servers.cpu_seconds(), Instant::now());
     let deadline = t0 + Duration::from_secs_f64(duration);
@@ -83,7 +107,7 @@ pub(crate) async fn churn(
                         let mut k = t;
                         while Instant::now() < deadline {
                             k += concurrency;
-                            match rotor_connect(addr, &tokens[k % tokens.len()]).await {
+                            match connect_with(addr, &tokens[k % tokens.len()]).await {
                                 Ok((mut ws, _)) => {
                                     ok.fetch_add(1, Ordering::Relaxed);
                                     let _ = ws.close(None).await;
@@ -173,6 +197,10 @@ pub(crate) async fn churn(
     let wall = t0.elapsed().as_secs_f64();
     let cpu_s = servers.cpu_seconds() - cpu0;
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    if let Some((_, calls)) = &backend {
+        let calls = calls.load(Ordering::Relaxed);
+        assert!(calls >= ok, "{ok} connects but only {calls} backend calls");
+    }
     let what = if refresh.is_some() {
         "refreshes"
     } else {

@@ -51,6 +51,9 @@ pub(crate) enum Channels {
 pub(crate) enum Alg {
     Hs256,
     Rs256,
+    /// No token: every connect goes through the connect proxy to a local application
+    /// backend (in this process, on its CPUs) that names the user.
+    Proxy,
 }
 
 #[derive(clap::Args)]

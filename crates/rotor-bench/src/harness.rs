@@ -16,7 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::cli::Common;
 
-pub(crate) fn rotor_config(signer: &Signer, redis: Option<&str>) -> String {
+/// rotor's configuration for a run; `extra` is appended (more sections).
+pub(crate) fn rotor_config(signer: &Signer, redis: Option<&str>, extra: &str) -> String {
     let engine = match redis {
         Some(addr) => format!(
             "[engine]\ntype = \"redis\"\n[engine.redis]\naddress = \"{addr}\"\nprefix = \"rotor-bench-{}\"\n",
@@ -41,7 +42,7 @@ level = "warn"
 [channel.without_namespace]
 allow_subscribe_for_client = true
 allow_publish_for_client = true
-{engine}"#,
+{engine}{extra}"#,
         signer.rotor_config()
     )
 }
@@ -53,13 +54,18 @@ pub(crate) struct Servers {
 
 impl Servers {
     pub(crate) async fn start(common: &Common, signer: &Signer) -> Servers {
+        Servers::start_with(common, signer, "").await
+    }
+
+    /// [`Servers::start`] with more rotor configuration (`extra`, TOML sections).
+    pub(crate) async fn start_with(common: &Common, signer: &Signer, extra: &str) -> Servers {
         let cpus = common.server_cpus.as_deref();
         let procs = match common.target {
             Target::Ceiling => vec![ServerProcess::ceiling(cpus).await],
             Target::Nats => vec![ServerProcess::nats(cpus).await],
             _ => {
                 let redis = (common.nodes > 1).then_some(common.redis.as_str());
-                let config = rotor_config(signer, redis);
+                let config = rotor_config(signer, redis, extra);
                 let mut v = Vec::new();
                 for n in 0..common.nodes.max(1) {
                     v.push(ServerProcess::rotor(&format!("node{n}"), &config, cpus).await);

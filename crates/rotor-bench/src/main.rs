@@ -9,6 +9,7 @@
 //! - `churn`: connects per second with HS256 or RS256 tokens, or refreshes of expiring
 //!   tokens on long-lived connections.
 
+mod backend;
 mod churn;
 mod cli;
 mod fanout;

@@ -596,10 +596,13 @@ async fn the_documented_example_backend_works_as_the_docs_say() {
         .expect("python3 runs the example backend");
     let mut out = tokio::io::BufReader::new(backend.stdout.take().unwrap());
     let mut line = String::new();
-    tokio::time::timeout(T, tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line))
-        .await
-        .expect("the backend starts")
-        .unwrap();
+    tokio::time::timeout(
+        T,
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+    )
+    .await
+    .expect("the backend starts")
+    .unwrap();
     assert!(line.contains("listening"), "{line}");
     let text = std::fs::read_to_string(root.join("docs/examples/proxy.toml"))
         .unwrap()
@@ -633,7 +636,11 @@ async fn the_documented_example_backend_works_as_the_docs_say() {
     let p = alice.expect("publication", T).await;
     assert_eq!(p["data"], json!({"text": "hi all", "by": "alice"}), "{p}");
     assert_eq!(p["info"]["connInfo"], json!({"name": "Alice"}), "{p}");
-    let r = cmd(&mut alice, json!({"op": "rpc", "method": "whoami", "data": {}})).await;
+    let r = cmd(
+        &mut alice,
+        json!({"op": "rpc", "method": "whoami", "data": {}}),
+    )
+    .await;
     assert_eq!(r["data"], json!({"user": "alice"}));
     alice
         .send(&json!({"op": "subscribe", "channel": "admin:ops"}).to_string())

@@ -373,12 +373,13 @@ impl Session {
         if emulated.is_empty() {
             return;
         }
-        let http = self
+        let state = self.proxy_state();
+        let http = state
             .headers
             .as_ref()
             .map(|h| h.http.clone())
             .unwrap_or_default();
-        self.headers = Some(Arc::new(ForwardedHeaders { http, emulated }));
+        state.headers = Some(Arc::new(ForwardedHeaders { http, emulated }));
     }
 
     /// A connect the backend accepted. The connection counts as holding a token issued now

@@ -187,13 +187,21 @@ struct Session {
     /// bare push before the connection closes; before it (a bad or missing request), the
     /// close alone says it.
     connect_seen: bool,
-    /// What proxies pass on to the backend (only when some proxy does).
+    /// What the proxies need kept (boxed: a session that never has any pays one pointer).
+    proxy: Option<Box<ProxyState>>,
+}
+
+/// What a session keeps for its proxy calls.
+#[derive(Default)]
+struct ProxyState {
+    /// What proxies pass on to the backend.
     headers: Option<Arc<ForwardedHeaders>>,
-    /// The refresh proxy failed: when to ask again, and how many times it failed in a row.
+    /// The refresh proxy failed: when to ask again.
     refresh_retry: Option<Instant>,
     /// The sub_refresh proxy failed: when to ask again (for every subscription it extends).
     sub_refresh_retry: Option<Instant>,
-    proxy_failures: u8,
+    /// Failed calls in a row (the retry backoff).
+    failures: u8,
 }
 
 /// Creates a connection and runs it until it ends. Returns the code it ended with (`None`
@@ -234,15 +242,15 @@ pub async fn run(
         out: Vec::new(),
         first_frame: None,
         connect_seen: false,
-        headers: (!params.headers.is_empty()).then(|| {
-            Arc::new(ForwardedHeaders {
-                http: params.headers,
-                emulated: Vec::new(),
+        proxy: (!params.headers.is_empty()).then(|| {
+            Box::new(ProxyState {
+                headers: Some(Arc::new(ForwardedHeaders {
+                    http: params.headers,
+                    emulated: Vec::new(),
+                })),
+                ..ProxyState::default()
             })
         }),
-        refresh_retry: None,
-        sub_refresh_retry: None,
-        proxy_failures: 0,
     };
     let mut first = match params.connect {
         ConnectFrom::Commands => None,
@@ -510,7 +518,7 @@ impl Session {
             protocol: self.protocol,
             user: self.user.clone(),
             meta: self.client.meta(),
-            headers: self.headers.clone(),
+            headers: self.proxy.as_ref().and_then(|p| p.headers.clone()),
         }
     }
 
@@ -535,9 +543,24 @@ impl Session {
     /// When a failed refresh proxy call is tried again: 1, 2, 4, then every 8 seconds (the
     /// grace period ends it: `client.expired_close_delay`, `expired_sub_close_delay`).
     fn proxy_retry_at(&mut self, now: Instant) -> Instant {
-        let backoff = Duration::from_secs(1 << self.proxy_failures.min(3));
-        self.proxy_failures = self.proxy_failures.saturating_add(1);
+        let p = self.proxy_state();
+        let backoff = Duration::from_secs(1 << p.failures.min(3));
+        p.failures = p.failures.saturating_add(1);
         now + backoff
+    }
+
+    fn proxy_state(&mut self) -> &mut ProxyState {
+        self.proxy.get_or_insert_with(Box::default)
+    }
+
+    /// When to ask the refresh proxy again after a failure.
+    fn refresh_retry(&self) -> Option<Instant> {
+        self.proxy.as_ref().and_then(|p| p.refresh_retry)
+    }
+
+    /// When to ask the sub_refresh proxy again after a failure.
+    fn sub_refresh_retry(&self) -> Option<Instant> {
+        self.proxy.as_ref().and_then(|p| p.sub_refresh_retry)
     }
 
     fn emit(&mut self, reply: &Reply) {

@@ -41,14 +41,14 @@ impl Session {
         let server_refresh = self
             .expire_at
             .filter(|_| self.refreshed_by_proxy())
-            .map(|at| self.refresh_retry.unwrap_or(clock.instant_at(at)));
+            .map(|at| self.refresh_retry().unwrap_or(clock.instant_at(at)));
         let sub_expiry = self
             .subs
             .values()
             .filter_map(|s| {
                 let at = clock.instant_at(s.expire_at?);
                 Some(if s.refreshed_by_proxy {
-                    self.sub_refresh_retry.map_or(at, |r| r.max(at))
+                    self.sub_refresh_retry().map_or(at, |r| r.max(at))
                 } else {
                     at + cfg.expired_sub_close_delay
                 })
@@ -83,7 +83,7 @@ impl Session {
         let node = self.node.clone();
         let cfg = &node.config().client;
         if let Some(at) = self.expire_at.filter(|_| self.refreshed_by_proxy()) {
-            if self.refresh_retry.unwrap_or(clock.instant_at(at)) <= now {
+            if self.refresh_retry().unwrap_or(clock.instant_at(at)) <= now {
                 if let Some(d) = self.server_refresh(now).await {
                     return Some(d);
                 }
@@ -117,7 +117,7 @@ impl Session {
             .filter(|(_, s)| {
                 s.refreshed_by_proxy
                     && s.expire_at.is_some_and(|at| {
-                        self.sub_refresh_retry
+                        self.sub_refresh_retry()
                             .map_or(clock.instant_at(at), |r| r.max(clock.instant_at(at)))
                             <= now
                     })
@@ -193,8 +193,9 @@ impl Session {
                 if g.meta.is_some() {
                     self.client.set_meta(g.meta);
                 }
-                self.refresh_retry = None;
-                self.proxy_failures = 0;
+                if let Some(p) = self.proxy.as_mut() {
+                    (p.refresh_retry, p.failures) = (None, 0);
+                }
                 None
             }
             Ok(_) => {
@@ -205,7 +206,8 @@ impl Session {
             }
             Err(_) => {
                 observer(RefreshOutcome::Unavailable);
-                self.refresh_retry = Some(self.proxy_retry_at(now));
+                let at = self.proxy_retry_at(now);
+                self.proxy_state().refresh_retry = Some(at);
                 None
             }
         }
@@ -237,8 +239,9 @@ impl Session {
                 if g.info.is_some() {
                     sub.chan_info = g.info;
                 }
-                self.sub_refresh_retry = None;
-                self.proxy_failures = 0;
+                if let Some(p) = self.proxy.as_mut() {
+                    (p.sub_refresh_retry, p.failures) = (None, 0);
+                }
                 None
             }
             Ok(_) => {
@@ -247,7 +250,8 @@ impl Session {
             }
             Err(_) => {
                 observer(RefreshOutcome::Unavailable);
-                self.sub_refresh_retry = Some(self.proxy_retry_at(now));
+                let at = self.proxy_retry_at(now);
+                self.proxy_state().sub_refresh_retry = Some(at);
                 None
             }
         }
