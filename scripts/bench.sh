@@ -62,8 +62,13 @@ for g in $groups; do
           --deliveries 100000,400000,1600000,2400000,2800000,3200000,3600000,4000000,4400000
       done ;;
     churn)
-      bench churn --alg hs256 --duration 10
       bench churn --alg rs256 --duration 10
+      # Connects decided by the application backend (connect proxy, a local backend in
+      # rotor-bench on the load CPU) beside HS256 tokens: alternated, three rounds.
+      for _ in 1 2 3; do
+        bench churn --alg hs256 --duration 10
+        bench churn --alg proxy --duration 10
+      done
       bench churn --alg hs256 --refresh 5000 --ttl 5 --duration 20
       # RS256 signing (pure Rust) is slow on the load side: 500 connections keep the load
       # generator from signing refresh tokens late.

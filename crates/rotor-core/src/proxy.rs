@@ -294,8 +294,8 @@ impl Proxies {
             let p = client.refresh.proxy();
             out.refresh = Some(build("client.proxy.refresh", DEFAULT_PROXY, &p, &mut out)?);
         }
-        // Which (kind, name) pairs are used, and where.
-        let mut used: Vec<(ProxyKind, ProxyName, String)> = Vec::new();
+        // Which (kind, name) pairs are used.
+        let mut used: Vec<(ProxyKind, ProxyName)> = Vec::new();
         let channel = &config.channel;
         let namespaces = std::iter::once((
             "channel.without_namespace".to_string(),
@@ -330,7 +330,7 @@ impl Proxies {
             ] {
                 check_name_known(config, name, &format!("{key}.{field}"))?;
                 if enabled {
-                    used.push((kind, name.clone(), key.clone()));
+                    used.push((kind, name.clone()));
                 }
             }
         }
@@ -343,7 +343,7 @@ impl Proxies {
             };
             check_name_known(config, &o.proxy_name, &format!("{key}.proxy_name"))?;
             if o.proxy_enabled {
-                used.push((ProxyKind::Rpc, o.proxy_name.clone(), key));
+                used.push((ProxyKind::Rpc, o.proxy_name.clone()));
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -361,7 +361,7 @@ impl Proxies {
                 return Err(format!("proxies: name {} appears twice", p.name));
             }
         }
-        for (kind, name, _key) in used {
+        for (kind, name) in used {
             let name_key = if name.is_default() {
                 DEFAULT_PROXY.to_string()
             } else {

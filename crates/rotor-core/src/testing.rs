@@ -70,7 +70,7 @@ pub fn params() -> SessionParams {
         session_id: None,
         connect: ConnectFrom::Commands,
         remote: None,
-        headers: Vec::new(),
+        headers: None,
     }
 }
 

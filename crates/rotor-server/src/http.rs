@@ -85,7 +85,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 
 /// The headers of a connection request that the configured proxies pass on to the backend
 /// (none, at no cost, without such proxies).
-pub fn forwarded(node: &rotor_core::Node, headers: &HeaderMap) -> Vec<(String, String)> {
+pub fn forwarded(
+    node: &rotor_core::Node,
+    headers: &HeaderMap,
+) -> Option<std::sync::Arc<rotor_core::proxy::ForwardedHeaders>> {
     node.forwarded_headers(headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
 }
 

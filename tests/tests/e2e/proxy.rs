@@ -37,8 +37,9 @@ struct Call {
 /// - connect: the `session` cookie (or an `Authorization: Bearer` emulated header) names the
 ///   user; `banned` is refused with disconnect 4501; `shortlived` expires in 2 s; no
 ///   credentials: no result.
-/// - refresh: the first refresh of a connection extends it by 2 s, the second says expired.
-/// - subscribe: `px:secret` is refused with error 1403, anything else allowed with data.
+/// - refresh, sub_refresh: the first of a connection extends by 2 s, the second says expired.
+/// - subscribe: `px:secret` is refused with error 1403, `px:expiring` expires in 2 s,
+///   anything else allowed with data.
 /// - publish: text `spam` is refused with error 1400, anything else upper-cased.
 /// - rpc: `add` sums `a` and `b`, `fail` is error 1500.
 struct Backend {
@@ -137,8 +138,8 @@ fn app(
                 }}),
             }
         }
-        "refresh" => {
-            let client = body["client"].as_str().unwrap_or("").to_string();
+        "refresh" | "sub_refresh" => {
+            let client = format!("{kind}/{}", body["client"].as_str().unwrap_or(""));
             let mut r = refreshes.lock().unwrap();
             let n = r.entry(client).or_default();
             *n += 1;
@@ -150,6 +151,7 @@ fn app(
         }
         "subscribe" => match body["channel"].as_str() {
             Some("px:secret") => json!({"error": {"code": 1403, "message": "not for you"}}),
+            Some("px:expiring") => json!({"result": {"expire_at": now() + 2}}),
             Some(ch) => json!({"result": {"data": {"room": ch}, "info": {"role": "member"}}}),
             None => json!({}),
         },
@@ -663,4 +665,91 @@ async fn the_documented_example_backend_works_as_the_docs_say() {
         s.finish(T).await;
     }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn the_sub_refresh_proxy_extends_a_subscription_then_the_sdk_resubscribes() {
+    if !sdks_available("the_sub_refresh_proxy_extends") {
+        return;
+    }
+    let backend = Backend::start().await;
+    let mut c = config(&backend);
+    c.channel.proxy.sub_refresh = ProxyConfig {
+        endpoint: backend.url("sub_refresh"),
+        timeout: Duration::from_millis(500),
+        ..ProxyConfig::default()
+    };
+    let px = c
+        .channel
+        .namespaces
+        .iter_mut()
+        .find(|n| n.name == "px")
+        .unwrap();
+    px.sub_refresh_proxy_enabled = true;
+    let server = TestServer::start(c).await;
+    let mut s = js(&server, "session=gina");
+    connected(&mut s).await;
+    let started = Instant::now();
+    s.send(&json!({"op": "subscribe", "channel": "px:expiring"}).to_string())
+        .await;
+    s.expect("subscribed", T).await;
+    // Extended once (at ~2 s), then expired (at ~4 s): unsubscribed with 2501, and the SDK
+    // subscribes again (the backend is asked to subscribe again).
+    let again = s
+        .expect_where(
+            "subscribing",
+            |v| v["code"] == 2501,
+            Duration::from_secs(15),
+        )
+        .await;
+    assert_eq!(again["channel"], "px:expiring");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    s.expect("subscribed", T).await;
+    let calls = backend.calls("sub_refresh");
+    assert!(calls.len() >= 2, "{calls:?}");
+    assert_eq!(calls[0].body["channel"], "px:expiring");
+    assert_eq!(calls[0].body["user"], "gina");
+    assert_eq!(backend.calls("subscribe").len(), 2);
+    s.send(&json!({"op": "quit"}).to_string()).await;
+    s.finish(T).await;
+}
+
+#[tokio::test]
+async fn unidirectional_clients_connect_by_cookie_and_refusals_are_disconnects() {
+    let backend = Backend::start().await;
+    let server = TestServer::start(config(&backend)).await;
+    let request = |cookie: &str| {
+        format!(
+            "POST /connection/uni_http_stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\nCookie: {cookie}\r\n\r\n{{}}"
+        )
+    };
+    let mut s = HttpStream::open(server.addr, &request("session=henry")).await;
+    assert_eq!(s.status, 200);
+    let connect = s.push().await.unwrap();
+    assert_eq!(
+        connect["connect"]["data"],
+        json!({"welcome": "henry"}),
+        "{connect}"
+    );
+    assert_eq!(
+        backend.calls("connect")[0].body["transport"],
+        "uni_http_stream"
+    );
+
+    let mut banned = HttpStream::open(server.addr, &request("session=banned")).await;
+    let d = banned.push().await.unwrap();
+    assert_eq!(d["disconnect"]["code"], 4501, "{d}");
+    assert!(banned.line().await.is_none(), "the stream ends");
+
+    // A backend that cannot be asked: 3004 (a unidirectional connect has no reply to carry
+    // error 100).
+    backend.set(DOWN);
+    let mut down = HttpStream::open(server.addr, &request("session=henry")).await;
+    let d = down.push().await.unwrap();
+    assert_eq!(d["disconnect"]["code"], 3004, "{d}");
+    server.shutdown().await;
 }

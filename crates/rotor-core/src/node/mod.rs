@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::config::{ChannelOptions, CoreConfig};
 use crate::events::Observer;
 use crate::hub::Hub;
-use crate::proxy::Proxies;
+use crate::proxy::{ForwardedHeaders, Proxies};
 use crate::revocation::RevocationSet;
 use crate::storage::Storage;
 use crate::CoreError;
@@ -190,12 +190,12 @@ impl Node {
     pub fn forwarded_headers<'a>(
         &self,
         headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
-    ) -> Vec<(String, String)> {
+    ) -> Option<Arc<ForwardedHeaders>> {
         let names = self.inner.proxies.http_headers();
         if names.is_empty() {
-            return Vec::new();
+            return None;
         }
-        headers
+        let http: Vec<(String, String)> = headers
             .into_iter()
             .filter(|(n, _)| names.iter().any(|k| k.eq_ignore_ascii_case(n)))
             .filter_map(|(n, v)| {
@@ -204,7 +204,13 @@ impl Node {
                     std::str::from_utf8(v).ok()?.to_string(),
                 ))
             })
-            .collect()
+            .collect();
+        (!http.is_empty()).then(|| {
+            Arc::new(ForwardedHeaders {
+                http,
+                emulated: Vec::new(),
+            })
+        })
     }
 
     /// Verifies connection tokens.

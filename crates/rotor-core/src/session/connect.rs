@@ -98,7 +98,7 @@ impl Session {
         }
         let now = self.now();
         self.keep_emulated_headers(&req);
-        let (user, expire_at, info, data, mut server_subs) = if !req.token.is_empty() {
+        let creds = if !req.token.is_empty() {
             let token = match self.node.verifier().verify_connect(&req.token, now).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -121,8 +121,13 @@ impl Session {
             }
             self.client.set_creds(token.jti.as_deref(), token.iat);
             self.client.set_meta(token.meta);
-            let subs = server_subs(token.channels, token.subs);
-            (token.user, token.expire_at, token.info, None, subs)
+            Credentials {
+                subs: server_subs(token.channels, token.subs),
+                user: token.user,
+                expire_at: token.expire_at,
+                info: token.info,
+                data: None,
+            }
         } else if let Some(proxy) = self.node.proxies().connect().cloned() {
             let call = ConnectCall {
                 data: req.data.clone(),
@@ -140,29 +145,22 @@ impl Session {
                 .await?;
             match answer.into_result() {
                 Ok(Some(grant)) => self.proxy_grant(grant, now)?,
-                Ok(None) if self.cfg().allow_anonymous_connect_without_token => {
-                    (String::new(), None, None, None, BTreeMap::new())
-                }
-                Ok(None) => {
-                    tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "the connect proxy gave no credentials, disconnecting with 3501");
-                    return Err(Disconnect::BAD_REQUEST
-                        .with_reason("client credentials not found")
-                        .into());
-                }
+                Ok(None) => self.anonymous("the connect proxy gave no credentials")?,
                 Err(e) => {
                     tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), error = %e, "connect refused by the backend");
                     return Err(e);
                 }
             }
         } else {
-            if !self.cfg().allow_anonymous_connect_without_token {
-                tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "connect without a token, disconnecting with 3501");
-                return Err(Disconnect::BAD_REQUEST
-                    .with_reason("client credentials not found")
-                    .into());
-            }
-            (String::new(), None, None, None, BTreeMap::new())
+            self.anonymous("connect without a token")?
         };
+        let Credentials {
+            user,
+            expire_at,
+            info,
+            data,
+            subs: mut server_subs,
+        } = creds;
         // Server-side channels must all be known before the connection is accepted.
         for ch in server_subs.keys() {
             self.node.channel_options(ch)?;
@@ -342,15 +340,18 @@ fn server_subs(
     out
 }
 
-/// What a connect decided by the backend gives the connection: user, expiry, info, the
-/// reply's data, server-side subscriptions.
-type Credentials = (
-    String,
-    Option<u64>,
-    Option<Raw>,
-    Option<Raw>,
-    BTreeMap<String, SubscriptionClaim>,
-);
+/// Who a connect makes the connection, from a token, the backend, or neither (anonymous).
+#[derive(Default)]
+struct Credentials {
+    /// Empty: anonymous.
+    user: String,
+    expire_at: Option<u64>,
+    info: Option<Raw>,
+    /// For the connect reply (the backend's `data`).
+    data: Option<Raw>,
+    /// Server-side subscriptions.
+    subs: BTreeMap<String, SubscriptionClaim>,
+}
 
 impl Session {
     /// Whether connections are extended by the refresh proxy rather than by their clients.
@@ -399,8 +400,25 @@ impl Session {
         }
         self.client.set_creds(None, Some(now));
         self.client.set_meta(grant.meta);
-        let subs = server_subs(grant.channels, grant.subs);
-        Ok((grant.user, grant.expire_at, grant.info, grant.data, subs))
+        Ok(Credentials {
+            subs: server_subs(grant.channels, grant.subs),
+            user: grant.user,
+            expire_at: grant.expire_at,
+            info: grant.info,
+            data: grant.data,
+        })
+    }
+
+    /// A connect with no credentials: anonymous when
+    /// `client.allow_anonymous_connect_without_token`, else 3501.
+    fn anonymous(&self, why: &str) -> Result<Credentials, CoreError> {
+        if self.cfg().allow_anonymous_connect_without_token {
+            return Ok(Credentials::default());
+        }
+        tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), "{why}, disconnecting with 3501");
+        Err(Disconnect::BAD_REQUEST
+            .with_reason("client credentials not found")
+            .into())
     }
 }
 

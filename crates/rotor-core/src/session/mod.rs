@@ -118,8 +118,8 @@ pub struct SessionParams {
     /// The client's address as the transport believes it (for log lines).
     pub remote: Option<std::net::IpAddr>,
     /// Headers of the connection request that proxies pass on to the backend (see
-    /// [`Node::forwarded_headers`]); empty without proxies.
-    pub headers: Vec<(String, String)>,
+    /// [`Node::forwarded_headers`]); none without such proxies.
+    pub headers: Option<Arc<ForwardedHeaders>>,
 }
 
 /// Where a session's connect request comes from.
@@ -242,12 +242,9 @@ pub async fn run(
         out: Vec::new(),
         first_frame: None,
         connect_seen: false,
-        proxy: (!params.headers.is_empty()).then(|| {
+        proxy: params.headers.map(|headers| {
             Box::new(ProxyState {
-                headers: Some(Arc::new(ForwardedHeaders {
-                    http: params.headers,
-                    emulated: Vec::new(),
-                })),
+                headers: Some(headers),
                 ..ProxyState::default()
             })
         }),

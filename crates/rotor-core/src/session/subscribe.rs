@@ -30,12 +30,11 @@ impl Session {
             self.limit_hit(Limit::Channels);
             return Err(CoreError::LimitExceeded);
         }
-        let proxy = if req.token.is_empty() && channels::proxy_decides(&opts, &channel, &self.user)
-        {
-            self.node.proxies().subscribe_for(&opts).cloned()
-        } else {
-            None
-        };
+        // The backend decides only what a token and the channel's name do not.
+        let proxy = self.node.proxies().subscribe_for(&opts).filter(|_| {
+            req.token.is_empty() && channels::proxy_decides(&opts, &channel, &self.user)
+        });
+        let proxy = proxy.cloned();
         let (chan_info, expire_at, data, opts) = if let Some(proxy) = proxy {
             // The backend decides instead of the allow_subscribe_* options.
             let call = SubscribeCall {

@@ -318,7 +318,7 @@ fn uni(text: Option<&str>, fallback_token: Option<String>) -> SessionParams {
             fallback_token,
         },
         remote: None,
-        headers: Vec::new(),
+        headers: None,
     }
 }
 
