@@ -119,7 +119,7 @@ async function run(op, cmd) {
     case 'presence': return sub().presence();
     case 'presence_stats': return sub().presenceStats();
     case 'history': return seenPubs(await sub().history(cmd.options || {}));
-    case 'rpc': return client.rpc(cmd.method, payload(cmd));
+    case 'rpc': return seen((await client.rpc(cmd.method, payload(cmd))).data);
     case 'send': return client.send(payload(cmd));
     case 'quit': process.exit(0); return undefined;
     default: throw new Error(`unknown op ${op}`);

@@ -41,7 +41,7 @@ struct Call {
 /// - subscribe: `px:secret` is refused with error 1403, `px:expiring` expires in 2 s,
 ///   anything else allowed with data.
 /// - publish: text `spam` is refused with error 1400, anything else upper-cased.
-/// - rpc: `add` sums `a` and `b`, `fail` is error 1500.
+/// - rpc: `add` sums `a` and `b`, `fail` is error 1500, `echo` answers `b64data` with itself.
 struct Backend {
     addr: SocketAddr,
     calls: Arc<Mutex<Vec<Call>>>,
@@ -167,6 +167,8 @@ fn app(
                 "sum": body["data"]["a"].as_i64().unwrap_or(0) + body["data"]["b"].as_i64().unwrap_or(0)
             }}}),
             Some("fail") => json!({"error": {"code": 1500, "message": "boom"}}),
+            // With binary_encoding: the payload's bytes, back as they came.
+            Some("echo") => json!({"result": {"b64data": body["b64data"]}}),
             _ => json!({"error": {"code": 1404, "message": "no such method"}}),
         },
         _ => json!({"error": {"code": 1000, "message": "unknown proxy"}}),
@@ -752,4 +754,38 @@ async fn unidirectional_clients_connect_by_cookie_and_refusals_are_disconnects()
     let d = down.push().await.unwrap();
     assert_eq!(d["disconnect"]["code"], 3004, "{d}");
     server.shutdown().await;
+}
+
+#[tokio::test]
+async fn protobuf_clients_send_bytes_through_a_binary_encoding_proxy() {
+    if !sdks_available("protobuf_clients_send_bytes") {
+        return;
+    }
+    let backend = Backend::start().await;
+    let mut c = config(&backend);
+    c.rpc.proxy.binary_encoding = true;
+    let server = TestServer::start(c).await;
+    let mut s = Script::node(
+        "client.js",
+        &[
+            ("BASE", server.http_url()),
+            ("COOKIE", "session=ivan".into()),
+            ("PROTOBUF", "1".into()),
+        ],
+    );
+    connected(&mut s).await;
+    // Bytes that are not JSON (not even UTF-8).
+    let r = cmd(
+        &mut s,
+        json!({"op": "rpc", "method": "echo", "b64": "AP/+AQ=="}),
+    )
+    .await;
+    assert_eq!(r["data_b64"], "AP/+AQ==", "{r}");
+    let call = &backend.calls("rpc")[0];
+    assert_eq!(call.body["encoding"], "binary");
+    assert_eq!(call.body["protocol"], "protobuf");
+    assert_eq!(call.body["b64data"], "AP/+AQ==");
+    assert!(call.body.get("data").is_none(), "{:?}", call.body);
+    s.send(&json!({"op": "quit"}).to_string()).await;
+    s.finish(T).await;
 }
