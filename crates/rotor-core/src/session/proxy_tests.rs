@@ -660,3 +660,31 @@ fn proxy_configuration_errors_name_the_key() {
     })
     .unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_down_at_sub_refresh_ends_the_subscription_when_the_grace_ends() {
+    let backend = Arc::new(Backend::default());
+    let node = node(&backend, false, |_| {});
+    let t0 = now(&node);
+    backend.script("connect", vec![Script::Grant(json!({"user": "alice"}))]);
+    backend.script(
+        "subscribe",
+        vec![Script::Grant(json!({"expire_at": t0 + 10}))],
+    );
+    backend.script("sub_refresh", vec![Script::Down]);
+    let mut c = Client::start(&node);
+    c.connect().await;
+    c.send(json!({"id": 2, "subscribe": {"channel": "px:room"}}));
+    c.message().await;
+    let m = c.message().await;
+    assert_eq!(m["push"]["unsubscribe"]["code"], 2501, "{m}");
+    // Ended when the grace (10 s) ran out, not at the next retry after it.
+    let ended = since(&node, t0, Instant::now());
+    assert!((20.0..20.5).contains(&ended), "ended {ended} s after t0");
+    let calls: Vec<f64> = backend
+        .calls("sub_refresh")
+        .iter()
+        .map(|(i, _)| since(&node, t0, *i).round())
+        .collect();
+    assert_eq!(calls, vec![10.0, 11.0, 13.0, 17.0], "{calls:?}");
+}

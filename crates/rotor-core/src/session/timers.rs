@@ -46,11 +46,12 @@ impl Session {
             .subs
             .values()
             .filter_map(|s| {
-                let at = clock.instant_at(s.expire_at?);
+                let at = s.expire_at?;
+                let end = clock.instant_at(at) + cfg.expired_sub_close_delay;
                 Some(if s.refreshed_by_proxy {
-                    self.sub_refresh_retry().map_or(at, |r| r.max(at))
+                    self.sub_refresh_at(at).min(end)
                 } else {
-                    at + cfg.expired_sub_close_delay
+                    end
                 })
             })
             .min();
@@ -115,12 +116,7 @@ impl Session {
             .subs
             .iter()
             .filter(|(_, s)| {
-                s.refreshed_by_proxy
-                    && s.expire_at.is_some_and(|at| {
-                        self.sub_refresh_retry()
-                            .map_or(clock.instant_at(at), |r| r.max(clock.instant_at(at)))
-                            <= now
-                    })
+                s.refreshed_by_proxy && s.expire_at.is_some_and(|at| self.sub_refresh_at(at) <= now)
             })
             .map(|(ch, _)| ch.clone())
             .collect();
@@ -144,6 +140,13 @@ impl Session {
             }
         }
         None
+    }
+
+    /// When the sub_refresh proxy is asked about a subscription expiring at `expire_at`: at
+    /// the expiry, or after a failed call at the retry.
+    fn sub_refresh_at(&self, expire_at: u64) -> Instant {
+        let at = self.node.clock().instant_at(expire_at);
+        self.sub_refresh_retry().map_or(at, |r| r.max(at))
     }
 
     /// A subscription's expiry passed with nobody extending it: a client-side subscription
