@@ -265,9 +265,12 @@ async fn every_dashboard_and_alert_expression_uses_exported_metrics() {
         exprs.len()
     );
 
-    // A server that has served the traffic those panels are about.
+    // A server that has served the traffic those panels are about (a connect proxy whose
+    // backend is not there: one failed call).
     let mut config = test_config();
     config.prometheus.enabled = true;
+    config.client.proxy.connect.enabled = true;
+    config.client.proxy.connect.endpoint = format!("http://127.0.0.1:{}/connect", free_port());
     config.client.expired_close_delay = Duration::from_millis(300);
     config.client.expired_sub_close_delay = Duration::from_millis(300);
     let server = TestServer::start(config).await;
@@ -321,6 +324,10 @@ async fn every_dashboard_and_alert_expression_uses_exported_metrics() {
             break;
         }
     }
+
+    let mut e = RawWs::connect(&server.ws_url()).await;
+    e.send(r#"{"id":1,"connect":{}}"#).await;
+    assert_eq!(e.reply().await["error"]["code"], 100);
 
     let (_, body) = http_raw(
         server.addr,
