@@ -223,6 +223,36 @@ proxy_config!(
 pub struct ProxyHttpConfig {
     /// Headers added to every call (the client's forwarded headers win over them).
     pub static_headers: std::collections::BTreeMap<String, String>,
+    /// HTTP statuses other than 200 the backend answers with on purpose, turned into an
+    /// error or a disconnect for the client (any other status is a failed call: error 100).
+    pub status_to_code_transforms: Vec<StatusTransform>,
+}
+
+/// One of `http.status_to_code_transforms`: exactly one of `to_error` and `to_disconnect`
+/// has a code.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StatusTransform {
+    pub status_code: u16,
+    pub to_error: TransformError,
+    pub to_disconnect: TransformDisconnect,
+}
+
+/// The error a status becomes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformError {
+    pub code: u32,
+    pub message: String,
+    pub temporary: bool,
+}
+
+/// The disconnect a status becomes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransformDisconnect {
+    pub code: u16,
+    pub reason: String,
 }
 
 /// `client.proxy`

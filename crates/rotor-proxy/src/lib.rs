@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use rotor_core::config::ProxyConfig;
 use rotor_core::proxy::{
-    Caller, ConnectCall, ConnectGrant, Proxy, ProxyError, ProxyResult, PublishGrant, RefreshGrant,
-    SubscribeCall, SubscribeGrant,
+    Answer, Caller, ConnectCall, ConnectGrant, Proxy, ProxyError, ProxyResult, PublishGrant,
+    RefreshGrant, SubscribeCall, SubscribeGrant,
 };
 use rotor_protocol::Raw;
 use serde::de::DeserializeOwned;
@@ -42,6 +42,15 @@ pub struct HttpProxy {
     binary: bool,
     include_meta: bool,
     in_flight: Semaphore,
+    /// Statuses the backend answers on purpose: the answer they stand for.
+    transforms: Vec<(u16, Transformed)>,
+}
+
+/// What a transformed status answers.
+#[derive(Clone)]
+enum Transformed {
+    Error(rotor_protocol::Error),
+    Disconnect(rotor_protocol::Disconnect),
 }
 
 impl HttpProxy {
@@ -70,6 +79,12 @@ impl HttpProxy {
             .pool_max_idle_per_host(config.max_in_flight.min(255))
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let transforms = config
+            .http
+            .status_to_code_transforms
+            .iter()
+            .map(transform)
+            .collect::<Result<_, _>>()?;
         let lower = |v: &[String]| v.iter().map(|h| h.to_ascii_lowercase()).collect();
         Ok(HttpProxy {
             endpoint,
@@ -81,6 +96,7 @@ impl HttpProxy {
             binary: config.binary_encoding,
             include_meta: config.include_connection_meta,
             in_flight: Semaphore::new(config.max_in_flight),
+            transforms,
         })
     }
 
@@ -148,13 +164,53 @@ impl HttpProxy {
             .map_err(|e| ProxyError(describe(&e, self.timeout)))?;
         let status = response.status();
         if status != reqwest::StatusCode::OK {
-            return Err(ProxyError(format!("the backend answered HTTP {status}")));
+            let code = status.as_u16();
+            return match self.transforms.iter().find(|(s, _)| *s == code) {
+                Some((_, Transformed::Error(e))) => Ok(Answer::Error(e.clone())),
+                Some((_, Transformed::Disconnect(d))) => Ok(Answer::Disconnect(d.clone())),
+                None => Err(ProxyError(format!("the backend answered HTTP {status}"))),
+            };
         }
         let bytes = response
             .bytes()
             .await
             .map_err(|e| ProxyError(describe(&e, self.timeout)))?;
         wire::answer(&bytes, grant)
+    }
+}
+
+/// Checks one of `http.status_to_code_transforms` (Centrifugo's rules: a status, and exactly
+/// one of an error code and a disconnect code; ASCII texts of at most 123 bytes).
+fn transform(t: &rotor_core::config::StatusTransform) -> Result<(u16, Transformed), String> {
+    let key = "http.status_to_code_transforms";
+    if t.status_code == 0 {
+        return Err(format!("{key}: status_code is required"));
+    }
+    let text_ok = |s: &str| s.is_ascii() && s.len() <= 123;
+    match (t.to_error.code, t.to_disconnect.code) {
+        (0, 0) | (1.., 1..) => Err(format!(
+            "{key}: status {} needs exactly one of to_error.code and to_disconnect.code",
+            t.status_code
+        )),
+        (code, 0) if text_ok(&t.to_error.message) => Ok((
+            t.status_code,
+            Transformed::Error(rotor_protocol::Error {
+                code,
+                message: t.to_error.message.clone(),
+                temporary: t.to_error.temporary,
+            }),
+        )),
+        (0, code) if text_ok(&t.to_disconnect.reason) => Ok((
+            t.status_code,
+            Transformed::Disconnect(rotor_protocol::Disconnect {
+                code,
+                reason: t.to_disconnect.reason.clone().into(),
+            }),
+        )),
+        _ => Err(format!(
+            "{key}: status {}: the message or reason must be ASCII, at most 123 bytes",
+            t.status_code
+        )),
     }
 }
 

@@ -188,7 +188,10 @@ async fn headers_pass_only_when_listed_and_the_connection_request_wins() {
     let proxy = HttpProxy::new(&ProxyConfig {
         http_headers: vec!["Cookie".into(), "Authorization".into()],
         emulated_headers: vec!["authorization".into()],
-        http: rotor_core::config::ProxyHttpConfig { static_headers },
+        http: rotor_core::config::ProxyHttpConfig {
+            static_headers,
+            ..Default::default()
+        },
         ..config(addr)
     })
     .unwrap();
@@ -354,5 +357,72 @@ fn endpoints_must_be_http() {
             ..ProxyConfig::default()
         };
         assert!(HttpProxy::new(&c).is_err(), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn statuses_the_backend_means_become_errors_or_disconnects() {
+    use rotor_core::config::{StatusTransform, TransformDisconnect, TransformError};
+    let (addr, _) = backend(200, Duration::ZERO, |_| "{}".into()).await;
+    let status_backend =
+        |status: u16| async move { backend(status, Duration::ZERO, |_| String::new()).await.0 };
+    let transforms = vec![
+        StatusTransform {
+            status_code: 403,
+            to_error: TransformError {
+                code: 1403,
+                message: "forbidden".into(),
+                temporary: false,
+            },
+            ..StatusTransform::default()
+        },
+        StatusTransform {
+            status_code: 401,
+            to_disconnect: TransformDisconnect {
+                code: 4501,
+                reason: "unauthorized".into(),
+            },
+            ..StatusTransform::default()
+        },
+    ];
+    let with = |addr| {
+        HttpProxy::new(&ProxyConfig {
+            http: rotor_core::config::ProxyHttpConfig {
+                status_to_code_transforms: transforms.clone(),
+                ..Default::default()
+            },
+            ..config(addr)
+        })
+        .unwrap()
+    };
+    match with(status_backend(403).await).refresh(&caller()).await {
+        Ok(Answer::Error(e)) => assert_eq!((e.code, e.message.as_str()), (1403, "forbidden")),
+        other => panic!("{other:?}"),
+    }
+    match with(status_backend(401).await).refresh(&caller()).await {
+        Ok(Answer::Disconnect(d)) => assert_eq!((d.code, &*d.reason), (4501, "unauthorized")),
+        other => panic!("{other:?}"),
+    }
+    // A status no transform names is still a failed call.
+    assert!(with(status_backend(500).await)
+        .refresh(&caller())
+        .await
+        .is_err());
+    assert!(matches!(
+        with(addr).refresh(&caller()).await,
+        Ok(Answer::Empty)
+    ));
+    // Exactly one of the two codes.
+    let mut both = transforms[0].clone();
+    both.to_disconnect.code = 4000;
+    for bad in [both, StatusTransform::default()] {
+        let c = ProxyConfig {
+            http: rotor_core::config::ProxyHttpConfig {
+                status_to_code_transforms: vec![bad],
+                ..Default::default()
+            },
+            ..config(addr)
+        };
+        assert!(HttpProxy::new(&c).is_err());
     }
 }
