@@ -194,6 +194,8 @@ fn unix(v: Option<i64>) -> u64 {
     v.unwrap_or(0).max(0) as u64
 }
 
+/// A subscription the backend grants: the subscribe proxy's result, and each of the connect
+/// proxy's `subs` (whose `expire_at` Centrifugo does not use either).
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(crate) struct WireSubscription {
@@ -203,6 +205,7 @@ pub(crate) struct WireSubscription {
     b64data: Option<String>,
     #[serde(rename = "override")]
     override_: Option<ChannelOverride>,
+    expire_at: Option<i64>,
 }
 
 impl WireSubscription {
@@ -265,24 +268,14 @@ pub(crate) fn refresh_grant(w: WireRefresh) -> Result<RefreshGrant, ProxyError> 
     })
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-pub(crate) struct WireSubscribe {
-    info: Option<Raw>,
-    b64info: Option<String>,
-    data: Option<Raw>,
-    b64data: Option<String>,
-    #[serde(rename = "override")]
-    override_: Option<ChannelOverride>,
-    expire_at: Option<i64>,
-}
-
-pub(crate) fn subscribe_grant(w: WireSubscribe) -> Result<SubscribeGrant, ProxyError> {
+pub(crate) fn subscribe_grant(w: WireSubscription) -> Result<SubscribeGrant, ProxyError> {
+    let expire_at = unix(w.expire_at);
+    let claim = w.claim()?;
     Ok(SubscribeGrant {
-        info: pick("b64info", w.info, w.b64info)?,
-        data: pick("b64data", w.data, w.b64data)?,
-        override_: w.override_.unwrap_or_default(),
-        expire_at: unix(w.expire_at),
+        info: claim.info,
+        data: claim.data,
+        override_: claim.override_,
+        expire_at,
     })
 }
 
