@@ -231,7 +231,7 @@ pub struct Proxies {
     refresh: Option<NamedProxy>,
     /// The kinds' own proxies (`channel.proxy.*`, `rpc.proxy`) under `default`, and the named
     /// ones under their names.
-    by_name: HashMap<(ProxyKind, String), NamedProxy>,
+    by_name: HashMap<ProxyKind, HashMap<String, NamedProxy>>,
     /// Lower-case names of the HTTP headers some proxy passes on.
     http_headers: Vec<String>,
     /// Lower-case names of the connect command's headers some proxy passes on.
@@ -335,6 +335,18 @@ impl Proxies {
             }
         }
         let rpc = &config.rpc;
+        let mut rpc_names = std::collections::HashSet::new();
+        for n in &rpc.namespaces {
+            if !valid_name(&n.name) {
+                return Err(format!(
+                    "rpc.namespaces: name {:?} must match ^[-a-zA-Z0-9_.]{{2,}}$",
+                    n.name
+                ));
+            }
+            if !rpc_names.insert(n.name.as_str()) {
+                return Err(format!("rpc.namespaces: name {} appears twice", n.name));
+            }
+        }
         for o in std::iter::once(&rpc.without_namespace).chain(rpc.namespaces.iter()) {
             let key = if o.name.is_empty() {
                 "rpc.without_namespace".to_string()
@@ -367,7 +379,11 @@ impl Proxies {
             } else {
                 name.0.clone()
             };
-            if out.by_name.contains_key(&(kind, name_key.clone())) {
+            if out
+                .by_name
+                .get(&kind)
+                .is_some_and(|m| m.contains_key(&name_key))
+            {
                 continue;
             }
             let built = if name.is_default() {
@@ -388,8 +404,8 @@ impl Proxies {
                     .find(|p| p.name == name.0)
                     .expect("checked above");
                 // One backend client per named proxy, whatever it is asked.
-                match out.by_name.iter().find(|((_, n), _)| *n == name.0) {
-                    Some((_, existing)) => existing.clone(),
+                match out.by_name.values().find_map(|m| m.get(&name.0)) {
+                    Some(existing) => existing.clone(),
                     None => build(
                         &format!("proxies[{}]", p.name),
                         &p.name,
@@ -398,7 +414,7 @@ impl Proxies {
                     )?,
                 }
             };
-            out.by_name.insert((kind, name_key), built);
+            out.by_name.entry(kind).or_default().insert(name_key, built);
         }
         Ok(out)
     }
@@ -424,7 +440,7 @@ impl Proxies {
         } else {
             name.0.as_str()
         };
-        self.by_name.get(&(kind, key.to_string()))
+        self.by_name.get(&kind)?.get(key)
     }
 
     /// The subscribe proxy of a namespace, when it asks the backend.
@@ -450,7 +466,7 @@ impl Proxies {
 
     /// Whether any RPC may reach a backend (without one, every RPC is answered 108).
     pub fn any_rpc(&self) -> bool {
-        self.by_name.keys().any(|(k, _)| *k == ProxyKind::Rpc)
+        self.by_name.contains_key(&ProxyKind::Rpc)
     }
 
     /// Lower-case names of the HTTP headers to keep from a connection request.
@@ -470,7 +486,7 @@ fn push_unique(list: &mut Vec<String>, name: String) {
     }
 }
 
-/// Centrifugo's rule for proxy names.
+/// Centrifugo's rule for proxy and RPC namespace names.
 fn valid_name(name: &str) -> bool {
     name.len() >= 2
         && name

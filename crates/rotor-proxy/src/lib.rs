@@ -29,6 +29,10 @@ use tokio::sync::Semaphore;
 
 use wire::{Body, ChannelBody, Common, ConnectBody, NoFields, Payload, RpcBody};
 
+/// The largest answer read from a backend (a proxy answer is a few hundred bytes; a
+/// broken backend must not make every connection that asks hold megabytes).
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// One backend endpoint reached over HTTP.
 pub struct HttpProxy {
     endpoint: reqwest::Url,
@@ -109,16 +113,24 @@ impl HttpProxy {
                 (&self.emulated_headers, &fwd.emulated),
                 (&self.http_headers, &fwd.http),
             ] {
+                // Every value of a header the client repeated, replacing what an earlier
+                // source gave for that name.
+                let mut replaced: Vec<&str> = Vec::new();
                 for (name, value) in list {
                     if !names.contains(name) {
                         continue;
                     }
-                    if let (Ok(n), Ok(v)) = (
+                    let (Ok(n), Ok(v)) = (
                         HeaderName::from_bytes(name.as_bytes()),
                         HeaderValue::from_str(value),
-                    ) {
-                        h.insert(n, v);
+                    ) else {
+                        continue;
+                    };
+                    if !replaced.contains(&name.as_str()) {
+                        replaced.push(name);
+                        h.remove(&n);
                     }
+                    h.append(n, v);
                 }
             }
         }
@@ -171,11 +183,21 @@ impl HttpProxy {
                 None => Err(ProxyError(format!("the backend answered HTTP {status}"))),
             };
         }
-        let bytes = response
-            .bytes()
+        let mut response = response;
+        let mut body: Vec<u8> = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| ProxyError(describe(&e, self.timeout)))?;
-        wire::answer(&bytes, grant)
+            .map_err(|e| ProxyError(describe(&e, self.timeout)))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(ProxyError(format!(
+                    "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        wire::answer(&body, grant)
     }
 }
 

@@ -137,8 +137,10 @@ struct Envelope<T> {
 struct WireError {
     code: u32,
     #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     message: String,
     #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     temporary: bool,
 }
 
@@ -146,6 +148,7 @@ struct WireError {
 struct WireDisconnect {
     code: u16,
     #[serde(default)]
+    #[serde(deserialize_with = "nullable")]
     reason: String,
 }
 
@@ -189,6 +192,14 @@ fn pick(field: &str, json: Option<Raw>, b64: Option<String>) -> Result<Option<Ra
     }
 }
 
+/// A field a backend may send as `null` for "none" (Go's decoder reads `null` as the empty
+/// value, so backends written for Centrifugo do): `null` is the type's default.
+fn nullable<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// A Unix time: negative or absent is 0.
 fn unix(v: Option<i64>) -> u64 {
     v.unwrap_or(0).max(0) as u64
@@ -221,13 +232,16 @@ impl WireSubscription {
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(crate) struct WireConnect {
+    #[serde(deserialize_with = "nullable")]
     user: String,
     expire_at: Option<i64>,
     info: Option<Raw>,
     b64info: Option<String>,
     data: Option<Raw>,
     b64data: Option<String>,
+    #[serde(deserialize_with = "nullable")]
     channels: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
     subs: BTreeMap<String, WireSubscription>,
     meta: Option<Raw>,
 }
@@ -252,6 +266,7 @@ pub(crate) fn connect_grant(w: WireConnect) -> Result<ConnectGrant, ProxyError> 
 #[derive(Deserialize, Default)]
 #[serde(default)]
 pub(crate) struct WireRefresh {
+    #[serde(deserialize_with = "nullable")]
     expired: bool,
     expire_at: Option<i64>,
     info: Option<Raw>,
@@ -286,6 +301,7 @@ pub(crate) struct WirePublish {
     #[serde(deserialize_with = "present")]
     data: Option<Option<Raw>>,
     b64data: Option<String>,
+    #[serde(deserialize_with = "nullable")]
     skip_history: bool,
 }
 

@@ -12,7 +12,7 @@ use rotor_protocol::{
 };
 use tokio::time::Instant;
 
-use super::{Addr, CommandResult, Session, State, TransportKind};
+use super::{ttl, Addr, CommandResult, Session, State, TransportKind};
 use crate::channels;
 use crate::events::{RefreshOutcome, Stage, TokenKind};
 use crate::limits::Limit;
@@ -205,7 +205,7 @@ impl Session {
         // With the refresh proxy the server extends connections: the client is not told.
         if let Some(at) = expire_at.filter(|_| !self.refreshed_by_proxy()) {
             result.expires = true;
-            result.ttl = at.saturating_sub(now).max(1) as u32;
+            result.ttl = ttl(at, now);
         }
         result.data = data;
         if let Some(session) = self.client.session() {
@@ -317,7 +317,7 @@ impl Session {
         };
         if let Some(at) = t.expire_at {
             result.expires = true;
-            result.ttl = at.saturating_sub(now).max(1) as u32;
+            result.ttl = ttl(at, now);
         }
         Ok(Some(Reply {
             refresh: Some(result),
@@ -359,10 +359,11 @@ impl Session {
         self.node.proxies().refresh().is_some()
     }
 
-    /// Keeps the connect command's headers that some proxy passes on.
+    /// Keeps the connect command's headers that some proxy passes on (this connect's only:
+    /// a connect after a refused one does not keep the earlier one's).
     fn keep_emulated_headers(&mut self, req: &ConnectRequest) {
         let names = self.node.proxies().emulated_headers();
-        if names.is_empty() || req.headers.is_empty() {
+        if names.is_empty() {
             return;
         }
         let emulated: Vec<(String, String)> = req
@@ -371,16 +372,13 @@ impl Session {
             .filter(|(n, _)| names.iter().any(|k| k.eq_ignore_ascii_case(n)))
             .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
             .collect();
-        if emulated.is_empty() {
-            return;
-        }
-        let state = self.proxy_state();
-        let http = state
-            .headers
-            .as_ref()
-            .map(|h| h.http.clone())
-            .unwrap_or_default();
-        state.headers = Some(Arc::new(ForwardedHeaders { http, emulated }));
+        let http = match self.proxy.as_ref().and_then(|p| p.headers.as_ref()) {
+            Some(h) if h.emulated == emulated => return,
+            Some(h) => h.http.clone(),
+            None if emulated.is_empty() => return,
+            None => Vec::new(),
+        };
+        self.proxy_state().headers = Some(Arc::new(ForwardedHeaders { http, emulated }));
     }
 
     /// A connect the backend accepted. The connection counts as holding a token issued now

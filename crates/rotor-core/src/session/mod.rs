@@ -196,14 +196,30 @@ struct Session {
 struct ProxyState {
     /// What proxies pass on to the backend.
     headers: Option<Arc<ForwardedHeaders>>,
-    /// The refresh proxy failed: when to ask again.
-    refresh_retry: Option<Instant>,
-    /// The sub_refresh proxy failed: when to ask again (for every subscription it extends).
-    sub_refresh_retry: Option<Instant>,
-    /// Failed calls in a row (the retry backoff).
+    /// The refresh proxy failed: when to ask again, and how many calls failed in a row.
+    refresh_retry: Option<Retry>,
+    /// Subscriptions whose sub_refresh proxy call failed, each with its own retry.
+    sub_retries: HashMap<Arc<str>, Retry>,
+}
+
+/// A failed refresh proxy call: asked again at `at`, after 1, 2, 4, then every 8 seconds
+/// (counted from when the failed call ended), until the grace period ends.
+#[derive(Clone, Copy)]
+struct Retry {
+    at: Instant,
     failures: u8,
 }
 
+impl Retry {
+    /// The retry after one more failure, which ended now.
+    fn after(previous: Option<Retry>) -> Retry {
+        let failures = previous.map_or(0, |r| r.failures);
+        Retry {
+            at: Instant::now() + Duration::from_secs(1 << failures.min(3)),
+            failures: failures.saturating_add(1),
+        }
+    }
+}
 /// Creates a connection and runs it until it ends. Returns the code it ended with (`None`
 /// when the client went away).
 pub async fn run(
@@ -464,6 +480,13 @@ fn rate_burst(cfg: &ClientConfig) -> u32 {
     }
 }
 
+/// The wire's `ttl` of an expiry at `at` seen at `now`: at least 1 second, at most 365 days
+/// (Centrifugo's limit; a far expiry from a token or a backend must not wrap the u32).
+fn ttl(at: u64, now: u64) -> u32 {
+    const MAX_TTL: u64 = 365 * 24 * 3600;
+    at.saturating_sub(now).clamp(1, MAX_TTL) as u32
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("protocol types always serialize")
 }
@@ -537,27 +560,22 @@ impl Session {
         result
     }
 
-    /// When a failed refresh proxy call is tried again: 1, 2, 4, then every 8 seconds (the
-    /// grace period ends it: `client.expired_close_delay`, `expired_sub_close_delay`).
-    fn proxy_retry_at(&mut self, now: Instant) -> Instant {
-        let p = self.proxy_state();
-        let backoff = Duration::from_secs(1 << p.failures.min(3));
-        p.failures = p.failures.saturating_add(1);
-        now + backoff
-    }
-
     fn proxy_state(&mut self) -> &mut ProxyState {
         self.proxy.get_or_insert_with(Box::default)
     }
 
     /// When to ask the refresh proxy again after a failure.
     fn refresh_retry(&self) -> Option<Instant> {
-        self.proxy.as_ref().and_then(|p| p.refresh_retry)
+        self.proxy.as_ref()?.refresh_retry.map(|r| r.at)
     }
 
-    /// When to ask the sub_refresh proxy again after a failure.
-    fn sub_refresh_retry(&self) -> Option<Instant> {
-        self.proxy.as_ref().and_then(|p| p.sub_refresh_retry)
+    /// When to ask the sub_refresh proxy about `channel`, expiring at `expire_at`: at the
+    /// expiry, or after a failed call at its retry.
+    fn sub_refresh_at(&self, channel: &str, expire_at: u64) -> Instant {
+        self.proxy
+            .as_ref()
+            .and_then(|p| p.sub_retries.get(channel))
+            .map_or_else(|| self.node.clock().instant_at(expire_at), |r| r.at)
     }
 
     fn emit(&mut self, reply: &Reply) {

@@ -10,7 +10,7 @@ use rotor_protocol::{
 };
 use tokio::time::Instant;
 
-use super::{Addr, CommandResult, Session, Sub};
+use super::{ttl, Addr, CommandResult, Session, Sub};
 use crate::channels::{self, Asker};
 use crate::config::ChannelOptions;
 use crate::events::{RefreshOutcome, Stage, TokenKind};
@@ -131,7 +131,7 @@ impl Session {
         let refreshed_by_proxy = self.node.proxies().sub_refresh_for(opts).is_some();
         if let Some(at) = expire_at.filter(|_| !refreshed_by_proxy) {
             result.expires = true;
-            result.ttl = at.saturating_sub(now).max(1) as u32;
+            result.ttl = ttl(at, now);
         }
         if opts.presence && self.next_presence.is_none() {
             self.next_presence = Some(Instant::now() + self.cfg().presence_update_interval);
@@ -156,6 +156,9 @@ impl Session {
         let Some(sub) = self.subs.remove(channel) else {
             return false;
         };
+        if let Some(p) = self.proxy.as_mut() {
+            p.sub_retries.remove(channel);
+        }
         let leave_push = sub.join_leave.then(|| self.info(sub.chan_info));
         self.node
             .leave(channel, &self.client, sub.presence, leave_push.as_ref())
@@ -239,7 +242,7 @@ impl Session {
         let mut result = SubRefreshResult::default();
         if let Some(at) = t.expire_at {
             result.expires = true;
-            result.ttl = at.saturating_sub(now).max(1) as u32;
+            result.ttl = ttl(at, now);
         }
         Ok(Some(Reply {
             sub_refresh: Some(result),

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use rotor_protocol::{Disconnect, Protocol, Push, Raw, UnsubscribeCode, UnsubscribePush};
 use tokio::time::Instant;
 
-use super::{Addr, Session};
+use super::{Addr, Retry, Session};
 use crate::events::{RefreshOutcome, TokenKind};
 use crate::proxy::{Answer, ProxyKind};
 
@@ -44,12 +44,12 @@ impl Session {
             .map(|at| self.refresh_retry().unwrap_or(clock.instant_at(at)));
         let sub_expiry = self
             .subs
-            .values()
-            .filter_map(|s| {
+            .iter()
+            .filter_map(|(ch, s)| {
                 let at = s.expire_at?;
                 let end = clock.instant_at(at) + cfg.expired_sub_close_delay;
                 Some(if s.refreshed_by_proxy {
-                    self.sub_refresh_at(at).min(end)
+                    self.sub_refresh_at(ch, at).min(end)
                 } else {
                     end
                 })
@@ -85,7 +85,7 @@ impl Session {
         let cfg = &node.config().client;
         if let Some(at) = self.expire_at.filter(|_| self.refreshed_by_proxy()) {
             if self.refresh_retry().unwrap_or(clock.instant_at(at)) <= now {
-                if let Some(d) = self.server_refresh(now).await {
+                if let Some(d) = self.server_refresh().await {
                     return Some(d);
                 }
             }
@@ -115,14 +115,27 @@ impl Session {
         let due: Vec<Arc<str>> = self
             .subs
             .iter()
-            .filter(|(_, s)| {
-                s.refreshed_by_proxy && s.expire_at.is_some_and(|at| self.sub_refresh_at(at) <= now)
+            .filter(|(ch, s)| {
+                s.refreshed_by_proxy
+                    && s.expire_at
+                        .is_some_and(|at| self.sub_refresh_at(ch, at) <= now)
             })
             .map(|(ch, _)| ch.clone())
             .collect();
+        // One failed call means the backend is down for the rest of this turn too: the other
+        // due subscriptions are asked again with it, not one timeout after another now.
+        let mut down = false;
         for channel in due {
-            if let Some(d) = self.server_sub_refresh(&channel, now).await {
-                return Some(d);
+            if down {
+                let state = self.proxy_state();
+                let previous = state.sub_retries.get(&channel).copied();
+                state.sub_retries.insert(channel, Retry::after(previous));
+                continue;
+            }
+            match self.server_sub_refresh(&channel).await {
+                Ok(Some(d)) => return Some(d),
+                Ok(None) => {}
+                Err(()) => down = true,
             }
         }
         let expired: Vec<(Arc<str>, bool)> = self
@@ -140,13 +153,6 @@ impl Session {
             }
         }
         None
-    }
-
-    /// When the sub_refresh proxy is asked about a subscription expiring at `expire_at`: at
-    /// the expiry, or after a failed call at the retry.
-    fn sub_refresh_at(&self, expire_at: u64) -> Instant {
-        let at = self.node.clock().instant_at(expire_at);
-        self.sub_refresh_retry().map_or(at, |r| r.max(at))
     }
 
     /// A subscription's expiry passed with nobody extending it: a client-side subscription
@@ -173,10 +179,10 @@ impl Session {
 
     /// The refresh proxy is asked about a connection at its expiry. A new expiry extends it
     /// in place; `expired`, no expiry in the future, or any answer without a result closes
-    /// it with 3005. A backend that cannot be asked is asked again (1, 2, 4, then every 8
-    /// seconds) until `client.expired_close_delay` after the expiry, and then the
-    /// connection closes with 3005 as an unrefreshed one does.
-    async fn server_refresh(&mut self, now: Instant) -> Option<Disconnect> {
+    /// it with 3005. A backend that cannot be asked is asked again ([`Retry`]: 1, 2, 4,
+    /// then every 8 seconds after the failed call) until `client.expired_close_delay` after
+    /// the expiry, and then the connection closes with 3005 as an unrefreshed one does.
+    async fn server_refresh(&mut self) -> Option<Disconnect> {
         let proxy = self.node.proxies().refresh()?.clone();
         let lag = self.lag_after(self.expire_at);
         let caller = self.caller();
@@ -197,7 +203,7 @@ impl Session {
                     self.client.set_meta(g.meta);
                 }
                 if let Some(p) = self.proxy.as_mut() {
-                    (p.refresh_retry, p.failures) = (None, 0);
+                    p.refresh_retry = None;
                 }
                 None
             }
@@ -209,8 +215,8 @@ impl Session {
             }
             Err(_) => {
                 observer(RefreshOutcome::Unavailable);
-                let at = self.proxy_retry_at(now);
-                self.proxy_state().refresh_retry = Some(at);
+                let state = self.proxy_state();
+                state.refresh_retry = Some(Retry::after(state.refresh_retry));
                 None
             }
         }
@@ -218,12 +224,22 @@ impl Session {
 
     /// The sub_refresh proxy is asked about a subscription at its expiry: as
     /// [`server_refresh`](Self::server_refresh), with 2501 / 3006 for the end and
-    /// `client.expired_sub_close_delay` for the grace.
-    async fn server_sub_refresh(&mut self, channel: &Arc<str>, now: Instant) -> Option<Disconnect> {
-        let opts = self.node.channel_options(channel).ok()?;
-        let proxy = self.node.proxies().sub_refresh_for(&opts)?.clone();
-        let sub = self.subs.get(channel)?;
+    /// `client.expired_sub_close_delay` for the grace. `Err` when the backend could not be
+    /// asked (the subscription waits for its retry).
+    async fn server_sub_refresh(&mut self, channel: &Arc<str>) -> Result<Option<Disconnect>, ()> {
+        let Some(sub) = self.subs.get(channel) else {
+            return Ok(None);
+        };
         let (server_side, lag) = (sub.server_side, self.lag_after(sub.expire_at));
+        let proxy = self
+            .node
+            .channel_options(channel)
+            .ok()
+            .and_then(|opts| self.node.proxies().sub_refresh_for(&opts).cloned());
+        let Some(proxy) = proxy else {
+            // Nobody to ask any more: it ends as an expiry nobody extended.
+            return Ok(self.sub_expired(channel, server_side).await);
+        };
         let caller = self.caller();
         let answer = self
             .ask(
@@ -237,25 +253,29 @@ impl Session {
         match answer {
             Ok(Answer::Granted(g)) if !g.expired && g.expire_at > self.now() => {
                 observer(RefreshOutcome::Ok);
-                let sub = self.subs.get_mut(channel)?;
-                sub.expire_at = Some(g.expire_at);
-                if g.info.is_some() {
-                    sub.chan_info = g.info;
-                }
                 if let Some(p) = self.proxy.as_mut() {
-                    (p.sub_refresh_retry, p.failures) = (None, 0);
+                    p.sub_retries.remove(channel);
                 }
-                None
+                if let Some(sub) = self.subs.get_mut(channel) {
+                    sub.expire_at = Some(g.expire_at);
+                    if g.info.is_some() {
+                        sub.chan_info = g.info;
+                    }
+                }
+                Ok(None)
             }
             Ok(_) => {
                 observer(RefreshOutcome::Expired);
-                self.sub_expired(channel, server_side).await
+                Ok(self.sub_expired(channel, server_side).await)
             }
             Err(_) => {
                 observer(RefreshOutcome::Unavailable);
-                let at = self.proxy_retry_at(now);
-                self.proxy_state().sub_refresh_retry = Some(at);
-                None
+                let state = self.proxy_state();
+                let previous = state.sub_retries.get(channel).copied();
+                state
+                    .sub_retries
+                    .insert(channel.clone(), Retry::after(previous));
+                Err(())
             }
         }
     }
