@@ -57,6 +57,14 @@ impl Backend {
             .collect()
     }
 
+    /// When each call of `kind` came, in whole seconds after Unix second `t0`.
+    fn call_times(&self, kind: &str, node: &Node, t0: u64) -> Vec<f64> {
+        self.calls(kind)
+            .iter()
+            .map(|(i, _)| since(node, t0, *i).round())
+            .collect()
+    }
+
     async fn answer<T>(
         &self,
         kind: &'static str,
@@ -419,11 +427,7 @@ async fn a_backend_down_at_refresh_is_asked_again_until_the_grace_ends() {
         "closed {closed} s in: expiry 5 + grace 10"
     );
     // At 5, then 1, 2, 4 s later, then every 8 s: 5, 6, 8, 12 (and none after the close).
-    let calls: Vec<f64> = backend
-        .calls("refresh")
-        .iter()
-        .map(|(i, _)| since(&node, t0, *i).round())
-        .collect();
+    let calls = backend.call_times("refresh", &node, t0);
     assert_eq!(calls, vec![5.0, 6.0, 8.0, 12.0], "{calls:?}");
 }
 
@@ -540,11 +544,7 @@ async fn the_sub_refresh_proxy_extends_then_ends_a_subscription_with_2501() {
     let m = c.message().await;
     assert_eq!(m["push"]["unsubscribe"]["code"], 2501, "{m}");
     assert_eq!(m["push"]["channel"], "px:room");
-    let calls: Vec<f64> = backend
-        .calls("sub_refresh")
-        .iter()
-        .map(|(i, _)| since(&node, t0, *i).round())
-        .collect();
+    let calls = backend.call_times("sub_refresh", &node, t0);
     assert_eq!(calls, vec![10.0, 11.0, 40.0], "{calls:?}");
     assert_eq!(node.hub().num_channels(), 0);
 }
@@ -692,11 +692,7 @@ async fn a_backend_down_at_sub_refresh_ends_the_subscription_when_the_grace_ends
     // Ended when the grace (10 s) ran out, not at the next retry after it.
     let ended = since(&node, t0, Instant::now());
     assert!((20.0..20.5).contains(&ended), "ended {ended} s after t0");
-    let calls: Vec<f64> = backend
-        .calls("sub_refresh")
-        .iter()
-        .map(|(i, _)| since(&node, t0, *i).round())
-        .collect();
+    let calls = backend.call_times("sub_refresh", &node, t0);
     assert_eq!(calls, vec![10.0, 11.0, 13.0, 17.0], "{calls:?}");
 }
 
@@ -716,11 +712,7 @@ async fn retries_count_from_the_end_of_a_slow_failed_call() {
     assert_eq!(d, Disconnect::EXPIRED);
     // Calls at 5 (fails at 8), 8 + 1 = 9 (fails at 12), 12 + 2 = 14 (fails at 17, past the
     // grace's end at 15: closed then).
-    let calls: Vec<f64> = backend
-        .calls("refresh")
-        .iter()
-        .map(|(i, _)| since(&node, t0, *i).round())
-        .collect();
+    let calls = backend.call_times("refresh", &node, t0);
     assert_eq!(calls, vec![5.0, 9.0, 14.0], "{calls:?}");
     let closed = since(&node, t0, at);
     assert!((17.0..17.5).contains(&closed), "{closed}");
