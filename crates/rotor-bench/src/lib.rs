@@ -94,7 +94,7 @@ impl ServerProcess {
             std::env::temp_dir().join(format!("rotor-bench-{}-{name}.toml", std::process::id()));
         std::fs::write(&path, config).expect("write config");
         let mut child = command(&rotor_binary(), cpus)
-            // rotor reads `ROTOR_*` variables as configuration and refuses unknown ones.
+            // rotor reads `ROTOR_*` variables as configuration (and warns about unknown ones).
             .env_remove("ROTOR_BIN")
             .arg("--config")
             .arg(&path)

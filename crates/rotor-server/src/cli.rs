@@ -209,7 +209,26 @@ fn cli_actor() -> String {
 }
 
 impl Common {
+    /// The configuration, for commands that do not log: warnings go to standard error.
     fn load(&self) -> Result<Config, ServerError> {
+        let (config, warnings) = self.load_with_warnings()?;
+        for w in warnings {
+            eprintln!("rotor: warning: {w}");
+        }
+        Ok(config)
+    }
+
+    /// The configuration and logging set up from it; warnings go to the log.
+    fn load_and_log(&self) -> Result<Config, ServerError> {
+        let (config, warnings) = self.load_with_warnings()?;
+        init_logging(&config);
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(config)
+    }
+
+    fn load_with_warnings(&self) -> Result<(Config, Vec<String>), ServerError> {
         let mut sets = Vec::new();
         if let Some(p) = self.port {
             sets.push(format!("http_server.port={p}"));
@@ -223,7 +242,7 @@ impl Common {
         sets.extend(self.sets.iter().cloned());
         // The CLI's own variables are not configuration keys.
         let env = std::env::vars().filter(|(k, _)| !CLI_ENV.contains(&k.as_str()));
-        Config::load(self.config.as_deref(), env, &sets)
+        Config::load_with_warnings(self.config.as_deref(), env, &sets)
     }
 }
 
@@ -293,8 +312,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), ServerError> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let config = cli.common.load()?;
-            init_logging(&config);
+            let config = cli.common.load_and_log()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -459,8 +477,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             Ok(())
         }
         Command::Migrate => {
-            let config = cli.common.load()?;
-            init_logging(&config);
+            let config = cli.common.load_and_log()?;
             if config.storage.kind != crate::config::StorageKind::Postgres {
                 return Err(ServerError::Cli(
                     "migrate needs storage.type = \"postgres\"".into(),

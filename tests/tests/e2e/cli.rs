@@ -107,9 +107,14 @@ async fn config_errors_name_the_key() {
     // The CLI's own variables are not taken for configuration keys.
     let (ok, _, err) = run(&["checkconfig"], &[("ROTOR_API_KEY_FOR_CLI", "k")]).await;
     assert!(ok, "{err}");
+    // A variable that names no key is a warning naming it, not a refusal (other programs'
+    // variables share the prefix).
     let (ok, _, err) = run(&["checkconfig"], &[("ROTOR_CLIENT_NO_SUCH_KEY", "1")]).await;
-    assert!(!ok);
-    assert!(err.contains("ROTOR_CLIENT_NO_SUCH_KEY"), "{err}");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("ROTOR_CLIENT_NO_SUCH_KEY"),
+        "{err}"
+    );
 
     let good = temp_config("good.yaml", "http_api:\n  key: k\n");
     let (ok, out, err) = run(&["--config", good.to_str().unwrap(), "checkconfig"], &[]).await;
@@ -215,4 +220,44 @@ fn dev_config_loads() {
     let c = rotor_server::Config::load(Some(&path), std::iter::empty(), &[]).unwrap();
     assert_eq!(c.storage.kind, rotor_server::config::StorageKind::Memory);
     assert!(!c.client.token.hmac_secret_key.is_empty());
+}
+
+#[tokio::test]
+async fn centrifugo_variables_configure_rotor_and_stray_rotor_variables_only_warn() {
+    // A script's own ROTOR_* variable does not stop the server; the warning names it.
+    let (ok, out, err) = run(&["checkconfig"], &[("ROTOR_BIN", "/usr/local/bin/rotor")]).await;
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("ROTOR_BIN") && err.contains("warning"),
+        "{err}"
+    );
+    // A Centrifugo deployment's variable sets the same key: a token signed with its secret
+    // verifies against rotor's name for it.
+    let (ok, token, err) = run(
+        &["gentoken", "--user", "erin"],
+        &[("CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY", "carried-over")],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(
+        &["checktoken", token.trim()],
+        &[("ROTOR_CLIENT_TOKEN_HMAC_SECRET_KEY", "carried-over")],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("\"erin\""), "{out}");
+    // Both names set: rotor's wins, and a warning says which was ignored.
+    let (ok, _, err) = run(
+        &["checktoken", token.trim()],
+        &[
+            ("ROTOR_CLIENT_TOKEN_HMAC_SECRET_KEY", "carried-over"),
+            ("CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY", "something-else"),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY is ignored"),
+        "{err}"
+    );
 }

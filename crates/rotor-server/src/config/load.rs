@@ -1,6 +1,8 @@
 //! Reading a configuration: a file (JSON, TOML or YAML, by extension), overridden by
-//! `ROTOR_`-prefixed environment variables and then by command-line `--set` flags, then the
-//! checks types cannot express. Unknown keys are errors that name the key.
+//! `ROTOR_`-prefixed environment variables (and Centrifugo's `CENTRIFUGO_` ones as aliases)
+//! and then by command-line `--set` flags, then the checks types cannot express. Unknown
+//! keys in the file and in `--set` are errors that name the key; environment variables that
+//! name no key are warnings (other programs' variables share the prefix).
 
 use std::path::Path;
 
@@ -9,36 +11,73 @@ use serde_json::Value;
 use super::{Config, StorageKind};
 use crate::error::ServerError;
 
+/// Centrifugo's environment prefix, read as an alias of `ROTOR_`.
+const ALIAS_PREFIX: &str = "CENTRIFUGO_";
+
 impl Config {
     /// Loads a file (or the defaults when `path` is `None`), then applies environment
-    /// variables and `--set key=value` overrides.
+    /// variables and `--set key=value` overrides. What [`Config::load_with_warnings`] would
+    /// warn about is dropped.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         sets: &[String],
     ) -> Result<Config, ServerError> {
+        Config::load_with_warnings(path, env, sets).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], with what the operator should hear about but that does not stop
+    /// the server: environment variables that name no key (`ROTOR_BIN` in a script), and
+    /// `CENTRIFUGO_*` variables overridden by their `ROTOR_*` twin.
+    ///
+    /// `CENTRIFUGO_<KEY_PATH>` variables are read as aliases of `ROTOR_<KEY_PATH>` (the same
+    /// key path), so a Centrifugo deployment's environment carries over; `ROTOR_*` wins.
+    pub fn load_with_warnings(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<(Config, Vec<String>), ServerError> {
         let mut value = match path {
             Some(p) => read_file(p)?,
             None => Value::Object(Default::default()),
         };
         let leaves =
             leaf_paths(&serde_json::to_value(Config::default()).expect("config serializes"));
-        for (name, raw) in env {
-            let Some(rest) = name.strip_prefix("ROTOR_") else {
-                continue;
-            };
+        let mut warnings = Vec::new();
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let rotor_names: std::collections::HashSet<&str> = env
+            .iter()
+            .filter_map(|(n, _)| n.strip_prefix("ROTOR_"))
+            .collect();
+        // Centrifugo's names first, so rotor's own win.
+        let mut ordered: Vec<(&str, &str, &String, &String)> = Vec::new();
+        for prefix in [ALIAS_PREFIX, "ROTOR_"] {
+            for (name, raw) in &env {
+                if let Some(rest) = name.strip_prefix(prefix) {
+                    ordered.push((prefix, rest, name, raw));
+                }
+            }
+        }
+        for (prefix, rest, name, raw) in ordered {
             let Some((path, default)) = leaves
                 .iter()
                 .find(|(p, _)| p.join("_").to_uppercase() == rest)
             else {
-                return Err(ServerError::Config(format!(
-                    "environment variable {name} does not name a configuration key"
-                )));
+                warnings.push(format!(
+                    "environment variable {name} does not name a configuration key; ignored"
+                ));
+                continue;
             };
+            if prefix == ALIAS_PREFIX && rotor_names.contains(rest) {
+                warnings.push(format!(
+                    "environment variable {name} is ignored: ROTOR_{rest} is set too, and rotor's own name wins"
+                ));
+                continue;
+            }
             set_path(
                 &mut value,
                 path,
-                parse_like(default, &raw)
+                parse_like(default, raw)
                     .map_err(|e| ServerError::Config(format!("{name}: {e}")))?,
             );
         }
@@ -68,7 +107,10 @@ impl Config {
             })
         })?;
         config.validate()?;
-        Ok(config)
+        if !config.http_api.insecure && config.http_api.key.is_empty() {
+            warnings.push("http_api.key is empty: the server API refuses every request (set a key or http_api.insecure)".into());
+        }
+        Ok((config, warnings))
     }
 
     /// Checks that cannot be expressed in types.
@@ -107,9 +149,6 @@ impl Config {
                     "redis address: at least one address (or cluster_address) is required".into(),
                 ));
             }
-        }
-        if !self.http_api.insecure && self.http_api.key.is_empty() {
-            tracing::warn!("http_api.key is empty: the server API refuses every request (set a key or http_api.insecure)");
         }
         rotor_core::channels::ChannelRules::new(&self.channel).map_err(ServerError::Config)?;
         rotor_auth::TokenVerifier::new(&self.client.token)
@@ -252,5 +291,92 @@ mod tests {
         let defaults: Value = serde_json::from_str(&default_json()).unwrap();
         assert_eq!(defaults["storage"]["type"], "memory");
         assert_eq!(defaults["log"]["format"], "text");
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn centrifugo_variables_are_aliases_and_rotors_win() {
+        let env = vars(&[
+            ("CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY", "from-centrifugo"),
+            ("CENTRIFUGO_HTTP_API_KEY", "centrifugo-key"),
+            ("ROTOR_HTTP_API_KEY", "rotor-key"),
+            (
+                "CENTRIFUGO_CLIENT_ALLOWED_ORIGINS",
+                "[\"https://app.example\"]",
+            ),
+        ]);
+        let (c, warnings) = Config::load_with_warnings(None, env, &[]).unwrap();
+        assert_eq!(c.client.token.hmac_secret_key, "from-centrifugo");
+        assert_eq!(
+            c.client.allowed_origins,
+            vec!["https://app.example".to_string()]
+        );
+        assert_eq!(c.http_api.key, "rotor-key", "ROTOR_ wins");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("CENTRIFUGO_HTTP_API_KEY")
+                && warnings[0].contains("ROTOR_HTTP_API_KEY"),
+            "{warnings:?}"
+        );
+        // The order of the environment does not matter.
+        let env = vars(&[
+            ("ROTOR_HTTP_API_KEY", "rotor-key"),
+            ("CENTRIFUGO_HTTP_API_KEY", "centrifugo-key"),
+        ]);
+        let (c, _) = Config::load_with_warnings(None, env, &[]).unwrap();
+        assert_eq!(c.http_api.key, "rotor-key");
+    }
+
+    #[test]
+    fn variables_that_name_no_key_are_warnings_naming_them() {
+        let env = vars(&[
+            ("ROTOR_BIN", "/usr/local/bin/rotor"),
+            ("CENTRIFUGO_NOT_A_KEY", "x"),
+            ("ROTOR_LOG_LEVEL", "debug"),
+            ("ROTOR_HTTP_API_KEY", "k"),
+        ]);
+        let (c, warnings) = Config::load_with_warnings(None, env, &[]).unwrap();
+        assert_eq!(c.log.level, "debug");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.contains("ROTOR_BIN")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings.iter().any(|w| w.contains("CENTRIFUGO_NOT_A_KEY")),
+            "{warnings:?}"
+        );
+        // A bad value is still an error, naming the variable or its key.
+        let err = Config::load(
+            None,
+            vars(&[("CENTRIFUGO_HTTP_SERVER_PORT", "eighty")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("CENTRIFUGO_HTTP_SERVER_PORT"), "{err}");
+        let err = Config::load(None, vars(&[("CENTRIFUGO_ENGINE_TYPE", "etcd")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("engine.type"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_api_key_is_a_warning_the_cli_can_show() {
+        let (_, warnings) = Config::load_with_warnings(None, Vec::new(), &[]).unwrap();
+        assert!(
+            warnings.iter().any(|w| w.contains("http_api.key")),
+            "{warnings:?}"
+        );
+        let (_, warnings) =
+            Config::load_with_warnings(None, Vec::new(), &["http_api.insecure=true".into()])
+                .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 }
