@@ -228,11 +228,7 @@ impl HistoryStore for RedisHistory {
             .arg(if filter.reverse { "1" } else { "0" });
         let (top, epoch, entries): (u64, String, Vec<String>) =
             self.shards.script(channel, inv).await?;
-        if let Some(since) = &filter.since {
-            if since.epoch != epoch {
-                return Err(CoreError::UnrecoverablePosition);
-            }
-        }
+        filter.check_epoch(&epoch)?;
         let mut publications = Vec::with_capacity(entries.len() / 2);
         for pair in entries.chunks_exact(2) {
             let bad = |e: String| CoreError::Internal(format!("bad history entry in Redis: {e}"));

@@ -25,12 +25,26 @@ pub struct HistoryOptions {
 /// Which publications to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryFilter {
-    /// Start after this position (its epoch must match the stream's, else error 112).
+    /// Start after this position (its epoch must match the stream's, else error 112; an
+    /// empty epoch matches any).
     pub since: Option<StreamPosition>,
     /// Most publications to return; 0 returns only the stream position.
     pub limit: usize,
     /// Newest first.
     pub reverse: bool,
+}
+
+impl HistoryFilter {
+    /// Whether `since` may be read from a stream of `epoch`: the same epoch, or none given
+    /// (an empty epoch matches any, as in centrifuge's history). Every store checks here.
+    pub fn check_epoch(&self, epoch: &str) -> Result<(), CoreError> {
+        match &self.since {
+            Some(since) if !since.epoch.is_empty() && since.epoch != epoch => {
+                Err(CoreError::UnrecoverablePosition)
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Publications read from history plus the stream's current top position.
@@ -60,7 +74,8 @@ pub trait HistoryStore: Send + Sync {
         opts: &HistoryOptions,
     ) -> BoxFuture<Result<StreamPosition, CoreError>>;
 
-    /// Reads publications. A `since` with another epoch is `CoreError::UnrecoverablePosition`.
+    /// Reads publications. A `since` with another epoch is `CoreError::UnrecoverablePosition`
+    /// ([`HistoryFilter::check_epoch`]).
     async fn read(
         &self,
         channel: &str,

@@ -128,11 +128,7 @@ impl HistoryStore for MemoryHistory {
         let mut map = lock(&self.streams);
         let s = Self::stream(&mut map, channel, opts.meta_ttl, now);
         s.trim(opts.size, opts.ttl, now);
-        if let Some(since) = &filter.since {
-            if since.epoch != s.epoch {
-                return Err(CoreError::UnrecoverablePosition);
-            }
-        }
+        filter.check_epoch(&s.epoch)?;
         let pubs = s.pubs.iter().map(|(_, p)| p);
         let publications: Vec<Publication> = match (&filter.since, filter.reverse) {
             (_, _) if filter.limit == 0 => Vec::new(),

@@ -255,22 +255,14 @@ impl HistoryStore for PgHistory {
                     offset: row.get::<i64, _>(0) as u64,
                     epoch: row.get(1),
                 };
-                if let Some(since) = &filter.since {
-                    if since.epoch != position.epoch {
-                        return Err(CoreError::UnrecoverablePosition);
-                    }
-                }
+                filter.check_epoch(&position.epoch)?;
                 return Ok(HistoryPage {
                     publications: Vec::new(),
                     position,
                 });
             }
         };
-        if let Some(since) = &filter.since {
-            if since.epoch != position.epoch {
-                return Err(CoreError::UnrecoverablePosition);
-            }
-        }
+        filter.check_epoch(&position.epoch)?;
         let mut publications = Vec::new();
         for r in &rows {
             let Some(offset) = r.get::<Option<i64>, _>(3) else {

@@ -375,3 +375,67 @@ async fn a_big_batch_answers_every_command_in_order() {
     assert_eq!(raw_request(server.addr, &head, b"{oops").await.0, 400);
     server.shutdown().await;
 }
+
+/// centrifuge's rule, which its SDKs and `cent` rely on: a `since` with an empty epoch
+/// matches any epoch for history; recovery still needs the stream's own epoch.
+#[tokio::test]
+async fn history_since_an_empty_epoch_reads_any_stream_and_recovers_none() {
+    let server = TestServer::start(test_config()).await;
+    for n in 1..=3 {
+        let (status, _) = server
+            .api(
+                "publish",
+                json!({"channel": "chat:since", "data": {"n": n}}),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let history = |since: serde_json::Value| {
+        server.api(
+            "history",
+            json!({"channel": "chat:since", "limit": 10, "since": since}),
+        )
+    };
+    let (_, r) = history(json!({"offset": 0, "epoch": ""})).await;
+    let offsets: Vec<&serde_json::Value> = r["result"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|p| &p["offset"])
+        .collect();
+    assert_eq!(offsets, vec![&json!(1), &json!(2), &json!(3)], "{r}");
+    let epoch = r["result"]["epoch"].as_str().unwrap().to_string();
+    let (_, r) = history(json!({"offset": 2, "epoch": ""})).await;
+    assert_eq!(r["result"]["publications"][0]["offset"], 3, "{r}");
+    let (_, r) = history(json!({"offset": 0, "epoch": "another"})).await;
+    assert_eq!(r["error"]["code"], 112, "{r}");
+
+    // A subscriber recovering from offset 1 with no epoch is told it did not recover.
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("rita")).await;
+    ws.send(
+        &json!({"id": 2, "subscribe": {"channel": "chat:since", "recover": true, "offset": 1, "epoch": ""}})
+            .to_string(),
+    )
+    .await;
+    let r = ws.reply().await;
+    assert!(r["subscribe"].get("recovered").is_none(), "{r}");
+    assert_eq!(r["subscribe"]["epoch"], epoch.as_str(), "{r}");
+    assert_eq!(r["subscribe"]["offset"], 3, "{r}");
+    // With the stream's epoch it does.
+    ws.send(&json!({"id": 3, "unsubscribe": {"channel": "chat:since"}}).to_string())
+        .await;
+    ws.reply().await;
+    ws.send(
+        &json!({"id": 4, "subscribe": {"channel": "chat:since", "recover": true, "offset": 1, "epoch": epoch}})
+            .to_string(),
+    )
+    .await;
+    let r = ws.reply().await;
+    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+    assert_eq!(
+        r["subscribe"]["publications"].as_array().unwrap().len(),
+        2,
+        "{r}"
+    );
+    server.shutdown().await;
+}

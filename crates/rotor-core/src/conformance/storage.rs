@@ -95,7 +95,8 @@ pub async fn history_offsets_and_epoch(store: Arc<dyn HistoryStore>) {
     assert_eq!(other.position.offset, 0, "channels have separate streams");
 }
 
-/// `since`, `reverse` and `limit` select the right slice; a foreign epoch is refused.
+/// `since`, `reverse` and `limit` select the right slice; a foreign epoch is refused, an
+/// empty one matches any.
 pub async fn history_since_reverse_limit(store: Arc<dyn HistoryStore>) {
     let o = opts(100, Duration::from_secs(60));
     let mut epoch = String::new();
@@ -190,6 +191,42 @@ pub async fn history_since_reverse_limit(store: Arc<dyn HistoryStore>) {
         .await
         .unwrap_err();
     assert_eq!(err, CoreError::UnrecoverablePosition);
+    // An empty epoch matches any (centrifuge's rule): from offset 0 is everything.
+    let any = Some(StreamPosition {
+        offset: 0,
+        epoch: String::new(),
+    });
+    let page = store
+        .read(
+            "s",
+            &HistoryFilter {
+                since: any.clone(),
+                limit: 3,
+                reverse: false,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(&page.publications), vec![1, 2, 3]);
+    // Also when only the position is asked for.
+    let page = store
+        .read(
+            "s",
+            &HistoryFilter {
+                since: any,
+                limit: 0,
+                reverse: false,
+            },
+            &o,
+        )
+        .await
+        .unwrap();
+    assert!(page.publications.is_empty());
+    assert_eq!(
+        (page.position.offset, page.position.epoch),
+        (10, epoch.clone())
+    );
 }
 
 /// History keeps at most `size` publications and none older than `ttl`.

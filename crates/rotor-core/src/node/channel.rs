@@ -236,7 +236,10 @@ impl Node {
             };
             match store.read(channel, &filter, &hopts).await {
                 Ok(page) => {
-                    let complete = page.publications.len() <= max
+                    // An empty epoch reads any stream but recovers none: the client's
+                    // position must be of this stream.
+                    let complete = page.position.epoch == want.epoch
+                        && page.publications.len() <= max
                         && match page.publications.first() {
                             Some(first) => first.offset == want.offset + 1,
                             None => page.position.offset == want.offset,
