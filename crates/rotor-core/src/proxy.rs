@@ -73,6 +73,19 @@ impl ForwardedHeaders {
     }
 }
 
+/// The headers whose names are in `names` (lower case), compared without case, with their
+/// names in lower case: what a connection keeps for its proxies.
+pub(crate) fn listed<'a>(
+    names: &[String],
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<(String, String)> {
+    headers
+        .into_iter()
+        .filter(|(n, _)| names.iter().any(|k| k.eq_ignore_ascii_case(n)))
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+        .collect()
+}
+
 /// A connect without a token.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectCall {

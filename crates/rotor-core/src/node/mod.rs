@@ -195,16 +195,10 @@ impl Node {
         if names.is_empty() {
             return None;
         }
-        let http: Vec<(String, String)> = headers
+        let text = headers
             .into_iter()
-            .filter(|(n, _)| names.iter().any(|k| k.eq_ignore_ascii_case(n)))
-            .filter_map(|(n, v)| {
-                Some((
-                    n.to_ascii_lowercase(),
-                    std::str::from_utf8(v).ok()?.to_string(),
-                ))
-            })
-            .collect();
+            .filter_map(|(n, v)| Some((n, std::str::from_utf8(v).ok()?)));
+        let http = crate::proxy::listed(names, text);
         (!http.is_empty()).then(|| {
             Arc::new(ForwardedHeaders {
                 http,

@@ -366,12 +366,10 @@ impl Session {
         if names.is_empty() {
             return;
         }
-        let emulated: Vec<(String, String)> = req
-            .headers
-            .iter()
-            .filter(|(n, _)| names.iter().any(|k| k.eq_ignore_ascii_case(n)))
-            .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
-            .collect();
+        let emulated = crate::proxy::listed(
+            names,
+            req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        );
         let http = match self.proxy.as_ref().and_then(|p| p.headers.as_ref()) {
             Some(h) if h.emulated == emulated => return,
             Some(h) => h.http.clone(),

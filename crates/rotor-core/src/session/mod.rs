@@ -533,7 +533,7 @@ impl Session {
     /// This connection as a proxy call describes it.
     fn caller(&self) -> Caller {
         Caller {
-            client: Arc::from(self.client.id()),
+            client: self.client.id.clone(),
             transport: self.transport.name,
             protocol: self.protocol,
             user: self.user.clone(),
