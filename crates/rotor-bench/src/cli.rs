@@ -28,15 +28,39 @@ pub(crate) struct Common {
     #[arg(long, default_value_t = 5000)]
     pub(crate) per_worker: usize,
     /// rotor nodes sharing fan-out through Redis (subscribers spread over them round-robin,
-    /// publishers on the first node). 1 = a single node with the in-memory engine.
+    /// publishers on the first node).
     #[arg(long, default_value_t = 1)]
     pub(crate) nodes: usize,
-    /// Redis for `--nodes` > 1.
+    /// rotor's engine: `memory` (one node only) or `redis`. Default: memory for one node,
+    /// redis for several.
+    #[arg(long, value_enum)]
+    pub(crate) engine: Option<Engine>,
+    /// Redis for the redis engine.
     #[arg(long, default_value = "127.0.0.1:6379")]
     pub(crate) redis: String,
     /// Append one JSON object per result line to this file.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub(crate) enum Engine {
+    Memory,
+    Redis,
+}
+
+impl Common {
+    /// The Redis address rotor's nodes share, when they run on the Redis engine.
+    pub(crate) fn redis_engine(&self) -> Option<&str> {
+        match self.engine {
+            Some(Engine::Memory) if self.nodes > 1 => {
+                panic!("--nodes {} needs --engine redis (nodes share nothing else)", self.nodes)
+            }
+            Some(Engine::Memory) => None,
+            Some(Engine::Redis) => Some(&self.redis),
+            None => (self.nodes > 1).then_some(self.redis.as_str()),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]

@@ -58,12 +58,13 @@ pub(crate) async fn fanout(args: FanoutArgs) {
         }
         let rss_idle = servers.rss_kib();
         println!(
-            "# {} {} subscribers{} ({} node{}), {payload}-byte payload, {connect_rate:.0} connects/s, idle RSS {rss_idle} KiB",
+            "# {} {} subscribers{} ({} node{}{}), {payload}-byte payload, {connect_rate:.0} connects/s, idle RSS {rss_idle} KiB",
             common.target.name(),
             subs,
             if stride > 1 { " each on its own channel" } else { " on one channel" },
             addrs.len(),
             if addrs.len() > 1 { "s" } else { "" },
+            if common.redis_engine().is_some() { " on Redis" } else { "" },
         );
         println!(
             "{:>9} {:>12} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>6} {:>9}",
@@ -151,7 +152,9 @@ pub(crate) async fn fanout(args: FanoutArgs) {
             emit(
                 &common,
                 json!({"scenario": if stride > 1 { "channels" } else { "fanout" },
-                       "target": common.target.name(), "nodes": addrs.len(), "subscribers": subs,
+                       "target": common.target.name(), "nodes": addrs.len(),
+                       "engine": if common.redis_engine().is_some() { "redis" } else { "memory" },
+                       "subscribers": subs,
                        "payload": payload, "publish_rate": rate, "expected_per_s": expected_rate,
                        "delivered_per_s": delivered_rate, "expected": expected,
                        "received": received, "lost": lost, "dup": dup,

@@ -64,7 +64,7 @@ impl Servers {
             Target::Ceiling => vec![ServerProcess::ceiling(cpus).await],
             Target::Nats => vec![ServerProcess::nats(cpus).await],
             _ => {
-                let redis = (common.nodes > 1).then_some(common.redis.as_str());
+                let redis = common.redis_engine();
                 let config = rotor_config(signer, redis, extra);
                 let mut v = Vec::new();
                 for n in 0..common.nodes.max(1) {
