@@ -54,7 +54,10 @@ impl Common {
     pub(crate) fn redis_engine(&self) -> Option<&str> {
         match self.engine {
             Some(Engine::Memory) if self.nodes > 1 => {
-                panic!("--nodes {} needs --engine redis (nodes share nothing else)", self.nodes)
+                panic!(
+                    "--nodes {} needs --engine redis (nodes share nothing else)",
+                    self.nodes
+                )
             }
             Some(Engine::Memory) => None,
             Some(Engine::Redis) => Some(&self.redis),

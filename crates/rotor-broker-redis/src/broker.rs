@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
-use rotor_core::broker::{Broker, BrokerHandler, Control};
+use rotor_core::broker::{Broker, BrokerHandler, Control, Sent};
 use rotor_core::stored::{StoredInfo, StoredPublication};
 use rotor_core::{CoreError, NodeInfo};
 use rotor_protocol::{ClientInfo, Publication};
@@ -59,12 +59,26 @@ struct PubSubState {
     sink: Mutex<Option<PubSubSink>>,
 }
 
+/// A publication on its way to Redis: the pub/sub channel, the message, and who waits for
+/// Redis's answer.
+struct Outgoing {
+    channel: String,
+    payload: String,
+    answer: tokio::sync::oneshot::Sender<Result<(), CoreError>>,
+}
+
+/// At most this many publications go to Redis in one pipeline.
+const PUBLISH_BATCH: usize = 512;
+
 /// Fan-out, join/leave and control messages across every node on the same Redis.
 pub struct RedisBroker {
     shards: Shards,
     node_uid: String,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
     pubsub: Vec<Arc<PubSubState>>,
+    /// Publications to each instance, in the order they were handed over (one writer per
+    /// instance sends them).
+    outgoing: Vec<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
     /// The pub/sub loops (one per instance); aborted on drop.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The heartbeat, from the node's attachment to its shutdown (or the broker's drop). It
@@ -85,7 +99,15 @@ fn now_ms() -> u64 {
 impl RedisBroker {
     /// Starts the subscription connections (one per instance). `node_uid` addresses this node.
     pub fn start(shards: Shards, node_uid: &str) -> Arc<RedisBroker> {
+        let mut outgoing = Vec::new();
+        let mut tasks = Vec::new();
+        for index in 0..shards.shards.len() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            outgoing.push(tx);
+            tasks.push(tokio::spawn(publish_loop(shards.clone(), index, rx)));
+        }
         let broker = Arc::new_cyclic(|weak| RedisBroker {
+            outgoing,
             weak: weak.clone(),
             pubsub: shards
                 .shards
@@ -103,7 +125,6 @@ impl RedisBroker {
             first.insert(broker.control_channel());
             first.insert(broker.node_channel(node_uid));
         }
-        let mut tasks = Vec::new();
         for i in 0..broker.pubsub.len() {
             tasks.push(tokio::spawn(pubsub_loop(Arc::downgrade(&broker), i)));
         }
@@ -179,6 +200,30 @@ impl RedisBroker {
         cmd.arg(self.registry_key()).arg(uid);
         let entry: Option<String> = self.shards.run(self.shards.first(), &cmd).await?;
         Ok(entry.is_some_and(|text| Heartbeat::fresh(&text, HEARTBEAT_MAX_AGE).is_some()))
+    }
+
+    /// Queues a publication for its instance's writer: the order of these calls is the
+    /// order in which Redis gets them.
+    fn send_publication(&self, channel: &str, publication: &Publication) -> Sent {
+        let env = Envelope {
+            k: 'p',
+            p: Some(StoredPublication::from(publication)),
+            i: None,
+        };
+        let payload = match serde_json::to_string(&env) {
+            Ok(p) => p,
+            Err(e) => return Sent::done(Err(CoreError::Internal(e.to_string()))),
+        };
+        let (answer, confirmed) = tokio::sync::oneshot::channel();
+        let outgoing = Outgoing {
+            channel: format!("{}{channel}", self.channel_prefix()),
+            payload,
+            answer,
+        };
+        // The writer lives as long as the broker; a send fails only while it is dropped,
+        // and the dropped answer then reads as unavailable.
+        let _ = self.outgoing[self.shards.index_for(channel)].send(outgoing);
+        Sent::waiting(confirmed)
     }
 
     async fn publish_envelope(&self, channel: &str, env: &Envelope) -> Result<(), CoreError> {
@@ -277,6 +322,34 @@ async fn heartbeat_loop(broker: std::sync::Weak<RedisBroker>) {
     }
 }
 
+/// Sends one instance's publications in the order they were queued: whatever queued while
+/// the previous pipeline was on its way goes as the next one (up to [`PUBLISH_BATCH`]), so
+/// a busy channel costs Redis one round trip per batch, not per publication, and the other
+/// nodes receive its publications in bursts they fan out together. Every publication of a
+/// batch gets the batch's outcome.
+async fn publish_loop(
+    shards: Shards,
+    index: usize,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for o in &batch {
+            pipe.cmd("PUBLISH").arg(&o.channel).arg(&o.payload).ignore();
+        }
+        let outcome = shards
+            .pipeline::<()>(&shards.shards[index], &pipe)
+            .await
+            .map_err(|e| e.to_string());
+        for o in batch.drain(..) {
+            let _ = o
+                .answer
+                .send(outcome.clone().map_err(CoreError::Unavailable));
+        }
+    }
+}
+
 /// Keeps one instance's subscription connection up: connects, subscribes to every desired
 /// channel, delivers messages until the connection drops, then starts over with backoff.
 async fn pubsub_loop(broker: std::sync::Weak<RedisBroker>, index: usize) {
@@ -338,13 +411,8 @@ impl Broker for RedisBroker {
         *self.heartbeat.lock().unwrap() = Some(heartbeat);
     }
 
-    async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError> {
-        let env = Envelope {
-            k: 'p',
-            p: Some(StoredPublication::from(publication)),
-            i: None,
-        };
-        self.publish_envelope(channel, &env).await
+    fn publish(&self, channel: &str, publication: &Publication) -> Sent {
+        self.send_publication(channel, publication)
     }
 
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError> {

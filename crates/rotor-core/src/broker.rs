@@ -93,11 +93,50 @@ pub trait BrokerHandler: Send + Sync {
     fn node_info(&self) -> Option<NodeInfo>;
 }
 
+/// A publication handed to a broker: its place among the channel's publications was fixed
+/// by the call that returned it; [`Sent::confirmed`] says whether the broker took it.
+/// Waiting for that is not needed to keep the order, so the node lets the channel's next
+/// publication through at once and many can be on their way to the other nodes together.
+#[must_use = "a publication is only known to be sent once confirmed"]
+pub struct Sent(SentState);
+
+enum SentState {
+    Done(Result<(), CoreError>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<(), CoreError>>),
+}
+
+impl Sent {
+    /// Already taken (or refused).
+    pub fn done(result: Result<(), CoreError>) -> Sent {
+        Sent(SentState::Done(result))
+    }
+
+    /// Taken once the sender half answers; a sender dropped unanswered (the broker
+    /// stopped) counts as unavailable.
+    pub fn waiting(answer: tokio::sync::oneshot::Receiver<Result<(), CoreError>>) -> Sent {
+        Sent(SentState::Waiting(answer))
+    }
+
+    /// Whether the broker took the publication.
+    pub async fn confirmed(self) -> Result<(), CoreError> {
+        match self.0 {
+            SentState::Done(result) => result,
+            SentState::Waiting(answer) => answer.await.unwrap_or_else(|_| {
+                Err(CoreError::Unavailable(
+                    "the broker stopped before it confirmed the publication".into(),
+                ))
+            }),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Called once by the node before any other method.
     fn set_handler(&self, handler: Arc<dyn BrokerHandler>);
-    async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError>;
+    /// Hands a publication to every node subscribed to `channel`. Publications of a channel
+    /// reach every node in the order of these calls, whenever each is confirmed.
+    fn publish(&self, channel: &str, publication: &Publication) -> Sent;
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError>;
     async fn publish_leave(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError>;
     async fn publish_control(&self, control: &Control) -> Result<(), CoreError>;
@@ -138,9 +177,11 @@ impl Broker for LocalBroker {
     fn set_handler(&self, handler: Arc<dyn BrokerHandler>) {
         let _ = self.handler.set(handler);
     }
-    async fn publish(&self, channel: &str, publication: &Publication) -> Result<(), CoreError> {
-        self.handler()?.on_publication(channel, publication);
-        Ok(())
+    fn publish(&self, channel: &str, publication: &Publication) -> Sent {
+        Sent::done(
+            self.handler()
+                .map(|h| h.on_publication(channel, publication)),
+        )
     }
     async fn publish_join(&self, channel: &str, info: &ClientInfo) -> Result<(), CoreError> {
         self.handler()?.on_join(channel, info);

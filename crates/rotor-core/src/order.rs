@@ -49,11 +49,13 @@ impl Default for Sequencer {
     }
 }
 
-/// A publication's place in its channel's order. Dropping it (delivered, failed or
-/// cancelled) lets the next one through.
+/// A publication's place in its channel's order. Passing it (handed to the broker) or
+/// dropping it (delivered, failed or cancelled) lets the next one through; a subscriber
+/// waiting for the channel exclusively waits until it is dropped.
 pub(crate) struct Ticket<'a> {
     slot: &'a Slot,
     n: u64,
+    passed: bool,
     _gate: RwLockReadGuard<'a, ()>,
 }
 
@@ -76,6 +78,7 @@ impl Sequencer {
             Ticket {
                 slot,
                 n,
+                passed: false,
                 _gate: gate,
             },
             out,
@@ -103,8 +106,13 @@ impl Ticket<'_> {
     }
 }
 
-impl Drop for Ticket<'_> {
-    fn drop(&mut self) {
+impl Ticket<'_> {
+    /// Lets the channel's next publication take its turn, while this one still keeps
+    /// exclusive waiters out until it is dropped.
+    pub fn pass(&mut self) {
+        if std::mem::replace(&mut self.passed, true) {
+            return;
+        }
         let mut st = lock(&self.slot.state);
         st.done.insert(self.n);
         loop {
@@ -116,6 +124,12 @@ impl Drop for Ticket<'_> {
         }
         drop(st);
         self.slot.turn.notify_waiters();
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.pass();
     }
 }
 
@@ -174,6 +188,32 @@ mod tests {
             "a subscriber waits while a publication is in flight"
         );
         drop(ticket);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passed_ticket_lets_the_next_through_but_still_holds_off_exclusive() {
+        let seq = Arc::new(Sequencer::default());
+        let (mut first, _) = seq.submit("c", || ()).await;
+        let (second, _) = seq.submit("c", || ()).await;
+        first.pass(); // handed to the broker, not yet confirmed
+        tokio::time::timeout(Duration::from_secs(1), second.turn())
+            .await
+            .expect("the next publication does not wait for the confirmation");
+        drop(second);
+        let s2 = seq.clone();
+        let waiter = tokio::spawn(async move {
+            let _g = s2.exclusive("c").await;
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a subscriber still waits for the unconfirmed publication"
+        );
+        drop(first);
         tokio::time::timeout(Duration::from_secs(1), waiter)
             .await
             .unwrap()

@@ -227,9 +227,9 @@ struct Recording(std::sync::Mutex<Vec<u64>>);
 #[async_trait::async_trait]
 impl rotor_core::broker::Broker for Recording {
     fn set_handler(&self, _h: Arc<dyn rotor_core::broker::BrokerHandler>) {}
-    async fn publish(&self, _c: &str, p: &Publication) -> Result<(), CoreError> {
+    fn publish(&self, _c: &str, p: &Publication) -> rotor_core::broker::Sent {
         self.0.lock().unwrap().push(p.offset);
-        Ok(())
+        rotor_core::broker::Sent::done(Ok(()))
     }
     async fn publish_join(
         &self,

@@ -55,6 +55,24 @@ impl Recorder {
         }
         assert_eq!(self.received(), want, "{what}");
     }
+
+    /// [`expect`](Self::expect) for the publications of one channel (brokers order each
+    /// channel's publications, not publications across channels).
+    pub async fn expect_channel(&self, channel: &str, want: &[Received], what: &str) {
+        let of_channel = || -> Vec<Received> {
+            self.received()
+                .into_iter()
+                .filter(|r| matches!(r, Received::Publication(c, _) if c == channel))
+                .collect()
+        };
+        for _ in 0..250 {
+            if of_channel().len() >= want.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(of_channel(), want, "{what}");
+    }
 }
 
 impl BrokerHandler for Recorder {
@@ -186,7 +204,7 @@ pub async fn broker_delivers_publications_in_order_and_intact(brokers: Vec<Arc<d
     let mut want = Vec::new();
     for n in 1..=50 {
         let p = publication(n);
-        b.publish("ordered", &p).await.unwrap();
+        b.publish("ordered", &p).confirmed().await.unwrap();
         want.push(Received::Publication("ordered".into(), p));
     }
     rec.expect(&want, "publications in order, each once, intact")
@@ -253,6 +271,31 @@ pub async fn broker_reaches_no_node_that_is_not_up(brokers: Vec<Arc<dyn Broker>>
     );
 }
 
+/// Publications handed over one after another without waiting for each to be confirmed
+/// (as the node does: it lets a channel's next publication through as soon as the previous
+/// one is handed over) arrive in the order of the calls, and each is confirmed.
+pub async fn broker_keeps_the_order_of_calls_not_of_confirmations(brokers: Vec<Arc<dyn Broker>>) {
+    let b = &brokers[0];
+    let rec = &attach(&brokers)[0];
+    b.subscribe("pipelined").await.unwrap();
+    b.subscribe("other").await.unwrap();
+    let mut want = Vec::new();
+    let mut sent = Vec::new();
+    for n in 1..=200 {
+        let channel = if n % 3 == 0 { "other" } else { "pipelined" };
+        let p = publication(n);
+        sent.push(b.publish(channel, &p));
+        if channel == "pipelined" {
+            want.push(Received::Publication(channel.into(), p));
+        }
+    }
+    for s in sent {
+        s.confirmed().await.unwrap();
+    }
+    rec.expect_channel("pipelined", &want, "in the order of the calls, each once")
+        .await;
+}
+
 /// A publication reaches the nodes that subscribed its channel, and no node after it
 /// unsubscribed. (What must not arrive is checked once a later publication, on a channel
 /// the node still has, did arrive.)
@@ -261,9 +304,18 @@ pub async fn brokers_deliver_publications_only_where_subscribed(brokers: Vec<Arc
     let recs = attach(&brokers);
     b.subscribe("room").await.unwrap();
     b.subscribe("marker").await.unwrap();
-    a.publish("room", &publication(1)).await.unwrap();
-    a.publish("elsewhere", &publication(2)).await.unwrap();
-    a.publish("marker", &publication(3)).await.unwrap();
+    a.publish("room", &publication(1))
+        .confirmed()
+        .await
+        .unwrap();
+    a.publish("elsewhere", &publication(2))
+        .confirmed()
+        .await
+        .unwrap();
+    a.publish("marker", &publication(3))
+        .confirmed()
+        .await
+        .unwrap();
     recs[1]
         .expect(
             &[
@@ -274,9 +326,18 @@ pub async fn brokers_deliver_publications_only_where_subscribed(brokers: Vec<Arc
         )
         .await;
     b.unsubscribe("room").await.unwrap();
-    a.publish("room", &publication(4)).await.unwrap();
-    b.publish("room", &publication(5)).await.unwrap();
-    a.publish("marker", &publication(6)).await.unwrap();
+    a.publish("room", &publication(4))
+        .confirmed()
+        .await
+        .unwrap();
+    b.publish("room", &publication(5))
+        .confirmed()
+        .await
+        .unwrap();
+    a.publish("marker", &publication(6))
+        .confirmed()
+        .await
+        .unwrap();
     recs[1]
         .expect(
             &[

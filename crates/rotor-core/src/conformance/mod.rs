@@ -147,6 +147,11 @@ macro_rules! storage_suite {
 macro_rules! broker_suite {
     ($make:path) => {
         $crate::__broker_test!($make, 1, broker_delivers_publications_in_order_and_intact);
+        $crate::__broker_test!(
+            $make,
+            1,
+            broker_keeps_the_order_of_calls_not_of_confirmations
+        );
         $crate::__broker_test!($make, 1, broker_delivers_join_and_leave);
         $crate::__broker_test!($make, 1, broker_delivers_every_control_to_its_own_node);
         $crate::__broker_test!($make, 1, broker_reaches_no_node_that_is_not_up);

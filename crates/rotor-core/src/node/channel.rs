@@ -1,6 +1,7 @@
 //! A channel's publications and members, kept in one order. A publication takes a ticket of
-//! its channel (`order::Sequencer`) when it enters the history store, and reaches the broker
-//! only after every earlier ticket; a subscriber joins (hub, broker, stream position,
+//! its channel (`order::Sequencer`) when it enters the history store, and is handed to the
+//! broker only after every earlier ticket was (not confirmed: many may be on their way to
+//! other nodes at once, in order); a subscriber joins (hub, broker, stream position,
 //! recovered publications) holding the channel's gate exclusively, so no publication is
 //! missed or repeated between its position and its first push. This file is where that
 //! invariant lives: nothing else subscribes a connection or publishes.
@@ -53,7 +54,7 @@ impl Node {
         // commit many at once (group commit).
         let history =
             (opts.history_enabled() && !options.skip_history).then(|| self.history_options(&opts));
-        let (ticket, stored) = self
+        let (mut ticket, stored) = self
             .inner
             .order
             .submit(channel, || {
@@ -71,11 +72,16 @@ impl Node {
             publication.offset = position.offset;
         }
         ticket.turn().await;
-        let sent = std::time::Instant::now();
-        self.inner.broker.publish(channel, &publication).await?;
+        let started = std::time::Instant::now();
+        let sent = self.inner.broker.publish(channel, &publication);
+        // Its place is fixed: the channel's next publication may go (while it still keeps
+        // a subscriber's exclusive join waiting until it is confirmed).
+        ticket.pass();
+        sent.confirmed().await?;
+        drop(ticket);
         self.inner
             .observer
-            .published(publication.offset > 0, sent.elapsed());
+            .published(publication.offset > 0, started.elapsed());
         Ok(position)
     }
 

@@ -6,6 +6,10 @@ use rotor_protocol::{
     Command, Disconnect, Empty, HistoryRequest, HistoryResult, MethodKind, PresenceResult,
     PresenceStatsResult, Protocol, ProtocolError, PublishRequest, Reply, RpcRequest, RpcResult,
 };
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use tokio::time::Instant;
 
 use super::{rate_burst, Addr, CommandResult, Session, State, TransportKind};
@@ -14,6 +18,63 @@ use crate::limits::{Limit, Verdict};
 use crate::node::PublishOptions;
 use crate::proxy::ProxyKind;
 use crate::CoreError;
+
+/// At most this many publishes of one connection are on their way at once; the next waits
+/// for the oldest to finish.
+const PUBLISHES_IN_FLIGHT: usize = 64;
+
+/// A publish on its way (to the history store and the broker).
+pub(super) type Publishing = Pin<Box<dyn Future<Output = Published> + Send>>;
+
+/// The publishes of a connection on their way. In a mutex only so that the session stays
+/// `Sync` (its methods hold `&Session` across awaits); the session reaches them through
+/// `&mut` and never locks.
+#[derive(Default)]
+pub(super) struct InFlight(std::sync::Mutex<Vec<Publishing>>);
+
+impl InFlight {
+    pub(super) fn get(&mut self) -> &mut Vec<Publishing> {
+        self.0.get_mut().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn is_empty(&mut self) -> bool {
+        self.get().is_empty()
+    }
+}
+
+/// A publish that finished: the command it answers and how it went.
+pub(super) struct Published {
+    id: u32,
+    started: Instant,
+    result: Result<rotor_protocol::StreamPosition, CoreError>,
+}
+
+fn publish_reply() -> Option<Reply> {
+    Some(Reply {
+        publish: Some(Empty {}),
+        ..Reply::default()
+    })
+}
+
+/// Polls the publishes on their way; ready with those that finished (at least one).
+pub(super) fn poll_publishes(
+    publishing: &mut InFlight,
+    cx: &mut Context<'_>,
+) -> Poll<Vec<Published>> {
+    let mut done = Vec::new();
+    publishing.get().retain_mut(|p| match p.as_mut().poll(cx) {
+        Poll::Ready(out) => {
+            done.push(out);
+            false
+        }
+        Poll::Pending => true,
+    });
+    if done.is_empty() {
+        Poll::Pending
+    } else {
+        Poll::Ready(done)
+    }
+}
 
 impl Session {
     /// One frame from the client (`kind`: a text frame is JSON, a binary one Protobuf): its
@@ -61,6 +122,11 @@ impl Session {
             tracing::info!(client = %self.client.id(), addr = %Addr(self.remote), method = method.name(), "command before connect, disconnecting with 3501");
             return Err(Disconnect::BAD_REQUEST);
         }
+        // Publishes may be on their way while later publishes start; anything else waits
+        // until they are done, so it sees them as the client sent them.
+        if !matches!(method, MethodKind::Publish | MethodKind::Pong) {
+            self.finish_publishes().await?;
+        }
         let started = Instant::now();
         if let Err(e) = self.rate_check(method) {
             return self.answer_error(id, &e);
@@ -77,7 +143,11 @@ impl Session {
                 }))
             }
             MethodKind::Publish => match cmd.publish {
-                Some(p) => self.publish(p).await,
+                Some(p) => match self.start_publish(id, started, p).await? {
+                    Some(result) => result,
+                    // On its way: answered when it is done.
+                    None => return Ok(()),
+                },
                 None => Err(CoreError::BadRequest("publish without data".into())),
             },
             MethodKind::Presence => {
@@ -107,6 +177,18 @@ impl Session {
             }
             MethodKind::Unknown => Err(CoreError::MethodNotFound),
         };
+        self.finish_command(method, id, started, result)
+    }
+
+    /// Counts a command that finished and answers it (its reply, its error, or the
+    /// disconnect the error calls for).
+    fn finish_command(
+        &mut self,
+        method: MethodKind,
+        id: u32,
+        started: Instant,
+        result: CommandResult,
+    ) -> Result<(), Disconnect> {
         let error = match &result {
             Ok(_) => None,
             Err(e) => Some(e.reply_code()),
@@ -175,23 +257,115 @@ impl Session {
         }
     }
 
+    /// Starts a publish without a publish proxy and answers it now when it is done at once
+    /// (in memory it always is) or fails its checks; otherwise it goes on while the next
+    /// commands are read (the channel's order is fixed by now) and is answered from
+    /// [`poll_publishes`]. With a publish proxy the backend is asked first, in order.
+    async fn start_publish(
+        &mut self,
+        id: u32,
+        started: Instant,
+        req: PublishRequest,
+    ) -> Result<Option<CommandResult>, Disconnect> {
+        let opts = match self.node.channel_options(&req.channel) {
+            Ok(o) => o,
+            Err(e) => return Ok(Some(Err(e))),
+        };
+        if self.node.proxies().publish_for(&opts).is_some() {
+            self.finish_publishes().await?;
+            return Ok(Some(self.publish(req).await));
+        }
+        if self.publishing.get().len() >= PUBLISHES_IN_FLIGHT {
+            let done = poll_fn(|cx| poll_publishes(&mut self.publishing, cx)).await;
+            self.finish_published(done)?;
+        }
+        let checked = channels::check_publish(&opts, self.asker(&req.channel))
+            .and_then(|()| self.publication_size_ok(&req.data));
+        if let Err(e) = checked {
+            return Ok(Some(Err(e)));
+        }
+        let options = self.publish_options(&req.channel, false);
+        let node = self.node.clone();
+        let PublishRequest { channel, data } = req;
+        let mut publishing: Publishing = Box::pin(async move {
+            let result = node.publish(&channel, data, options).await;
+            Published {
+                id,
+                started,
+                result,
+            }
+        });
+        // Polled once now, in command order: a publication takes its channel's ticket on
+        // its first poll, so the channel's order is the order the client sent them in.
+        Ok(
+            match poll_fn(|cx| Poll::Ready(publishing.as_mut().poll(cx))).await {
+                Poll::Ready(done) => Some(done.result.map(|_| publish_reply())),
+                Poll::Pending => {
+                    self.publishing.get().push(publishing);
+                    None
+                }
+            },
+        )
+    }
+
+    /// Waits for every publish on its way and answers each.
+    pub(super) async fn finish_publishes(&mut self) -> Result<(), Disconnect> {
+        while !self.publishing.is_empty() {
+            let done = poll_fn(|cx| poll_publishes(&mut self.publishing, cx)).await;
+            self.finish_published(done)?;
+        }
+        Ok(())
+    }
+
+    /// Answers publishes that are done.
+    pub(super) fn finish_published(&mut self, done: Vec<Published>) -> Result<(), Disconnect> {
+        if self.publishing.is_empty() {
+            // A burst is over: an idle publisher keeps no buffer.
+            *self.publishing.get() = Vec::new();
+        }
+        for p in done {
+            self.finish_command(
+                MethodKind::Publish,
+                p.id,
+                p.started,
+                p.result.map(|_| publish_reply()),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn publication_size_ok(&mut self, data: &rotor_protocol::Raw) -> Result<(), CoreError> {
+        let max = self.cfg().publication_max_size;
+        if data.get().len() > max {
+            self.limit_hit(Limit::PublicationSize);
+            return Err(CoreError::BadRequest(format!(
+                "publication data larger than {max} bytes"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The publisher's info (with its channel info when it is subscribed).
+    fn publish_options(&self, channel: &str, skip_history: bool) -> PublishOptions {
+        let chan_info = self.subs.get(channel).and_then(|s| s.chan_info.clone());
+        PublishOptions {
+            info: Some(self.info(chan_info)),
+            skip_history,
+            ..PublishOptions::default()
+        }
+    }
+
+    /// A publish with a publish proxy: the backend decides instead of the allow_publish_*
+    /// options and may replace the data or keep the publication out of history.
     async fn publish(&mut self, req: PublishRequest) -> CommandResult {
         let opts = self.node.channel_options(&req.channel)?;
         let proxy = self.node.proxies().publish_for(&opts).cloned();
         if proxy.is_none() {
             channels::check_publish(&opts, self.asker(&req.channel))?;
         }
-        let max = self.cfg().publication_max_size;
-        if req.data.get().len() > max {
-            self.limit_hit(Limit::PublicationSize);
-            return Err(CoreError::BadRequest(format!(
-                "publication data larger than {max} bytes"
-            )));
-        }
+        self.publication_size_ok(&req.data)?;
         let mut data = req.data;
         let mut skip_history = false;
-        // The backend decides instead of the allow_publish_* options; it may replace the
-        // data or keep the publication out of history.
         if let Some(proxy) = proxy {
             let caller = self.caller();
             let answer = self
@@ -208,20 +382,9 @@ impl Session {
                 skip_history = grant.skip_history;
             }
         }
-        let chan_info = self
-            .subs
-            .get(req.channel.as_str())
-            .and_then(|s| s.chan_info.clone());
-        let options = PublishOptions {
-            info: Some(self.info(chan_info)),
-            skip_history,
-            ..PublishOptions::default()
-        };
+        let options = self.publish_options(&req.channel, skip_history);
         self.node.publish(&req.channel, data, options).await?;
-        Ok(Some(Reply {
-            publish: Some(Empty {}),
-            ..Reply::default()
-        }))
+        Ok(publish_reply())
     }
 
     /// `rpc`: to the backend of the method's namespace (the part before

@@ -189,6 +189,9 @@ struct Session {
     connect_seen: bool,
     /// What the proxies need kept (boxed: a session that never has any pays one pointer).
     proxy: Option<Box<ProxyState>>,
+    /// Publishes on their way to the broker (on Redis, a round trip), answered as each is
+    /// done while the client's next commands are read. Empty (no allocation) otherwise.
+    publishing: commands::InFlight,
 }
 
 /// What a session keeps for its proxy calls.
@@ -264,6 +267,7 @@ pub async fn run(
                 ..ProxyState::default()
             })
         }),
+        publishing: commands::InFlight::default(),
     };
     let mut first = match params.connect {
         ConnectFrom::Commands => None,
@@ -335,6 +339,8 @@ pub async fn run(
                 tokio::select! {
                 biased;
                 _ = &mut timer, if armed.is_some() => Wake::Timer,
+                done = poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)),
+                    if !s.publishing.is_empty() => Wake::Published(done),
                 inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
                 _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
                 _ = &mut cancelled => Wake::Cancelled,
@@ -343,6 +349,8 @@ pub async fn run(
                 tokio::select! {
                 biased;
                 _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
+                done = poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)),
+                    if !s.publishing.is_empty() => Wake::Published(done),
                 inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
                 _ = &mut timer, if armed.is_some() => Wake::Timer,
                 // The flags only: the cancellation wait registered the wake-up.
@@ -369,6 +377,7 @@ pub async fn run(
                     node.observer().received(s.transport.name, frame.len());
                     Box::pin(s.on_frame(&frame, Protocol::Protobuf)).await
                 }
+                Wake::Published(done) => s.finish_published(done).err(),
                 Wake::Read(Inbound::Refused(d)) => Some(d),
                 Wake::Read(Inbound::Closed) => break None,
                 Wake::Timer => {
@@ -401,6 +410,18 @@ pub async fn run(
     // Nothing reads the queue any more: drop what is in it and whatever comes until the
     // hub forgets this connection.
     client.end_inbox();
+    // Publishes the client sent are carried through (nobody may be left with a
+    // publication stored but never delivered), within a bound; their answers go nowhere.
+    if !s.publishing.is_empty() {
+        let carried = tokio::time::timeout(PUBLISHES_END_WITHIN, async {
+            while !s.publishing.is_empty() {
+                poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)).await;
+            }
+        });
+        if carried.await.is_err() {
+            tracing::warn!(client = %client.id(), left = s.publishing.get().len(), "publishes still unfinished when the connection ended; dropped");
+        }
+    }
     if let Some(d) = &ending {
         let limit = match d.code {
             c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
@@ -450,10 +471,14 @@ pub async fn run(
 /// What woke the session loop.
 enum Wake {
     Messages,
+    Published(Vec<commands::Published>),
     Read(Inbound),
     Timer,
     Cancelled,
 }
+
+/// How long an ending connection carries on the publishes it started.
+const PUBLISHES_END_WITHIN: Duration = Duration::from_secs(5);
 
 /// Every this many turns the session loop looks at its timer and the client's frames
 /// before its queue of messages to deliver.

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{ConnectFrom, SessionParams, TransportInfo, TransportKind};
-use crate::broker::LocalBroker;
+use crate::broker::{Broker, BrokerHandler, Control, LocalBroker, NodeInfo, Sent};
 use crate::config::{ChannelOptions, CoreConfig, NamespaceConfig};
 use crate::events::NoObserver;
 use crate::testing::{self, Out};
@@ -22,6 +22,11 @@ const SECRET: &str = "session-test-secret";
 /// `open` (anyone connected may subscribe), `locked` (nothing allowed), `positioned` (open,
 /// with history, every subscription positioned: it needs storage).
 fn node(tune: impl FnOnce(&mut CoreConfig)) -> Node {
+    node_on(Arc::new(LocalBroker::default()), tune)
+}
+
+/// [`node`] on the given broker.
+fn node_on(broker: Arc<dyn Broker>, tune: impl FnOnce(&mut CoreConfig)) -> Node {
     let mut config = CoreConfig::default();
     config.client.token.hmac_secret_key = SECRET.into();
     config.channel.namespaces = vec![
@@ -48,7 +53,7 @@ fn node(tune: impl FnOnce(&mut CoreConfig)) -> Node {
     Node::new(
         config,
         testing::storage_down(),
-        Arc::new(LocalBroker::default()),
+        broker,
         Arc::new(NoObserver),
     )
     .expect("valid config")
@@ -431,4 +436,159 @@ async fn subs_overrides_take_the_seed_names_and_ignore_unknown_keys() {
     // subscription; rotor-auth's tests check what each name overrides.
     assert!(r["connect"]["subs"]["open:mine"].is_object(), "{r}");
     assert_eq!(node.hub().num_subscriptions(), 1);
+}
+
+/// A broker that records each publication when it is handed over and confirms none until
+/// the test says so (as Redis answers a round trip later).
+#[derive(Default)]
+struct HeldBroker {
+    handed: std::sync::Mutex<Vec<String>>,
+    held: std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), crate::CoreError>>>>,
+}
+
+impl HeldBroker {
+    fn handed(&self) -> Vec<String> {
+        self.handed.lock().unwrap().clone()
+    }
+
+    fn confirm_all(&self) {
+        for answer in self.held.lock().unwrap().drain(..) {
+            let _ = answer.send(Ok(()));
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for HeldBroker {
+    fn set_handler(&self, _handler: Arc<dyn BrokerHandler>) {}
+    fn publish(&self, _channel: &str, p: &rotor_protocol::Publication) -> Sent {
+        self.handed
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(p.data.as_bytes()).into_owned());
+        let (answer, confirmed) = tokio::sync::oneshot::channel();
+        self.held.lock().unwrap().push(answer);
+        Sent::waiting(confirmed)
+    }
+    async fn publish_join(
+        &self,
+        _: &str,
+        _: &rotor_protocol::ClientInfo,
+    ) -> Result<(), crate::CoreError> {
+        Ok(())
+    }
+    async fn publish_leave(
+        &self,
+        _: &str,
+        _: &rotor_protocol::ClientInfo,
+    ) -> Result<(), crate::CoreError> {
+        Ok(())
+    }
+    async fn publish_control(&self, _: &Control) -> Result<(), crate::CoreError> {
+        Ok(())
+    }
+    async fn subscribe(&self, _: &str) -> Result<(), crate::CoreError> {
+        Ok(())
+    }
+    async fn unsubscribe(&self, _: &str) -> Result<(), crate::CoreError> {
+        Ok(())
+    }
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, crate::CoreError> {
+        Ok(Vec::new())
+    }
+    async fn send_to_node(&self, _: &str, _: &str) -> Result<bool, crate::CoreError> {
+        Ok(false)
+    }
+    async fn shutdown(&self) {}
+}
+
+fn publishing_node(broker: &Arc<HeldBroker>) -> Node {
+    node_on(broker.clone(), |c| {
+        c.channel.namespaces[0].allow_publish_for_client = true;
+    })
+}
+
+impl Client {
+    /// The ids of the next `n` replies, however the session grouped them into writes.
+    async fn reply_ids(&mut self, n: usize) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            match self.rx.recv().await {
+                Some(Out::Messages(m)) => ids.extend(m.iter().filter_map(|text| {
+                    let v: Value = serde_json::from_str(text).unwrap();
+                    assert!(v.get("error").is_none(), "{v}");
+                    v["id"].as_u64()
+                })),
+                other => panic!("expected replies, got {other:?}"),
+            }
+        }
+        ids
+    }
+
+    fn publish(&self, id: u64, n: u64) {
+        self.send(json!({"id": id, "publish": {"channel": "open:x", "data": n}}));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn publishes_of_one_connection_are_handed_over_in_order_without_waiting_for_each() {
+    let broker = Arc::new(HeldBroker::default());
+    let node = publishing_node(&broker);
+    let mut c = Client::start(&node);
+    c.connect(json!({"sub": "alice"})).await;
+    for n in 0..10 {
+        c.publish(n + 2, n);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // All ten reached the broker, in the order sent, though none was confirmed yet: a
+    // broker a round trip away gets them together, not one per round trip.
+    let want: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    assert_eq!(broker.handed(), want);
+    assert!(
+        c.rx.try_recv().is_err(),
+        "no reply before the broker confirms"
+    );
+    broker.confirm_all();
+    let mut ids = c.reply_ids(10).await;
+    ids.sort();
+    assert_eq!(ids, (2..12).collect::<Vec<_>>());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_after_publishes_waits_until_they_are_done() {
+    let broker = Arc::new(HeldBroker::default());
+    let node = publishing_node(&broker);
+    let mut c = Client::start(&node);
+    c.connect(json!({"sub": "alice"})).await;
+    c.publish(2, 0);
+    c.publish(3, 1);
+    c.send(json!({"id": 4, "ping": {}}));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(c.rx.try_recv().is_err(), "the ping waits for the publishes");
+    broker.confirm_all();
+    let ids = c.reply_ids(3).await;
+    assert_eq!(ids.last(), Some(&4), "{ids:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_has_a_bounded_number_of_publishes_on_their_way() {
+    let broker = Arc::new(HeldBroker::default());
+    let node = publishing_node(&broker);
+    let mut c = Client::start(&node);
+    c.connect(json!({"sub": "alice"})).await;
+    for n in 0..100 {
+        c.publish(n + 2, n);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(broker.handed().len(), 64, "the rest wait for the oldest");
+    let mut answered = 0;
+    while answered < 100 {
+        broker.confirm_all();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        while let Ok(Out::Messages(m)) = c.rx.try_recv() {
+            answered += m.len();
+        }
+    }
+    let want: Vec<String> = (0..100).map(|n| n.to_string()).collect();
+    assert_eq!(broker.handed(), want, "in order across the waits");
 }
