@@ -67,6 +67,9 @@ struct Outgoing {
     answer: tokio::sync::oneshot::Sender<Result<(), CoreError>>,
 }
 
+/// How often a pub/sub connection behind Sentinels checks that it is on the master.
+const MASTER_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// At most this many publications go to Redis in one pipeline.
 const PUBLISH_BATCH: usize = 512;
 
@@ -363,9 +366,13 @@ async fn pubsub_loop(broker: std::sync::Weak<RedisBroker>, index: usize) {
         let state = b.pubsub[index].clone();
         let timeout = b.shards.timeout;
         drop(b);
-        let client = &shard.clients[attempt % shard.clients.len()];
-        let conn = tokio::time::timeout(timeout, client.get_async_pubsub()).await;
-        if let Ok(Ok(ps)) = conn {
+        let conn = tokio::time::timeout(timeout * 3, async {
+            let client = shard.pubsub_client(attempt).await?;
+            let at = client.get_connection_info().addr.to_string();
+            Ok::<_, RedisError>((at, client.get_async_pubsub().await?))
+        })
+        .await;
+        if let Ok(Ok((connected_to, ps))) = conn {
             let (mut sink, mut stream) = ps.split();
             let names: Vec<String> = state.desired.lock().unwrap().iter().cloned().collect();
             let mut ok = true;
@@ -381,13 +388,45 @@ async fn pubsub_loop(broker: std::sync::Weak<RedisBroker>, index: usize) {
                 delay = Duration::from_millis(100);
                 if lost_before {
                     tracing::info!(address = %shard.address, channels = names.len(), "Redis pub/sub reconnected and resubscribed");
+                    // Whatever was published while the connection was down never came:
+                    // subscribers recover it from history.
+                    if let Some(b) = broker.upgrade() {
+                        if let Some(h) = b.handler.get() {
+                            let prefix = b.channel_prefix();
+                            for channel in names.iter().filter_map(|n| n.strip_prefix(&prefix)) {
+                                h.on_missed(channel);
+                            }
+                        }
+                    }
                 }
-                while let Some(msg) = stream.next().await {
-                    let Some(b) = broker.upgrade() else { return };
-                    b.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+                // Behind Sentinels, a demoted master keeps its pub/sub clients (and still
+                // gets publications, as a replica): the connection moves when the
+                // Sentinels name another master.
+                let mut check = tokio::time::interval(MASTER_CHECK_INTERVAL);
+                check.tick().await;
+                loop {
+                    tokio::select! {
+                        msg = stream.next() => {
+                            let Some(msg) = msg else {
+                                tracing::warn!(address = %shard.address, "Redis pub/sub connection lost; reconnecting");
+                                break;
+                            };
+                            let Some(b) = broker.upgrade() else { return };
+                            b.dispatch(msg.get_channel_name(), msg.get_payload_bytes());
+                        }
+                        _ = check.tick(), if shard.discovery.is_some() => {
+                            let Some(d) = &shard.discovery else { continue };
+                            if let Ok(master) = d.master().await {
+                                let now = master.get_connection_info().addr.to_string();
+                                if now != connected_to {
+                                    tracing::warn!(from = %connected_to, to = %now, "the Sentinels name a new Redis master; moving pub/sub there");
+                                    break;
+                                }
+                            }
+                        }
+                    }
                 }
                 *state.sink.lock().unwrap() = None;
-                tracing::warn!(address = %shard.address, "Redis pub/sub connection lost; reconnecting");
                 lost_before = true;
             }
         } else if !lost_before {

@@ -16,7 +16,7 @@ mod shard;
 pub use broker::{RedisBroker, HEARTBEAT_INTERVAL, HEARTBEAT_MAX_AGE};
 pub use history::RedisHistory;
 pub use presence::RedisPresence;
-pub use shard::{RedisOptions, Shards};
+pub use shard::{RedisOptions, SentinelOptions, Shards};
 
 /// Errors of this crate. Redis being unreachable is temporary (error 100 to clients).
 #[derive(Debug, thiserror::Error)]

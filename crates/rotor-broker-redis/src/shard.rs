@@ -1,8 +1,13 @@
-//! Connections to the Redis instances and which instance owns which channel.
+//! Connections to the Redis instances and which instance owns which channel: plain
+//! instances (sharded by rotor), one Redis Cluster, or one master found through Redis
+//! Sentinel (asked again whenever the master stops answering as a master).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster_async::ClusterConnection;
 
 use crate::RedisError;
@@ -19,6 +24,47 @@ pub struct RedisOptions {
     /// `addresses` are seed nodes of one Redis Cluster (keys are spread by the cluster's
     /// hash slots, not by rotor).
     pub cluster: bool,
+    /// Find the master through these Sentinels instead (`addresses` is not used).
+    pub sentinel: Option<SentinelOptions>,
+    /// Credentials and database for every Redis connection (not the Sentinels'); a URL's
+    /// own win over these.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub db: i64,
+}
+
+impl RedisOptions {
+    /// `address` as connection info, with the configured credentials and database where
+    /// the address names none.
+    fn info(&self, address: &str) -> Result<redis::ConnectionInfo, RedisError> {
+        let mut info = redis::IntoConnectionInfo::into_connection_info(url(address).as_str())?;
+        self.fill(&mut info.redis);
+        Ok(info)
+    }
+
+    fn fill(&self, redis: &mut redis::RedisConnectionInfo) {
+        if redis.username.is_none() {
+            redis.username = self.user.clone();
+        }
+        if redis.password.is_none() {
+            redis.password = self.password.clone();
+        }
+        if redis.db == 0 {
+            redis.db = self.db;
+        }
+    }
+}
+
+/// Redis Sentinel: where the Sentinels are and which master to ask them for.
+#[derive(Debug, Clone, Default)]
+pub struct SentinelOptions {
+    /// `host:port` or `redis://…` of each Sentinel.
+    pub addresses: Vec<String>,
+    /// The master's name in the Sentinels' configuration.
+    pub master_name: String,
+    /// Credentials for the Sentinels themselves (not the master).
+    pub user: Option<String>,
+    pub password: Option<String>,
 }
 
 impl Default for RedisOptions {
@@ -28,6 +74,10 @@ impl Default for RedisOptions {
             prefix: "rotor".into(),
             timeout: Duration::from_secs(1),
             cluster: false,
+            sentinel: None,
+            user: None,
+            password: None,
+            db: 0,
         }
     }
 }
@@ -46,6 +96,91 @@ pub(crate) fn url(address: &str) -> String {
 pub(crate) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<SentinelConn>),
+}
+
+/// Asks the Sentinels for the master (in turn, until one answers; the master's own `ROLE`
+/// must say master).
+pub(crate) struct Discovery {
+    sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
+    master_name: String,
+    /// How to log in to the master the Sentinels name.
+    master_login: redis::sentinel::SentinelNodeConnectionInfo,
+    timeout: Duration,
+}
+
+impl Discovery {
+    /// A client for the master as the Sentinels name it now.
+    pub(crate) async fn master(&self) -> Result<redis::Client, RedisError> {
+        let wait = self.timeout * 3;
+        let mut sentinel = tokio::time::timeout(wait, self.sentinel.lock())
+            .await
+            .map_err(|_| RedisError::Timeout(wait))?;
+        let client = tokio::time::timeout(
+            wait,
+            sentinel.async_master_for(&self.master_name, Some(&self.master_login)),
+        )
+        .await
+        .map_err(|_| RedisError::Timeout(wait))??;
+        Ok(client)
+    }
+}
+
+/// The command connection to a Sentinel-managed master: made on first use, forgotten when
+/// the master fails (connection lost or refused, no answer in time, or `READONLY` from a
+/// master that was demoted), so that the next command asks the Sentinels again.
+pub(crate) struct SentinelConn {
+    discovery: Arc<Discovery>,
+    current: Mutex<Option<MultiplexedConnection>>,
+    timeout: Duration,
+}
+
+impl SentinelConn {
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.current.lock().unwrap().clone() {
+            return Ok(c);
+        }
+        let client = self.discovery.master().await.map_err(to_redis)?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout);
+        let conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        tracing::info!(master = %client.get_connection_info().addr, "Redis master found through Sentinel");
+        *self.current.lock().unwrap() = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs a request; a failure that says the master is gone or demoted forgets it.
+    async fn request<T>(
+        &self,
+        run: impl AsyncFnOnce(&mut MultiplexedConnection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        let mut conn = self.connection().await?;
+        let result = run(&mut conn).await;
+        if let Err(e) = &result {
+            if e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_connection_refusal()
+                || e.is_timeout()
+                || e.kind() == redis::ErrorKind::ReadOnly
+            {
+                tracing::warn!(error = %e, "Redis master failed; asking the Sentinels again");
+                *self.current.lock().unwrap() = None;
+            }
+        }
+        result
+    }
+}
+
+fn to_redis(e: RedisError) -> redis::RedisError {
+    match e {
+        RedisError::Redis(e) => e,
+        other => {
+            redis::RedisError::from((redis::ErrorKind::IoError, "Sentinel", other.to_string()))
+        }
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -56,6 +191,13 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    s.request(async |c: &mut MultiplexedConnection| c.req_packed_command(cmd).await)
+                        .await
+                })
+            }
         }
     }
 
@@ -68,6 +210,15 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(s) => {
+                let s = s.clone();
+                Box::pin(async move {
+                    s.request(async |c: &mut MultiplexedConnection| {
+                        c.req_packed_commands(cmd, offset, count).await
+                    })
+                    .await
+                })
+            }
         }
     }
 
@@ -75,6 +226,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(_) => 0,
         }
     }
 }
@@ -87,6 +239,19 @@ pub struct Shard {
     pub(crate) clients: Vec<redis::Client>,
     pub(crate) conn: Conn,
     pub(crate) address: String,
+    /// Behind Sentinels: pub/sub connections go to the master they name at the time.
+    pub(crate) discovery: Option<Arc<Discovery>>,
+}
+
+impl Shard {
+    /// A client for a pub/sub connection, attempt number `attempt`: the master the
+    /// Sentinels name now, else the configured clients in turn.
+    pub(crate) async fn pubsub_client(&self, attempt: usize) -> Result<redis::Client, RedisError> {
+        match &self.discovery {
+            Some(d) => d.master().await,
+            None => Ok(self.clients[attempt % self.clients.len()].clone()),
+        }
+    }
 }
 
 /// Every configured instance.
@@ -107,9 +272,19 @@ impl Shards {
             return Err(RedisError::Config("no Redis address".into()));
         }
         let wait = opts.timeout * 3;
+        if let Some(sentinel) = &opts.sentinel {
+            return Shards::connect_sentinel(opts, sentinel).await;
+        }
         if opts.cluster {
             let urls: Vec<String> = opts.addresses.iter().map(|a| url(a)).collect();
-            let client = redis::cluster::ClusterClient::builder(urls.clone())
+            let mut builder = redis::cluster::ClusterClient::builder(urls.clone());
+            if let Some(user) = &opts.user {
+                builder = builder.username(user.clone());
+            }
+            if let Some(password) = &opts.password {
+                builder = builder.password(password.clone());
+            }
+            let client = builder
                 .connection_timeout(opts.timeout)
                 .response_timeout(opts.timeout)
                 .retries(2)
@@ -117,15 +292,17 @@ impl Shards {
             let conn = tokio::time::timeout(wait, client.get_async_connection())
                 .await
                 .map_err(|_| RedisError::Timeout(wait))??;
-            let clients = urls
+            let clients = opts
+                .addresses
                 .iter()
-                .map(|u| redis::Client::open(u.as_str()))
+                .map(|a| opts.info(a).and_then(|i| Ok(redis::Client::open(i)?)))
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(Shards {
                 shards: vec![Shard {
                     clients,
                     conn: Conn::Cluster(conn),
                     address: opts.addresses.join(","),
+                    discovery: None,
                 }],
                 prefix: opts.prefix.clone(),
                 timeout: opts.timeout,
@@ -134,7 +311,7 @@ impl Shards {
         }
         let mut shards = Vec::new();
         for address in &opts.addresses {
-            let client = redis::Client::open(url(address))?;
+            let client = redis::Client::open(opts.info(address)?)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(opts.timeout)
                 .set_response_timeout(opts.timeout)
@@ -148,10 +325,66 @@ impl Shards {
                 clients: vec![client],
                 conn: Conn::Single(conn),
                 address: address.clone(),
+                discovery: None,
             });
         }
         Ok(Shards {
             shards,
+            prefix: opts.prefix.clone(),
+            timeout: opts.timeout,
+            cluster: false,
+        })
+    }
+
+    /// One master behind Sentinels. Fails when no Sentinel names a master that answers now.
+    async fn connect_sentinel(
+        opts: &RedisOptions,
+        sentinel: &SentinelOptions,
+    ) -> Result<Shards, RedisError> {
+        if sentinel.addresses.is_empty() || sentinel.master_name.is_empty() {
+            return Err(RedisError::Config(
+                "Sentinel needs at least one address and the master's name".into(),
+            ));
+        }
+        let mut infos = Vec::new();
+        for a in &sentinel.addresses {
+            let mut info = redis::IntoConnectionInfo::into_connection_info(url(a).as_str())?;
+            if sentinel.user.is_some() {
+                info.redis.username = sentinel.user.clone();
+            }
+            if sentinel.password.is_some() {
+                info.redis.password = sentinel.password.clone();
+            }
+            infos.push(info);
+        }
+        let mut login = redis::RedisConnectionInfo::default();
+        opts.fill(&mut login);
+        let discovery = Arc::new(Discovery {
+            sentinel: tokio::sync::Mutex::new(redis::sentinel::Sentinel::build(infos)?),
+            master_name: sentinel.master_name.clone(),
+            master_login: redis::sentinel::SentinelNodeConnectionInfo {
+                tls_mode: None,
+                redis_connection_info: Some(login),
+            },
+            timeout: opts.timeout,
+        });
+        let conn = Arc::new(SentinelConn {
+            discovery: discovery.clone(),
+            current: Mutex::new(None),
+            timeout: opts.timeout,
+        });
+        conn.connection().await?;
+        Ok(Shards {
+            shards: vec![Shard {
+                clients: Vec::new(),
+                conn: Conn::Sentinel(conn),
+                address: format!(
+                    "{} via Sentinel {}",
+                    sentinel.master_name,
+                    sentinel.addresses.join(",")
+                ),
+                discovery: Some(discovery),
+            }],
             prefix: opts.prefix.clone(),
             timeout: opts.timeout,
             cluster: false,

@@ -20,6 +20,7 @@ async fn shards(test: &str) -> Option<Shards> {
         prefix: format!("rotor-test-{test}-{}", uuid::Uuid::new_v4().simple()),
         timeout: Duration::from_secs(1),
         cluster: false,
+        ..RedisOptions::default()
     };
     match Shards::connect(&opts).await {
         Ok(s) => Some(s),
@@ -226,6 +227,7 @@ async fn cluster_shards(cluster: &TestCluster, test: &str) -> Shards {
         prefix: format!("rotor-test-{test}"),
         timeout: Duration::from_secs(2),
         cluster: true,
+        ..RedisOptions::default()
     })
     .await
     .expect("connect to the cluster")
@@ -311,6 +313,86 @@ async fn redis_cluster_runs_the_suite_and_fans_out() {
     .await;
     suite::nodes_are_listed_until_they_shut_down(
         started(cluster_shards(&cluster, "b4").await, &suite::NODES).await,
+    )
+    .await;
+}
+
+/// A lost pub/sub connection is restored by itself, and what it may have missed is said:
+/// every channel it listens for is reported to the node (which has its subscribers recover
+/// from history), and publications flow again.
+#[tokio::test]
+async fn a_lost_pubsub_connection_reports_its_channels_as_missed_once_back() {
+    let have = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have {
+        suite::skip(
+            "pubsub_missed",
+            "redis-server binary for a private Redis",
+            &"install the Debian package redis-server",
+        );
+        return;
+    }
+    // A private Redis: killing pub/sub clients must not disturb other tests.
+    let port = cluster_port();
+    let mut private = TestCluster {
+        children: Vec::new(),
+        dir: std::env::temp_dir().join(format!("rotor-missed-{port}")),
+        addrs: vec![format!("127.0.0.1:{port}")],
+    };
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    private.children.push(child);
+    let shards = async {
+        loop {
+            let opts = RedisOptions {
+                addresses: private.addrs.clone(),
+                prefix: "rotor-test-missed".into(),
+                ..RedisOptions::default()
+            };
+            if let Ok(s) = Shards::connect(&opts).await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let shards = tokio::time::timeout(Duration::from_secs(10), shards)
+        .await
+        .expect("the private Redis answers");
+    let broker = RedisBroker::start(shards, "node-a");
+    let rec = suite::broker::Recorder::new("node-a");
+    broker.set_handler(rec.clone());
+    while !broker.connected() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    broker.subscribe("room").await.unwrap();
+    assert!(rec.received().is_empty());
+    let killed = redis_cli(&["-p", &port.to_string(), "client", "kill", "type", "pubsub"]);
+    assert!(killed.is_some(), "CLIENT KILL TYPE pubsub ran");
+    let missed = suite::broker::Received::Missed("room".into());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !rec.received().contains(&missed) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the channel was never reported as missed: {:?}",
+            rec.received()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let p = Publication {
+        data: Raw::from_value(&serde_json::json!({"after": "reconnect"})),
+        ..Publication::default()
+    };
+    broker.publish("room", &p).confirmed().await.unwrap();
+    rec.expect_channel(
+        "room",
+        &[suite::broker::Received::Publication("room".into(), p)],
+        "publications flow again",
     )
     .await;
 }

@@ -71,6 +71,10 @@ pub enum Control {
         issued_before: u64,
         expire_at: u64,
     },
+    /// This node may have missed publications of a channel (its broker lost and regained
+    /// the connection that brings them): the channel's local subscribers are told their
+    /// state is insufficient, so that they recover from history. Node-local.
+    InsufficientState { channel: String },
     /// Extend (or expire) a user's connections.
     Refresh {
         user: String,
@@ -87,6 +91,9 @@ pub trait BrokerHandler: Send + Sync {
     fn on_join(&self, channel: &str, info: &ClientInfo);
     fn on_leave(&self, channel: &str, info: &ClientInfo);
     fn on_control(&self, control: &Control);
+    /// Publications of `channel` may have been lost on their way to this node (the broker's
+    /// connection dropped and is back).
+    fn on_missed(&self, channel: &str);
     /// A message another node addressed to this one.
     fn on_node_message(&self, payload: &str);
     /// This node's numbers now, for the other nodes (`None` once the node is gone).

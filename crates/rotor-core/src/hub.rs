@@ -52,6 +52,8 @@ pub(crate) enum Taken<'a> {
     Push {
         channel: &'a Arc<str>,
         bytes: &'a Bytes,
+        /// The publication's offset (0: not a publication, or no history).
+        offset: u64,
     },
     Control(Box<Control>),
 }
@@ -62,6 +64,8 @@ pub(crate) enum Taken<'a> {
 pub(crate) struct Encoded {
     json: Bytes,
     protobuf: Bytes,
+    /// The publication's offset in its stream (0: not a publication, or no history).
+    offset: u64,
 }
 
 impl Encoded {
@@ -78,6 +82,7 @@ impl Encoded {
             } else {
                 Bytes::new()
             },
+            offset: push.publication.as_ref().map_or(0, |p| p.offset),
         }
     }
 
@@ -87,6 +92,7 @@ impl Encoded {
         Encoded {
             json: wrapped,
             protobuf: Bytes::new(),
+            offset: 0,
         }
     }
 
@@ -416,6 +422,7 @@ impl ClientHandle {
                             go_on = each(Taken::Push {
                                 channel: &run.chunk.channel,
                                 bytes: encoded.bytes(protocol),
+                                offset: encoded.offset,
                             });
                         }
                     }
@@ -725,6 +732,15 @@ impl Hub {
             .collect()
     }
 
+    /// Local subscribers of `channel`.
+    pub(crate) fn subscribers(&self, channel: &str) -> Vec<Arc<ClientHandle>> {
+        lock(self.shard(channel))
+            .channels
+            .get(channel)
+            .map(|ch| ch.subs.values().map(|s| s.client.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Every local connection.
     pub(crate) fn all_connections(&self) -> Vec<Arc<ClientHandle>> {
         lock(&self.conns).by_id.values().cloned().collect()
@@ -835,7 +851,7 @@ mod tests {
     fn take_all(client: &ClientHandle) -> Vec<String> {
         let mut got = Vec::new();
         client.take(|taken| match taken {
-            Taken::Push { channel, bytes } => {
+            Taken::Push { channel, bytes, .. } => {
                 let text = String::from_utf8_lossy(bytes);
                 let n = text.rsplit(':').next().unwrap_or("").trim_end_matches('}');
                 got.push(format!("{channel}:{n}"));

@@ -307,12 +307,26 @@ impl RedisConnections {
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout,
             cluster,
+            user: (!cfg.user.is_empty()).then(|| cfg.user.clone()),
+            password: (!cfg.password.is_empty()).then(|| cfg.password.clone()),
+            db: cfg.db,
+            sentinel: (!cfg.sentinel_address.is_empty()).then(|| {
+                let set = |s: &String| (!s.is_empty()).then(|| s.clone());
+                rotor_broker_redis::SentinelOptions {
+                    addresses: cfg.sentinel_address.clone(),
+                    master_name: cfg.sentinel_master_name.clone(),
+                    user: set(&cfg.sentinel_user),
+                    password: set(&cfg.sentinel_password),
+                }
+            }),
         };
         let shards = rotor_broker_redis::Shards::connect(&opts)
             .await
             .map_err(|source| {
                 let addresses: Vec<String> = opts
-                    .addresses
+                    .sentinel
+                    .as_ref()
+                    .map_or(&opts.addresses, |s| &s.addresses)
                     .iter()
                     .map(|a| crate::config::redact_url(a))
                     .collect();

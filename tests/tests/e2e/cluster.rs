@@ -15,6 +15,18 @@ const BIN: &str = env!("CARGO_BIN_EXE_rotor-under-test");
 const T: Duration = Duration::from_secs(10);
 
 fn config_file(name: &str, port: u16, redis: &str, prefix: &str) -> std::path::PathBuf {
+    config_file_with(name, port, &format!("address = \"{redis}\""), prefix, "")
+}
+
+/// [`config_file`] with the `[engine.redis]` lines that say where Redis is, and more lines
+/// for the `chat` namespace.
+fn config_file_with(
+    name: &str,
+    port: u16,
+    where_redis: &str,
+    prefix: &str,
+    chat: &str,
+) -> std::path::PathBuf {
     let text = format!(
         r#"
 [http_server]
@@ -33,7 +45,7 @@ enabled = true
 [engine]
 type = "redis"
 [engine.redis]
-address = "{redis}"
+{where_redis}
 prefix = "{prefix}"
 [[channel.namespaces]]
 name = "chat"
@@ -44,6 +56,7 @@ history_ttl = "5m"
 allow_subscribe_for_client = true
 allow_publish_for_subscriber = true
 allow_presence_for_subscriber = true
+{chat}
 "#
     );
     let path = std::env::temp_dir().join(format!("rotor-cluster-{prefix}-{name}.toml"));
@@ -250,7 +263,13 @@ async fn http_stream_client_whose_emulation_posts_hit_another_node_keeps_working
 
 /// A private Redis (so the shared one is not disturbed) killed and started again on its port.
 async fn start_redis(port: u16) -> Child {
+    start_redis_with(port, &[]).await
+}
+
+/// [`start_redis`] with more arguments (a config file first, when there is one).
+async fn start_redis_with(port: u16, extra: &[&str]) -> Child {
     let child = Command::new("redis-server")
+        .args(extra)
         .args([
             "--port",
             &port.to_string(),
@@ -359,6 +378,273 @@ async fn after_a_redis_restart_publications_flow_again_without_client_action() {
     assert_eq!(client.client_id(), id, "the client kept its connection");
     assert_eq!(rec.count(is_connected), 1, "{:#?}", rec.seen);
     client.disconnect();
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `check` says yes, or fails after `within` naming `what`.
+async fn until(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A master, its replica and three Sentinels watching them, on free ports.
+struct Sentinels {
+    master: u16,
+    replica: u16,
+    sentinels: Vec<u16>,
+    master_process: Child,
+    _others: Vec<Child>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const MASTER_NAME: &str = "rotormaster";
+const REDIS_PASSWORD: &str = "rotor-e2e-secret";
+
+/// `redis-cli` against a data node of [`start_sentinels`] (they ask for a password).
+fn data_cli(port: u16, args: &[&str]) -> String {
+    let mut all = vec!["--no-auth-warning", "-a", REDIS_PASSWORD];
+    all.extend(args);
+    redis_cli(port, &all)
+}
+
+async fn start_sentinels(test: &str) -> Sentinels {
+    let dir = std::env::temp_dir().join(format!("rotor-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (master, replica) = (free_port(), free_port());
+    // The data nodes ask for a password (rotor's `password`), the Sentinels for none.
+    let auth = [
+        "--requirepass",
+        REDIS_PASSWORD,
+        "--masterauth",
+        REDIS_PASSWORD,
+    ];
+    let master_process = start_redis_with(master, &auth).await;
+    let master_port = master.to_string();
+    let mut replica_args = vec!["--replicaof", "127.0.0.1", &master_port];
+    replica_args.extend(auth);
+    let mut children = vec![start_redis_with(replica, &replica_args).await];
+    until("the replica is in sync", T, || {
+        data_cli(replica, &["info", "replication"]).contains("master_link_status:up")
+    })
+    .await;
+    let mut sentinels = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let conf = dir.join(format!("sentinel-{port}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {MASTER_NAME} 127.0.0.1 {master} 2\n\
+                 sentinel auth-pass {MASTER_NAME} {REDIS_PASSWORD}\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} 5000\n"
+            ),
+        )
+        .unwrap();
+        children.push(start_redis_with(port, &[conf.to_str().unwrap(), "--sentinel"]).await);
+        sentinels.push(port);
+    }
+    for &s in &sentinels {
+        until(
+            "every Sentinel knows the replica and the other Sentinels",
+            T,
+            || {
+                let info = redis_cli(s, &["sentinel", "master", MASTER_NAME]);
+                let field = |name: &str| {
+                    let lines: Vec<&str> = info.lines().collect();
+                    lines
+                        .iter()
+                        .position(|l| *l == name)
+                        .and_then(|i| lines.get(i + 1))
+                        .map(|v| v.to_string())
+                };
+                field("num-slaves").as_deref() == Some("1")
+                    && field("num-other-sentinels").as_deref() == Some("2")
+            },
+        )
+        .await;
+    }
+    Sentinels {
+        master,
+        replica,
+        sentinels,
+        master_process,
+        _others: children,
+        dir,
+    }
+}
+
+/// How the master goes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Failover {
+    /// `SENTINEL FAILOVER`: the Sentinels promote the replica and demote the master.
+    Coordinated,
+    /// The master process is killed; the Sentinels notice and promote the replica.
+    Crash,
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_keeps_subscribers_receiving_and_loses_nothing_acknowledged() {
+    sentinel_failover("sentinel_failover", Failover::Coordinated).await;
+}
+
+#[tokio::test]
+async fn after_the_master_crashes_the_sentinels_promote_the_replica_and_nothing_acknowledged_is_lost(
+) {
+    sentinel_failover("sentinel_crash", Failover::Crash).await;
+}
+
+/// Two rotor nodes on a Sentinel-managed Redis; a centrifuge-js subscriber on one, an API
+/// publisher on the other; the master goes (`how`) in the middle of the publishing.
+async fn sentinel_failover(test: &str, how: Failover) {
+    if which("redis-server").is_none() || which("redis-cli").is_none() {
+        skip(
+            test,
+            "redis-server and redis-cli binaries",
+            &"install the Debian package redis-server",
+        );
+        return;
+    }
+    if !sdks_available(test) {
+        return;
+    }
+    let mut s = start_sentinels(test).await;
+    let where_redis = format!(
+        "sentinel_address = [{}]\nsentinel_master_name = \"{MASTER_NAME}\"\npassword = \"{REDIS_PASSWORD}\"",
+        s.sentinels
+            .iter()
+            .map(|p| format!("\"127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let recovering = "force_recovery = true";
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let cfg = config_file_with(name, 0, &where_redis, &prefix(test), recovering);
+        nodes.push(spawn_rotor(BIN, &cfg).await);
+    }
+    let (a, b) = (nodes[0].1, nodes[1].1);
+    // A centrifuge-js subscriber on node A; publications go in through node B's API.
+    let mut js = Script::node(
+        "client.js",
+        &[
+            ("BASE", format!("http://{a}")),
+            ("TRANSPORT", "websocket".to_string()),
+            ("TOKEN", user_token("fay")),
+        ],
+    );
+    js.expect("ready", T).await;
+    js.send(&json!({"op": "subscribe", "channel": "chat:failover"}).to_string())
+        .await;
+    js.send(&json!({"op": "connect"}).to_string()).await;
+    js.expect("connected", T).await;
+    js.expect("subscribed", T).await;
+
+    // Publish 1, 2, 3, ... until 30 were acknowledged after the failover; some fail (error
+    // 100) while the master changes, and only acknowledged ones must arrive.
+    let mut acked = Vec::new();
+    let mut failed = 0;
+    let mut n = 0u64;
+    let mut failover_at: Option<usize> = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        n += 1;
+        let (_, v) = http_post(
+            b,
+            "/api/publish",
+            &[("X-API-Key", API_KEY)],
+            &json!({"channel": "chat:failover", "data": {"n": n}}).to_string(),
+        )
+        .await;
+        if v.get("result").is_some() {
+            acked.push(n);
+        } else {
+            assert_eq!(v["error"]["code"], 100, "only temporary errors: {v}");
+            failed += 1;
+        }
+        if acked.len() == 20 && failover_at.is_none() {
+            match how {
+                Failover::Coordinated => {
+                    let answer = redis_cli(s.sentinels[0], &["sentinel", "failover", MASTER_NAME]);
+                    assert!(answer.contains("OK"), "SENTINEL FAILOVER: {answer}");
+                }
+                Failover::Crash => s.master_process.kill().await.unwrap(),
+            }
+            failover_at = Some(acked.len());
+        }
+        let switched = failover_at.is_some()
+            && redis_cli(
+                s.sentinels[0],
+                &["sentinel", "get-master-addr-by-name", MASTER_NAME],
+            )
+            .contains(&s.replica.to_string());
+        if switched && acked.len() >= failover_at.unwrap() + 30 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failover did not complete with publications flowing: {} acknowledged, {failed} failed",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        data_cli(s.replica, &["role"]).starts_with("master"),
+        "the replica was promoted"
+    );
+    // Node A listens for the channel on the new master now.
+    let redis_channel = format!("{}.c.chat:failover", prefix(test));
+    until("node A subscribed on the new master", T, || {
+        data_cli(s.replica, &["pubsub", "numsub", &redis_channel]).ends_with("1\n")
+    })
+    .await;
+    // Every acknowledged publication reaches the subscriber, once, in order (live, or
+    // recovered from history after its node's pub/sub moved to the new master).
+    let mut got = Vec::new();
+    while !acked.iter().all(|n| got.contains(n)) {
+        let p = js.expect("publication", T).await;
+        got.push(p["data"]["n"].as_u64().expect("n"));
+    }
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice: {got:?}"
+    );
+    let missing: Vec<&u64> = acked.iter().filter(|n| !got.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never delivered: {missing:?}"
+    );
+    eprintln!(
+        "{how:?} failover: {} publications acknowledged, {failed} refused with 100 while the master changed (master {} -> {})",
+        acked.len(),
+        s.master,
+        s.replica
+    );
+    let resubscribed = js
+        .seen
+        .iter()
+        .filter(|e| e["event"] == "subscribing" && e["code"] == 2500)
+        .count();
+    eprintln!("{how:?}: the subscriber was told to recover {resubscribed} time(s)");
+    js.send(&json!({"op": "quit"}).to_string()).await;
+    js.finish(T).await;
 }
 
 fn which(program: &str) -> Option<std::path::PathBuf> {

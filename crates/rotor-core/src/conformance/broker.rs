@@ -19,6 +19,7 @@ pub enum Received {
     Leave(String, ClientInfo),
     Control(Control),
     NodeMessage(String),
+    Missed(String),
 }
 
 /// A node as the suite plays it: it records what its broker delivers and reports itself as
@@ -90,6 +91,9 @@ impl BrokerHandler for Recorder {
     }
     fn on_node_message(&self, payload: &str) {
         self.push(Received::NodeMessage(payload.into()));
+    }
+    fn on_missed(&self, channel: &str) {
+        self.push(Received::Missed(channel.into()));
     }
     fn node_info(&self) -> Option<NodeInfo> {
         Some(NodeInfo {

@@ -77,6 +77,8 @@ impl BrokerHandler for Handler {
                     }
                 }
             }
+            // Node-local (see on_missed); another node's says nothing about this one.
+            Control::InsufficientState { .. } => {}
             Control::Revoke { jti, expire_at } => {
                 node.revocations.add_jti(jti, *expire_at);
                 kick(&node, |_| true);
@@ -116,6 +118,31 @@ impl BrokerHandler for Handler {
                     c.send_control(control.clone());
                 }
             }
+        }
+    }
+
+    fn on_missed(&self, channel: &str) {
+        let Some(node) = self.0.upgrade() else { return };
+        // Without history there is nothing to recover from.
+        let with_history = node
+            .rules
+            .options(channel)
+            .is_ok_and(|o| o.history_enabled());
+        if !with_history {
+            return;
+        }
+        let subscribers = node.hub.subscribers(channel);
+        if !subscribers.is_empty() {
+            tracing::info!(
+                channel,
+                subscribers = subscribers.len(),
+                "publications may have been missed: subscribers recover from history"
+            );
+        }
+        for c in subscribers {
+            c.send_control(Control::InsufficientState {
+                channel: channel.to_string(),
+            });
         }
     }
 

@@ -22,12 +22,28 @@ impl Session {
             out,
             delivering,
             transport,
+            caught_up,
             ..
         } = self;
         let bare = transport.kind == TransportKind::Unidirectional;
         let mut control = None;
         client.take(|taken| match taken {
-            Taken::Push { channel, bytes } => {
+            Taken::Push {
+                channel,
+                bytes,
+                offset,
+            } => {
+                // Just after a positioned subscribe, a publication from another node can
+                // come live although the subscribe's position (or its recovered
+                // publications) already had it: it goes once.
+                if let Some(c) = caught_up.as_mut() {
+                    if offset > 0 && c.already_had(channel, offset) {
+                        return true;
+                    }
+                    if c.is_empty() {
+                        *caught_up = None;
+                    }
+                }
                 // The hub hands every push of a channel the same name, so the channel of
                 // the previous push is recognised without a lookup.
                 let subscribed = delivering.as_ref().is_some_and(|d| Arc::ptr_eq(d, channel))
@@ -58,6 +74,25 @@ impl Session {
             return None;
         }
         match control {
+            Control::InsufficientState { channel } => {
+                let sub = self.subs.get(channel.as_str())?;
+                // A server-side subscription is only restored by connecting again; the
+                // client's own one by subscribing again, which the SDK does at once.
+                if sub.server_side {
+                    return Some(Disconnect::INSUFFICIENT_STATE);
+                }
+                if self.leave(&channel).await {
+                    let code = rotor_protocol::UnsubscribeCode::InsufficientState;
+                    self.emit_push(Push {
+                        channel,
+                        unsubscribe: Some(rotor_protocol::UnsubscribePush {
+                            code: code.code(),
+                            reason: code.reason().into(),
+                        }),
+                        ..Push::default()
+                    });
+                }
+            }
             Control::Unsubscribe { channel, .. } => {
                 if self.leave(&channel).await {
                     self.emit_push(Push {

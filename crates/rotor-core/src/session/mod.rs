@@ -189,9 +189,36 @@ struct Session {
     connect_seen: bool,
     /// What the proxies need kept (boxed: a session that never has any pays one pointer).
     proxy: Option<Box<ProxyState>>,
+    /// Positioned subscriptions that have not had a live publication yet: the position
+    /// each started at (publications up to it were in the subscribe reply or before it).
+    /// Empty, and without an allocation, otherwise.
+    caught_up: Option<Box<CaughtUp>>,
     /// Publishes on their way to the broker (on Redis, a round trip), answered as each is
     /// done while the client's next commands are read. Empty (no allocation) otherwise.
     publishing: commands::InFlight,
+}
+
+/// Where positioned subscriptions started, until their first live publication.
+#[derive(Default)]
+struct CaughtUp(HashMap<Arc<str>, u64>);
+
+impl CaughtUp {
+    /// Whether the subscription to `channel` already had the publication at `offset` (it
+    /// is dropped); the first one past its start ends the check for that channel.
+    fn already_had(&mut self, channel: &Arc<str>, offset: u64) -> bool {
+        match self.0.get(channel) {
+            Some(&start) if offset <= start => true,
+            Some(_) => {
+                self.0.remove(channel);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// What a session keeps for its proxy calls.
@@ -268,6 +295,7 @@ pub async fn run(
             })
         }),
         publishing: commands::InFlight::default(),
+        caught_up: None,
     };
     let mut first = match params.connect {
         ConnectFrom::Commands => None,

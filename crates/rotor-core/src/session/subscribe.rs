@@ -136,8 +136,15 @@ impl Session {
         if opts.presence && self.next_presence.is_none() {
             self.next_presence = Some(Instant::now() + self.cfg().presence_update_interval);
         }
+        let name: Arc<str> = Arc::from(channel);
+        if result.positioned && result.offset > 0 {
+            self.caught_up
+                .get_or_insert_with(Default::default)
+                .0
+                .insert(name.clone(), result.offset);
+        }
         self.subs.insert(
-            Arc::from(channel),
+            name,
             Sub {
                 server_side,
                 presence: opts.presence,
@@ -156,6 +163,12 @@ impl Session {
         let Some(sub) = self.subs.remove(channel) else {
             return false;
         };
+        if let Some(c) = self.caught_up.as_mut() {
+            c.0.remove(channel);
+            if c.is_empty() {
+                self.caught_up = None;
+            }
+        }
         if let Some(p) = self.proxy.as_mut() {
             p.sub_retries.remove(channel);
         }

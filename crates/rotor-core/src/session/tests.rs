@@ -27,6 +27,15 @@ fn node(tune: impl FnOnce(&mut CoreConfig)) -> Node {
 
 /// [`node`] on the given broker.
 fn node_on(broker: Arc<dyn Broker>, tune: impl FnOnce(&mut CoreConfig)) -> Node {
+    node_with(testing::storage_down(), broker, tune)
+}
+
+/// [`node`] on the given storage and broker.
+fn node_with(
+    storage: crate::storage::Storage,
+    broker: Arc<dyn Broker>,
+    tune: impl FnOnce(&mut CoreConfig),
+) -> Node {
     let mut config = CoreConfig::default();
     config.client.token.hmac_secret_key = SECRET.into();
     config.channel.namespaces = vec![
@@ -50,13 +59,7 @@ fn node_on(broker: Arc<dyn Broker>, tune: impl FnOnce(&mut CoreConfig)) -> Node 
     ];
     config.channel.without_namespace = ChannelOptions::default();
     tune(&mut config);
-    Node::new(
-        config,
-        testing::storage_down(),
-        broker,
-        Arc::new(NoObserver),
-    )
-    .expect("valid config")
+    Node::new(config, storage, broker, Arc::new(NoObserver)).expect("valid config")
 }
 
 fn token(claims: Value) -> String {
@@ -591,4 +594,79 @@ async fn a_connection_has_a_bounded_number_of_publishes_on_their_way() {
     }
     let want: Vec<String> = (0..100).map(|n| n.to_string()).collect();
     assert_eq!(broker.handed(), want, "in order across the waits");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_positioned_subscriber_gets_a_publication_once_though_it_also_came_live_late() {
+    let broker = Arc::new(LocalBroker::default());
+    let mut storage = testing::storage_down();
+    storage.history = Arc::new(AtOffset3);
+    let node = node_with(storage, broker.clone(), |_| {});
+    let mut c = Client::start(&node);
+    c.connect(json!({"sub": "alice"})).await;
+    c.send(json!({"id": 2, "subscribe": {"channel": "positioned:x"}}));
+    let r = c.reply().await;
+    assert_eq!(r["subscribe"]["offset"], 3, "{r}");
+    // Publication 3 arrives live only now (from another node, after this node's join read
+    // the position), then publication 4.
+    let late = |offset: u64| rotor_protocol::Publication {
+        data: rotor_protocol::Raw::from_value(&json!(offset)),
+        offset,
+        ..Default::default()
+    };
+    broker
+        .publish("positioned:x", &late(3))
+        .confirmed()
+        .await
+        .unwrap();
+    broker
+        .publish("positioned:x", &late(4))
+        .confirmed()
+        .await
+        .unwrap();
+    let push = c.message().await;
+    assert_eq!(
+        push["push"]["pub"]["offset"], 4,
+        "3 was already had: {push}"
+    );
+    // From then on nothing is dropped, whatever its offset says.
+    broker
+        .publish("positioned:x", &late(2))
+        .confirmed()
+        .await
+        .unwrap();
+    let push = c.message().await;
+    assert_eq!(push["push"]["pub"]["offset"], 2, "{push}");
+}
+
+/// History whose stream stands at offset 3 (epoch "e"), with nothing to recover.
+struct AtOffset3;
+
+#[async_trait::async_trait]
+impl crate::storage::HistoryStore for AtOffset3 {
+    fn add(
+        &self,
+        _: &str,
+        _: rotor_protocol::Publication,
+        _: &crate::storage::HistoryOptions,
+    ) -> crate::storage::BoxFuture<Result<rotor_protocol::StreamPosition, crate::CoreError>> {
+        Box::pin(async { Err(crate::CoreError::Unavailable("read only (test)".into())) })
+    }
+    async fn read(
+        &self,
+        _: &str,
+        _: &crate::storage::HistoryFilter,
+        _: &crate::storage::HistoryOptions,
+    ) -> Result<crate::storage::HistoryPage, crate::CoreError> {
+        Ok(crate::storage::HistoryPage {
+            publications: Vec::new(),
+            position: rotor_protocol::StreamPosition {
+                offset: 3,
+                epoch: "e".into(),
+            },
+        })
+    }
+    async fn remove(&self, _: &str) -> Result<(), crate::CoreError> {
+        Ok(())
+    }
 }

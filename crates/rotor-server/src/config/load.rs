@@ -144,9 +144,22 @@ impl Config {
         .into_iter()
         .flatten()
         {
-            if redis.address.is_empty() && redis.cluster_address.is_empty() {
+            if redis.address.is_empty()
+                && redis.cluster_address.is_empty()
+                && redis.sentinel_address.is_empty()
+            {
                 return Err(ServerError::Config(
-                    "redis address: at least one address (or cluster_address) is required".into(),
+                    "redis address: at least one address (or cluster_address, or sentinel_address) is required".into(),
+                ));
+            }
+            if !redis.sentinel_address.is_empty() && redis.sentinel_master_name.is_empty() {
+                return Err(ServerError::Config(
+                    "redis sentinel_master_name: required with sentinel_address (the master's name in the Sentinels' configuration)".into(),
+                ));
+            }
+            if !redis.sentinel_address.is_empty() && !redis.cluster_address.is_empty() {
+                return Err(ServerError::Config(
+                    "redis: sentinel_address and cluster_address cannot both be set".into(),
                 ));
             }
         }
@@ -291,6 +304,36 @@ mod tests {
         let defaults: Value = serde_json::from_str(&default_json()).unwrap();
         assert_eq!(defaults["storage"]["type"], "memory");
         assert_eq!(defaults["log"]["format"], "text");
+    }
+
+    #[test]
+    fn sentinel_options_take_centrifugos_names_and_need_the_master_name() {
+        let env = vars(&[
+            ("CENTRIFUGO_ENGINE_TYPE", "redis"),
+            (
+                "CENTRIFUGO_ENGINE_REDIS_SENTINEL_ADDRESS",
+                "127.0.0.1:26379,127.0.0.1:26380",
+            ),
+            ("CENTRIFUGO_ENGINE_REDIS_SENTINEL_MASTER_NAME", "mymaster"),
+            ("CENTRIFUGO_ENGINE_REDIS_SENTINEL_PASSWORD", "s3cret"),
+        ]);
+        let c = Config::load(None, env, &[]).unwrap();
+        let redis = c.broker_redis().unwrap();
+        assert_eq!(
+            redis.sentinel_address,
+            vec!["127.0.0.1:26379", "127.0.0.1:26380"]
+        );
+        assert_eq!(redis.sentinel_master_name, "mymaster");
+        assert!(
+            !format!("{redis:?}").contains("s3cret"),
+            "the password stays out of logs"
+        );
+        let err = load(&[
+            "engine.type=redis",
+            "engine.redis.sentinel_address=127.0.0.1:26379",
+        ])
+        .unwrap_err();
+        assert!(err.contains("sentinel_master_name"), "{err}");
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -408,6 +408,21 @@ pub struct RedisConfig {
     /// Connect and reply timeout; past it operations fail with the temporary error 100.
     #[serde(with = "rotor_core::duration")]
     pub timeout: Duration,
+    /// Credentials and database for Redis itself (a URL's own win): `user` for Redis 6
+    /// ACLs, `password` for `requirepass` or the ACL user.
+    pub user: String,
+    pub password: String,
+    pub db: i64,
+    /// Redis Sentinels (one or a list) that name the master: when set, `address` and
+    /// `cluster_address` are not used, and after a failover the new master is found here.
+    #[serde(deserialize_with = "one_or_many")]
+    pub sentinel_address: Vec<String>,
+    /// The master's name in the Sentinels' configuration (required with
+    /// `sentinel_address`).
+    pub sentinel_master_name: String,
+    /// Credentials the Sentinels themselves ask for (not the master's).
+    pub sentinel_user: String,
+    pub sentinel_password: String,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -418,6 +433,27 @@ impl std::fmt::Debug for RedisConfig {
             .field("cluster_address", &redact(&self.cluster_address))
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field("user", &self.user)
+            .field(
+                "password",
+                &if self.password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("db", &self.db)
+            .field("sentinel_address", &redact(&self.sentinel_address))
+            .field("sentinel_master_name", &self.sentinel_master_name)
+            .field("sentinel_user", &self.sentinel_user)
+            .field(
+                "sentinel_password",
+                &if self.sentinel_password.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
             .finish()
     }
 }
@@ -449,6 +485,13 @@ impl Default for RedisConfig {
             cluster_address: Vec::new(),
             prefix: "rotor".into(),
             timeout: Duration::from_secs(1),
+            user: String::new(),
+            password: String::new(),
+            db: 0,
+            sentinel_address: Vec::new(),
+            sentinel_master_name: String::new(),
+            sentinel_user: String::new(),
+            sentinel_password: String::new(),
         }
     }
 }
