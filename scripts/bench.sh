@@ -74,7 +74,14 @@ for g in $groups; do
       # generator from signing refresh tokens late.
       bench churn --alg rs256 --refresh 500 --ttl 5 --duration 20 ;;
     cluster)
-      bench fanout --target rotor-ws --nodes 3 --subs 1000,10000 --duration 3 --p99-budget-ms 1000 ;;
+      # One node in memory, one node on Redis, three nodes on Redis (all on CPU 0), in one
+      # run: the ratios are the point (docs/benchmarks.md, "Across nodes").
+      for engine in "--engine memory" "--engine redis" "--nodes 3"; do
+        bench fanout --target rotor-ws $engine --subs 1000 --duration 3 --p99-budget-ms 1000 \
+          --deliveries 800000,1600000,2400000,3200000,4000000,4800000,5600000,6400000,7200000
+        bench fanout --target rotor-ws $engine --subs 10000 --duration 8 --p99-budget-ms 1000 \
+          --deliveries 400000,1600000,2400000,3200000,3600000,4000000,4400000
+      done ;;
     postgres)
       cargo bench -p rotor-bench --bench pg_publish ;;
     *) echo "unknown group $g"; exit 2 ;;

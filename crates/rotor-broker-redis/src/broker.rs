@@ -82,6 +82,10 @@ pub struct RedisBroker {
     /// Publications to each instance, in the order they were handed over (one writer per
     /// instance sends them).
     outgoing: Vec<tokio::sync::mpsc::UnboundedSender<Outgoing>>,
+    /// With sharded pub/sub: the channels' Redis pub/sub channels this node listens to,
+    /// and the connection, once up.
+    sharded_desired: Mutex<HashSet<String>>,
+    sharded_conn: Mutex<Option<redis::cluster_async::ClusterConnection>>,
     /// The pub/sub loops (one per instance); aborted on drop.
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The heartbeat, from the node's attachment to its shutdown (or the broker's drop). It
@@ -111,6 +115,8 @@ impl RedisBroker {
         }
         let broker = Arc::new_cyclic(|weak| RedisBroker {
             outgoing,
+            sharded_desired: Mutex::new(HashSet::new()),
+            sharded_conn: Mutex::new(None),
             weak: weak.clone(),
             pubsub: shards
                 .shards
@@ -131,6 +137,9 @@ impl RedisBroker {
         for i in 0..broker.pubsub.len() {
             tasks.push(tokio::spawn(pubsub_loop(Arc::downgrade(&broker), i)));
         }
+        if let Some(sharded) = broker.shards.sharded.clone() {
+            tasks.push(tokio::spawn(sharded_loop(Arc::downgrade(&broker), sharded)));
+        }
         *broker.tasks.lock().unwrap() = tasks;
         broker
     }
@@ -147,9 +156,58 @@ impl RedisBroker {
         format!("{}.c.", self.shards.prefix)
     }
 
+    /// The Redis pub/sub channel of a channel: `{prefix}.c.{channel}`, or with sharded
+    /// pub/sub `{prefix}.c.{<partition>}.{channel}` (the partition is the hash tag, so a
+    /// partition's channels share a slot).
+    fn redis_channel(&self, channel: &str) -> String {
+        match &self.shards.sharded {
+            Some(s) => format!(
+                "{}{{{}}}.{channel}",
+                self.channel_prefix(),
+                crate::shard::fnv1a(channel.as_bytes()) % u64::from(s.partitions)
+            ),
+            None => format!("{}{channel}", self.channel_prefix()),
+        }
+    }
+
+    /// The channel a Redis pub/sub channel carries, if it is one of a channel.
+    fn channel_of<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let rest = name.strip_prefix(&self.channel_prefix())?;
+        match &self.shards.sharded {
+            Some(_) => rest.strip_prefix('{')?.split_once("}.").map(|(_, c)| c),
+            None => Some(rest),
+        }
+    }
+
+    /// `PUBLISH`, or `SPUBLISH` with sharded pub/sub.
+    fn publish_command(&self) -> &'static str {
+        publish_command(&self.shards)
+    }
+
     /// Whether every subscription connection is up.
     pub fn connected(&self) -> bool {
         self.pubsub.iter().all(|p| p.sink.lock().unwrap().is_some())
+            && (self.shards.sharded.is_none() || self.sharded_conn.lock().unwrap().is_some())
+    }
+
+    /// Subscribes the sharded connection to every channel wanted (after it came back, or
+    /// came up late); true when all went through.
+    async fn sharded_resubscribe(&self, conn: &redis::cluster_async::ClusterConnection) -> bool {
+        let names: Vec<String> = self
+            .sharded_desired
+            .lock()
+            .unwrap()
+            .iter()
+            .cloned()
+            .collect();
+        for name in &names {
+            let mut conn = conn.clone();
+            match tokio::time::timeout(self.shards.timeout, conn.ssubscribe(name)).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     fn registry_key(&self) -> String {
@@ -219,7 +277,7 @@ impl RedisBroker {
         };
         let (answer, confirmed) = tokio::sync::oneshot::channel();
         let outgoing = Outgoing {
-            channel: format!("{}{channel}", self.channel_prefix()),
+            channel: self.redis_channel(channel),
             payload,
             answer,
         };
@@ -231,9 +289,8 @@ impl RedisBroker {
 
     async fn publish_envelope(&self, channel: &str, env: &Envelope) -> Result<(), CoreError> {
         let payload = serde_json::to_string(env).map_err(|e| CoreError::Internal(e.to_string()))?;
-        let mut cmd = redis::cmd("PUBLISH");
-        cmd.arg(format!("{}{channel}", self.channel_prefix()))
-            .arg(payload);
+        let mut cmd = redis::cmd(self.publish_command());
+        cmd.arg(self.redis_channel(channel)).arg(payload);
         self.shards
             .run::<()>(self.shards.for_channel(channel), &cmd)
             .await?;
@@ -241,7 +298,7 @@ impl RedisBroker {
     }
 
     fn dispatch(&self, name: &str, payload: &[u8]) {
-        if let Some(channel) = name.strip_prefix(&self.channel_prefix()) {
+        if let Some(channel) = self.channel_of(name) {
             let Some(handler) = self.handler.get() else {
                 return;
             };
@@ -335,20 +392,122 @@ async fn publish_loop(
     index: usize,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<Outgoing>,
 ) {
+    let command = publish_command(&shards);
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for o in &batch {
-            pipe.cmd("PUBLISH").arg(&o.channel).arg(&o.payload).ignore();
+        // On a Redis Cluster a pipeline may not cross hash slots: one per channel (in
+        // order within it), all on their way at once.
+        let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (i, o) in batch.iter().enumerate() {
+            let key = if shards.cluster {
+                o.channel.as_str()
+            } else {
+                ""
+            };
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((key, vec![i])),
+            }
         }
-        let outcome = shards
-            .pipeline::<()>(&shards.shards[index], &pipe)
-            .await
-            .map_err(|e| e.to_string());
-        for o in batch.drain(..) {
-            let _ = o
-                .answer
-                .send(outcome.clone().map_err(CoreError::Unavailable));
+        let sends = groups.iter().map(|(_, members)| {
+            let mut pipe = redis::pipe();
+            for &i in members {
+                pipe.cmd(command)
+                    .arg(&batch[i].channel)
+                    .arg(&batch[i].payload)
+                    .ignore();
+            }
+            let shards = &shards;
+            async move {
+                shards
+                    .pipeline::<()>(&shards.shards[index], &pipe)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        });
+        let outcomes = futures_util::future::join_all(sends).await;
+        let mut answers: Vec<Option<Result<(), String>>> = vec![None; batch.len()];
+        for ((_, members), outcome) in groups.iter().zip(outcomes) {
+            for &i in members {
+                answers[i] = Some(outcome.clone());
+            }
+        }
+        for (o, outcome) in batch.drain(..).zip(answers) {
+            let outcome = outcome.unwrap_or_else(|| Err("not sent".into()));
+            let _ = o.answer.send(outcome.map_err(CoreError::Unavailable));
+        }
+    }
+}
+
+fn publish_command(shards: &Shards) -> &'static str {
+    if shards.sharded.is_some() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    }
+}
+
+/// Opens this node's sharded pub/sub connection (retrying with backoff) and delivers what
+/// it brings. When its connection to a Redis node drops, redis-rs reconnects and restores
+/// the subscriptions; every channel is then subscribed again here (which also makes the
+/// reconnect happen when nothing else is being sent) and reported as possibly missed.
+async fn sharded_loop(
+    broker: std::sync::Weak<RedisBroker>,
+    sharded: Arc<crate::shard::ShardedPubSub>,
+) {
+    let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match sharded.connect(tx.clone()).await {
+            Ok(conn) => {
+                let Some(b) = broker.upgrade() else { return };
+                *b.sharded_conn.lock().unwrap() = Some(conn);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the Redis Cluster sharded pub/sub connection; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+    drop(tx);
+    while let Some(push) = pushes.recv().await {
+        let Some(b) = broker.upgrade() else { return };
+        match push.kind {
+            redis::PushKind::SMessage => {
+                if let [redis::Value::BulkString(name), redis::Value::BulkString(payload), ..] =
+                    push.data.as_slice()
+                {
+                    match std::str::from_utf8(name) {
+                        Ok(name) => b.dispatch(name, payload),
+                        Err(_) => tracing::warn!(
+                            "sharded message on a channel name that is not UTF-8; ignored"
+                        ),
+                    }
+                }
+            }
+            redis::PushKind::Disconnection => {
+                tracing::warn!(
+                    "a Redis Cluster node's sharded pub/sub connection dropped; subscribing again"
+                );
+                let Some(conn) = b.sharded_conn.lock().unwrap().clone() else {
+                    continue;
+                };
+                let mut delay = Duration::from_millis(100);
+                while !b.sharded_resubscribe(&conn).await {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                let names: Vec<String> =
+                    b.sharded_desired.lock().unwrap().iter().cloned().collect();
+                if let Some(h) = b.handler.get() {
+                    for channel in names.iter().filter_map(|n| b.channel_of(n)) {
+                        h.on_missed(channel);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -392,8 +551,7 @@ async fn pubsub_loop(broker: std::sync::Weak<RedisBroker>, index: usize) {
                     // subscribers recover it from history.
                     if let Some(b) = broker.upgrade() {
                         if let Some(h) = b.handler.get() {
-                            let prefix = b.channel_prefix();
-                            for channel in names.iter().filter_map(|n| n.strip_prefix(&prefix)) {
+                            for channel in names.iter().filter_map(|n| b.channel_of(n)) {
                                 h.on_missed(channel);
                             }
                         }
@@ -482,7 +640,25 @@ impl Broker for RedisBroker {
     }
 
     async fn subscribe(&self, channel: &str) -> Result<(), CoreError> {
-        let name = format!("{}{channel}", self.channel_prefix());
+        let name = self.redis_channel(channel);
+        if self.shards.sharded.is_some() {
+            self.sharded_desired.lock().unwrap().insert(name.clone());
+            let conn = self.sharded_conn.lock().unwrap().clone();
+            let result = match conn {
+                Some(mut conn) => {
+                    match tokio::time::timeout(self.shards.timeout, conn.ssubscribe(&name)).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(RedisError::from(e).to_string()),
+                        Err(_) => Err(RedisError::Timeout(self.shards.timeout).to_string()),
+                    }
+                }
+                None => Err("Redis sharded pub/sub is connecting".to_string()),
+            };
+            return result.map_err(|msg| {
+                self.sharded_desired.lock().unwrap().remove(&name);
+                CoreError::Unavailable(msg)
+            });
+        }
         let state = &self.pubsub[self.shards.index_for(channel)];
         state.desired.lock().unwrap().insert(name.clone());
         let sink = state.sink.lock().unwrap().clone();
@@ -503,7 +679,16 @@ impl Broker for RedisBroker {
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), CoreError> {
-        let name = format!("{}{channel}", self.channel_prefix());
+        let name = self.redis_channel(channel);
+        if self.shards.sharded.is_some() {
+            self.sharded_desired.lock().unwrap().remove(&name);
+            let conn = self.sharded_conn.lock().unwrap().clone();
+            if let Some(mut conn) = conn {
+                // As below: a stale subscription only brings messages nobody here wants.
+                let _ = tokio::time::timeout(self.shards.timeout, conn.sunsubscribe(&name)).await;
+            }
+            return Ok(());
+        }
         let state = &self.pubsub[self.shards.index_for(channel)];
         state.desired.lock().unwrap().remove(&name);
         let sink = state.sink.lock().unwrap().clone();

@@ -4,7 +4,9 @@
 //! in a hash), and node-addressed messages for routing emulation requests.
 //!
 //! Channels are spread over one or more Redis instances by consistent (jump) hashing of the
-//! channel name; control messages and the registry live on the first instance. This crate
+//! channel name, or over a Redis Cluster by hash slot (optionally with sharded pub/sub), or
+//! live on one master found through Redis Sentinel; control messages and the registry live
+//! on the first instance. This crate
 //! must not know about HTTP, warp or SQL, and must not invent a cluster protocol: Redis is the
 //! only thing nodes share.
 

@@ -26,6 +26,10 @@ pub struct RedisOptions {
     pub cluster: bool,
     /// Find the master through these Sentinels instead (`addresses` is not used).
     pub sentinel: Option<SentinelOptions>,
+    /// With `cluster`: channels' publications go through sharded pub/sub (`SPUBLISH` /
+    /// `SSUBSCRIBE`, Redis 7) spread over this many hash-slot partitions, so each one
+    /// crosses only the Redis node owning its partition. 0: classic pub/sub.
+    pub sharded_partitions: u32,
     /// Credentials and database for every Redis connection (not the Sentinels'); a URL's
     /// own win over these.
     pub user: Option<String>,
@@ -75,6 +79,7 @@ impl Default for RedisOptions {
             timeout: Duration::from_secs(1),
             cluster: false,
             sentinel: None,
+            sharded_partitions: 0,
             user: None,
             password: None,
             db: 0,
@@ -254,6 +259,44 @@ impl Shard {
     }
 }
 
+/// Sharded pub/sub on a Redis Cluster: how a broker opens its RESP3 cluster connection,
+/// whose subscriptions redis-rs routes to the node owning each channel's slot (one
+/// connection per Redis node, not per partition) and restores after it reconnects.
+pub(crate) struct ShardedPubSub {
+    pub(crate) partitions: u32,
+    urls: Vec<String>,
+    user: Option<String>,
+    password: Option<String>,
+    timeout: Duration,
+}
+
+impl ShardedPubSub {
+    /// A connection whose messages (and disconnections) arrive on `pushes`.
+    pub(crate) async fn connect(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Result<ClusterConnection, RedisError> {
+        let mut builder = redis::cluster::ClusterClient::builder(self.urls.clone())
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .connection_timeout(self.timeout)
+            .response_timeout(self.timeout)
+            .retries(2);
+        if let Some(user) = &self.user {
+            builder = builder.username(user.clone());
+        }
+        if let Some(password) = &self.password {
+            builder = builder.password(password.clone());
+        }
+        let wait = self.timeout * 3;
+        Ok(
+            tokio::time::timeout(wait, builder.build()?.get_async_connection())
+                .await
+                .map_err(|_| RedisError::Timeout(wait))??,
+        )
+    }
+}
+
 /// Every configured instance.
 #[derive(Clone)]
 pub struct Shards {
@@ -262,6 +305,8 @@ pub struct Shards {
     pub(crate) timeout: Duration,
     /// One Redis Cluster: pipelines must stay within one channel (one hash slot).
     pub(crate) cluster: bool,
+    /// Sharded pub/sub (a cluster with `sharded_partitions`).
+    pub(crate) sharded: Option<Arc<ShardedPubSub>>,
 }
 
 impl Shards {
@@ -274,6 +319,11 @@ impl Shards {
         let wait = opts.timeout * 3;
         if let Some(sentinel) = &opts.sentinel {
             return Shards::connect_sentinel(opts, sentinel).await;
+        }
+        if opts.sharded_partitions > 0 && !opts.cluster {
+            return Err(RedisError::Config(
+                "sharded pub/sub needs a Redis Cluster (cluster_address)".into(),
+            ));
         }
         if opts.cluster {
             let urls: Vec<String> = opts.addresses.iter().map(|a| url(a)).collect();
@@ -292,6 +342,15 @@ impl Shards {
             let conn = tokio::time::timeout(wait, client.get_async_connection())
                 .await
                 .map_err(|_| RedisError::Timeout(wait))??;
+            let sharded = (opts.sharded_partitions > 0).then(|| {
+                Arc::new(ShardedPubSub {
+                    partitions: opts.sharded_partitions,
+                    urls: urls.clone(),
+                    user: opts.user.clone(),
+                    password: opts.password.clone(),
+                    timeout: opts.timeout,
+                })
+            });
             let clients = opts
                 .addresses
                 .iter()
@@ -307,6 +366,7 @@ impl Shards {
                 prefix: opts.prefix.clone(),
                 timeout: opts.timeout,
                 cluster: true,
+                sharded,
             });
         }
         let mut shards = Vec::new();
@@ -333,6 +393,7 @@ impl Shards {
             prefix: opts.prefix.clone(),
             timeout: opts.timeout,
             cluster: false,
+            sharded: None,
         })
     }
 
@@ -388,6 +449,7 @@ impl Shards {
             prefix: opts.prefix.clone(),
             timeout: opts.timeout,
             cluster: false,
+            sharded: None,
         })
     }
 
@@ -454,7 +516,7 @@ impl Shards {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);

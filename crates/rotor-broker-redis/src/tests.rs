@@ -222,11 +222,17 @@ async fn start_cluster(test: &str) -> Option<TestCluster> {
 }
 
 async fn cluster_shards(cluster: &TestCluster, test: &str) -> Shards {
+    cluster_shards_with(cluster, test, 0).await
+}
+
+/// [`cluster_shards`] with sharded pub/sub over `partitions` partitions (0: classic).
+async fn cluster_shards_with(cluster: &TestCluster, test: &str, partitions: u32) -> Shards {
     Shards::connect(&RedisOptions {
         addresses: cluster.addrs.clone(),
         prefix: format!("rotor-test-{test}"),
         timeout: Duration::from_secs(2),
         cluster: true,
+        sharded_partitions: partitions,
         ..RedisOptions::default()
     })
     .await
@@ -315,6 +321,103 @@ async fn redis_cluster_runs_the_suite_and_fans_out() {
         started(cluster_shards(&cluster, "b4").await, &suite::NODES).await,
     )
     .await;
+    // A writer batch with several channels: one pipeline per channel (slot).
+    suite::broker_keeps_the_order_of_calls_not_of_confirmations(
+        started(cluster_shards(&cluster, "b5").await, &suite::NODES[..1]).await,
+    )
+    .await;
+
+    // The same with sharded pub/sub, which must carry each channel through one Redis node.
+    suite::broker_delivers_publications_in_order_and_intact(
+        started(
+            cluster_shards_with(&cluster, "s0", 16).await,
+            &suite::NODES[..1],
+        )
+        .await,
+    )
+    .await;
+    suite::broker_keeps_the_order_of_calls_not_of_confirmations(
+        started(
+            cluster_shards_with(&cluster, "s1", 16).await,
+            &suite::NODES[..1],
+        )
+        .await,
+    )
+    .await;
+    suite::brokers_deliver_publications_only_where_subscribed(
+        started(cluster_shards_with(&cluster, "s2", 16).await, &suite::NODES).await,
+    )
+    .await;
+    suite::broker_delivers_join_and_leave(
+        started(
+            cluster_shards_with(&cluster, "s3", 16).await,
+            &suite::NODES[..1],
+        )
+        .await,
+    )
+    .await;
+    sharded_channels_live_on_one_node(&cluster).await;
+}
+
+/// With sharded pub/sub, a subscribed channel is a shard channel of exactly one Redis node
+/// (the owner of its partition's slot) and no classic channel anywhere; its publications
+/// reach the subscriber.
+async fn sharded_channels_live_on_one_node(cluster: &TestCluster) {
+    let shards = cluster_shards_with(cluster, "s4", 16).await;
+    let brokers = started(shards, &suite::NODES[..1]).await;
+    let rec = suite::broker::Recorder::new("node-a");
+    brokers[0].set_handler(rec.clone());
+    let mut channels = Vec::new();
+    for i in 0..12 {
+        let ch = format!("room{i}");
+        brokers[0].subscribe(&ch).await.unwrap();
+        channels.push(ch);
+    }
+    let mut nodes_used = std::collections::BTreeSet::new();
+    for ch in &channels {
+        let partition = shard::fnv1a(ch.as_bytes()) % 16;
+        let name = format!("rotor-test-s4.c.{{{partition}}}.{ch}");
+        let mut holders = Vec::new();
+        for a in &cluster.addrs {
+            let port = a.rsplit(':').next().unwrap();
+            let shard = redis_cli(&["-p", port, "pubsub", "shardnumsub", &name]).unwrap();
+            let classic = redis_cli(&["-p", port, "pubsub", "numsub", &name]).unwrap();
+            assert!(
+                classic.trim_end().ends_with('0'),
+                "{name} classic on {a}: {classic}"
+            );
+            if shard.trim_end().ends_with('1') {
+                holders.push(a.clone());
+            }
+        }
+        assert_eq!(
+            holders.len(),
+            1,
+            "{name} is a shard channel of one node: {holders:?}"
+        );
+        nodes_used.extend(holders);
+    }
+    assert!(
+        nodes_used.len() >= 2,
+        "12 channels spread over the nodes: {nodes_used:?}"
+    );
+    let mut want = Vec::new();
+    for (n, ch) in channels.iter().enumerate() {
+        let p = Publication {
+            data: Raw::from_value(&serde_json::json!({ "n": n })),
+            ..Publication::default()
+        };
+        brokers[0].publish(ch, &p).confirmed().await.unwrap();
+        want.push((ch.clone(), p));
+    }
+    for (ch, p) in want {
+        rec.expect_channel(
+            &ch,
+            &[suite::broker::Received::Publication(ch.clone(), p)],
+            "a sharded publication arrives",
+        )
+        .await;
+    }
 }
 
 /// A lost pub/sub connection is restored by itself, and what it may have missed is said:

@@ -307,6 +307,7 @@ impl RedisConnections {
             prefix: cfg.prefix.clone(),
             timeout: cfg.timeout,
             cluster,
+            sharded_partitions: cfg.sharded_pub_sub_partitions,
             user: (!cfg.user.is_empty()).then(|| cfg.user.clone()),
             password: (!cfg.password.is_empty()).then(|| cfg.password.clone()),
             db: cfg.db,

@@ -157,6 +157,11 @@ impl Config {
                     "redis sentinel_master_name: required with sentinel_address (the master's name in the Sentinels' configuration)".into(),
                 ));
             }
+            if redis.sharded_pub_sub_partitions > 0 && redis.cluster_address.is_empty() {
+                return Err(ServerError::Config(
+                    "redis sharded_pub_sub_partitions: sharded pub/sub needs a Redis Cluster (cluster_address)".into(),
+                ));
+            }
             if !redis.sentinel_address.is_empty() && !redis.cluster_address.is_empty() {
                 return Err(ServerError::Config(
                     "redis: sentinel_address and cluster_address cannot both be set".into(),
@@ -334,6 +339,22 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.contains("sentinel_master_name"), "{err}");
+        let err = load(&[
+            "engine.type=redis",
+            "engine.redis.sharded_pub_sub_partitions=64",
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("sharded_pub_sub_partitions") && err.contains("cluster_address"),
+            "{err}"
+        );
+        let c = load(&[
+            "engine.type=redis",
+            "engine.redis.cluster_address=127.0.0.1:7000",
+            "engine.redis.sharded_pub_sub_partitions=64",
+        ])
+        .unwrap();
+        assert_eq!(c.broker_redis().unwrap().sharded_pub_sub_partitions, 64);
     }
 
     fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

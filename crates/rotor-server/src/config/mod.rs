@@ -408,6 +408,11 @@ pub struct RedisConfig {
     /// Connect and reply timeout; past it operations fail with the temporary error 100.
     #[serde(with = "rotor_core::duration")]
     pub timeout: Duration,
+    /// With `cluster_address`: publications go through Redis 7's sharded pub/sub
+    /// (`SPUBLISH`/`SSUBSCRIBE`), channels spread over this many partitions (hash tags), so
+    /// each publication crosses only the Redis node that owns its partition instead of
+    /// every node. 0 (the default): classic pub/sub. Centrifugo PRO's name.
+    pub sharded_pub_sub_partitions: u32,
     /// Credentials and database for Redis itself (a URL's own win): `user` for Redis 6
     /// ACLs, `password` for `requirepass` or the ACL user.
     pub user: String,
@@ -433,6 +438,10 @@ impl std::fmt::Debug for RedisConfig {
             .field("cluster_address", &redact(&self.cluster_address))
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
+            .field(
+                "sharded_pub_sub_partitions",
+                &self.sharded_pub_sub_partitions,
+            )
             .field("user", &self.user)
             .field(
                 "password",
@@ -485,6 +494,7 @@ impl Default for RedisConfig {
             cluster_address: Vec::new(),
             prefix: "rotor".into(),
             timeout: Duration::from_secs(1),
+            sharded_pub_sub_partitions: 0,
             user: String::new(),
             password: String::new(),
             db: 0,
