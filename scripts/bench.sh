@@ -83,6 +83,19 @@ for g in $groups; do
           --deliveries 400000,1600000,2400000,3200000,3600000,4000000,4400000
       done ;;
     postgres)
+      # The ceiling first: what Postgres itself takes when 64 publications go in one
+      # transaction, from 2 and from 4 clients (pgbench, scripts/pg-ceiling.sql), then rotor.
+      dsn="${BENCH_PG_DSN:-postgres://postgres@127.0.0.1:5432/test}"
+      psql "$dsn" -q -c "DROP SCHEMA IF EXISTS rotor_ceiling CASCADE" -c "CREATE SCHEMA rotor_ceiling"
+      PGOPTIONS="-c search_path=rotor_ceiling" psql "$dsn" -q -f migrations/20261123000001_storage.sql
+      PGOPTIONS="-c search_path=rotor_ceiling" psql "$dsn" -q -c \
+        "INSERT INTO rotor_streams SELECT 'chat:'||i, 'e', 0, now() + interval '1 hour' FROM generate_series(0,7) i"
+      for clients in 2 4; do
+        tps=$(PGOPTIONS="-c search_path=rotor_ceiling" pgbench -n -f scripts/pg-ceiling.sql \
+          -c "$clients" -j 2 -T 10 "$dsn" | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+        echo "pgbench ceiling, $clients clients: $tps transactions/s of 64 = $(echo "$tps * 64" | bc) publications/s"
+      done
+      psql "$dsn" -q -c "DROP SCHEMA rotor_ceiling CASCADE"
       cargo bench -p rotor-bench --bench pg_publish ;;
     *) echo "unknown group $g"; exit 2 ;;
   esac
