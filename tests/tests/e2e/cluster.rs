@@ -268,8 +268,12 @@ async fn start_redis(port: u16) -> Child {
 
 /// [`start_redis`] with more arguments (a config file first, when there is one).
 async fn start_redis_with(port: u16, extra: &[&str]) -> Child {
+    // Its files (a replica's full sync writes one even without `save`) go to the temp dir.
+    let dir = std::env::temp_dir();
     let child = Command::new("redis-server")
         .args(extra)
+        .args(["--dir", dir.to_str().expect("a UTF-8 temp dir")])
+        .args(["--dbfilename", &format!("rotor-e2e-{port}.rdb")])
         .args([
             "--port",
             &port.to_string(),
