@@ -59,6 +59,12 @@ struct PubSubState {
     sink: Mutex<Option<PubSubSink>>,
 }
 
+/// A live subscription connection: classic pub/sub, or the sharded one.
+enum PubSubConn {
+    Classic(PubSubSink),
+    Sharded(redis::cluster_async::ClusterConnection),
+}
+
 /// A publication on its way to Redis: the pub/sub channel, the message, and who waits for
 /// Redis's answer.
 struct Outgoing {
@@ -188,6 +194,44 @@ impl RedisBroker {
     pub fn connected(&self) -> bool {
         self.pubsub.iter().all(|p| p.sink.lock().unwrap().is_some())
             && (self.shards.sharded.is_none() || self.sharded_conn.lock().unwrap().is_some())
+    }
+
+    /// The Redis channels this node wants from the connection that carries `channel`.
+    fn desired(&self, channel: &str) -> &Mutex<HashSet<String>> {
+        match &self.shards.sharded {
+            Some(_) => &self.sharded_desired,
+            None => &self.pubsub[self.shards.index_for(channel)].desired,
+        }
+    }
+
+    /// The connection that carries `channel`, when it is up.
+    fn connection(&self, channel: &str) -> Option<PubSubConn> {
+        match &self.shards.sharded {
+            Some(_) => self
+                .sharded_conn
+                .lock()
+                .unwrap()
+                .clone()
+                .map(PubSubConn::Sharded),
+            None => self.pubsub[self.shards.index_for(channel)]
+                .sink
+                .lock()
+                .unwrap()
+                .clone()
+                .map(PubSubConn::Classic),
+        }
+    }
+
+    /// A (un)subscribe with the reply timeout.
+    async fn bounded(
+        &self,
+        request: impl std::future::Future<Output = redis::RedisResult<()>>,
+    ) -> Result<(), String> {
+        match tokio::time::timeout(self.shards.timeout, request).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(RedisError::from(e).to_string()),
+            Err(_) => Err(RedisError::Timeout(self.shards.timeout).to_string()),
+        }
     }
 
     /// Subscribes the sharded connection to every channel wanted (after it came back, or
@@ -398,16 +442,18 @@ async fn publish_loop(
         // On a Redis Cluster a pipeline may not cross hash slots: one per channel (in
         // order within it), all on their way at once.
         let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<&str, usize> = Default::default();
         for (i, o) in batch.iter().enumerate() {
             let key = if shards.cluster {
                 o.channel.as_str()
             } else {
                 ""
             };
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, members)) => members.push(i),
-                None => groups.push((key, vec![i])),
-            }
+            let g = *group_of.entry(key).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
         }
         let sends = groups.iter().map(|(_, members)| {
             let mut pipe = redis::pipe();
@@ -641,62 +687,30 @@ impl Broker for RedisBroker {
 
     async fn subscribe(&self, channel: &str) -> Result<(), CoreError> {
         let name = self.redis_channel(channel);
-        if self.shards.sharded.is_some() {
-            self.sharded_desired.lock().unwrap().insert(name.clone());
-            let conn = self.sharded_conn.lock().unwrap().clone();
-            let result = match conn {
-                Some(mut conn) => {
-                    match tokio::time::timeout(self.shards.timeout, conn.ssubscribe(&name)).await {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(RedisError::from(e).to_string()),
-                        Err(_) => Err(RedisError::Timeout(self.shards.timeout).to_string()),
-                    }
-                }
-                None => Err("Redis sharded pub/sub is connecting".to_string()),
-            };
-            return result.map_err(|msg| {
-                self.sharded_desired.lock().unwrap().remove(&name);
-                CoreError::Unavailable(msg)
-            });
-        }
-        let state = &self.pubsub[self.shards.index_for(channel)];
-        state.desired.lock().unwrap().insert(name.clone());
-        let sink = state.sink.lock().unwrap().clone();
-        let result = match sink {
-            Some(mut sink) => {
-                match tokio::time::timeout(self.shards.timeout, sink.subscribe(&name)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(RedisError::from(e).to_string()),
-                    Err(_) => Err(RedisError::Timeout(self.shards.timeout).to_string()),
-                }
-            }
+        // Wanted first: a connection that comes back meanwhile subscribes it too.
+        let desired = self.desired(channel);
+        desired.lock().unwrap().insert(name.clone());
+        let result = match self.connection(channel) {
+            Some(PubSubConn::Classic(mut sink)) => self.bounded(sink.subscribe(&name)).await,
+            Some(PubSubConn::Sharded(mut conn)) => self.bounded(conn.ssubscribe(&name)).await,
             None => Err("Redis pub/sub is reconnecting".to_string()),
         };
         result.map_err(|msg| {
-            state.desired.lock().unwrap().remove(&name);
+            desired.lock().unwrap().remove(&name);
             CoreError::Unavailable(msg)
         })
     }
 
     async fn unsubscribe(&self, channel: &str) -> Result<(), CoreError> {
         let name = self.redis_channel(channel);
-        if self.shards.sharded.is_some() {
-            self.sharded_desired.lock().unwrap().remove(&name);
-            let conn = self.sharded_conn.lock().unwrap().clone();
-            if let Some(mut conn) = conn {
-                // As below: a stale subscription only brings messages nobody here wants.
-                let _ = tokio::time::timeout(self.shards.timeout, conn.sunsubscribe(&name)).await;
-            }
-            return Ok(());
-        }
-        let state = &self.pubsub[self.shards.index_for(channel)];
-        state.desired.lock().unwrap().remove(&name);
-        let sink = state.sink.lock().unwrap().clone();
-        if let Some(mut sink) = sink {
-            // A failure leaves a stale Redis subscription at worst: its messages find no local
-            // subscriber and are dropped; the next reconnect forgets it.
-            let _ = tokio::time::timeout(self.shards.timeout, sink.unsubscribe(&name)).await;
-        }
+        self.desired(channel).lock().unwrap().remove(&name);
+        // A failure leaves a stale Redis subscription at worst: its messages find no local
+        // subscriber and are dropped; the next reconnect forgets it.
+        let _ = match self.connection(channel) {
+            Some(PubSubConn::Classic(mut sink)) => self.bounded(sink.unsubscribe(&name)).await,
+            Some(PubSubConn::Sharded(mut conn)) => self.bounded(conn.sunsubscribe(&name)).await,
+            None => Ok(()),
+        };
         Ok(())
     }
 
