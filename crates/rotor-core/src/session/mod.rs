@@ -198,16 +198,29 @@ struct Session {
     publishing: commands::InFlight,
 }
 
-/// Where positioned subscriptions started, until their first live publication.
+/// Where positioned subscriptions started, until their first live publication or for
+/// [`CAUGHT_UP_FOR`], whichever comes first.
 #[derive(Default)]
-struct CaughtUp(HashMap<Arc<str>, u64>);
+struct CaughtUp(HashMap<Arc<str>, (u64, Instant)>);
+
+/// How long after a positioned subscribe a live publication at or before its position
+/// counts as one it already had. Such a publication is one another node had stored before
+/// the subscribe read the position and whose broker message came after: a matter of the
+/// broker's latency. The bound keeps a stream that starts over (a new epoch, offsets from
+/// 1 again) from having its first publications taken for old ones.
+const CAUGHT_UP_FOR: Duration = Duration::from_secs(10);
 
 impl CaughtUp {
+    fn start(&mut self, channel: Arc<str>, offset: u64) {
+        self.0
+            .insert(channel, (offset, Instant::now() + CAUGHT_UP_FOR));
+    }
+
     /// Whether the subscription to `channel` already had the publication at `offset` (it
     /// is dropped); the first one past its start ends the check for that channel.
     fn already_had(&mut self, channel: &Arc<str>, offset: u64) -> bool {
         match self.0.get(channel) {
-            Some(&start) if offset <= start => true,
+            Some(&(start, until)) if offset <= start && Instant::now() < until => true,
             Some(_) => {
                 self.0.remove(channel);
                 false

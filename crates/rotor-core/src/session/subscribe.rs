@@ -140,8 +140,7 @@ impl Session {
         if result.positioned && result.offset > 0 {
             self.caught_up
                 .get_or_insert_with(Default::default)
-                .0
-                .insert(name.clone(), result.offset);
+                .start(name.clone(), result.offset);
         }
         self.subs.insert(
             name,

@@ -637,6 +637,21 @@ async fn a_positioned_subscriber_gets_a_publication_once_though_it_also_came_liv
         .unwrap();
     let push = c.message().await;
     assert_eq!(push["push"]["pub"]["offset"], 2, "{push}");
+
+    // Only just after the subscribe: a stream that started over long after (offsets from 1
+    // again) is not taken for old publications.
+    c.send(json!({"id": 3, "unsubscribe": {"channel": "positioned:x"}}));
+    c.reply().await;
+    c.send(json!({"id": 4, "subscribe": {"channel": "positioned:x"}}));
+    assert_eq!(c.reply().await["subscribe"]["offset"], 3);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    broker
+        .publish("positioned:x", &late(1))
+        .confirmed()
+        .await
+        .unwrap();
+    let push = c.message().await;
+    assert_eq!(push["push"]["pub"]["offset"], 1, "{push}");
 }
 
 /// History whose stream stands at offset 3 (epoch "e"), with nothing to recover.
