@@ -107,6 +107,14 @@ impl UnsubscribeCode {
     pub fn resubscribe(code: u32) -> bool {
         code >= 2500
     }
+
+    /// The unsubscribe push that carries this code and its reason.
+    pub fn push(self) -> crate::types::UnsubscribePush {
+        crate::types::UnsubscribePush {
+            code: self.code(),
+            reason: self.reason().into(),
+        }
+    }
 }
 
 /// A disconnect: the code and reason the client sees (close frame, disconnect push).

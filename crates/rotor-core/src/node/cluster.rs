@@ -5,7 +5,7 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use rotor_protocol::{ClientInfo, Disconnect, Publication, Push, UnsubscribeCode};
+use rotor_protocol::{ClientInfo, Disconnect, Publication, Push};
 
 use super::revoke::kick;
 use super::{Node, NodeInner};
@@ -156,13 +156,5 @@ impl BrokerHandler for Handler {
 
     fn node_info(&self) -> Option<NodeInfo> {
         self.0.upgrade().map(|node| node.info())
-    }
-}
-
-/// The default unsubscribe push for server-side unsubscribes.
-pub(crate) fn server_unsubscribe() -> rotor_protocol::UnsubscribePush {
-    rotor_protocol::UnsubscribePush {
-        code: UnsubscribeCode::Server.code(),
-        reason: UnsubscribeCode::Server.reason().into(),
     }
 }

@@ -31,7 +31,6 @@ use crate::storage::Storage;
 use crate::CoreError;
 
 pub(crate) use channel::Membership;
-pub(crate) use cluster::server_unsubscribe;
 pub(crate) use revoke::revoked_disconnect;
 
 /// Options of a server-side publish.

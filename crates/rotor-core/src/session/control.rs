@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use rotor_protocol::{Disconnect, Push, RefreshPush, SubscribePush, SubscribeRequest};
+use rotor_protocol::{
+    Disconnect, Push, RefreshPush, SubscribePush, SubscribeRequest, UnsubscribeCode,
+};
 
 use super::{Session, State, TransportKind};
 use crate::broker::Control;
 use crate::hub::{bare_push, Taken};
-use crate::node::server_unsubscribe;
 
 impl Session {
     /// Takes messages off the queue (a bounded number per turn), queueing pushes
@@ -82,13 +83,9 @@ impl Session {
                     return Some(Disconnect::INSUFFICIENT_STATE);
                 }
                 if self.leave(&channel).await {
-                    let code = rotor_protocol::UnsubscribeCode::InsufficientState;
                     self.emit_push(Push {
                         channel,
-                        unsubscribe: Some(rotor_protocol::UnsubscribePush {
-                            code: code.code(),
-                            reason: code.reason().into(),
-                        }),
+                        unsubscribe: Some(UnsubscribeCode::InsufficientState.push()),
                         ..Push::default()
                     });
                 }
@@ -97,7 +94,7 @@ impl Session {
                 if self.leave(&channel).await {
                     self.emit_push(Push {
                         channel,
-                        unsubscribe: Some(server_unsubscribe()),
+                        unsubscribe: Some(UnsubscribeCode::Server.push()),
                         ..Push::default()
                     });
                 }

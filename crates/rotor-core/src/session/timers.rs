@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rotor_protocol::{Disconnect, Protocol, Push, Raw, UnsubscribeCode, UnsubscribePush};
+use rotor_protocol::{Disconnect, Protocol, Push, Raw, UnsubscribeCode};
 use tokio::time::Instant;
 
 use super::{Addr, Retry, Session};
@@ -168,10 +168,7 @@ impl Session {
         self.leave(channel).await;
         self.emit_push(Push {
             channel: channel.to_string(),
-            unsubscribe: Some(UnsubscribePush {
-                code: UnsubscribeCode::Expired.code(),
-                reason: UnsubscribeCode::Expired.reason().into(),
-            }),
+            unsubscribe: Some(UnsubscribeCode::Expired.push()),
             ..Push::default()
         });
         None
