@@ -31,6 +31,9 @@ struct Job {
 pub struct PgHistory {
     pool: PgPool,
     lanes: Vec<mpsc::UnboundedSender<Job>>,
+    /// Picks a channel's writer (stable for the life of the store, which is all the order
+    /// of a channel's offsets needs).
+    hasher: std::collections::hash_map::RandomState,
 }
 
 /// Writers per store: transactions in flight at once (measured in docs/benchmarks.md: four
@@ -46,15 +49,17 @@ impl PgHistory {
                 jobs
             })
             .collect();
-        PgHistory { pool, lanes }
+        PgHistory {
+            pool,
+            lanes,
+            hasher: Default::default(),
+        }
     }
 
     /// The writer of `channel`.
     fn lane(&self, channel: &str) -> &mpsc::UnboundedSender<Job> {
-        let h = channel.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        &self.lanes[(h % self.lanes.len() as u64) as usize]
+        use std::hash::BuildHasher;
+        &self.lanes[self.hasher.hash_one(channel) as usize % self.lanes.len()]
     }
 }
 
