@@ -185,11 +185,6 @@ impl RedisBroker {
         }
     }
 
-    /// `PUBLISH`, or `SPUBLISH` with sharded pub/sub.
-    fn publish_command(&self) -> &'static str {
-        publish_command(&self.shards)
-    }
-
     /// Whether every subscription connection is up.
     pub fn connected(&self) -> bool {
         self.pubsub.iter().all(|p| p.sink.lock().unwrap().is_some())
@@ -333,7 +328,7 @@ impl RedisBroker {
 
     async fn publish_envelope(&self, channel: &str, env: &Envelope) -> Result<(), CoreError> {
         let payload = serde_json::to_string(env).map_err(|e| CoreError::Internal(e.to_string()))?;
-        let mut cmd = redis::cmd(self.publish_command());
+        let mut cmd = redis::cmd(publish_command(&self.shards));
         cmd.arg(self.redis_channel(channel)).arg(payload);
         self.shards
             .run::<()>(self.shards.for_channel(channel), &cmd)
@@ -485,6 +480,7 @@ async fn publish_loop(
     }
 }
 
+/// `PUBLISH`, or `SPUBLISH` with sharded pub/sub.
 fn publish_command(shards: &Shards) -> &'static str {
     if shards.sharded.is_some() {
         "SPUBLISH"
