@@ -81,7 +81,7 @@ pub(crate) async fn churn(
         ),
         None => String::new(),
     };
-    let servers = Servers::start_with(&common, &signer, &extra).await;
+    let servers = Servers::start_with(&common, &signer, "", &extra).await;
     let addr = servers.addrs()[0];
     // A pool of connect requests (distinct users) for churn, tokens signed before the clock
     // starts; without tokens, the backend reads the user from the connect's data.

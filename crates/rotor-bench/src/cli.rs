@@ -74,6 +74,20 @@ pub(crate) enum Channels {
     Each,
 }
 
+/// What the idle connections are subscribed to.
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub(crate) enum Shape {
+    /// One user; 100 channels shared by all connections, no presence or history.
+    Shared,
+    /// Each connection its own user and its own channel, no presence or history.
+    Own,
+    /// Each connection its own user and its own channel with presence and history (10
+    /// publications for 300 s): a personal channel or a small chat room, the shape most
+    /// apps open. HTTP streaming and SSE connections are subscribed server-side (the
+    /// token's `channels` claim); WebSocket ones subscribe themselves.
+    Realistic,
+}
+
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
 pub(crate) enum Alg {
     Hs256,
@@ -117,6 +131,8 @@ pub(crate) enum Cmd {
         common: Common,
         #[arg(long, value_delimiter = ',', default_values_t = [1000, 5000, 10000, 19000])]
         counts: Vec<usize>,
+        #[arg(long, value_enum, default_value = "shared")]
+        shape: Shape,
     },
     /// Publish at rising rates to subscribers; report deliveries, latency, losses.
     Fanout(FanoutArgs),
@@ -152,5 +168,10 @@ pub(crate) enum Cmd {
         count: usize,
         #[arg(long)]
         stride: u64,
+        /// Each connection its own user `u<index>` (a token signed here with the bench's
+        /// HS256 secret); HTTP streaming and SSE connections subscribed server-side, by
+        /// the token's `channels` claim.
+        #[arg(long)]
+        personal: bool,
     },
 }

@@ -51,7 +51,7 @@ pub(crate) async fn fanout(args: FanoutArgs) {
             1
         };
         let (mut workers, connect_rate) =
-            add_workers(&common, &addrs, 0, subs, stride, &token).await;
+            add_workers(&common, &addrs, 0, subs, stride, &token, false).await;
         let mut pubs = Vec::new();
         for _ in 0..publishers.max(1) {
             pubs.push(Publisher::connect(common.target, addrs[0], &token).await);

@@ -17,7 +17,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use crate::cli::Common;
 
 /// rotor's configuration for a run; `extra` is appended (more sections).
-pub(crate) fn rotor_config(signer: &Signer, redis: Option<&str>, extra: &str) -> String {
+/// rotor's configuration for a run: `channel` is more keys of `[channel.without_namespace]`
+/// (where the bench's channels live), `extra` more TOML sections.
+pub(crate) fn rotor_config(
+    signer: &Signer,
+    redis: Option<&str>,
+    channel: &str,
+    extra: &str,
+) -> String {
     let engine = match redis {
         Some(addr) => format!(
             "[engine]\ntype = \"redis\"\n[engine.redis]\naddress = \"{addr}\"\nprefix = \"rotor-bench-{}\"\n",
@@ -42,7 +49,7 @@ level = "warn"
 [channel.without_namespace]
 allow_subscribe_for_client = true
 allow_publish_for_client = true
-{engine}{extra}"#,
+{channel}{engine}{extra}"#,
         signer.rotor_config()
     )
 }
@@ -54,18 +61,23 @@ pub(crate) struct Servers {
 
 impl Servers {
     pub(crate) async fn start(common: &Common, signer: &Signer) -> Servers {
-        Servers::start_with(common, signer, "").await
+        Servers::start_with(common, signer, "", "").await
     }
 
-    /// [`Servers::start`] with more rotor configuration (`extra`, TOML sections).
-    pub(crate) async fn start_with(common: &Common, signer: &Signer, extra: &str) -> Servers {
+    /// [`Servers::start`] with more rotor configuration (as [`rotor_config`] takes it).
+    pub(crate) async fn start_with(
+        common: &Common,
+        signer: &Signer,
+        channel: &str,
+        extra: &str,
+    ) -> Servers {
         let cpus = common.server_cpus.as_deref();
         let procs = match common.target {
             Target::Ceiling => vec![ServerProcess::ceiling(cpus).await],
             Target::Nats => vec![ServerProcess::nats(cpus).await],
             _ => {
                 let redis = common.redis_engine();
-                let config = rotor_config(signer, redis, extra);
+                let config = rotor_config(signer, redis, channel, extra);
                 let mut v = Vec::new();
                 for n in 0..common.nodes.max(1) {
                     v.push(ServerProcess::rotor(&format!("node{n}"), &config, cpus).await);
@@ -111,6 +123,7 @@ impl Worker {
         count: usize,
         stride: u64,
         token: &str,
+        personal: bool,
     ) -> Worker {
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
         let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
@@ -118,6 +131,7 @@ impl Worker {
             .args(["--addrs", &addrs.join(",")])
             .args(["--from", &from.to_string(), "--count", &count.to_string()])
             .args(["--stride", &stride.to_string()])
+            .args(personal.then_some("--personal"))
             .env("BENCH_TOKEN", token)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -157,7 +171,8 @@ pub(crate) async fn ask_all(workers: &mut [Worker], cmd: &str) -> Vec<Value> {
     futures_util::future::join_all(workers.iter_mut().map(|w| w.ask(cmd))).await
 }
 
-/// Opens `count` more subscribers (global indexes from `from`) in workers of at most
+/// Opens `count` more subscribers (global indexes from `from`; `personal`: each its own
+/// user, see the worker's `--personal`) in workers of at most
 /// `per_worker` connections; returns the workers and the connect rate.
 pub(crate) async fn add_workers(
     common: &Common,
@@ -166,13 +181,25 @@ pub(crate) async fn add_workers(
     count: usize,
     stride: u64,
     token: &str,
+    personal: bool,
 ) -> (Vec<Worker>, f64) {
     let start = Instant::now();
     let mut workers = Vec::new();
     let mut at = 0;
     while at < count {
         let n = common.per_worker.min(count - at);
-        workers.push(Worker::spawn(common.target, addrs, from + at as u64, n, stride, token).await);
+        workers.push(
+            Worker::spawn(
+                common.target,
+                addrs,
+                from + at as u64,
+                n,
+                stride,
+                token,
+                personal,
+            )
+            .await,
+        );
         at += n;
     }
     let hellos = futures_util::future::join_all(workers.iter_mut().map(|w| w.read())).await;

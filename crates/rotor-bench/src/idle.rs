@@ -7,17 +7,33 @@ use rotor_bench::procfs::slope;
 use rotor_bench::tokens::Signer;
 use serde_json::json;
 
-use crate::cli::Common;
+use clap::ValueEnum;
+
+use crate::cli::{Common, Shape};
 use crate::harness::{add_workers, ask_all, emit, Servers};
 
-pub(crate) async fn idle(common: Common, counts: Vec<usize>) {
+pub(crate) async fn idle(common: Common, counts: Vec<usize>, shape: Shape) {
     let signer = Signer::hs256();
-    let servers = Servers::start(&common, &signer).await;
+    let channel = match shape {
+        Shape::Realistic => "presence = true\nhistory_size = 10\nhistory_ttl = \"300s\"\n",
+        Shape::Shared | Shape::Own => "",
+    };
+    let servers = Servers::start_with(&common, &signer, channel, "").await;
     let token = signer.token("bench", None);
     let addrs = servers.addrs();
     let base = servers.rss_kib();
+    // Shared: 100 channels; otherwise each connection its own channel and user.
+    let (stride, personal) = match shape {
+        Shape::Shared => (100, false),
+        Shape::Own | Shape::Realistic => (counts.iter().max().map_or(1, |&m| m as u64), true),
+    };
+    let shape_name = shape
+        .to_possible_value()
+        .expect("named")
+        .get_name()
+        .to_string();
     println!(
-        "# idle {} (server RSS by open subscribed connections)",
+        "# idle {} {shape_name} (server RSS by open subscribed connections)",
         common.target.name()
     );
     println!(
@@ -30,8 +46,16 @@ pub(crate) async fn idle(common: Common, counts: Vec<usize>) {
     let mut open = 0usize;
     let mut cpu_pct = 0.0;
     for &target in &counts {
-        let (mut more, rate) =
-            add_workers(&common, &addrs, open as u64, target - open, 100, &token).await;
+        let (mut more, rate) = add_workers(
+            &common,
+            &addrs,
+            open as u64,
+            target - open,
+            stride,
+            &token,
+            personal,
+        )
+        .await;
         workers.append(&mut more);
         open = target;
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -43,7 +67,8 @@ pub(crate) async fn idle(common: Common, counts: Vec<usize>) {
         points.push((open as f64, rss as f64));
         emit(
             &common,
-            json!({"scenario": "idle", "target": common.target.name(), "connections": open,
+            json!({"scenario": "idle", "target": common.target.name(), "shape": shape_name,
+                   "connections": open,
                    "rss_kib": rss, "connects_per_s": rate, "idle_cpu_pct": cpu_pct}),
         );
     }
@@ -51,7 +76,7 @@ pub(crate) async fn idle(common: Common, counts: Vec<usize>) {
     println!("memory per idle connection (slope): {per:.1} KiB");
     emit(
         &common,
-        json!({"scenario": "idle-slope", "target": common.target.name(),
+        json!({"scenario": "idle-slope", "target": common.target.name(), "shape": shape_name,
                "kib_per_connection": per, "idle_cpu_pct_at_max": cpu_pct, "max": open}),
     );
     ask_all(&mut workers, "quit").await;

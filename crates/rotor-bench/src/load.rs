@@ -293,6 +293,9 @@ pub struct SubSpec {
     pub addrs: Vec<SocketAddr>,
     /// A connection token (rotor targets).
     pub token: String,
+    /// Each subscriber its own user, with a token signed by this (rotor targets): HTTP
+    /// streaming and SSE ones subscribed server-side by the token's `channels` claim.
+    pub personal: Option<crate::tokens::Signer>,
     pub http: reqwest::Client,
 }
 
@@ -347,18 +350,27 @@ pub async fn subscriber(
     let g = shared.first_index + i as u64;
     let addr = spec.addrs[(g % spec.addrs.len() as u64) as usize];
     let channel = channel_name(g % shared.stride);
+    let emulated = matches!(spec.target, Target::RotorHttpStream | Target::RotorSse);
+    let token = match &spec.personal {
+        Some(signer) if emulated => signer.token_subscribed(&format!("u{g}"), &channel),
+        Some(signer) => signer.token(&format!("u{g}"), None),
+        None => spec.token.clone(),
+    };
+    let sub = Sub {
+        addr,
+        token: &token,
+        channel: &channel,
+        server_side: emulated && spec.personal.is_some(),
+        shared: &shared,
+        i,
+        ready: &ready,
+    };
     let result = match spec.target {
-        Target::RotorWs => rotor_ws(&spec, addr, &channel, &shared, i, &ready).await,
-        Target::RotorWsProtobuf => {
-            rotor_ws_protobuf(&spec, addr, &channel, &shared, i, &ready).await
-        }
-        Target::RotorWsMixed if g % 2 == 1 => {
-            rotor_ws_protobuf(&spec, addr, &channel, &shared, i, &ready).await
-        }
-        Target::RotorWsMixed => rotor_ws(&spec, addr, &channel, &shared, i, &ready).await,
-        Target::RotorHttpStream | Target::RotorSse => {
-            rotor_emulated(&spec, addr, &channel, &shared, i, &ready).await
-        }
+        Target::RotorWs => rotor_ws(&sub).await,
+        Target::RotorWsProtobuf => rotor_ws_protobuf(&sub).await,
+        Target::RotorWsMixed if g % 2 == 1 => rotor_ws_protobuf(&sub).await,
+        Target::RotorWsMixed => rotor_ws(&sub).await,
+        Target::RotorHttpStream | Target::RotorSse => rotor_emulated(&spec, &sub).await,
         Target::Ceiling => ceiling(addr, &channel, &shared, i, &ready).await,
         Target::Nats => nats(addr, &channel, &shared, i, &ready).await,
     };
@@ -369,6 +381,19 @@ pub async fn subscriber(
         }
     }
     shared.disconnected.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One subscriber as its protocol's loop sees it.
+#[derive(Clone, Copy)]
+struct Sub<'a> {
+    addr: SocketAddr,
+    token: &'a str,
+    channel: &'a str,
+    /// The token subscribes the connection (no subscribe command to send).
+    server_side: bool,
+    shared: &'a Shared,
+    i: usize,
+    ready: &'a Ready,
 }
 
 /// Tells the worker once whether a subscriber got subscribed.
@@ -417,18 +442,19 @@ fn reply_error(line: &[u8]) -> Option<String> {
     v.get("error").map(|e| e.to_string())
 }
 
-async fn rotor_ws(
-    spec: &SubSpec,
-    addr: SocketAddr,
-    channel: &str,
-    shared: &Shared,
-    i: usize,
-    ready: &Ready,
-) -> Result<(), String> {
+async fn rotor_ws(sub: &Sub<'_>) -> Result<(), String> {
+    let Sub {
+        addr,
+        token,
+        channel,
+        shared,
+        i,
+        ready,
+        ..
+    } = *sub;
     let mut ws = ws_connect(addr, "/connection/websocket").await?;
     let hello = format!(
-        "{{\"id\":1,\"connect\":{{\"token\":\"{}\"}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\"}}}}",
-        spec.token
+        "{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\"}}}}"
     );
     ws.send(Message::text(hello))
         .await
@@ -491,14 +517,16 @@ fn delimited(mut frame: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// binary frames. A reply (field 1 set: it starts with 0x08) is decoded; a push (field 4:
 /// 0x22) only scanned for the payload, whose JSON text Protobuf carries as bytes; an empty
 /// message is a ping.
-async fn rotor_ws_protobuf(
-    spec: &SubSpec,
-    addr: SocketAddr,
-    channel: &str,
-    shared: &Shared,
-    i: usize,
-    ready: &Ready,
-) -> Result<(), String> {
+async fn rotor_ws_protobuf(sub: &Sub<'_>) -> Result<(), String> {
+    let Sub {
+        addr,
+        token,
+        channel,
+        shared,
+        i,
+        ready,
+        ..
+    } = *sub;
     use rotor_protocol::{Command, ConnectRequest, Protocol, Reply, SubscribeRequest};
     let p = Protocol::Protobuf;
     let mut ws =
@@ -507,7 +535,7 @@ async fn rotor_ws_protobuf(
         Command {
             id: 1,
             connect: Some(ConnectRequest {
-                token: spec.token.clone(),
+                token: token.to_string(),
                 ..ConnectRequest::default()
             }),
             ..Command::default()
@@ -571,15 +599,17 @@ async fn rotor_ws_protobuf(
     Err("connection closed".into())
 }
 
-async fn rotor_emulated(
-    spec: &SubSpec,
-    addr: SocketAddr,
-    channel: &str,
-    shared: &Shared,
-    i: usize,
-    ready: &Ready,
-) -> Result<(), String> {
-    let connect = format!("{{\"id\":1,\"connect\":{{\"token\":\"{}\"}}}}", spec.token);
+async fn rotor_emulated(spec: &SubSpec, sub: &Sub<'_>) -> Result<(), String> {
+    let Sub {
+        addr,
+        token,
+        channel,
+        server_side,
+        shared,
+        i,
+        ready,
+    } = *sub;
+    let connect = format!("{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}");
     let sse = spec.target == Target::RotorSse;
     let mut resp = if sse {
         spec.http
@@ -642,7 +672,12 @@ async fn rotor_emulated(
                         serde_json::from_slice(line).map_err(|e| e.to_string())?;
                     let field = |k: &str| v["connect"][k].as_str().unwrap_or("").to_string();
                     route = Some((field("session"), field("node")));
-                    to_subscribe = true;
+                    if server_side {
+                        // The connect reply carries the token's subscription.
+                        mark_ready(shared, ready);
+                    } else {
+                        to_subscribe = true;
+                    }
                 }
                 RotorLine::Reply { id: 2, line } => {
                     if let Some(e) = reply_error(line) {

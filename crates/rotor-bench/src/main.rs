@@ -35,7 +35,11 @@ fn main() {
     .expect("runtime");
     rt.block_on(async move {
         match cli.command {
-            Cmd::Idle { common, counts } => idle::idle(common, counts).await,
+            Cmd::Idle {
+                common,
+                counts,
+                shape,
+            } => idle::idle(common, counts, shape).await,
             Cmd::Fanout(args) => fanout::fanout(args).await,
             Cmd::Churn {
                 common,
@@ -51,7 +55,8 @@ fn main() {
                 from,
                 count,
                 stride,
-            } => worker::worker(target, addrs, from, count, stride).await,
+                personal,
+            } => worker::worker(target, addrs, from, count, stride, personal).await,
         }
     });
 }

@@ -63,11 +63,21 @@ impl Signer {
         if let Some(exp) = exp {
             claims["exp"] = json!(exp);
         }
+        self.sign(&claims)
+    }
+
+    /// A connection token for `user` that subscribes the connection to `channel` on the
+    /// server's side (the `channels` claim).
+    pub fn token_subscribed(&self, user: &str, channel: &str) -> String {
+        self.sign(&json!({ "sub": user, "channels": [channel] }))
+    }
+
+    fn sign(&self, claims: &serde_json::Value) -> String {
         let (alg, key) = match self {
             Signer::Hs256(k) => (Algorithm::HS256, k),
             Signer::Rs256 { key, .. } => (Algorithm::RS256, key),
         };
-        encode(&Header::new(alg), &claims, key).expect("sign token")
+        encode(&Header::new(alg), claims, key).expect("sign token")
     }
 
     /// The `[client.token]` lines a rotor config needs to verify these tokens.

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use hdrhistogram::serialization::{Serializer, V2Serializer};
 use rotor_bench::load::{self, Shared, SubSpec, Target};
+use rotor_bench::tokens::Signer;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -20,6 +21,7 @@ pub(crate) async fn worker(
     from: u64,
     count: usize,
     stride: u64,
+    personal: bool,
 ) {
     let token = std::env::var("BENCH_TOKEN").unwrap_or_default();
     let shared = Arc::new(Shared::new(from, count, stride));
@@ -27,6 +29,7 @@ pub(crate) async fn worker(
         target,
         addrs,
         token,
+        personal: personal.then(Signer::hs256),
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()
