@@ -4,7 +4,7 @@
 //! Nothing here survives a restart, and nothing is shared between nodes; use
 //! `rotor-store-postgres` for that. This crate must not do any IO.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -160,7 +160,43 @@ impl HistoryStore for MemoryHistory {
     }
 }
 
-type Entries = BTreeMap<String, (ClientInfo, Instant)>;
+/// A channel's members. Most presence channels have one or a few (a personal channel, a
+/// small room), so the set holds one pointer per member: a B-tree's first leaf has room
+/// for eleven entries and cost ~1.5 KiB for a channel of one.
+type Entries = HashSet<Member>;
+
+/// One client present in a channel, until `expires`; found by its client id.
+struct Member(Box<(ClientInfo, Instant)>);
+
+impl Member {
+    fn info(&self) -> &ClientInfo {
+        &self.0 .0
+    }
+
+    fn expires(&self) -> Instant {
+        self.0 .1
+    }
+}
+
+impl std::borrow::Borrow<str> for Member {
+    fn borrow(&self) -> &str {
+        &self.info().client
+    }
+}
+
+impl std::hash::Hash for Member {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.info().client.as_str().hash(state)
+    }
+}
+
+impl PartialEq for Member {
+    fn eq(&self, other: &Member) -> bool {
+        self.info().client == other.info().client
+    }
+}
+
+impl Eq for Member {}
 
 /// Channel presence in memory.
 #[derive(Default)]
@@ -176,7 +212,7 @@ impl MemoryPresence {
     fn live<'a>(map: &'a mut HashMap<String, Entries>, channel: &str) -> Option<&'a Entries> {
         let now = Instant::now();
         let entries = map.get_mut(channel)?;
-        entries.retain(|_, (_, expires)| *expires > now);
+        entries.retain(|m| m.expires() > now);
         if entries.is_empty() {
             map.remove(channel);
             return None;
@@ -191,7 +227,7 @@ impl PresenceStore for MemoryPresence {
         lock(&self.channels)
             .entry(channel.to_string())
             .or_default()
-            .insert(info.client.clone(), (info.clone(), Instant::now() + ttl));
+            .replace(Member(Box::new((info.clone(), Instant::now() + ttl))));
         Ok(())
     }
 
@@ -211,7 +247,7 @@ impl PresenceStore for MemoryPresence {
         Ok(Self::live(&mut map, channel)
             .map(|e| {
                 e.iter()
-                    .map(|(k, (info, _))| (k.clone(), info.clone()))
+                    .map(|m| (m.info().client.clone(), m.info().clone()))
                     .collect()
             })
             .unwrap_or_default())
@@ -222,8 +258,7 @@ impl PresenceStore for MemoryPresence {
         let Some(entries) = Self::live(&mut map, channel) else {
             return Ok((0, 0));
         };
-        let users: std::collections::HashSet<&str> =
-            entries.values().map(|(i, _)| i.user.as_str()).collect();
+        let users: HashSet<&str> = entries.iter().map(|m| m.info().user.as_str()).collect();
         Ok((entries.len() as u32, users.len() as u32))
     }
 }
