@@ -265,11 +265,16 @@ impl Retry {
 }
 /// Creates a connection and runs it until it ends. Returns the code it ended with (`None`
 /// when the client went away).
-pub async fn run(
+///
+/// The session is set up here and the loop is an `async move` block over it, not an `async
+/// fn`: an `async fn` keeps its arguments and the locals they are moved into side by side
+/// for the whole life of the future, and this future lives as long as the connection
+/// (docs/benchmarks.md, memory per idle connection).
+pub fn run(
     node: Node,
     params: SessionParams,
     mut transport: impl Transport,
-) -> Option<Disconnect> {
+) -> impl Future<Output = Option<Disconnect>> + Send {
     let cfg = &node.config().client;
     let id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
     let cancel = node.shutdown_token();
@@ -310,13 +315,10 @@ pub async fn run(
         publishing: commands::InFlight::default(),
         caught_up: None,
     };
-    let mut first = match params.connect {
+    // A connect request that came with the HTTP request is handled first (boxed: only
+    // unidirectional sessions have one).
+    let connect_first = match params.connect {
         ConnectFrom::Commands => None,
-        ConnectFrom::Request(req) => Some(Box::pin(s.uni_connect(req)).await),
-        ConnectFrom::Text {
-            text: Some(text),
-            fallback_token,
-        } => Some(Box::pin(s.uni_connect_text(&text, fallback_token)).await),
         ConnectFrom::Text {
             text: None,
             fallback_token,
@@ -324,156 +326,196 @@ pub async fn run(
             s.first_frame = Some(fallback_token);
             None
         }
+        connect => Some(Box::new(connect)),
     };
-    // Command, timer and node-command handlers run boxed: their state (often several KiB,
-    // as they await storage and the broker) is allocated only while one runs, so an idle
-    // connection's task holds just this loop. Pushes, the common case under fan-out, are
-    // handled inline without an allocation.
-    //
-    // The loop runs once per wake-up, under fan-out once per delivery, so it does as little
-    // as it can per turn. It keeps its futures across turns instead of making new ones: the
-    // pending read, the timer (moved only when the next deadline moves) and the cancellation
-    // wait. The cancellation wait is polled once to register its wake-up and afterwards only
-    // on the fair turns and while a write is pending: a cancellation also sets flags
-    // (`stopping`: every cancel goes through `Node::shutdown` or `ClientHandle::close`, which
-    // set them first), which the loop reads on every turn and every wake-up, so re-polling
-    // it each time would only repeat two locks. The timer is polled whenever the queue and
-    // the read are both pending (a branch's condition is evaluated once per select, so a
-    // "poll the timer only when due" condition would miss a deadline passing during the
-    // wait).
-    let cancelled = cancel.cancelled();
-    tokio::pin!(cancelled);
-    // Registers the wake-up (if already cancelled, the flags below say so).
-    let _ = poll_fn(|cx| Poll::Ready(cancelled.as_mut().poll(cx))).await;
-    let timer = tokio::time::sleep_until(Instant::now());
-    tokio::pin!(timer);
-    let mut armed: Option<Instant> = None;
-    // Whether the last turn may have moved a deadline (anything but delivering pushes).
-    let mut deadlines_moved = true;
-    let mut turn: u32 = 0;
-    let stopping = |client: &ClientHandle| {
-        (client.closing() || node.stopping())
-            .then(|| client.close_reason().unwrap_or(Disconnect::SHUTDOWN))
-    };
-    let ending = loop {
-        if let Some(d) = stopping(&client) {
-            break Some(d);
-        }
-        if deadlines_moved {
-            let deadline = s.next_deadline();
-            if deadline != armed {
-                if let Some(at) = deadline {
-                    timer.as_mut().reset(at);
-                }
-                armed = deadline;
-            }
-        }
-        deadlines_moved = true;
-        let ending = if let Some(result) = first.take() {
-            result
-        } else {
-            // Messages to deliver come first, but every FAIR_EVERY-th turn the timer and
-            // the client's frames do: a client kept busy by a hot channel still gets its
-            // expiry, ping and refresh handled.
-            turn = turn.wrapping_add(1);
-            let wake = if turn.is_multiple_of(FAIR_EVERY) {
-                tokio::select! {
-                biased;
-                _ = &mut timer, if armed.is_some() => Wake::Timer,
-                done = poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)),
-                    if !s.publishing.is_empty() => Wake::Published(done),
-                inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
-                _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
-                _ = &mut cancelled => Wake::Cancelled,
-                }
-            } else {
-                tokio::select! {
-                biased;
-                _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
-                done = poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)),
-                    if !s.publishing.is_empty() => Wake::Published(done),
-                inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
-                _ = &mut timer, if armed.is_some() => Wake::Timer,
-                // The flags only: the cancellation wait registered the wake-up.
-                _ = poll_fn(|_| if stopping(&client).is_some() {
-                    Poll::Ready(())
-                } else {
-                    Poll::Pending
-                }) => Wake::Cancelled,
-                }
-            };
-            match wake {
-                Wake::Messages => match s.take_pushes() {
-                    None => {
-                        deadlines_moved = false;
-                        None
-                    }
-                    Some(control) => Box::pin(s.on_control(*control)).await,
-                },
-                Wake::Read(Inbound::Frame(frame)) => {
-                    node.observer().received(s.transport.name, frame.len());
-                    Box::pin(s.on_frame(frame.as_bytes(), Protocol::Json)).await
-                }
-                Wake::Read(Inbound::Binary(frame)) => {
-                    node.observer().received(s.transport.name, frame.len());
-                    Box::pin(s.on_frame(&frame, Protocol::Protobuf)).await
-                }
-                Wake::Published(done) => s.finish_published(done).err(),
-                Wake::Read(Inbound::Refused(d)) => Some(d),
-                Wake::Read(Inbound::Closed) => break None,
-                Wake::Timer => {
-                    // Armed again next turn, even for the same deadline.
-                    armed = None;
-                    Box::pin(s.on_timer()).await
-                }
-                Wake::Cancelled => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
-            }
-        };
-        if !s.out.is_empty() {
-            let messages = std::mem::take(&mut s.out);
-            let bytes = messages.iter().map(Bytes::len).sum();
-            node.observer()
-                .sent(s.transport.name, messages.len(), bytes);
-            let write = tokio::select! {
-                biased;
-                r = transport.write(messages) => r,
-                _ = &mut cancelled => Ok(()),
-            };
-            if let Err(e) = write {
-                tracing::debug!(client = %client.id(), error = %e, "write failed");
-                break ending.or(Some(Disconnect::WRITE_ERROR));
-            }
-        }
-        if let Some(d) = ending {
-            break Some(d);
-        }
-    };
-    // Nothing reads the queue any more: drop what is in it and whatever comes until the
-    // hub forgets this connection.
-    client.end_inbox();
-    // Publishes the client sent are carried through (nobody may be left with a
-    // publication stored but never delivered), within a bound; their answers go nowhere.
-    if !s.publishing.is_empty() {
-        let carried = tokio::time::timeout(PUBLISHES_END_WITHIN, async {
-            while !s.publishing.is_empty() {
-                poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)).await;
-            }
-        });
-        if carried.await.is_err() {
-            tracing::warn!(client = %client.id(), left = s.publishing.get().len(), "publishes still unfinished when the connection ended; dropped");
-        }
-    }
-    if let Some(d) = &ending {
-        let limit = match d.code {
-            c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
-            c if c == Disconnect::STALE.code => Some(Limit::Stale),
-            c if c == Disconnect::MESSAGE_SIZE_LIMIT.code => Some(Limit::MessageSize),
+    async move {
+        let mut first = match connect_first.map(|c| *c) {
+            Some(ConnectFrom::Request(req)) => Some(Box::pin(s.uni_connect(req)).await),
+            Some(ConnectFrom::Text {
+                text: Some(text),
+                fallback_token,
+            }) => Some(Box::pin(s.uni_connect_text(&text, fallback_token)).await),
             _ => None,
         };
-        if let Some(l) = limit {
-            node.observer().limit_hit(l);
+        // Command, timer and node-command handlers run boxed: their state (often several KiB,
+        // as they await storage and the broker) is allocated only while one runs, so an idle
+        // connection's task holds just this loop. Pushes, the common case under fan-out, are
+        // handled inline without an allocation.
+        //
+        // The loop runs once per wake-up, under fan-out once per delivery, so it does as little
+        // as it can per turn. It keeps its futures across turns instead of making new ones: the
+        // pending read, the timer (moved only when the next deadline moves) and the cancellation
+        // wait. The cancellation wait is polled once to register its wake-up and afterwards only
+        // on the fair turns and while a write is pending: a cancellation also sets flags
+        // (`stopping`: every cancel goes through `Node::shutdown` or `ClientHandle::close`, which
+        // set them first), which the loop reads on every turn and every wake-up, so re-polling
+        // it each time would only repeat two locks. The timer is polled whenever the queue and
+        // the read are both pending (a branch's condition is evaluated once per select, so a
+        // "poll the timer only when due" condition would miss a deadline passing during the
+        // wait).
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
+        // Registers the wake-up (if already cancelled, the flags below say so).
+        let _ = poll_fn(|cx| Poll::Ready(cancelled.as_mut().poll(cx))).await;
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
+        // Whether the last turn may have moved a deadline (anything but delivering pushes).
+        let mut deadlines_moved = true;
+        let mut turn: u32 = 0;
+        let stopping = |client: &ClientHandle| {
+            (client.closing() || node.stopping())
+                .then(|| client.close_reason().unwrap_or(Disconnect::SHUTDOWN))
+        };
+        let ending = loop {
+            if let Some(d) = stopping(&client) {
+                break Some(d);
+            }
+            if deadlines_moved {
+                let deadline = s.next_deadline();
+                if deadline != armed {
+                    if let Some(at) = deadline {
+                        timer.as_mut().reset(at);
+                    }
+                    armed = deadline;
+                }
+            }
+            deadlines_moved = true;
+            let ending = if let Some(result) = first.take() {
+                result
+            } else {
+                // Messages to deliver come first, but every FAIR_EVERY-th turn the timer and
+                // the client's frames do: a client kept busy by a hot channel still gets its
+                // expiry, ping and refresh handled.
+                turn = turn.wrapping_add(1);
+                let wake = if turn.is_multiple_of(FAIR_EVERY) {
+                    tokio::select! {
+                    biased;
+                    _ = &mut timer, if armed.is_some() => Wake::Timer,
+                    done = poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)),
+                        if !s.publishing.is_empty() => Wake::Published(done),
+                    inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
+                    _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
+                    _ = &mut cancelled => Wake::Cancelled,
+                    }
+                } else {
+                    tokio::select! {
+                    biased;
+                    _ = poll_fn(|cx| client.poll_ready(cx)) => Wake::Messages,
+                    done = poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)),
+                        if !s.publishing.is_empty() => Wake::Published(done),
+                    inbound = poll_fn(|cx| transport.poll_read(cx)) => Wake::Read(inbound),
+                    _ = &mut timer, if armed.is_some() => Wake::Timer,
+                    // The flags only: the cancellation wait registered the wake-up.
+                    _ = poll_fn(|_| if stopping(&client).is_some() {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending
+                    }) => Wake::Cancelled,
+                    }
+                };
+                match wake {
+                    Wake::Messages => match s.take_pushes() {
+                        None => {
+                            deadlines_moved = false;
+                            None
+                        }
+                        Some(control) => Box::pin(s.on_control(*control)).await,
+                    },
+                    Wake::Read(Inbound::Frame(frame)) => {
+                        node.observer().received(s.transport.name, frame.len());
+                        Box::pin(s.on_frame(frame.as_bytes(), Protocol::Json)).await
+                    }
+                    Wake::Read(Inbound::Binary(frame)) => {
+                        node.observer().received(s.transport.name, frame.len());
+                        Box::pin(s.on_frame(&frame, Protocol::Protobuf)).await
+                    }
+                    Wake::Published(done) => s.finish_published(done).err(),
+                    Wake::Read(Inbound::Refused(d)) => Some(d),
+                    Wake::Read(Inbound::Closed) => break None,
+                    Wake::Timer => {
+                        // Armed again next turn, even for the same deadline.
+                        armed = None;
+                        Box::pin(s.on_timer()).await
+                    }
+                    Wake::Cancelled => Some(client.close_reason().unwrap_or(Disconnect::SHUTDOWN)),
+                }
+            };
+            if !s.out.is_empty() {
+                let messages = std::mem::take(&mut s.out);
+                let bytes = messages.iter().map(Bytes::len).sum();
+                node.observer()
+                    .sent(s.transport.name, messages.len(), bytes);
+                let write = tokio::select! {
+                    biased;
+                    r = transport.write(messages) => r,
+                    _ = &mut cancelled => Ok(()),
+                };
+                if let Err(e) = write {
+                    tracing::debug!(client = %client.id(), error = %e, "write failed");
+                    break ending.or(Some(Disconnect::WRITE_ERROR));
+                }
+            }
+            if let Some(d) = ending {
+                break Some(d);
+            }
+        };
+        // Nothing reads the queue any more: drop what is in it and whatever comes until the
+        // hub forgets this connection.
+        client.end_inbox();
+        // Publishes the client sent are carried through (nobody may be left with a
+        // publication stored but never delivered), within a bound; their answers go nowhere.
+        if !s.publishing.is_empty() {
+            let carried = tokio::time::timeout(PUBLISHES_END_WITHIN, async {
+                while !s.publishing.is_empty() {
+                    poll_fn(|cx| commands::poll_publishes(&mut s.publishing, cx)).await;
+                }
+            });
+            if carried.await.is_err() {
+                tracing::warn!(client = %client.id(), left = s.publishing.get().len(), "publishes still unfinished when the connection ended; dropped");
+            }
         }
-        tracing::debug!(client = %client.id(), user = %s.user, code = d.code, reason = %d.reason, transport = s.transport.name, "disconnect");
+        if let Some(d) = &ending {
+            let limit = match d.code {
+                c if c == Disconnect::SLOW.code => Some(Limit::QueueSize),
+                c if c == Disconnect::STALE.code => Some(Limit::Stale),
+                c if c == Disconnect::MESSAGE_SIZE_LIMIT.code => Some(Limit::MessageSize),
+                _ => None,
+            };
+            if let Some(l) = limit {
+                node.observer().limit_hit(l);
+            }
+            tracing::debug!(client = %client.id(), user = %s.user, code = d.code, reason = %d.reason, transport = s.transport.name, "disconnect");
+            if let Some(m) = s.disconnect_message(d) {
+                // Boxed: once per connection, and inline it would size the whole future.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    Box::pin(transport.write(vec![Bytes::from(m)])),
+                )
+                .await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(d)).await;
+        }
+        Box::pin(s.cleanup()).await;
+        if s.state == State::Connected {
+            node.observer()
+                .disconnected(s.transport.name, ending.as_ref().map(|d| d.code));
+        }
+        // The connection is gone for the node (hub, presence, metrics); only the socket waits
+        // for the client to take the close.
+        if ending.is_some() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), transport.finish()).await;
+        }
+        ending
+    }
+}
+
+impl Session {
+    /// The message that announces a disconnect before the connection closes, where the
+    /// transport has one (a WebSocket's close frame says it instead). Built here, outside
+    /// the session's future: a `Push` is large, and a local held across the write would
+    /// make every connection's future that much larger.
+    fn disconnect_message(&self, d: &Disconnect) -> Option<Vec<u8>> {
         let push = Push {
             disconnect: Some(DisconnectPush {
                 code: d.code as u32,
@@ -481,32 +523,13 @@ pub async fn run(
             }),
             ..Push::default()
         };
-        let message = match s.transport.kind {
+        match self.transport.kind {
             TransportKind::WebSocket => None,
-            TransportKind::Emulation => Some(s.protocol.encode_reply(&Reply::push(push))),
-            TransportKind::Unidirectional if s.connect_seen => Some(to_json(&push).into_bytes()),
+            TransportKind::Emulation => Some(self.protocol.encode_reply(&Reply::push(push))),
+            TransportKind::Unidirectional if self.connect_seen => Some(to_json(&push).into_bytes()),
             TransportKind::Unidirectional => None,
-        };
-        if let Some(m) = message {
-            let _ = tokio::time::timeout(
-                Duration::from_secs(1),
-                transport.write(vec![Bytes::from(m)]),
-            )
-            .await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), transport.close(d)).await;
     }
-    Box::pin(s.cleanup()).await;
-    if s.state == State::Connected {
-        node.observer()
-            .disconnected(s.transport.name, ending.as_ref().map(|d| d.code));
-    }
-    // The connection is gone for the node (hub, presence, metrics); only the socket waits
-    // for the client to take the close.
-    if ending.is_some() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), transport.finish()).await;
-    }
-    ending
 }
 
 /// What woke the session loop.
