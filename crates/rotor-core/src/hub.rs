@@ -528,7 +528,54 @@ struct Shard {
 #[derive(Default)]
 struct Connections {
     by_id: HashMap<Arc<str>, Arc<ClientHandle>>,
-    by_user: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    by_user: HashMap<Arc<str>, UserConnections>,
+}
+
+/// The ids of a user's connections on this node. Most users have one, which needs no set
+/// (a set of one costs ~100 bytes more per connection).
+enum UserConnections {
+    One(Arc<str>),
+    Many(HashSet<Arc<str>>),
+}
+
+impl UserConnections {
+    fn len(&self) -> usize {
+        match self {
+            UserConnections::One(_) => 1,
+            UserConnections::Many(set) => set.len(),
+        }
+    }
+
+    fn insert(&mut self, id: Arc<str>) {
+        match self {
+            UserConnections::One(first) if *first == id => {}
+            UserConnections::One(first) => {
+                *self = UserConnections::Many(HashSet::from([first.clone(), id]));
+            }
+            UserConnections::Many(set) => {
+                set.insert(id);
+            }
+        }
+    }
+
+    /// Forgets `id`; true when no connection is left.
+    fn remove(&mut self, id: &str) -> bool {
+        match self {
+            UserConnections::One(first) => &**first == id,
+            UserConnections::Many(set) => {
+                set.remove(id);
+                set.is_empty()
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (one, many) = match self {
+            UserConnections::One(id) => (Some(id), None),
+            UserConnections::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 const SHARDS: usize = 32;
@@ -578,25 +625,28 @@ impl Hub {
             return Err(crate::limits::Limit::NodeConnections);
         }
         if user_limit > 0 && !client.user().is_empty() {
-            let held = c.by_user.get(client.user()).map_or(0, HashSet::len);
+            let held = c.by_user.get(client.user()).map_or(0, UserConnections::len);
             if held >= user_limit {
                 return Err(crate::limits::Limit::UserConnections);
             }
         }
         c.by_id.insert(client.id.clone(), client.clone());
-        c.by_user
-            .entry(Arc::from(client.user()))
-            .or_default()
-            .insert(client.id.clone());
+        match c.by_user.get_mut(client.user()) {
+            Some(ids) => ids.insert(client.id.clone()),
+            None => {
+                let user = client.user.get().cloned().unwrap_or_else(|| Arc::from(""));
+                c.by_user
+                    .insert(user, UserConnections::One(client.id.clone()));
+            }
+        }
         Ok(())
     }
 
     pub(crate) fn remove_connection(&self, client: &ClientHandle) {
         let mut c = lock(&self.conns);
         c.by_id.remove(&client.id);
-        if let Some(set) = c.by_user.get_mut(client.user()) {
-            set.remove(&client.id);
-            if set.is_empty() {
+        if let Some(ids) = c.by_user.get_mut(client.user()) {
+            if ids.remove(&client.id) {
                 c.by_user.remove(client.user());
             }
         }
