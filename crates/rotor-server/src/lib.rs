@@ -17,10 +17,12 @@ mod listener;
 mod metrics;
 mod routes;
 pub mod server;
+mod socket;
 mod state;
 pub mod stream;
 pub mod uni;
 mod ws;
+mod wsframe;
 
 pub use config::Config;
 pub use error::{report, ServerError};

@@ -1,12 +1,14 @@
-//! The bidirectional WebSocket transport: rotor does the upgrade itself (warp's `ws()` filter
-//! cannot set tungstenite's read buffer) and adapts the socket to the core's `Transport`.
+//! The WebSocket transports (websocket, uni_websocket): rotor does the upgrade itself and
+//! adapts the socket to the core's `Transport`, reading frames with `wsframe` and writing
+//! them straight to the socket. It must not decide protocol behaviour (that is the
+//! session's): it only frames bytes and maps bad frames to their close codes.
 
 use std::time::Duration;
 
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::FutureExt;
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use rotor_core::session::{
@@ -15,18 +17,15 @@ use rotor_core::session::{
 use rotor_protocol::{Disconnect, Protocol};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data as OpData, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::either::Either;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use crate::http::{origin_allowed, plain};
 use crate::listener::{drain, Lingering, CLOSE_DRAIN};
+use crate::socket::{self, finish_unsent, poll_unsent, write_assembled};
 use crate::state::{AppState, Peer};
+use crate::wsframe::{control_frame, Event, FrameError, Reader, CLOSE_OPCODE, PONG_OPCODE};
 
 const TRANSPORT: TransportInfo = TransportInfo {
     name: "websocket",
@@ -140,11 +139,7 @@ pub fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let ws = &state.config.websocket;
-    let ws_config = WebSocketConfig::default()
-        .read_buffer_size(ws.read_buffer_size.max(256))
-        .write_buffer_size(ws.write_buffer_size)
-        .max_message_size(Some(ws.message_size_limit))
-        .max_frame_size(Some(ws.message_size_limit));
+    let (read_size, message_size_limit) = (ws.read_buffer_size.max(256), ws.message_size_limit);
     let write_timeout = match mode {
         Mode::Bidirectional { .. } => ws.write_timeout,
         Mode::Unidirectional { .. } => state.config.uni_websocket.write_timeout,
@@ -154,16 +149,23 @@ pub fn upgrade(
         Mode::Bidirectional { protocol } => (protocol.protocol, protocol.subprotocol),
         Mode::Unidirectional { .. } => (Protocol::Json, None),
     };
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
+    // Chained rather than one `async` block: what the session is built from is dropped
+    // once it is built, not kept beside the session for the connection's life.
+    let node = state.node.clone();
+    tokio::spawn(on_upgrade.then(move |upgraded| {
+        let upgraded = match upgraded {
             Ok(u) => u,
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");
-                return;
+                return Either::Left(std::future::ready(()));
             }
         };
+        let (io, reader) = socket(upgraded);
         let ws = WsTransport {
-            socket: socket(upgraded, ws_config).await,
+            io,
+            reader,
+            read_size,
+            message_size_limit,
             write_timeout,
             protocol,
             one_per_frame: matches!(mode, Mode::Unidirectional { .. }),
@@ -190,8 +192,8 @@ pub fn upgrade(
                 headers: forwarded,
             },
         };
-        session::run(state.node.clone(), params, ws).await;
-    });
+        Either::Right(session::run(node, params, ws).map(drop))
+    }));
     let mut res = Response::default();
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
@@ -210,27 +212,32 @@ pub fn upgrade(
 /// The socket under a WebSocket: the accepted TCP stream itself when hyper hands it back
 /// (plain connections), else hyper's upgraded connection (TLS). An enum, not a boxed trait
 /// object: every delivery writes through it.
-type Io = Either<TcpStream, TokioIo<Upgraded>>;
+type Io = socket::Io<TokioIo<Upgraded>>;
 
-type Socket = WebSocketStream<Io>;
-
-/// Takes the upgraded connection apart when it is a plain TCP stream (bytes the client sent
-/// after its upgrade request come first).
-async fn socket(upgraded: Upgraded, config: WebSocketConfig) -> Socket {
-    let (io, read_ahead) = match upgraded.downcast::<TokioIo<Lingering<TcpStream>>>() {
+/// Takes the upgraded connection apart when it is a plain TCP stream; bytes the client sent
+/// right after its upgrade request are the reader's first.
+fn socket(upgraded: Upgraded) -> (Io, Reader) {
+    match upgraded.downcast::<TokioIo<Lingering<TcpStream>>>() {
         Ok(parts) => (
             Either::Left(parts.io.into_inner().into_inner()),
-            parts.read_buf.to_vec(),
+            Reader::with(parts.read_buf.to_vec()),
         ),
-        Err(upgraded) => (Either::Right(TokioIo::new(upgraded)), Vec::new()),
-    };
-    WebSocketStream::from_partially_read(io, read_ahead, Role::Server, Some(config)).await
+        Err(upgraded) => (Either::Right(TokioIo::new(upgraded)), Reader::default()),
+    }
 }
 
 /// One WebSocket connection as the session's transport: the socket is held inline (no split
 /// halves behind a lock), so a delivery touches the session's own memory and the socket.
+/// rotor reads and writes the frames itself (`wsframe` reads them): an idle connection
+/// holds no read or write buffer.
 struct WsTransport {
-    socket: Socket,
+    io: Io,
+    reader: Reader,
+    /// Bytes read from the socket at a time (`websocket.read_buffer_size`), into a buffer
+    /// of the worker thread.
+    read_size: usize,
+    /// A larger client message closes the connection with 1009.
+    message_size_limit: usize,
     write_timeout: Duration,
     /// JSON messages go in text frames, Protobuf ones (length-delimited) in binary frames.
     protocol: Protocol,
@@ -238,88 +245,42 @@ struct WsTransport {
     /// push, as Centrifugo sends them by default). Otherwise messages written together are
     /// joined with `\n` into one frame, as the SDKs expect and Centrifugo does.
     one_per_frame: bool,
-    /// Bytes of frames written straight to the socket that it has not taken yet (empty
-    /// unless a write is waiting on a slow client, or was given up: timed out or cancelled
-    /// mid-frame). They go before anything else, the close frame included, so the stream
-    /// stays valid.
+    /// Bytes of frames the socket has not taken yet (empty unless a write is waiting on a
+    /// slow client, was given up mid-frame, or a pong waits to go). They go before anything
+    /// else, the close frame included, so the stream stays valid.
     unsent: Vec<u8>,
 }
 
-/// Writes `messages` as WebSocket frames straight to the socket: the frames (headers built
-/// here, messages one per frame or framed together as `protocol` frames them: JSON joined
-/// with `\n` in a text frame, Protobuf length-delimited in a binary one) are assembled in a
-/// buffer of the
-/// worker thread, written with one non-blocking write, and only what the socket did not
-/// take is copied out to wait for it. So a batch is copied once, and no connection keeps a
-/// buffer the size of its largest batch (tungstenite's write buffer would, for the life of
-/// the connection). A server's frames are unmasked, and tungstenite keeps no state about
-/// frames sent, so frames written around it are still a valid stream.
+/// Writes `messages` as WebSocket frames (headers built here, messages one per frame or
+/// framed together as `protocol` frames them: JSON joined with `\n` in a text frame,
+/// Protobuf length-delimited in a binary one), through `socket::write_assembled`. A
+/// server's frames are unmasked.
 async fn write_frames(
-    tcp: &mut TcpStream,
-    messages: &[Bytes],
+    io: &mut Io,
+    messages: Vec<Bytes>,
     protocol: Protocol,
     one_per_frame: bool,
     unsent: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
     if messages.is_empty() {
-        return Ok(());
+        return finish_unsent(io, unsent).await;
     }
-    let left = SCRATCH.with(|scratch| {
-        let mut buf = scratch.borrow_mut();
-        buf.clear();
+    write_assembled(io, unsent, |buf| {
         if one_per_frame {
-            for m in messages {
+            for m in &messages {
                 let one = std::slice::from_ref(m);
                 buf.extend_from_slice(FrameHeader::new(protocol, protocol.frame_len(one)).bytes());
-                protocol.frame_into(&mut buf, one);
+                protocol.frame_into(buf, one);
             }
         } else {
-            buf.extend_from_slice(FrameHeader::new(protocol, protocol.frame_len(messages)).bytes());
-            protocol.frame_into(&mut buf, messages);
+            buf.extend_from_slice(
+                FrameHeader::new(protocol, protocol.frame_len(&messages)).bytes(),
+            );
+            protocol.frame_into(buf, &messages);
         }
-        let mut done = 0;
-        let result = loop {
-            match tcp.try_write(&buf[done..]) {
-                Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) if done + n == buf.len() => break Ok(Vec::new()),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    break Ok(buf[done..].to_vec())
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        // The thread keeps a buffer for the next batch, but not an outsized one.
-        if buf.capacity() > SCRATCH_KEEP {
-            *buf = Vec::new();
-        }
-        result
-    })?;
-    *unsent = left;
-    finish_unsent(tcp, unsent).await
+    })
+    .await
 }
-
-/// Writes what the socket has not taken yet, keeping in `unsent` whatever is still left if
-/// the wait is given up.
-async fn finish_unsent(tcp: &mut TcpStream, unsent: &mut Vec<u8>) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    while !unsent.is_empty() {
-        let n = tcp.write(unsent).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        unsent.drain(..n);
-    }
-    // A remainder can be large (a slow client's whole batch): not kept once written.
-    *unsent = Vec::new();
-    Ok(())
-}
-
-/// The largest assembly buffer a worker thread keeps between writes.
-const SCRATCH_KEEP: usize = 1 << 20;
 
 /// The header of an unmasked, final frame (text for JSON, binary for Protobuf) with a payload
 /// of `len` bytes.
@@ -355,149 +316,111 @@ impl FrameHeader {
     }
 }
 
-/// [`write_frames`] for TLS connections: through tungstenite, which copies the frames into
-/// its buffer.
-async fn write_through_tungstenite(
-    socket: &mut Socket,
-    messages: Vec<Bytes>,
-    protocol: Protocol,
-    one_per_frame: bool,
-) -> std::io::Result<()> {
-    let result = if one_per_frame || messages.len() == 1 && protocol == Protocol::Json {
-        async {
-            for m in messages {
-                let payload = match protocol {
-                    Protocol::Json => m,
-                    Protocol::Protobuf => {
-                        let mut framed = Vec::with_capacity(m.len() + 5);
-                        protocol.frame_into(&mut framed, &[m]);
-                        Bytes::from(framed)
-                    }
-                };
-                socket.feed(frame(protocol, payload)).await?;
-            }
-            socket.flush().await
-        }
-        .await
-    } else {
-        let mut framed = Vec::with_capacity(protocol.frame_len(&messages));
-        protocol.frame_into(&mut framed, &messages);
-        socket.send(frame(protocol, Bytes::from(framed))).await
-    };
-    result.map_err(std::io::Error::other)
-}
-
-/// A frame holding `payload`: text for JSON, binary for Protobuf. Built as a raw frame so
-/// tungstenite does not check the bytes again: a JSON session only hands over JSON it
-/// encoded (serde output, or publication data that was parsed as JSON text on the way in),
-/// which is UTF-8.
-fn frame(protocol: Protocol, payload: Bytes) -> Message {
-    let opcode = match protocol {
-        Protocol::Json => OpData::Text,
-        Protocol::Protobuf => OpData::Binary,
-    };
-    Message::Frame(Frame::message(payload, OpCode::Data(opcode), true))
-}
-
 impl Transport for WsTransport {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
+        // A pong that did not all go out when it was queued goes on now (an error shows
+        // on the next write).
+        if !self.unsent.is_empty() {
+            let _ = poll_unsent(&mut self.io, &mut self.unsent, cx);
+        }
         loop {
-            let inbound = match ready!(self.socket.poll_next_unpin(cx)) {
-                Some(Ok(Message::Text(text))) => Inbound::Frame(text.to_string()),
+            match self.reader.next(self.message_size_limit) {
+                Ok(Some(Event::Text(text))) => return Poll::Ready(Inbound::Frame(text)),
                 // The session checks the frame's kind against its protocol.
-                Some(Ok(Message::Binary(bytes))) => Inbound::Binary(bytes),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(_))) | None => Inbound::Closed,
-                Some(Err(WsError::Capacity(e))) => {
-                    tracing::info!(error = %e, "websocket message too large, closing with 1009");
-                    Inbound::Refused(Disconnect::MESSAGE_SIZE_LIMIT)
+                Ok(Some(Event::Binary(bytes))) => return Poll::Ready(Inbound::Binary(bytes)),
+                Ok(Some(Event::Ping(payload))) => {
+                    self.unsent.extend(control_frame(PONG_OPCODE, &payload));
+                    let _ = poll_unsent(&mut self.io, &mut self.unsent, cx);
+                    continue;
                 }
-                Some(Err(WsError::Utf8(e))) => {
-                    tracing::info!(error = %e, "websocket text frame is not UTF-8, closing with 1007");
-                    Inbound::Refused(Disconnect::INVALID_PAYLOAD)
+                Ok(Some(Event::Close)) => {
+                    // The closing handshake's answer, as far as the socket takes it now.
+                    self.unsent.extend(close_frame(1000, ""));
+                    let _ = poll_unsent(&mut self.io, &mut self.unsent, cx);
+                    return Poll::Ready(Inbound::Closed);
                 }
-                Some(Err(e)) => {
+                Ok(None) => {}
+                Err(FrameError::TooLarge { len }) => {
+                    tracing::info!(
+                        len,
+                        limit = self.message_size_limit,
+                        "websocket message too large, closing with 1009"
+                    );
+                    return Poll::Ready(Inbound::Refused(Disconnect::MESSAGE_SIZE_LIMIT));
+                }
+                Err(FrameError::NotUtf8) => {
+                    tracing::info!("websocket text frame is not UTF-8, closing with 1007");
+                    return Poll::Ready(Inbound::Refused(Disconnect::INVALID_PAYLOAD));
+                }
+                Err(FrameError::Protocol(what)) => {
+                    tracing::info!(error = what, "websocket protocol error, closing");
+                    return Poll::Ready(Inbound::Closed);
+                }
+            }
+            let reader = &mut self.reader;
+            match ready!(socket::poll_read_with(
+                &mut self.io,
+                self.read_size,
+                cx,
+                |bytes| reader.push(bytes)
+            )) {
+                Ok(0) => return Poll::Ready(Inbound::Closed),
+                Ok(_) => {}
+                Err(e) => {
                     tracing::debug!(error = %e, "websocket read error");
-                    Inbound::Closed
+                    return Poll::Ready(Inbound::Closed);
                 }
-            };
-            return Poll::Ready(inbound);
+            }
         }
     }
 
-    async fn write(&mut self, messages: Vec<Bytes>) -> std::io::Result<()> {
-        let socket = &mut self.socket;
-        let one_per_frame = self.one_per_frame;
-        let protocol = self.protocol;
-        let unsent = &mut self.unsent;
-        let send = async move {
-            if matches!(socket.get_ref(), Either::Left(_)) {
-                // Whatever tungstenite holds (a pong it queued while reading) goes first;
-                // then the frames go straight to the socket, so nothing else can come
-                // between their bytes.
-                socket.flush().await.map_err(std::io::Error::other)?;
-                if let Either::Left(tcp) = socket.get_mut() {
-                    finish_unsent(tcp, unsent).await?;
-                    return write_frames(tcp, &messages, protocol, one_per_frame, unsent).await;
-                }
-            }
-            write_through_tungstenite(socket, messages, protocol, one_per_frame).await
-        };
-        match crate::http::within(self.write_timeout, send).await {
-            Ok(r) => r,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "websocket write timed out",
-            )),
-        }
+    /// Not an `async fn`: the session's future holds this one (under fan-out, the
+    /// session awaits it once per delivery), and an `async fn` would hold its arguments
+    /// twice and the frames' future inside another. A timeout's timer is registered only
+    /// if the write has to wait.
+    fn write(
+        &mut self,
+        messages: Vec<Bytes>,
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        // Whatever waits (a pong, a frame given up mid-way) goes first.
+        let send = write_frames(
+            &mut self.io,
+            messages,
+            self.protocol,
+            self.one_per_frame,
+            &mut self.unsent,
+        );
+        tokio::time::timeout(self.write_timeout, send).map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "websocket write timed out",
+                ))
+            })
+        })
     }
 
     async fn close(&mut self, disconnect: &Disconnect) {
+        use tokio::io::AsyncWriteExt;
         // The rest of a frame given up on mid-way comes first (the caller bounds the wait).
-        if let Either::Left(tcp) = self.socket.get_mut() {
-            if finish_unsent(tcp, &mut self.unsent).await.is_err() {
-                return;
-            }
+        if finish_unsent(&mut self.io, &mut self.unsent).await.is_err() {
+            return;
         }
-        let reason = disconnect.close_reason();
-        match self.socket.get_mut() {
-            // Plain TCP: the close frame is written straight to the socket (tungstenite may
-            // have given up on the stream after a read error, 1009's among them), then no
-            // more writing; `finish` reads and drops what the client still sends, as RFC
-            // 6455's closing handshake has it. Closing with unread bytes would make the
-            // kernel reset the connection, and a reset throws away the close frame the
-            // client has not read yet.
-            Either::Left(tcp) => {
-                use tokio::io::AsyncWriteExt;
-                let frame = close_frame(disconnect.code, reason);
-                if tcp.write_all(&frame).await.is_err() {
-                    return;
-                }
-                let _ = tcp.shutdown().await;
-            }
-            Either::Right(_) => {
-                let frame = CloseFrame {
-                    code: CloseCode::from(disconnect.code),
-                    reason: reason.to_string().into(),
-                };
-                let _ = self.socket.send(Message::Close(Some(frame))).await;
-                let _ = SinkExt::close(&mut self.socket).await;
-            }
+        // The close frame, then no more writing; `finish` reads and drops what the client
+        // still sends, as RFC 6455's closing handshake has it. Closing with unread bytes
+        // would make the kernel reset the connection, and a reset throws away the close
+        // frame the client has not read yet.
+        let frame = close_frame(disconnect.code, disconnect.close_reason());
+        if self.io.write_all(&frame).await.is_err() {
+            return;
         }
+        let _ = self.io.shutdown().await;
     }
 
     /// The rest of the closing handshake, after the session cleaned up: what the client
     /// still sends is read and dropped until it closes its side or the time is up.
     async fn finish(&mut self) {
-        match self.socket.get_mut() {
-            Either::Left(tcp) => drain(tcp, CLOSE_DRAIN).await,
-            Either::Right(_) => {
-                let _ = crate::http::within(CLOSE_DRAIN, async {
-                    while let Some(Ok(_)) = self.socket.next().await {}
-                })
-                .await;
-            }
-        }
+        drain(&mut self.io, CLOSE_DRAIN).await;
     }
 }
 
@@ -505,10 +428,49 @@ impl Transport for WsTransport {
 /// `Disconnect::close_reason` gives).
 fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     debug_assert!(reason.len() <= 123);
-    let mut frame = Vec::with_capacity(4 + reason.len());
-    frame.push(0x88); // FIN, opcode 8 (close)
-    frame.push((2 + reason.len()) as u8);
-    frame.extend_from_slice(&code.to_be_bytes());
-    frame.extend_from_slice(reason.as_bytes());
-    frame
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(reason.as_bytes());
+    control_frame(CLOSE_OPCODE, &payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WebSocket session's future lives as long as the connection, so its size is memory
+    /// every open connection pays (an 8 KiB buffer inline in it once more than doubled the
+    /// memory of an idle connection: docs/benchmarks.md, memory per idle connection).
+    #[tokio::test]
+    async fn a_websocket_session_future_stays_small() {
+        let server = crate::server::Server::new(crate::config::Config::default())
+            .await
+            .expect("the default configuration builds a server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let ws = WsTransport {
+            io: Either::Left(tcp),
+            reader: Reader::default(),
+            read_size: 1024,
+            message_size_limit: 65536,
+            write_timeout: Duration::from_secs(1),
+            protocol: Protocol::Json,
+            one_per_frame: false,
+            unsent: Vec::new(),
+        };
+        let params = SessionParams {
+            transport: TRANSPORT,
+            protocol: Protocol::Json,
+            session_id: None,
+            connect: ConnectFrom::Commands,
+            remote: None,
+            headers: None,
+        };
+        let session = session::run(server.node().clone(), params, ws);
+        let size = std::mem::size_of_val(&session);
+        assert!(size <= 2048, "a WebSocket session's future is {size} bytes");
+    }
 }
