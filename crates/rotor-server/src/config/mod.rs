@@ -131,11 +131,12 @@ pub struct WebSocketConfig {
     pub disabled: bool,
     /// Path of the bidirectional WebSocket endpoint.
     pub handler_prefix: String,
-    /// Bytes read from the socket at a time (the buffer every connection holds once it has
-    /// read anything). Client commands are small; a larger message is simply read in more
-    /// than one call. 1 KiB keeps an idle connection at ~7 KiB of server memory.
+    /// Bytes read from a socket at a time, into a buffer of the worker thread: connections
+    /// hold no read buffer of their own (only the bytes of a frame that has not all
+    /// arrived), so this costs no memory per connection.
     pub read_buffer_size: usize,
-    /// Bytes buffered before a write is flushed.
+    /// No effect: rotor writes each batch of frames straight to the socket and keeps only
+    /// what the socket did not take. Accepted so Centrifugo configurations load.
     pub write_buffer_size: usize,
     /// Largest message accepted from a client; larger ones close the connection with 1009.
     pub message_size_limit: usize,
@@ -149,7 +150,7 @@ impl Default for WebSocketConfig {
         WebSocketConfig {
             disabled: false,
             handler_prefix: "/connection/websocket".into(),
-            read_buffer_size: 1024,
+            read_buffer_size: 4096,
             write_buffer_size: 4096,
             message_size_limit: 65536,
             write_timeout: Duration::from_secs(1),
