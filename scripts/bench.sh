@@ -5,8 +5,11 @@
 # per line) and the tables printed here.
 #
 #   scripts/bench.sh            # everything (~30 minutes)
-#   scripts/bench.sh idle       # one group: idle | fanout | channels | protobuf | churn |
-#                               # cluster | postgres
+#   scripts/bench.sh idle       # one group: idle | memory | fanout | channels | protobuf |
+#                               # churn | cluster | postgres
+#   scripts/bench.sh memory     # the memory regression check alone (~2 minutes): exits 1
+#                               # when a transport holds more per idle connection than its
+#                               # budget
 #
 # Needs: nats-server (Debian package nats-server), Redis on 127.0.0.1:6379 for `cluster`,
 # PostgreSQL on 127.0.0.1:5432 for `postgres`, python3 (matplotlib is installed if missing).
@@ -20,13 +23,14 @@ ulimit -n 20000 || { echo "needs 20,000 open files (ulimit -n)"; exit 1; }
 out=target/bench
 mkdir -p "$out"
 results="$out/results.jsonl"
-groups="${*:-idle fanout channels protobuf churn cluster postgres}"
+groups="${*:-idle memory fanout channels protobuf churn cluster postgres}"
 [ $# -eq 0 ] && rm -f "$results"
 
-# One failed run is reported and the others go on.
+# One failed run is reported and the others go on; the script fails at the end.
+failed=0
 bench() {
   taskset -c 1 target/release/rotor-bench "$@" --server-cpus 0 --json "$results" ||
-    echo "!!! FAILED: rotor-bench $*"
+    { echo "!!! FAILED: rotor-bench $*"; failed=1; }
 }
 peers_and_rotor="ceiling nats rotor-ws rotor-http-stream rotor-sse"
 
@@ -37,6 +41,17 @@ for g in $groups; do
       # http_stream/sse also need sockets for their emulation POSTs, so they stop at 18,000.
       for t in ceiling nats rotor-ws; do bench idle --target "$t" --counts 1000,5000,10000,19000; done
       for t in rotor-http-stream rotor-sse; do bench idle --target "$t" --counts 1000,5000,10000,18000; done ;;
+    memory)
+      # The memory regression check: every transport in the shape most apps open (each
+      # connection its own user and its own channel with presence and history), held to a
+      # budget of KiB per idle connection a little above what it measured
+      # (docs/benchmarks.md): a change that makes idle connections heavier fails here.
+      for t in rotor-ws rotor-ws-protobuf; do
+        bench idle --target "$t" --shape realistic --counts 1000,5000,10000 --max-kib 4.5
+      done
+      for t in rotor-http-stream rotor-sse; do
+        bench idle --target "$t" --shape realistic --counts 1000,5000,10000 --max-kib 27
+      done ;;
     fanout)
       # p99 budget 1 s: with 10k subscribers the load core alone needs ~100 ms to take in one
       # publication's 10k frames, so a tighter budget would stop every target at step one.
@@ -104,3 +119,4 @@ done
 python3 -c "import matplotlib" 2>/dev/null || pip install --quiet matplotlib
 python3 scripts/plot-bench.py "$results" docs/benchmarks.png
 echo "results: $results; plot: docs/benchmarks.png"
+[ "$failed" -eq 0 ] || { echo "!!! some runs failed or went over budget (above)"; exit 1; }

@@ -36,7 +36,7 @@ lat.set_title(f"Fan-out to {subs:,} subscribers on one channel")
 lat.grid(True, which="both", alpha=0.3)
 lat.legend(fontsize=7)
 
-idle = [r for r in rows if r.get("scenario") == "idle-slope"]
+idle = [r for r in rows if r.get("scenario") == "idle-slope" and r.get("shape", "shared") == "shared"]
 names = [r["target"] for r in idle]
 vals = [r["kib_per_connection"] for r in idle]
 bars = mem.bar(names, vals, color="tab:blue")

@@ -133,6 +133,10 @@ pub(crate) enum Cmd {
         counts: Vec<usize>,
         #[arg(long, value_enum, default_value = "shared")]
         shape: Shape,
+        /// A memory regression check: fail (exit status 1) when the memory per idle
+        /// connection is over this many KiB.
+        #[arg(long)]
+        max_kib: Option<f64>,
     },
     /// Publish at rising rates to subscribers; report deliveries, latency, losses.
     Fanout(FanoutArgs),

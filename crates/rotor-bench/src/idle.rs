@@ -12,7 +12,7 @@ use clap::ValueEnum;
 use crate::cli::{Common, Shape};
 use crate::harness::{add_workers, ask_all, emit, Servers};
 
-pub(crate) async fn idle(common: Common, counts: Vec<usize>, shape: Shape) {
+pub(crate) async fn idle(common: Common, counts: Vec<usize>, shape: Shape, max_kib: Option<f64>) {
     let signer = Signer::hs256();
     let channel = match shape {
         Shape::Realistic => "presence = true\nhistory_size = 10\nhistory_ttl = \"300s\"\n",
@@ -81,4 +81,14 @@ pub(crate) async fn idle(common: Common, counts: Vec<usize>, shape: Shape) {
     );
     ask_all(&mut workers, "quit").await;
     servers.stop().await;
+    if let Some(max) = max_kib {
+        if per > max {
+            eprintln!(
+                "memory regression: {} {shape_name} holds {per:.1} KiB per idle connection, over its budget of {max} KiB",
+                common.target.name()
+            );
+            std::process::exit(1);
+        }
+        println!("within the budget of {max} KiB per idle connection");
+    }
 }

@@ -39,7 +39,8 @@ fn main() {
                 common,
                 counts,
                 shape,
-            } => idle::idle(common, counts, shape).await,
+                max_kib,
+            } => idle::idle(common, counts, shape, max_kib).await,
             Cmd::Fanout(args) => fanout::fanout(args).await,
             Cmd::Churn {
                 common,
