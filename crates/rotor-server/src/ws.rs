@@ -470,7 +470,7 @@ mod tests {
             headers: None,
         };
         let session = session::run(server.node().clone(), params, ws);
-        let size = std::mem::size_of_val(&session);
+        let size = size_of_val(&session);
         assert!(size <= 2048, "a WebSocket session's future is {size} bytes");
     }
 }
