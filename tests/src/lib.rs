@@ -596,7 +596,13 @@ pub struct HttpStream {
 impl HttpStream {
     /// Sends `request` (a full HTTP/1.1 request) and reads the response head.
     pub async fn open(addr: SocketAddr, request: &str) -> HttpStream {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        HttpStream::open_on(stream, request).await
+    }
+
+    /// [`HttpStream::open`] on a connection that is open already (and may have served
+    /// other requests).
+    pub async fn open_on(mut stream: tokio::net::TcpStream, request: &str) -> HttpStream {
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut s = HttpStream {
             stream,
@@ -663,6 +669,12 @@ impl HttpStream {
                 .extend_from_slice(&self.raw[line_end + 2..line_end + 2 + size]);
             self.raw.drain(..line_end + 2 + size + 2);
         }
+    }
+
+    /// Whether the body ended with its last chunk (`0\r\n\r\n`), rather than the
+    /// connection just closing.
+    pub fn ended_with_last_chunk(&self) -> bool {
+        self.ended
     }
 
     /// The next line of the body (HTTP streaming), or `None` when the body ended.

@@ -42,21 +42,6 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response 
     res
 }
 
-/// Awaits a transport write, failing after `limit`. Most writes finish at their first poll
-/// (the socket or stream has room): only a write that has to wait gets a timer, boxed, so the
-/// common case neither touches the timer wheel nor makes every connection's task carry a
-/// timer's state.
-pub(crate) async fn within<F: std::future::Future>(
-    limit: std::time::Duration,
-    write: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut write = std::pin::pin!(write);
-    match futures_util::poll!(write.as_mut()) {
-        std::task::Poll::Ready(r) => Ok(r),
-        std::task::Poll::Pending => Box::pin(tokio::time::timeout(limit, write)).await,
-    }
-}
-
 /// Glob matching with `*` (any run) and `?` (one character), as the `channels` pattern.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());

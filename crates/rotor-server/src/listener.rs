@@ -16,11 +16,13 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use warp::http::HeaderMap;
 
 use crate::config::{HttpServerConfig, TlsConfig};
 use crate::error::ServerError;
+use crate::socket;
 
 /// The client's address as rotor believes it, put into every request's extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,18 +325,128 @@ pub async fn drain(io: &mut (impl tokio::io::AsyncRead + Unpin), within: Duratio
     .await;
 }
 
+/// The socket of a streaming response once hyper has written its head: the TCP stream, or
+/// the TLS stream over it.
+pub type StreamIo = socket::Io<Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>;
+
+/// A connection's socket as a streaming response takes it over.
+pub trait IntoStreamIo {
+    fn into_stream_io(self) -> StreamIo;
+}
+
+impl IntoStreamIo for tokio::net::TcpStream {
+    fn into_stream_io(self) -> StreamIo {
+        Either::Left(self)
+    }
+}
+
+impl IntoStreamIo for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn into_stream_io(self) -> StreamIo {
+        Either::Right(Box::new(self))
+    }
+}
+
+/// Lets a streaming response (http_stream, sse and their unidirectional kinds) take its
+/// connection over from hyper: hyper writes the response head and is done with the
+/// connection (the response says `connection: close` and has no body of its own), then
+/// the socket goes to the session, which writes the body's chunks itself. So a stream that
+/// lives for hours does not keep hyper's read and write buffers (~16 KiB) all that time.
+/// One per HTTP/1.1 connection, in each request's extensions.
+#[derive(Clone, Default)]
+pub struct HandOver(Arc<HandOverSlot>);
+
+#[derive(Default)]
+struct HandOverSlot {
+    /// Read on every write hyper makes: cheaper than the lock.
+    claimed: std::sync::atomic::AtomicBool,
+    session: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<StreamIo>>>,
+}
+
+impl HandOver {
+    /// Asks for the connection once hyper has answered this request: from now on hyper
+    /// writes only the response head (whatever it writes after it is dropped) and does not
+    /// shut the connection.
+    pub fn claim(&self) -> tokio::sync::oneshot::Receiver<StreamIo> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *self.0.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        self.0
+            .claimed
+            .store(true, std::sync::atomic::Ordering::Release);
+        rx
+    }
+
+    fn claimed(&self) -> bool {
+        self.0.claimed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The claimant's sender, once (taken when the connection is handed over).
+    fn take(&self) -> Option<tokio::sync::oneshot::Sender<StreamIo>> {
+        if !self.claimed() {
+            return None;
+        }
+        self.0
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
 /// An accepted connection that, when hyper is done with it, lingers: its write side is
 /// shut and what the client still sends is drained ([`drain`], in a task of its own) before
 /// the socket closes, so an answer sent before a request body was read (413, 401) reaches
 /// the client. A connection taken over by a WebSocket is taken out with
-/// [`into_inner`](Self::into_inner) and closes the WebSocket's way.
+/// [`into_inner`](Self::into_inner) and closes the WebSocket's way; one claimed by a
+/// streaming response ([`HandOver`]) goes to its session instead of lingering.
 pub struct Lingering<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> {
     io: Option<T>,
+    hand_over: HandOver,
+    /// How the socket goes to a streaming session that claimed it.
+    into_stream: fn(T) -> StreamIo,
+    /// Once claimed: how much of the `\r\n\r\n` that ends the response head has been
+    /// written (4: all of it; hyper's later writes are dropped).
+    head_end: u8,
 }
 
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Lingering<T> {
-    pub fn new(io: T) -> Lingering<T> {
-        Lingering { io: Some(io) }
+    pub fn new(io: T, hand_over: HandOver) -> Lingering<T>
+    where
+        T: IntoStreamIo,
+    {
+        Lingering {
+            io: Some(io),
+            hand_over,
+            into_stream: T::into_stream_io,
+            head_end: 0,
+        }
+    }
+
+    /// A write while the connection is claimed: up to the end of the response head, then
+    /// nothing (the chunked body's end hyper writes is the session's to write, later).
+    fn poll_write_head(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        if self.head_end == 4 {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        // Where the head ends in `buf`, if it does.
+        let mut matched = self.head_end;
+        let mut upto = buf.len();
+        for (i, b) in buf.iter().enumerate() {
+            matched = next_match(matched, *b, END);
+            if matched == 4 {
+                upto = i + 1;
+                break;
+            }
+        }
+        let n = std::task::ready!(std::pin::Pin::new(self.io()).poll_write(cx, &buf[..upto]))?;
+        for b in &buf[..n] {
+            self.head_end = next_match(self.head_end, *b, END);
+        }
+        std::task::Poll::Ready(Ok(n))
     }
 
     /// The connection itself; nothing lingers any more.
@@ -354,6 +466,11 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> D
         let Some(mut io) = self.io.take() else {
             return;
         };
+        if let Some(session) = self.hand_over.take() {
+            // A session that is gone already drops it (its client is gone too).
+            let _ = session.send((self.into_stream)(io));
+            return;
+        }
         // Only inside a runtime (always, but for a connection dropped while it shuts down).
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
@@ -385,6 +502,9 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> t
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.hand_over.claimed() {
+            return self.poll_write_head(cx, buf);
+        }
         std::pin::Pin::new(self.io()).poll_write(cx, buf)
     }
 
@@ -399,6 +519,10 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> t
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.hand_over.claimed() {
+            // The stream goes on: the session ends the connection.
+            return std::task::Poll::Ready(Ok(()));
+        }
         std::pin::Pin::new(self.io()).poll_shutdown(cx)
     }
 
@@ -407,11 +531,30 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> t
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.hand_over.claimed() {
+            // One slice at a time (a vectored write may write less than it was given).
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return self.poll_write_head(cx, first);
+        }
         std::pin::Pin::new(self.io()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+}
+
+/// How much of `end` has been seen after `byte`, having seen `matched` of it before.
+fn next_match(matched: u8, byte: u8, end: &[u8; 4]) -> u8 {
+    if byte == end[usize::from(matched)] {
+        matched + 1
+    } else if byte == end[0] {
+        1
+    } else {
+        0
     }
 }
 
@@ -453,10 +596,12 @@ pub async fn serve(
         let routes = routes.clone();
         let stop = stop.clone();
         connections.spawn(async move {
+            let hand_over = HandOver::default();
             let svc = WithClientAddr {
                 inner: hyper_util::service::TowerToHyperService::new(warp::service(routes)),
                 peer: peer.ip(),
                 trusted: serving.trusted_proxies.clone(),
+                hand_over: hand_over.clone(),
             };
             // hyper's own HTTP/1 server: its header timer starts as soon as the connection
             // is served, so a socket that never sends a byte is closed too (hyper-util's
@@ -468,7 +613,7 @@ pub async fn serve(
             let result = match &serving.tls {
                 None => {
                     let conn = builder
-                        .serve_connection(TokioIo::new(Lingering::new(tcp)), svc)
+                        .serve_connection(TokioIo::new(Lingering::new(tcp, hand_over)), svc)
                         .with_upgrades();
                     until_stopped(conn, &stop).await
                 }
@@ -490,7 +635,7 @@ pub async fn serve(
                         }
                     };
                     let conn = builder
-                        .serve_connection(TokioIo::new(Lingering::new(tls)), svc)
+                        .serve_connection(TokioIo::new(Lingering::new(tls, hand_over)), svc)
                         .with_upgrades();
                     until_stopped(conn, &stop).await
                 }
@@ -532,6 +677,8 @@ struct WithClientAddr<S> {
     inner: S,
     peer: IpAddr,
     trusted: Arc<Vec<Cidr>>,
+    /// Offered to HTTP/1.1 requests (an HTTP/1.0 response cannot be chunked).
+    hand_over: HandOver,
 }
 
 impl<S, B> hyper::service::Service<hyper::Request<B>> for WithClientAddr<S>
@@ -545,6 +692,9 @@ where
     fn call(&self, mut req: hyper::Request<B>) -> Self::Future {
         let addr = client_addr(self.peer, req.headers(), &self.trusted);
         req.extensions_mut().insert(ClientAddr(addr));
+        if req.version() == hyper::Version::HTTP_11 {
+            req.extensions_mut().insert(self.hand_over.clone());
+        }
         self.inner.call(req)
     }
 }

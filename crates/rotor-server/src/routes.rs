@@ -16,6 +16,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::http::{json_response, origin_allowed, plain};
+use crate::listener::HandOver;
 use crate::state::{AppState, Peer, API_BODY_LIMIT};
 use crate::stream::{self, Framing};
 use crate::{api, uni, ws};
@@ -264,25 +265,20 @@ fn uni_websocket(state: &AppState) -> Route {
 /// streams.
 fn http_stream(state: &AppState) -> Route {
     post_body(state, state.config.http_stream.handler_prefix.clone())
+        .and(warp::ext::optional::<HandOver>())
         .map(
-            |headers: HeaderMap, body: Bytes, peer: Peer, state: AppState| {
+            |headers: HeaderMap, body: Bytes, peer: Peer, state: AppState, hand_over| {
                 with_origin(&state, &headers, || {
+                    let from = (peer, &headers, hand_over);
                     if is_protobuf(&headers) {
                         let connect = Inbound::Binary(body);
-                        return stream::emulation(
-                            state.clone(),
-                            connect,
-                            peer,
-                            &headers,
-                            Framing::Lines,
-                        );
+                        return stream::emulation(state.clone(), connect, from, Framing::Lines);
                     }
                     match String::from_utf8(body.to_vec()) {
                         Ok(connect) => stream::emulation(
                             state.clone(),
                             Inbound::Frame(connect),
-                            peer,
-                            &headers,
+                            from,
                             Framing::Lines,
                         ),
                         Err(_) => plain(StatusCode::BAD_REQUEST, "body is not UTF-8\n"),
@@ -296,14 +292,18 @@ fn http_stream(state: &AppState) -> Route {
 /// `GET <sse.handler_prefix>?cf_connect=…`: the event stream.
 fn sse(state: &AppState) -> Route {
     get_query(state, state.config.sse.handler_prefix.clone())
+        .and(warp::ext::optional::<HandOver>())
         .map(
-            |headers: HeaderMap, mut q: HashMap<String, String>, peer: Peer, state: AppState| {
+            |headers: HeaderMap,
+             mut q: HashMap<String, String>,
+             peer: Peer,
+             state: AppState,
+             hand_over| {
                 with_origin(&state, &headers, || match q.remove("cf_connect") {
                     Some(connect) => stream::emulation(
                         state.clone(),
                         Inbound::Frame(connect),
-                        peer,
-                        &headers,
+                        (peer, &headers, hand_over),
                         Framing::EventStream,
                     ),
                     None => plain(
@@ -341,12 +341,13 @@ fn emulation(state: &AppState) -> Route {
 /// `POST <uni_http_stream.handler_prefix>`: the connect request is the body.
 fn uni_http_stream(state: &AppState) -> Route {
     post_body(state, state.config.uni_http_stream.handler_prefix.clone())
+        .and(warp::ext::optional::<HandOver>())
         .map(
-            |headers: HeaderMap, body: Bytes, peer: Peer, state: AppState| {
+            |headers: HeaderMap, body: Bytes, peer: Peer, state: AppState, hand_over| {
                 with_origin(&state, &headers, || {
                     let bearer = uni::token_from_headers(&headers, "");
                     let text = String::from_utf8_lossy(&body);
-                    let from = (peer, &headers);
+                    let from = (peer, &headers, hand_over);
                     stream::unidirectional(state.clone(), &text, bearer, from, Framing::Lines)
                 })
             },
@@ -358,13 +359,18 @@ fn uni_http_stream(state: &AppState) -> Route {
 /// `Authorization` or the configured cookie.
 fn uni_sse(state: &AppState) -> Route {
     get_query(state, state.config.uni_sse.handler_prefix.clone())
+        .and(warp::ext::optional::<HandOver>())
         .map(
-            |headers: HeaderMap, mut q: HashMap<String, String>, peer: Peer, state: AppState| {
+            |headers: HeaderMap,
+             mut q: HashMap<String, String>,
+             peer: Peer,
+             state: AppState,
+             hand_over| {
                 with_origin(&state, &headers, || {
                     let token =
                         uni::token_from_headers(&headers, &state.config.uni_sse.token_cookie);
                     let text = q.remove("cf_connect").unwrap_or_default();
-                    let from = (peer, &headers);
+                    let from = (peer, &headers, hand_over);
                     stream::unidirectional(state.clone(), &text, token, from, Framing::EventStream)
                 })
             },

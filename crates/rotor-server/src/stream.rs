@@ -1,9 +1,11 @@
 //! HTTP transports that stream their response: bidirectional emulation (`http_stream`,
 //! `sse`, with commands arriving by `POST /emulation`) and the unidirectional
-//! `uni_http_stream` and `uni_sse`. Each is a transport around channels; the protocol itself
-//! is the core's.
+//! `uni_http_stream` and `uni_sse`. hyper answers with the response head and hands the
+//! connection over (`listener::HandOver`); the transport writes the chunked body to the
+//! socket itself. The protocol itself is the core's.
 
-use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,8 +20,9 @@ use rotor_protocol::{Disconnect, Protocol};
 use tokio::sync::mpsc;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
-use warp::Reply;
 
+use crate::listener::{HandOver, StreamIo};
+use crate::socket;
 use crate::state::{AppState, Peer, Sessions};
 
 /// How messages are framed on the response body.
@@ -36,49 +39,72 @@ pub enum Framing {
 /// centrifuge-js's Protobuf build sends them and Centrifugo reads them.
 pub const PROTOBUF_CONTENT_TYPE: &str = "application/octet-stream";
 
-/// Body chunks waiting to be sent to the client.
-const BODY_BACKLOG: usize = 16;
-
-struct BodyStream(mpsc::Receiver<Bytes>);
-
-impl futures_util::Stream for BodyStream {
-    type Item = Result<Bytes, Infallible>;
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|o| o.map(Ok))
-    }
-}
-
-/// A streaming response as the session's transport.
+/// A streaming response as the session's transport. hyper writes the response head and
+/// hands the connection over ([`HandOver`]); from then on the session writes the body's
+/// chunks to the socket itself, so the connection holds no HTTP buffers while it streams.
 struct StreamTransport {
     /// Frames POSTed to `/emulation`; `None` for unidirectional transports.
     commands: Option<mpsc::Receiver<Inbound>>,
-    body: mpsc::Sender<Bytes>,
-    /// Finishes when the client goes away (the response body is dropped).
-    gone: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    socket: Socket,
+    /// Bytes the socket has not taken yet (see `socket::write_assembled`).
+    unsent: Vec<u8>,
     framing: Framing,
     protocol: Protocol,
     timeout: Duration,
 }
 
+enum Socket {
+    /// Until hyper has written the response head.
+    Coming(tokio::sync::oneshot::Receiver<StreamIo>),
+    Here(StreamIo),
+    /// hyper ended the connection without handing it over (the client went away first).
+    Gone,
+}
+
 impl StreamTransport {
     fn new(
         commands: Option<mpsc::Receiver<Inbound>>,
-        body: mpsc::Sender<Bytes>,
+        socket: tokio::sync::oneshot::Receiver<StreamIo>,
         framing: Framing,
         protocol: Protocol,
         timeout: Duration,
     ) -> StreamTransport {
-        let watch = body.clone();
         StreamTransport {
             commands,
-            body,
-            gone: Box::pin(async move { watch.closed().await }),
+            socket: Socket::Coming(socket),
+            unsent: Vec::new(),
             framing,
             protocol,
             timeout,
         }
     }
 }
+
+impl Socket {
+    /// Ready once hyper has handed the socket over (or ended the connection instead).
+    fn poll_arrived(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Socket::Coming(rx) = self {
+            *self = match std::task::ready!(Pin::new(rx).poll(cx)) {
+                Ok(io) => Socket::Here(io),
+                Err(_) => Socket::Gone,
+            };
+        }
+        Poll::Ready(())
+    }
+}
+
+/// The length of `messages` as one chunk of the body, framed as `framing` frames them.
+fn body_len(framing: Framing, protocol: Protocol, messages: &[Bytes]) -> usize {
+    match (framing, protocol) {
+        (Framing::EventStream, _) => messages.iter().map(|m| m.len() + 8).sum(),
+        // One line per message, each ending with `\n`.
+        (Framing::Lines, Protocol::Json) => messages.iter().map(|m| m.len() + 1).sum(),
+        (Framing::Lines, Protocol::Protobuf) => protocol.frame_len(messages),
+    }
+}
+
+/// The end of a chunked body.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
 impl Transport for StreamTransport {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
@@ -87,27 +113,51 @@ impl Transport for StreamTransport {
                 return Poll::Ready(frame.unwrap_or(Inbound::Closed));
             }
         }
-        self.gone.as_mut().poll(cx).map(|()| Inbound::Closed)
+        // The client sends nothing on a stream: reading only sees it go away.
+        std::task::ready!(self.socket.poll_arrived(cx));
+        let Socket::Here(io) = &mut self.socket else {
+            return Poll::Ready(Inbound::Closed);
+        };
+        loop {
+            match std::task::ready!(socket::poll_read_with(io, 512, cx, |_| {})) {
+                Ok(0) | Err(_) => return Poll::Ready(Inbound::Closed),
+                Ok(_) => {}
+            }
+        }
     }
 
     async fn write(&mut self, messages: Vec<Bytes>) -> std::io::Result<()> {
-        let mut chunk = Vec::with_capacity(messages.iter().map(|m| m.len() + 8).sum());
-        match self.framing {
-            Framing::Lines => self.protocol.stream_into(&mut chunk, &messages),
-            Framing::EventStream => {
-                for m in &messages {
-                    chunk.extend_from_slice(b"data: ");
-                    chunk.extend_from_slice(m);
-                    chunk.extend_from_slice(b"\n\n");
+        let (framing, protocol) = (self.framing, self.protocol);
+        let (sock, unsent) = (&mut self.socket, &mut self.unsent);
+        let send = async move {
+            std::future::poll_fn(|cx| sock.poll_arrived(cx)).await;
+            let Socket::Here(io) = sock else {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    "client went away",
+                ));
+            };
+            socket::write_assembled(io, unsent, |buf| {
+                let len = body_len(framing, protocol, &messages);
+                let _ = write!(buf, "{len:x}\r\n");
+                let start = buf.len();
+                match framing {
+                    Framing::Lines => protocol.stream_into(buf, &messages),
+                    Framing::EventStream => {
+                        for m in &messages {
+                            buf.extend_from_slice(b"data: ");
+                            buf.extend_from_slice(m);
+                            buf.extend_from_slice(b"\n\n");
+                        }
+                    }
                 }
-            }
-        }
-        match crate::http::within(self.timeout, self.body.send(Bytes::from(chunk))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "client went away",
-            )),
+                debug_assert_eq!(buf.len() - start, len);
+                buf.extend_from_slice(b"\r\n");
+            })
+            .await
+        };
+        match tokio::time::timeout(self.timeout, send).await {
+            Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "stream write timed out",
@@ -116,12 +166,21 @@ impl Transport for StreamTransport {
     }
 
     async fn close(&mut self, _disconnect: &Disconnect) {
-        // The body ends when the session drops this transport.
+        // The body's last chunk, then no more writing (the caller bounds the wait).
+        if let Socket::Here(io) = &mut self.socket {
+            let last = socket::write_assembled(io, &mut self.unsent, |buf| {
+                buf.extend_from_slice(LAST_CHUNK)
+            });
+            if last.await.is_ok() {
+                use tokio::io::AsyncWriteExt;
+                let _ = io.shutdown().await;
+            }
+        }
     }
 }
 
-fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing, protocol: Protocol) -> Response {
-    let mut res = warp::reply::stream(BodyStream(rx)).into_response();
+fn streaming_response(framing: Framing, protocol: Protocol) -> Response {
+    let mut res = Response::default();
     let h = res.headers_mut();
     let content_type = match (framing, protocol) {
         (Framing::Lines, Protocol::Json) => "application/json",
@@ -135,6 +194,10 @@ fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing, protocol: Pro
     );
     h.insert("pragma", HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    // hyper writes this head and hands the connection over: the session writes the chunks
+    // of the body, and the connection ends with the stream.
+    h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+    h.insert("connection", HeaderValue::from_static("close"));
     res
 }
 
@@ -144,10 +207,12 @@ fn streaming_response(rx: mpsc::Receiver<Bytes>, framing: Framing, protocol: Pro
 pub fn emulation(
     state: AppState,
     connect: Inbound,
-    peer: Peer,
-    headers: &HeaderMap,
+    (peer, headers, hand_over): (Peer, &HeaderMap, Option<HandOver>),
     framing: Framing,
 ) -> Response {
+    let Some(hand_over) = hand_over else {
+        return needs_http11();
+    };
     let protocol = match connect {
         Inbound::Binary(_) => Protocol::Protobuf,
         _ => Protocol::Json,
@@ -158,7 +223,6 @@ pub fn emulation(
     };
     let session_id = crate::http::new_session_id();
     let cmd_rx = state.sessions.open(&session_id, connect);
-    let (body_tx, body_rx) = mpsc::channel(BODY_BACKLOG);
     let params = SessionParams {
         transport: TransportInfo {
             name,
@@ -170,12 +234,13 @@ pub fn emulation(
         remote: peer,
         headers: crate::http::forwarded(&state.node, headers),
     };
-    let transport = StreamTransport::new(Some(cmd_rx), body_tx, framing, protocol, timeout);
+    let socket = hand_over.claim();
+    let transport = StreamTransport::new(Some(cmd_rx), socket, framing, protocol, timeout);
     tokio::spawn(async move {
         session::run(state.node.clone(), params, transport).await;
         state.sessions.close(&session_id);
     });
-    streaming_response(body_rx, framing, protocol)
+    streaming_response(framing, protocol)
 }
 
 /// Starts a unidirectional streaming session with the connect request in `text` (the body
@@ -185,9 +250,12 @@ pub fn unidirectional(
     state: AppState,
     text: &str,
     fallback_token: Option<String>,
-    (peer, headers): (Peer, &HeaderMap),
+    (peer, headers, hand_over): (Peer, &HeaderMap, Option<HandOver>),
     framing: Framing,
 ) -> Response {
+    let Some(hand_over) = hand_over else {
+        return needs_http11();
+    };
     let req = match session::uni_connect_request(text, fallback_token) {
         Ok(req) => req,
         Err(e) => {
@@ -202,7 +270,6 @@ pub fn unidirectional(
         ),
         Framing::EventStream => ("uni_sse", state.config.uni_sse.write_timeout),
     };
-    let (body_tx, body_rx) = mpsc::channel(BODY_BACKLOG);
     let params = SessionParams {
         transport: TransportInfo {
             name,
@@ -214,9 +281,18 @@ pub fn unidirectional(
         remote: peer,
         headers: crate::http::forwarded(&state.node, headers),
     };
-    let transport = StreamTransport::new(None, body_tx, framing, Protocol::Json, timeout);
+    let socket = hand_over.claim();
+    let transport = StreamTransport::new(None, socket, framing, Protocol::Json, timeout);
     tokio::spawn(session::run(state.node.clone(), params, transport));
-    streaming_response(body_rx, framing, Protocol::Json)
+    streaming_response(framing, Protocol::Json)
+}
+
+/// The answer to a stream asked for over HTTP/1.0: its body could not be chunked.
+fn needs_http11() -> Response {
+    crate::http::plain(
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+        "streaming transports need HTTP/1.1\n",
+    )
 }
 
 /// The body of `POST /emulation` in the JSON protocol, and the form a request takes when it

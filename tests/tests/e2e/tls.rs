@@ -248,6 +248,29 @@ async fn https_and_wss_with_a_certificate_reloaded_on_sighup() {
     };
     assert!(reply["connect"]["client"].is_string(), "{reply}");
 
+    // An HTTP stream over TLS: hyper writes the response head, rotor the chunked body
+    // through the TLS stream it was handed.
+    let mut tls = handshake(&pki, &server).await;
+    let body = json!({"token": user_token("s")}).to_string();
+    let request = format!(
+        "POST /connection/uni_http_stream HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\"client\"") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("the connect push within 5 s")
+            .unwrap();
+        assert!(n > 0, "the stream ended: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked"), "{text}");
+
     // New files alone change nothing (no watching here)...
     assert_eq!(served(&pki, &server).await, der(&one.0));
     install(&two, &live);

@@ -64,6 +64,77 @@ async fn uni_http_stream_connects_receives_and_is_expired() {
         s.line().await.is_none(),
         "the stream ends after the disconnect"
     );
+    assert!(
+        s.ended_with_last_chunk(),
+        "the body ends with its last chunk, not just a closed connection"
+    );
+    assert!(
+        s.headers.contains("connection: close"),
+        "a stream ends its connection: {}",
+        s.headers
+    );
+    server.shutdown().await;
+}
+
+/// A stream asked for on a keep-alive connection that served another request first: hyper
+/// writes the stream's response head and hands the connection over; rotor writes the body
+/// (connect, a publication, the disconnect and the last chunk) straight to the socket. Over
+/// HTTP/1.0, which has no chunked bodies, a stream is refused with 505.
+#[tokio::test]
+async fn a_stream_takes_its_connection_over_after_other_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(config()).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    // The health answer: its head and a short body with a content-length.
+    while !first.ends_with(b"\r\n\r\n") {
+        tcp.read_exact(&mut byte).await.unwrap();
+        first.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&first).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the health answer has a length");
+    let mut body = vec![0u8; len];
+    tcp.read_exact(&mut body).await.unwrap();
+
+    let t = token(json!({"sub": "walt", "exp": now() + 2, "channels": ["chat:uni"]}));
+    let mut s = HttpStream::open_on(
+        tcp,
+        &http_stream_request(&json!({"token": t}).to_string(), ""),
+    )
+    .await;
+    assert_eq!(s.status, 200);
+    assert!(
+        s.headers.contains("transfer-encoding: chunked"),
+        "{}",
+        s.headers
+    );
+    let connect = s.push().await.unwrap();
+    assert!(connect["connect"]["client"].is_string(), "{connect}");
+    server
+        .api("publish", json!({"channel": "chat:uni", "data": "reused"}))
+        .await;
+    assert_eq!(s.push().await.unwrap()["pub"]["data"], "reused");
+    let d = s.push().await.unwrap();
+    assert_eq!(d["disconnect"]["code"], 3005, "{d}");
+    assert!(s.line().await.is_none());
+    assert!(s.ended_with_last_chunk());
+
+    let old = format!(
+        "POST /connection/uni_http_stream HTTP/1.0\r\nHost: x\r\nContent-Length: {}\r\n\r\n{}",
+        json!({"token": t}).to_string().len(),
+        json!({"token": t})
+    );
+    let s = HttpStream::open(server.addr, &old).await;
+    assert_eq!(s.status, 505, "{}", s.headers);
     server.shutdown().await;
 }
 
