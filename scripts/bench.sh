@@ -50,7 +50,7 @@ for g in $groups; do
         bench idle --target "$t" --shape realistic --counts 1000,5000,10000 --max-kib 4.5
       done
       for t in rotor-http-stream rotor-sse; do
-        bench idle --target "$t" --shape realistic --counts 1000,5000,10000 --max-kib 27
+        bench idle --target "$t" --shape realistic --counts 1000,5000,10000 --max-kib 7
       done ;;
     fanout)
       # p99 budget 1 s: with 10k subscribers the load core alone needs ~100 ms to take in one
