@@ -506,11 +506,75 @@ struct Subscriber {
     join_leave: bool,
 }
 
+/// A channel's local subscribers, by their client handle's address. Many channels have
+/// one (a personal channel): it is kept inline, without a map (~120 bytes less each).
+enum Subscribers {
+    One(usize, Subscriber),
+    Many(HashMap<usize, Subscriber>),
+}
+
+impl Subscribers {
+    /// Adds or replaces; returns the subscriber replaced.
+    fn insert(&mut self, key: usize, sub: Subscriber) -> Option<Subscriber> {
+        match self {
+            Subscribers::One(k, old) if *k == key => Some(std::mem::replace(old, sub)),
+            Subscribers::One(..) => {
+                let Subscribers::One(k, first) =
+                    std::mem::replace(self, Subscribers::Many(HashMap::with_capacity(2)))
+                else {
+                    unreachable!("matched above")
+                };
+                if let Subscribers::Many(map) = self {
+                    map.insert(k, first);
+                    map.insert(key, sub);
+                }
+                None
+            }
+            Subscribers::Many(map) => map.insert(key, sub),
+        }
+    }
+
+    /// Removes one; the caller drops the channel when none is left (`One` is never empty).
+    fn remove(&mut self, key: usize) -> Option<Subscriber> {
+        match self {
+            Subscribers::One(k, _) if *k == key => {
+                let Subscribers::One(_, gone) =
+                    std::mem::replace(self, Subscribers::Many(HashMap::new()))
+                else {
+                    unreachable!("matched above")
+                };
+                Some(gone)
+            }
+            Subscribers::One(..) => None,
+            Subscribers::Many(map) => map.remove(&key),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Subscribers::One(..) => 1,
+            Subscribers::Many(map) => map.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Subscriber> {
+        let (one, many) = match self {
+            Subscribers::One(_, sub) => (Some(sub), None),
+            Subscribers::Many(map) => (None, Some(map.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 /// A channel with local subscribers.
 struct Channel {
     /// The key it is stored under (every push of the channel carries this allocation).
     name: Arc<str>,
-    subs: HashMap<usize, Subscriber>,
+    subs: Subscribers,
     /// How many of `subs` speak Protobuf (the rest speak JSON).
     protobuf: u32,
     /// The chunk new pushes go into while some subscriber still holds a run of it (weak:
@@ -679,7 +743,7 @@ impl Hub {
                     name.clone(),
                     Channel {
                         name,
-                        subs: HashMap::from([(key(client), subscriber)]),
+                        subs: Subscribers::One(key(client), subscriber),
                         protobuf,
                         chunk: std::sync::Weak::new(),
                         next: 0,
@@ -696,7 +760,7 @@ impl Hub {
         let Some(ch) = shard.channels.get_mut(channel) else {
             return false;
         };
-        let Some(gone) = ch.subs.remove(&key(client)) else {
+        let Some(gone) = ch.subs.remove(key(client)) else {
             return false;
         };
         ch.protobuf -= u32::from(gone.client.protocol() == Protocol::Protobuf);
@@ -997,6 +1061,43 @@ mod tests {
         // The channel's chunks are freed once nobody holds a run of them.
         let shard = lock(hub.shard("a"));
         assert!(shard.channels["a"].chunk.upgrade().is_none());
+    }
+
+    /// A channel's subscribers as they come and go: one kept inline, then a map, and the
+    /// channel forgotten with its last subscriber.
+    #[test]
+    fn subscribers_come_and_go_one_inline_then_a_map() {
+        let hub = Hub::default();
+        let (a, b) = (handle(1 << 20), handle(1 << 20));
+        assert!(hub.subscribe("x", &a, false), "the node's first subscriber");
+        assert!(!hub.subscribe("x", &a, true), "again: replaced, not added");
+        assert_eq!(hub.num_subscriptions(), 1);
+        assert_eq!(
+            hub.broadcast_with("x", true, |_| Encoded::json(push("x", 1))),
+            1
+        );
+        assert!(!hub.subscribe("x", &b, false));
+        assert_eq!(hub.num_subscriptions(), 2);
+        assert_eq!(
+            hub.broadcast_with("x", false, |_| Encoded::json(push("x", 2))),
+            2
+        );
+        assert!(!hub.unsubscribe("x", &a), "b is still there");
+        assert!(!hub.unsubscribe("x", &a), "a twice: nothing to remove");
+        assert_eq!(
+            hub.broadcast_with("x", false, |_| Encoded::json(push("x", 3))),
+            1
+        );
+        assert_eq!(take_all(&a), ["x:1", "x:2"]);
+        assert_eq!(take_all(&b), ["x:2", "x:3"]);
+        assert!(
+            hub.unsubscribe("x", &b),
+            "the last one: the channel is gone"
+        );
+        assert_eq!(hub.channels(), vec![]);
+        assert!(hub.subscribe("x", &b, false), "a first subscriber again");
+        assert!(!hub.unsubscribe("x", &a), "not a subscriber");
+        assert!(hub.unsubscribe("x", &b));
     }
 
     #[test]
