@@ -22,7 +22,7 @@ mod state;
 pub mod stream;
 pub mod uni;
 mod ws;
-mod wsframe;
+pub mod wsframe;
 
 pub use config::Config;
 pub use error::{report, ServerError};

@@ -4,7 +4,7 @@
 //! It keeps bytes only while a frame or a fragmented message is incomplete: between
 //! messages a connection's reader holds no buffer at all, which is most of an idle
 //! connection's life. It must not read sockets or decide protocol codes beyond naming what
-//! was wrong.
+//! was wrong. Public for the fuzz target (fuzz/fuzz_targets/ws_frames.rs).
 
 use bytes::Bytes;
 
