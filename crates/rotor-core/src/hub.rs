@@ -2,7 +2,7 @@
 //! to each channel. Fan-out encodes a push once, keeps it in a chunk of the channel's recent
 //! pushes shared by the subscribers, and queues runs of that chunk to every subscriber.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -506,54 +506,60 @@ struct Subscriber {
     join_leave: bool,
 }
 
-/// A channel's local subscribers, by their client handle's address. Many channels have
-/// one (a personal channel): it is kept inline, without a map (~120 bytes less each).
-enum Subscribers {
-    One(usize, Subscriber),
-    Many(HashMap<usize, Subscriber>),
+/// A map that most of the time holds one entry, kept inline without a map: a channel's
+/// subscribers (a personal channel has one; ~120 bytes less each) and a user's
+/// connections on the node (most users have one). Never empty while in use: its owner
+/// drops it when the last entry goes.
+enum OneOrMany<K, V> {
+    One(K, V),
+    Many(HashMap<K, V>),
 }
 
-impl Subscribers {
-    /// Adds or replaces; returns the subscriber replaced.
-    fn insert(&mut self, key: usize, sub: Subscriber) -> Option<Subscriber> {
+impl<K: std::hash::Hash + Eq, V> OneOrMany<K, V> {
+    /// Adds or replaces; returns the value replaced.
+    fn insert(&mut self, key: K, value: V) -> Option<V> {
         match self {
-            Subscribers::One(k, old) if *k == key => Some(std::mem::replace(old, sub)),
-            Subscribers::One(..) => {
-                let Subscribers::One(k, first) =
-                    std::mem::replace(self, Subscribers::Many(HashMap::with_capacity(2)))
+            OneOrMany::One(k, old) if *k == key => Some(std::mem::replace(old, value)),
+            OneOrMany::One(..) => {
+                let OneOrMany::One(k, first) =
+                    std::mem::replace(self, OneOrMany::Many(HashMap::with_capacity(2)))
                 else {
                     unreachable!("matched above")
                 };
-                if let Subscribers::Many(map) = self {
+                if let OneOrMany::Many(map) = self {
                     map.insert(k, first);
-                    map.insert(key, sub);
+                    map.insert(key, value);
                 }
                 None
             }
-            Subscribers::Many(map) => map.insert(key, sub),
+            OneOrMany::Many(map) => map.insert(key, value),
         }
     }
 
-    /// Removes one; the caller drops the channel when none is left (`One` is never empty).
-    fn remove(&mut self, key: usize) -> Option<Subscriber> {
+    /// Removes one (afterwards the owner checks `is_empty`).
+    fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
         match self {
-            Subscribers::One(k, _) if *k == key => {
-                let Subscribers::One(_, gone) =
-                    std::mem::replace(self, Subscribers::Many(HashMap::new()))
+            OneOrMany::One(k, _) if k.borrow() == key => {
+                let OneOrMany::One(_, gone) =
+                    std::mem::replace(self, OneOrMany::Many(HashMap::new()))
                 else {
                     unreachable!("matched above")
                 };
                 Some(gone)
             }
-            Subscribers::One(..) => None,
-            Subscribers::Many(map) => map.remove(&key),
+            OneOrMany::One(..) => None,
+            OneOrMany::Many(map) => map.remove(key),
         }
     }
 
     fn len(&self) -> usize {
         match self {
-            Subscribers::One(..) => 1,
-            Subscribers::Many(map) => map.len(),
+            OneOrMany::One(..) => 1,
+            OneOrMany::Many(map) => map.len(),
         }
     }
 
@@ -561,14 +567,21 @@ impl Subscribers {
         self.len() == 0
     }
 
-    fn values(&self) -> impl Iterator<Item = &Subscriber> {
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
         let (one, many) = match self {
-            Subscribers::One(_, sub) => (Some(sub), None),
-            Subscribers::Many(map) => (None, Some(map.values())),
+            OneOrMany::One(k, v) => (Some((k, v)), None),
+            OneOrMany::Many(map) => (None, Some(map.iter())),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
+
+    fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
+    }
 }
+
+/// A channel's local subscribers, by their client handle's address.
+type Subscribers = OneOrMany<usize, Subscriber>;
 
 /// A channel with local subscribers.
 struct Channel {
@@ -595,52 +608,8 @@ struct Connections {
     by_user: HashMap<Arc<str>, UserConnections>,
 }
 
-/// The ids of a user's connections on this node. Most users have one, which needs no set
-/// (a set of one costs ~100 bytes more per connection).
-enum UserConnections {
-    One(Arc<str>),
-    Many(HashSet<Arc<str>>),
-}
-
-impl UserConnections {
-    fn len(&self) -> usize {
-        match self {
-            UserConnections::One(_) => 1,
-            UserConnections::Many(set) => set.len(),
-        }
-    }
-
-    fn insert(&mut self, id: Arc<str>) {
-        match self {
-            UserConnections::One(first) if *first == id => {}
-            UserConnections::One(first) => {
-                *self = UserConnections::Many(HashSet::from([first.clone(), id]));
-            }
-            UserConnections::Many(set) => {
-                set.insert(id);
-            }
-        }
-    }
-
-    /// Forgets `id`; true when no connection is left.
-    fn remove(&mut self, id: &str) -> bool {
-        match self {
-            UserConnections::One(first) => &**first == id,
-            UserConnections::Many(set) => {
-                set.remove(id);
-                set.is_empty()
-            }
-        }
-    }
-
-    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
-        let (one, many) = match self {
-            UserConnections::One(id) => (Some(id), None),
-            UserConnections::Many(set) => (None, Some(set.iter())),
-        };
-        one.into_iter().chain(many.into_iter().flatten())
-    }
-}
+/// The ids of a user's connections on this node.
+type UserConnections = OneOrMany<Arc<str>, ()>;
 
 const SHARDS: usize = 32;
 
@@ -696,11 +665,13 @@ impl Hub {
         }
         c.by_id.insert(client.id.clone(), client.clone());
         match c.by_user.get_mut(client.user()) {
-            Some(ids) => ids.insert(client.id.clone()),
+            Some(ids) => {
+                ids.insert(client.id.clone(), ());
+            }
             None => {
                 let user = client.user.get().cloned().unwrap_or_else(|| Arc::from(""));
                 c.by_user
-                    .insert(user, UserConnections::One(client.id.clone()));
+                    .insert(user, OneOrMany::One(client.id.clone(), ()));
             }
         }
         Ok(())
@@ -710,7 +681,8 @@ impl Hub {
         let mut c = lock(&self.conns);
         c.by_id.remove(&client.id);
         if let Some(ids) = c.by_user.get_mut(client.user()) {
-            if ids.remove(&client.id) {
+            ids.remove(&*client.id);
+            if ids.is_empty() {
                 c.by_user.remove(client.user());
             }
         }
@@ -743,7 +715,7 @@ impl Hub {
                     name.clone(),
                     Channel {
                         name,
-                        subs: Subscribers::One(key(client), subscriber),
+                        subs: OneOrMany::One(key(client), subscriber),
                         protobuf,
                         chunk: std::sync::Weak::new(),
                         next: 0,
@@ -760,7 +732,7 @@ impl Hub {
         let Some(ch) = shard.channels.get_mut(channel) else {
             return false;
         };
-        let Some(gone) = ch.subs.remove(key(client)) else {
+        let Some(gone) = ch.subs.remove(&key(client)) else {
             return false;
         };
         ch.protobuf -= u32::from(gone.client.protocol() == Protocol::Protobuf);
@@ -839,6 +811,7 @@ impl Hub {
             return Vec::new();
         };
         ids.iter()
+            .map(|(id, ())| id)
             .filter_map(|id| c.by_id.get(id))
             .filter(|h| client.is_none_or(|want| want == &*h.id))
             .filter(|h| session.is_none_or(|want| h.session.as_deref() == Some(want)))
