@@ -15,9 +15,11 @@ import centrifuge
 from centrifuge import (
     Client,
     ClientEventHandler,
+    DeltaType,
     StreamPosition,
     SubscriptionEventHandler,
 )
+from centrifuge.filter import FilterNode
 
 
 PROTOBUF = os.environ.get("PROTOBUF") == "1"
@@ -105,6 +107,11 @@ async def main():
     def sub(channel, opts=None):
         if channel not in subs:
             kwargs = {snake(k): v for k, v in (opts or {}).items()}
+            # The SDK's typed options, from the JSON the test sends.
+            if "tags_filter" in kwargs:
+                kwargs["tags_filter"] = FilterNode(kwargs["tags_filter"])
+            if "delta" in kwargs:
+                kwargs["delta"] = DeltaType(kwargs["delta"])
             subs[channel] = client.new_subscription(channel, events=SubEvents(channel), **kwargs)
         return subs[channel]
 

@@ -4,6 +4,7 @@ mod e2e {
     pub mod api;
     pub mod auth;
     pub mod bad_input;
+    pub mod channel_features;
     pub mod cli;
     pub mod client;
     pub mod cluster;

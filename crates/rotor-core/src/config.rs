@@ -31,6 +31,9 @@ macro_rules! channel_options {
             pub force_positioning: bool,
             /// Let clients ask for positioning.
             pub allow_positioning: bool,
+            /// Let subscribers filter publications by their tags (the SDKs' `tagsFilter` /
+            /// `tags_filter`); without it a subscription with a filter is refused (107).
+            pub allow_tags_filter: bool,
             /// Any authenticated connection may subscribe.
             pub allow_subscribe_for_client: bool,
             /// Anonymous connections may subscribe too (with `allow_subscribe_for_client`).

@@ -13,6 +13,7 @@ use rotor_protocol::{Disconnect, Protocol, Push};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Control;
+use crate::filter::TagsFilter;
 
 /// Pushes of one channel in the order the hub broadcast them, shared by every local
 /// subscriber that still has some of them to deliver. A subscriber's queue holds runs of a
@@ -504,6 +505,21 @@ impl ClientHandle {
 struct Subscriber {
     client: Arc<ClientHandle>,
     join_leave: bool,
+    /// Its tags filter: only publications that match are queued to it.
+    filter: Option<Arc<TagsFilter>>,
+}
+
+impl Subscriber {
+    /// Whether `push` goes to this subscriber.
+    fn wants(&self, push: &Push, only_join_leave: bool) -> bool {
+        if only_join_leave {
+            return self.join_leave;
+        }
+        match (&self.filter, &push.publication) {
+            (Some(f), Some(p)) => f.matches(&p.tags),
+            _ => true,
+        }
+    }
 }
 
 /// A map that most of the time holds one entry, kept inline without a map: a channel's
@@ -688,18 +704,21 @@ impl Hub {
         }
     }
 
-    /// Adds a subscriber; true when it is the node's first subscriber of the channel.
+    /// Adds a subscriber (with its tags filter, if any); true when it is the node's first
+    /// subscriber of the channel.
     pub(crate) fn subscribe(
         &self,
         channel: &str,
         client: &Arc<ClientHandle>,
         join_leave: bool,
+        filter: Option<Arc<TagsFilter>>,
     ) -> bool {
         let mut shard = lock(self.shard(channel));
         let first = !shard.channels.contains_key(channel);
         let subscriber = Subscriber {
             client: client.clone(),
             join_leave,
+            filter,
         };
         let protobuf = u32::from(client.protocol() == Protocol::Protobuf);
         match shard.channels.get_mut(channel) {
@@ -743,18 +762,24 @@ impl Hub {
         false
     }
 
-    /// Queues `push` to every subscriber (or only those that want join/leave), encoded once
-    /// per protocol the channel's subscribers speak, and only when it has local subscribers.
+    /// Queues `push` to every subscriber it is for (only those that want join/leave; a
+    /// publication only to those whose tags filter it passes), encoded once per protocol the
+    /// channel's subscribers speak, and only when it has local subscribers.
     pub(crate) fn broadcast(&self, channel: &str, push: &Push, only_join_leave: bool) -> usize {
-        self.broadcast_with(channel, only_join_leave, |wanted| Encoded::of(push, wanted))
+        self.broadcast_with(
+            channel,
+            |sub| sub.wants(push, only_join_leave),
+            |wanted| Encoded::of(push, wanted),
+        )
     }
 
-    /// [`broadcast`](Self::broadcast) with the encoding left to `encode` (called under the
-    /// channel's shard lock, once, with the protocols wanted).
-    pub(crate) fn broadcast_with(
+    /// [`broadcast`](Self::broadcast) with the choice of subscribers left to `to` and the
+    /// encoding to `encode` (called under the channel's shard lock, once, with the protocols
+    /// of the channel's subscribers).
+    fn broadcast_with(
         &self,
         channel: &str,
-        only_join_leave: bool,
+        to: impl Fn(&Subscriber) -> bool,
         encode: impl FnOnce(Wanted) -> Encoded,
     ) -> usize {
         let mut shard = lock(self.shard(channel));
@@ -783,7 +808,7 @@ impl Hub {
         targets.extend(
             ch.subs
                 .values()
-                .filter(|sub| !only_join_leave || sub.join_leave)
+                .filter(|sub| to(sub))
                 .map(|sub| &*sub.client),
         );
         // In groups: first every queue's cache line is loaded (plain reads, which overlap),
@@ -915,7 +940,7 @@ mod tests {
         let hub = Hub::default();
         let client = handle(limit);
         for channel in channels {
-            hub.subscribe(channel, &client, false);
+            hub.subscribe(channel, &client, false, None);
         }
         (hub, client)
     }
@@ -966,19 +991,19 @@ mod tests {
         let (hub, client) = subscribed(1 << 20, &["a", "b"]);
         // Runs of two channels, interleaved with a node command; more than one chunk.
         for n in 0..20 {
-            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n)));
+            hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", n)));
         }
-        hub.broadcast_with("b", false, |_| Encoded::json(push("b", 0)));
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 20)));
+        hub.broadcast_with("b", |_| true, |_| Encoded::json(push("b", 0)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", 20)));
         client.send_control(control("x"));
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 21)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", 21)));
         // Stops at the node command, which is handed over; the push after it stays.
         let first = take_all(&client);
         let mut want: Vec<String> = (0..20).map(|n| format!("a:{n}")).collect();
         want.extend(["b:0".into(), "a:20".into(), "x".into()]);
         assert_eq!(first, want);
         // Sent while a push is still queued behind the taken ones: after it.
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 22)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", 22)));
         assert_eq!(take_all(&client), ["a:21", "a:22"]);
         assert!(take_all(&client).is_empty());
     }
@@ -989,19 +1014,19 @@ mod tests {
         // 8 of b first, so that the turn's bound falls in the middle of one of a's runs.
         let mut want: Vec<String> = (0..8).map(|n| format!("b:{n}")).collect();
         for n in 0..8 {
-            hub.broadcast_with("b", false, |_| Encoded::json(push("b", n)));
+            hub.broadcast_with("b", |_| true, |_| Encoded::json(push("b", n)));
         }
         let total = TAKE_AT_MOST as u32 + 40;
         for n in 0..total {
-            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n)));
+            hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", n)));
             want.push(format!("a:{n}"));
         }
-        hub.broadcast_with("b", false, |_| Encoded::json(push("b", 8)));
+        hub.broadcast_with("b", |_| true, |_| Encoded::json(push("b", 8)));
         want.push("b:8".into());
         let first = take_all(&client);
         assert_eq!(first.len(), TAKE_AT_MOST);
         // Sent after a turn stopped in the middle of a run: after everything before it.
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", total)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", total)));
         want.push(format!("a:{total}"));
         let second = take_all(&client);
         let got: Vec<String> = first.into_iter().chain(second).collect();
@@ -1012,13 +1037,17 @@ mod tests {
     fn every_subscriber_gets_every_push_and_join_leave_only_those_asking() {
         let hub = Hub::default();
         let (fast, slow, quiet) = (handle(1 << 20), handle(1 << 20), handle(1 << 20));
-        hub.subscribe("a", &fast, true);
-        hub.subscribe("a", &slow, true);
-        hub.subscribe("a", &quiet, false);
+        hub.subscribe("a", &fast, true, None);
+        hub.subscribe("a", &slow, true, None);
+        hub.subscribe("a", &quiet, false, None);
         let mut fast_got = Vec::new();
         for n in 0..40 {
             let only_join_leave = n % 10 == 9;
-            let sent = hub.broadcast_with("a", only_join_leave, |_| Encoded::json(push("a", n)));
+            let sent = hub.broadcast_with(
+                "a",
+                |s| !only_join_leave || s.join_leave,
+                |_| Encoded::json(push("a", n)),
+            );
             assert_eq!(sent, if only_join_leave { 2 } else { 3 });
             // One subscriber keeps up, one does not take anything until the end.
             fast_got.extend(take_all(&fast));
@@ -1036,29 +1065,88 @@ mod tests {
         assert!(shard.channels["a"].chunk.upgrade().is_none());
     }
 
+    /// A subscriber with a tags filter is queued the publications that match it and every
+    /// join and leave; one without is queued everything.
+    #[test]
+    fn a_tags_filter_narrows_publications_only() {
+        let hub = Hub::default();
+        let (all, some) = (handle(1 << 20), handle(1 << 20));
+        hub.subscribe("x", &all, true, None);
+        let only_yes = rotor_protocol::FilterNode {
+            key: "k".into(),
+            cmp: "eq".into(),
+            val: "yes".into(),
+            ..Default::default()
+        };
+        let filter = TagsFilter::compile(&only_yes).unwrap();
+        hub.subscribe("x", &some, true, Some(Arc::new(filter)));
+        let publication = |n: u64, tag: Option<&str>| Push {
+            channel: "x".into(),
+            publication: Some(rotor_protocol::Publication {
+                data: rotor_protocol::Raw::from_bytes(n.to_string().as_bytes()),
+                tags: tag
+                    .map(|t| ("k".to_string(), t.to_string()))
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Push::default()
+        };
+        assert_eq!(hub.broadcast("x", &publication(1, Some("yes")), false), 2);
+        assert_eq!(hub.broadcast("x", &publication(2, Some("no")), false), 1);
+        assert_eq!(hub.broadcast("x", &publication(3, None), false), 1);
+        let join = Push {
+            channel: "x".into(),
+            join: Some(rotor_protocol::Join::default()),
+            ..Push::default()
+        };
+        assert_eq!(hub.broadcast("x", &join, true), 2);
+        let texts = |client: &ClientHandle| {
+            let mut got = Vec::new();
+            client.take(|taken| {
+                if let Taken::Push { bytes, .. } = taken {
+                    got.push(String::from_utf8_lossy(bytes).into_owned());
+                }
+                true
+            });
+            got
+        };
+        let (all, some) = (texts(&all), texts(&some));
+        assert_eq!(all.len(), 4);
+        assert_eq!(some.len(), 2);
+        assert!(some[0].contains(r#""data":1"#), "{some:?}");
+        assert!(some[1].contains(r#""join""#), "{some:?}");
+    }
+
     /// A channel's subscribers as they come and go: one kept inline, then a map, and the
     /// channel forgotten with its last subscriber.
     #[test]
     fn subscribers_come_and_go_one_inline_then_a_map() {
         let hub = Hub::default();
         let (a, b) = (handle(1 << 20), handle(1 << 20));
-        assert!(hub.subscribe("x", &a, false), "the node's first subscriber");
-        assert!(!hub.subscribe("x", &a, true), "again: replaced, not added");
+        assert!(
+            hub.subscribe("x", &a, false, None),
+            "the node's first subscriber"
+        );
+        assert!(
+            !hub.subscribe("x", &a, true, None),
+            "again: replaced, not added"
+        );
         assert_eq!(hub.num_subscriptions(), 1);
         assert_eq!(
-            hub.broadcast_with("x", true, |_| Encoded::json(push("x", 1))),
+            hub.broadcast_with("x", |s| s.join_leave, |_| Encoded::json(push("x", 1))),
             1
         );
-        assert!(!hub.subscribe("x", &b, false));
+        assert!(!hub.subscribe("x", &b, false, None));
         assert_eq!(hub.num_subscriptions(), 2);
         assert_eq!(
-            hub.broadcast_with("x", false, |_| Encoded::json(push("x", 2))),
+            hub.broadcast_with("x", |_| true, |_| Encoded::json(push("x", 2))),
             2
         );
         assert!(!hub.unsubscribe("x", &a), "b is still there");
         assert!(!hub.unsubscribe("x", &a), "a twice: nothing to remove");
         assert_eq!(
-            hub.broadcast_with("x", false, |_| Encoded::json(push("x", 3))),
+            hub.broadcast_with("x", |_| true, |_| Encoded::json(push("x", 3))),
             1
         );
         assert_eq!(take_all(&a), ["x:1", "x:2"]);
@@ -1068,7 +1156,10 @@ mod tests {
             "the last one: the channel is gone"
         );
         assert_eq!(hub.channels(), vec![]);
-        assert!(hub.subscribe("x", &b, false), "a first subscriber again");
+        assert!(
+            hub.subscribe("x", &b, false, None),
+            "a first subscriber again"
+        );
         assert!(!hub.unsubscribe("x", &a), "not a subscriber");
         assert!(hub.unsubscribe("x", &b));
     }
@@ -1080,8 +1171,8 @@ mod tests {
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(client.poll_ready(&mut cx).is_pending());
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 0)));
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 1)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", 0)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", 1)));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(client.poll_ready(&mut cx).is_ready());
         assert_eq!(take_all(&client).len(), 2);
@@ -1095,10 +1186,10 @@ mod tests {
         let one = Encoded::json(push("a", 0)).cost(Protocol::Json) as usize;
         let (hub, client) = subscribed(one * 3, &["a"]);
         for n in 0..3 {
-            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n)));
+            hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", n)));
         }
         assert!(!client.closing(), "three pushes fit the limit exactly");
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 3)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", 3)));
         assert!(client.closing());
         assert_eq!(
             client.close_reason().map(|d| d.code),
@@ -1114,14 +1205,14 @@ mod tests {
         let (hub, client) = subscribed(one * 2, &["a"]);
         for n in 0..20 {
             // Same-sized pushes (one digit), two at a time: exactly the limit.
-            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n % 10)));
-            hub.broadcast_with("a", false, |_| Encoded::json(push("a", n % 10)));
+            hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", n % 10)));
+            hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", n % 10)));
             assert_eq!(take_all(&client).len(), 2);
         }
         assert!(!client.closing(), "the count went down with every take");
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 0)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", 0)));
         client.end_inbox();
-        hub.broadcast_with("a", false, |_| Encoded::json(push("a", 1)));
+        hub.broadcast_with("a", |_| true, |_| Encoded::json(push("a", 1)));
         assert!(take_all(&client).is_empty());
         assert!(!client.closing());
     }

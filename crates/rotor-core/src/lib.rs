@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod duration;
 mod error;
 pub mod events;
+pub mod filter;
 pub mod hub;
 pub mod limits;
 pub mod node;

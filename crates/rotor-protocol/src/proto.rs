@@ -26,6 +26,17 @@ pub enum ProtoError {
     UnsupportedWireType(u8),
     #[error("string field is not valid UTF-8")]
     NotUtf8,
+    #[error("tags filter nested deeper than {MAX_FILTER_DEPTH} levels")]
+    FilterTooDeep,
+}
+
+/// How deep a tags filter's nodes may nest on the wire (a bound on the decoder's recursion;
+/// the core allows less).
+pub const MAX_FILTER_DEPTH: u32 = 64;
+
+thread_local! {
+    /// The nesting of the filter node being decoded on this thread.
+    static FILTER_DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 const VARINT: u8 = 0;
@@ -438,8 +449,56 @@ message!(RefreshRequest { 1 => token });
 message!(RefreshResult { 1 => client, 2 => version, 3 => expires, 4 => ttl });
 message!(SubscribeRequest {
     1 => channel, 2 => token, 3 => recover, 6 => epoch, 7 => offset, 8 => data,
-    9 => positioned, 10 => recoverable, 11 => join_leave, 12 => delta, 14 => flag,
+    9 => positioned, 10 => recoverable, 11 => join_leave, 12 => delta, 13 => tf, 14 => flag,
 });
+
+/// Written by hand, not with `message!`: it nests itself, and the decoder's recursion is
+/// bounded ([`MAX_FILTER_DEPTH`]) so that a hostile frame cannot exhaust the stack.
+impl ProtoMessage for FilterNode {
+    fn encode(&self, w: &mut Writer<'_>) {
+        w.bytes(1, self.op.as_bytes());
+        w.bytes(2, self.key.as_bytes());
+        w.bytes(3, self.cmp.as_bytes());
+        w.bytes(4, self.val.as_bytes());
+        for v in &self.vals {
+            // Repeated strings are written even when empty: the position counts.
+            w.key(5, LEN);
+            put_varint(w.buf, v.len() as u64);
+            w.buf.extend_from_slice(v.as_bytes());
+        }
+        for n in &self.nodes {
+            w.message(6, n);
+        }
+    }
+
+    fn merge(&mut self, field: u32, wire: u8, r: &mut Reader<'_>) -> Result<bool, ProtoError> {
+        match field {
+            1 => self.op.read(field, wire, r)?,
+            2 => self.key.read(field, wire, r)?,
+            3 => self.cmp.read(field, wire, r)?,
+            4 => self.val.read(field, wire, r)?,
+            5 => {
+                let mut v = String::new();
+                v.read(field, wire, r)?;
+                self.vals.push(v);
+            }
+            6 => {
+                expect(field, wire, LEN)?;
+                let body = r.len_delimited()?;
+                let depth = FILTER_DEPTH.with(|d| d.get());
+                if depth >= MAX_FILTER_DEPTH {
+                    return Err(ProtoError::FilterTooDeep);
+                }
+                FILTER_DEPTH.with(|d| d.set(depth + 1));
+                let node = decode_message(body);
+                FILTER_DEPTH.with(|d| d.set(depth));
+                self.nodes.push(node?);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
 message!(SubscribeResult {
     1 => expires, 2 => ttl, 3 => recoverable, 6 => epoch, 7 => publications, 8 => recovered,
     9 => offset, 10 => positioned, 11 => data, 12 => was_recovering,

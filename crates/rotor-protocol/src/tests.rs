@@ -133,7 +133,7 @@ fn arb_subscribe() -> impl Strategy<Value = SubscribeRequest> {
         any::<u64>(),
         proptest::option::of(arb_raw()),
         any::<(bool, bool, bool)>(),
-        any::<i32>(),
+        (any::<i32>(), proptest::option::of(arb_filter())),
     )
         .prop_map(
             |(
@@ -144,7 +144,7 @@ fn arb_subscribe() -> impl Strategy<Value = SubscribeRequest> {
                 offset,
                 data,
                 (positioned, recoverable, join_leave),
-                flag,
+                (flag, tf),
             )| SubscribeRequest {
                 channel,
                 token,
@@ -156,9 +156,77 @@ fn arb_subscribe() -> impl Strategy<Value = SubscribeRequest> {
                 recoverable,
                 join_leave,
                 delta: String::new(),
+                tf,
                 flag,
             },
         )
+}
+
+/// Tags filters as the SDKs send them: comparisons, and logical nodes over them.
+fn arb_filter() -> impl Strategy<Value = FilterNode> {
+    let leaf = (
+        "[a-z]{0,4}",
+        "(eq|in|gt|ex)",
+        "[a-z0-9]{0,4}",
+        proptest::collection::vec("[a-z]{0,3}", 0..3),
+    )
+        .prop_map(|(key, cmp, val, vals)| FilterNode {
+            key,
+            cmp,
+            val,
+            vals,
+            ..FilterNode::default()
+        });
+    leaf.prop_recursive(3, 12, 3, |inner| {
+        ("(and|or|not)", proptest::collection::vec(inner, 0..3)).prop_map(|(op, nodes)| {
+            FilterNode {
+                op,
+                nodes,
+                ..FilterNode::default()
+            }
+        })
+    })
+}
+
+#[test]
+fn protobuf_tags_filters_nest_only_so_deep() {
+    let mut node = FilterNode {
+        key: "k".into(),
+        cmp: "ex".into(),
+        ..FilterNode::default()
+    };
+    let nest = |n: FilterNode| FilterNode {
+        op: "not".into(),
+        nodes: vec![n],
+        ..FilterNode::default()
+    };
+    for _ in 0..proto::MAX_FILTER_DEPTH {
+        node = nest(node);
+    }
+    let sub = |tf: &FilterNode| {
+        proto::encode(&Command {
+            id: 1,
+            subscribe: Some(SubscribeRequest {
+                channel: "c".into(),
+                tf: Some(tf.clone()),
+                ..SubscribeRequest::default()
+            }),
+            ..Command::default()
+        })
+    };
+    let decoded: Command = proto::decode(&sub(&node)).expect("at the limit");
+    assert_eq!(decoded.subscribe.unwrap().tf.as_ref(), Some(&node));
+    let too_deep = nest(node);
+    assert!(matches!(
+        proto::decode::<Command>(&sub(&too_deep)),
+        Err(ProtoError::FilterTooDeep)
+    ));
+    // The JSON form is what centrifuge-js sends.
+    let json = r#"{"id":2,"subscribe":{"channel":"c","tf":{"op":"and","nodes":[{"key":"ticker","cmp":"eq","val":"BTC"},{"key":"n","cmp":"in","vals":["1","2"]}]}}}"#;
+    let cmds = decode_commands(json).unwrap();
+    let tf = cmds[0].subscribe.as_ref().unwrap().tf.as_ref().unwrap();
+    assert_eq!(tf.op, "and");
+    assert_eq!(tf.nodes[1].vals, ["1", "2"]);
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {

@@ -203,8 +203,31 @@ pub struct SubscribeRequest {
     pub join_leave: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub delta: String,
+    /// The subscriber's filter on publication tags (`tf`): only matching publications are
+    /// delivered to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tf: Option<FilterNode>,
     #[serde(default, skip_serializing_if = "is_zero_i32")]
     pub flag: i32,
+}
+
+/// A node of a publication tags filter: a comparison (`op` empty: `key`, `cmp`, and `val` or
+/// `vals`) or a logical node (`op` is `and`, `or` or `not`, over `nodes`). The wire form
+/// only; what the nodes mean is the core's (`rotor_core::filter`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FilterNode {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub op: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cmp: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub val: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vals: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<FilterNode>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ use rotor_protocol::{
 
 use super::{Node, PublishOptions};
 use crate::config::ChannelOptions;
+use crate::filter::TagsFilter;
 use crate::hub::ClientHandle;
 use crate::storage::{HistoryFilter, HistoryOptions, HistoryPage};
 use crate::CoreError;
@@ -175,6 +176,17 @@ impl Node {
                 && (opts.force_positioning
                     || (want.positioned && (opts.allow_positioning || history_allowed))));
         let join_leave = opts.force_push_join_leave || (want.join_leave && opts.join_leave);
+        let filter = match &want.tf {
+            None => None,
+            Some(_) if !opts.allow_tags_filter => {
+                return Err(CoreError::BadRequest(
+                    "tags filter not allowed in this channel (allow_tags_filter)".into(),
+                ))
+            }
+            Some(tf) => Some(Arc::new(
+                TagsFilter::compile(tf).map_err(CoreError::BadRequest)?,
+            )),
+        };
         let mut result = SubscribeResult {
             recoverable,
             positioned,
@@ -182,7 +194,10 @@ impl Node {
         };
         {
             let _gate = self.inner.order.exclusive(channel).await;
-            let first = self.inner.hub.subscribe(channel, m.client, join_leave);
+            let first = self
+                .inner
+                .hub
+                .subscribe(channel, m.client, join_leave, filter.clone());
             if first {
                 if let Err(e) = self.inner.broker.subscribe(channel).await {
                     self.inner.hub.unsubscribe(channel, m.client);
@@ -199,6 +214,11 @@ impl Node {
                     return Err(e);
                 }
             }
+        }
+        // Recovered publications pass the same filter as live ones (whether the position
+        // was recovered was decided on all of them).
+        if let Some(f) = &filter {
+            result.publications.retain(|p| f.matches(&p.tags));
         }
         if opts.presence {
             let added = self

@@ -1,0 +1,261 @@
+//! Channel features the SDKs speak, driven by centrifuge-js and centrifuge-python with
+//! publications from `cent`: the publication tags filter (`allow_tags_filter`), on the
+//! in-memory node, on Postgres storage and on the Redis engine where storage or the broker
+//! is involved.
+
+use std::time::Duration;
+
+use rotor_core::config::NamespaceConfig;
+use rotor_server::config::{Config, EngineKind};
+use rotor_tests::*;
+use serde_json::{json, Value};
+
+use super::sdk::client_env;
+
+const T: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Memory,
+    Postgres,
+    Redis,
+}
+
+/// A server on one backend, and what to clean up after it.
+struct Setup {
+    server: TestServer,
+    pg: Option<PgSchema>,
+}
+
+impl Setup {
+    /// Starts a server with `namespaces` added to the test config, on `backend`; `None`
+    /// (skipped loudly, a failure under CI) when the SDKs or the backend are not there.
+    async fn start(
+        test: &str,
+        backend: Backend,
+        namespaces: Vec<NamespaceConfig>,
+    ) -> Option<Setup> {
+        if !sdks_available(test) {
+            return None;
+        }
+        let mut config: Config = test_config();
+        config.channel.namespaces.extend(namespaces);
+        let mut pg = None;
+        match backend {
+            Backend::Memory => {}
+            Backend::Postgres => {
+                let schema = PgSchema::create(test).await?;
+                schema.configure(&mut config);
+                pg = Some(schema);
+            }
+            Backend::Redis => {
+                if !redis_available(test, "127.0.0.1:6379").await {
+                    return None;
+                }
+                config.engine.kind = EngineKind::Redis;
+                config.engine.redis.address = vec!["127.0.0.1:6379".into()];
+                config.engine.redis.prefix = format!("rotor-e2e-{test}-{}", std::process::id());
+            }
+        }
+        Some(Setup {
+            server: TestServer::start(config).await,
+            pg,
+        })
+    }
+
+    async fn stop(self) {
+        self.server.shutdown().await;
+        if let Some(pg) = self.pg {
+            pg.drop_now().await;
+        }
+    }
+}
+
+/// A namespace anyone connected may subscribe to, with history and forced recovery.
+fn namespace(name: &str) -> NamespaceConfig {
+    NamespaceConfig {
+        name: name.into(),
+        history_size: 100,
+        history_ttl: Duration::from_secs(300),
+        force_recovery: true,
+        allow_subscribe_for_client: true,
+        allow_history_for_subscriber: true,
+        ..NamespaceConfig::default()
+    }
+}
+
+/// A started SDK client (`node` or `python`), connected.
+async fn connected(server: &TestServer, sdk: &str, user: &str) -> Script {
+    let env = client_env(server, user_token(user));
+    let mut s = if sdk == "node" {
+        Script::node("client.js", &env)
+    } else {
+        Script::python("client.py", &env)
+    };
+    s.expect("ready", T).await;
+    s.send(&json!({"op": "connect"}).to_string()).await;
+    s.expect("connected", T).await;
+    s
+}
+
+async fn subscribe(s: &mut Script, channel: &str, options: Value) -> Value {
+    s.send(&json!({"op": "subscribe", "channel": channel, "options": options}).to_string())
+        .await;
+    s.expect_any(&["subscribed", "unsubscribed", "sub_error"], T)
+        .await
+}
+
+async fn publish(server: &TestServer, channel: &str, data: Value, tags: Value) -> Value {
+    let r = cent(
+        server,
+        "publish",
+        json!({"channel": channel, "data": data, "tags": tags}),
+    )
+    .await;
+    assert!(r.get("error").is_none(), "publish failed: {r}");
+    r
+}
+
+/// The `n` of the publications the client reports, in order, up to and including `last`
+/// (publications arrive in order, so anything filtered out would have come before it).
+async fn received_until(s: &mut Script, last: u64) -> Vec<u64> {
+    let mut got = Vec::new();
+    while got.last() != Some(&last) {
+        let p = s.expect("publication", T).await;
+        got.push(p["data"]["n"].as_u64().expect("data has n"));
+    }
+    got
+}
+
+/// BTC publications priced over 100.
+fn btc_over_100() -> Value {
+    json!({"op": "and", "nodes": [
+        {"key": "ticker", "cmp": "eq", "val": "BTC"},
+        {"key": "price", "cmp": "gt", "val": "100"},
+    ]})
+}
+
+/// Publishes n = first.. with these (ticker, price) tags.
+async fn publish_ticks(server: &TestServer, channel: &str, first: u64, ticks: &[(&str, &str)]) {
+    for (i, (ticker, price)) in ticks.iter().enumerate() {
+        let n = first + i as u64;
+        publish(
+            server,
+            channel,
+            json!({"n": n}),
+            json!({"ticker": ticker, "price": price}),
+        )
+        .await;
+    }
+}
+
+/// One SDK through the tags filter: only matching publications arrive, live and recovered;
+/// a filter where the namespace does not allow one, or a filter that makes no sense, is
+/// refused with 107.
+async fn tags_filter_flow(test: &str, backend: Backend, sdk: &str) {
+    let ns = NamespaceConfig {
+        allow_tags_filter: true,
+        ..namespace("ticks")
+    };
+    let Some(setup) = Setup::start(test, backend, vec![ns, namespace("plain")]).await else {
+        return;
+    };
+    let server = &setup.server;
+    let mut s = connected(server, sdk, "filterer").await;
+    let sub = subscribe(&mut s, "ticks:x", json!({"tagsFilter": btc_over_100()})).await;
+    assert_eq!(sub["event"], "subscribed", "{sub}");
+
+    publish_ticks(
+        server,
+        "ticks:x",
+        1,
+        &[
+            ("BTC", "150"),
+            ("ETH", "150"),
+            ("BTC", "50"),
+            ("BTC", "100.01"),
+        ],
+    )
+    .await;
+    assert_eq!(received_until(&mut s, 4).await, [1, 4]);
+
+    // What it missed while away is recovered through the same filter.
+    s.send(&json!({"op": "disconnect"}).to_string()).await;
+    s.expect("disconnected", T).await;
+    publish_ticks(server, "ticks:x", 5, &[("ETH", "900"), ("BTC", "900")]).await;
+    s.send(&json!({"op": "connect"}).to_string()).await;
+    let sub = s.expect("subscribed", T).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    publish_ticks(server, "ticks:x", 7, &[("BTC", "1"), ("BTC", "101")]).await;
+    assert_eq!(received_until(&mut s, 8).await, [6, 8]);
+
+    // The namespace decides whether filters are allowed at all.
+    let refused = subscribe(&mut s, "plain:x", json!({"tagsFilter": btc_over_100()})).await;
+    assert_refused_107(&mut s, refused).await;
+    let nonsense = json!({"key": "price", "cmp": "gt", "val": "a lot"});
+    let refused = subscribe(&mut s, "ticks:y", json!({"tagsFilter": nonsense})).await;
+    assert_refused_107(&mut s, refused).await;
+    s.send(&json!({"op": "quit"}).to_string()).await;
+    s.finish(T).await;
+    setup.stop().await;
+}
+
+/// The SDK ends a subscription the server refused with 107 (centrifuge-js reports the
+/// error and then the unsubscribe, centrifuge-python the unsubscribe).
+async fn assert_refused_107(s: &mut Script, first: Value) {
+    let unsubscribed = if first["event"] == "unsubscribed" {
+        first
+    } else {
+        s.expect("unsubscribed", T).await
+    };
+    assert_eq!(unsubscribed["code"], 107, "{unsubscribed}");
+}
+
+#[tokio::test]
+async fn js_tags_filter_on_memory() {
+    tags_filter_flow("tf_js_mem", Backend::Memory, "node").await;
+}
+
+#[tokio::test]
+async fn js_tags_filter_on_redis() {
+    tags_filter_flow("tf_js_redis", Backend::Redis, "node").await;
+}
+
+#[tokio::test]
+async fn python_tags_filter_on_postgres() {
+    tags_filter_flow("tf_py_pg", Backend::Postgres, "python").await;
+}
+
+/// Unfiltered subscribers of the same channel get everything, filtered ones their share,
+/// from one publication stream.
+#[tokio::test]
+async fn filtered_and_unfiltered_subscribers_share_a_channel() {
+    let ns = NamespaceConfig {
+        allow_tags_filter: true,
+        ..namespace("ticks")
+    };
+    let Some(setup) = Setup::start("tf_mixed", Backend::Memory, vec![ns]).await else {
+        return;
+    };
+    let server = &setup.server;
+    let mut all = connected(server, "node", "all").await;
+    let mut eth = connected(server, "python", "eth").await;
+    subscribe(&mut all, "ticks:m", json!({})).await;
+    let only_eth = json!({"key": "ticker", "cmp": "in", "vals": ["ETH", "SOL"]});
+    subscribe(&mut eth, "ticks:m", json!({"tagsFilter": only_eth})).await;
+    publish_ticks(
+        server,
+        "ticks:m",
+        1,
+        &[("BTC", "1"), ("ETH", "2"), ("SOL", "3"), ("DOGE", "4")],
+    )
+    .await;
+    assert_eq!(received_until(&mut all, 4).await, [1, 2, 3, 4]);
+    assert_eq!(received_until(&mut eth, 3).await, [2, 3]);
+    for s in [all, eth] {
+        let mut s = s;
+        s.send(&json!({"op": "quit"}).to_string()).await;
+        s.finish(T).await;
+    }
+    setup.stop().await;
+}
