@@ -62,8 +62,10 @@ impl ChannelRules {
                     ns.name
                 ));
             }
+            let options = ns.options();
+            options.check(&format!("channel.namespaces[{:?}]", ns.name))?;
             if namespaces
-                .insert(ns.name.clone(), Arc::new(ns.options()))
+                .insert(ns.name.clone(), Arc::new(options))
                 .is_some()
             {
                 return Err(format!(
@@ -72,6 +74,9 @@ impl ChannelRules {
                 ));
             }
         }
+        config
+            .without_namespace
+            .check("channel.without_namespace")?;
         Ok(ChannelRules {
             default: Arc::new(config.without_namespace.clone()),
             namespaces,
@@ -232,7 +237,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::NamespaceConfig;
+    use crate::config::{NamespaceConfig, RecoveryMode};
 
     fn user(u: &str, subscribed: bool) -> Asker<'_> {
         Asker {
@@ -293,6 +298,40 @@ mod tests {
             ..ChannelConfig::default()
         };
         assert!(ChannelRules::new(&dup).unwrap_err().contains("duplicate"));
+    }
+
+    #[test]
+    fn auto_cache_recover_needs_forced_recovery_in_cache_mode() {
+        let ns = |force_recovery, mode| ChannelConfig {
+            namespaces: vec![NamespaceConfig {
+                name: "state".into(),
+                auto_cache_recover: true,
+                force_recovery,
+                force_recovery_mode: mode,
+                ..NamespaceConfig::default()
+            }],
+            ..ChannelConfig::default()
+        };
+        assert!(ChannelRules::new(&ns(true, RecoveryMode::Cache)).is_ok());
+        for bad in [
+            ns(false, RecoveryMode::Cache),
+            ns(true, RecoveryMode::Stream),
+        ] {
+            let err = ChannelRules::new(&bad).unwrap_err();
+            assert!(
+                err.contains("channel.namespaces[\"state\"]: auto_cache_recover requires"),
+                "{err}"
+            );
+        }
+        // The mode's names, "" being the default.
+        for (text, mode) in [
+            ("\"\"", RecoveryMode::Stream),
+            ("\"cache\"", RecoveryMode::Cache),
+        ] {
+            let parsed: RecoveryMode = serde_json::from_str(text).unwrap();
+            assert_eq!(parsed, mode);
+        }
+        assert!(serde_json::from_str::<RecoveryMode>("\"log\"").is_err());
     }
 
     #[test]

@@ -27,6 +27,14 @@ macro_rules! channel_options {
             pub force_recovery: bool,
             /// Let clients ask for recovery (`recoverable: true`).
             pub allow_recovery: bool,
+            /// How a recovering subscription catches up: `stream` (every missed
+            /// publication, or none and `recovered: false`) or `cache` (only the latest
+            /// publication: the channel holds a state, not a log).
+            pub force_recovery_mode: RecoveryMode,
+            /// In `cache` mode, every subscription gets the latest publication when it
+            /// subscribes, whether the client asks to recover or not (server-side ones too).
+            /// Needs `force_recovery` and `force_recovery_mode = "cache"`.
+            pub auto_cache_recover: bool,
             /// Make every subscription positioned.
             pub force_positioning: bool,
             /// Let clients ask for positioning.
@@ -102,7 +110,31 @@ impl NamespaceConfig {
     }
 }
 
+/// How a recovering subscription catches up (`force_recovery_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryMode {
+    /// Every missed publication (Centrifugo's default, also written `""`).
+    #[default]
+    #[serde(rename = "stream", alias = "")]
+    Stream,
+    /// The latest publication only.
+    #[serde(rename = "cache")]
+    Cache,
+}
+
 impl ChannelOptions {
+    /// What is wrong with these options together, if anything (`where_` names them).
+    pub fn check(&self, where_: &str) -> Result<(), String> {
+        if self.auto_cache_recover
+            && !(self.force_recovery && self.force_recovery_mode == RecoveryMode::Cache)
+        {
+            return Err(format!(
+                "{where_}: auto_cache_recover requires force_recovery = true and force_recovery_mode = \"cache\""
+            ));
+        }
+        Ok(())
+    }
+
     /// History is on when both size and TTL are set.
     pub fn history_enabled(&self) -> bool {
         self.history_size > 0 && !self.history_ttl.is_zero()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use rotor_core::config::NamespaceConfig;
+use rotor_core::config::{NamespaceConfig, RecoveryMode};
 use rotor_server::config::{Config, EngineKind};
 use rotor_tests::*;
 use serde_json::{json, Value};
@@ -258,4 +258,128 @@ async fn filtered_and_unfiltered_subscribers_share_a_channel() {
         s.finish(T).await;
     }
     setup.stop().await;
+}
+
+/// A namespace in cache recovery mode: its channels hold a state, the latest publication.
+fn cache_namespace(name: &str, auto: bool) -> NamespaceConfig {
+    NamespaceConfig {
+        force_recovery_mode: RecoveryMode::Cache,
+        auto_cache_recover: auto,
+        ..namespace(name)
+    }
+}
+
+async fn publish_n(server: &TestServer, channel: &str, ns: std::ops::RangeInclusive<u64>) {
+    for n in ns {
+        publish(server, channel, json!({"n": n}), json!({})).await;
+    }
+}
+
+/// centrifuge-js asks to recover from nothing (`since: {}`) and gets the latest state, then
+/// after a reconnect the latest state again (not what came between), and nothing when it
+/// already has the latest.
+async fn cache_recovery_flow(test: &str, backend: Backend) {
+    let Some(setup) = Setup::start(test, backend, vec![cache_namespace("state", false)]).await
+    else {
+        return;
+    };
+    let server = &setup.server;
+    publish_n(server, "state:doc", 1..=3).await;
+    let mut s = connected(server, "node", "reader").await;
+    let sub = subscribe(&mut s, "state:doc", json!({"since": {}})).await;
+    assert_eq!(
+        (&sub["event"], &sub["wasRecovering"], &sub["recovered"]),
+        (&json!("subscribed"), &json!(true), &json!(true)),
+        "{sub}"
+    );
+    assert_eq!(
+        received_until(&mut s, 3).await,
+        [3],
+        "only the latest state"
+    );
+    publish_n(server, "state:doc", 4..=4).await;
+    assert_eq!(received_until(&mut s, 4).await, [4]);
+
+    s.send(&json!({"op": "disconnect"}).to_string()).await;
+    s.expect("disconnected", T).await;
+    publish_n(server, "state:doc", 5..=6).await;
+    s.send(&json!({"op": "connect"}).to_string()).await;
+    let sub = s.expect("subscribed", T).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    assert_eq!(received_until(&mut s, 6).await, [6], "5 was replaced by 6");
+
+    // Back with the latest state: recovered, and nothing sent again.
+    s.send(&json!({"op": "disconnect"}).to_string()).await;
+    s.expect("disconnected", T).await;
+    s.send(&json!({"op": "connect"}).to_string()).await;
+    let sub = s.expect("subscribed", T).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    publish_n(server, "state:doc", 7..=7).await;
+    assert_eq!(received_until(&mut s, 7).await, [7], "6 was not sent twice");
+    s.send(&json!({"op": "quit"}).to_string()).await;
+    s.finish(T).await;
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn js_cache_recovery_on_memory() {
+    cache_recovery_flow("cache_js_mem", Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn js_cache_recovery_on_postgres() {
+    cache_recovery_flow("cache_js_pg", Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn js_cache_recovery_on_redis() {
+    cache_recovery_flow("cache_js_redis", Backend::Redis).await;
+}
+
+/// With `auto_cache_recover` every subscriber gets the latest state without asking:
+/// centrifuge-python (which has no way to ask on a first subscribe), and a server-side
+/// subscription from the token's `channels`, in the connect reply.
+async fn auto_cache_recover_flow(test: &str, backend: Backend) {
+    let Some(setup) = Setup::start(test, backend, vec![cache_namespace("auto", true)]).await else {
+        return;
+    };
+    let server = &setup.server;
+    publish_n(server, "auto:doc", 1..=2).await;
+    let mut py = connected(server, "python", "py").await;
+    let sub = subscribe(&mut py, "auto:doc", json!({})).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    assert_eq!(received_until(&mut py, 2).await, [2]);
+
+    publish_n(server, "auto:srv", 1..=3).await;
+    let claims = json!({"sub": "js", "exp": now() + 3600, "channels": ["auto:srv"]});
+    let mut js = Script::node("client.js", &client_env(server, token(claims)));
+    js.expect("ready", T).await;
+    js.send(&json!({"op": "connect"}).to_string()).await;
+    js.expect("connected", T).await;
+    let p = js.expect("server_publication", T).await;
+    assert_eq!(
+        (&p["channel"], &p["data"]["n"]),
+        (&json!("auto:srv"), &json!(3)),
+        "{p}"
+    );
+    for mut s in [py, js] {
+        s.send(&json!({"op": "quit"}).to_string()).await;
+        s.finish(T).await;
+    }
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn auto_cache_recover_on_memory() {
+    auto_cache_recover_flow("autocache_mem", Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn auto_cache_recover_on_postgres() {
+    auto_cache_recover_flow("autocache_pg", Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn auto_cache_recover_on_redis() {
+    auto_cache_recover_flow("autocache_redis", Backend::Redis).await;
 }

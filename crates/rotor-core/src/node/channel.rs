@@ -15,7 +15,7 @@ use rotor_protocol::{
 };
 
 use super::{Node, PublishOptions};
-use crate::config::ChannelOptions;
+use crate::config::{ChannelOptions, RecoveryMode};
 use crate::filter::TagsFilter;
 use crate::hub::ClientHandle;
 use crate::storage::{HistoryFilter, HistoryOptions, HistoryPage};
@@ -206,7 +206,14 @@ impl Node {
             }
             if positioned {
                 if let Err(e) = self
-                    .position(channel, opts, want, recoverable, &mut result)
+                    .position(
+                        channel,
+                        opts,
+                        want,
+                        recoverable,
+                        filter.as_deref(),
+                        &mut result,
+                    )
                     .await
                 {
                     drop(_gate);
@@ -238,17 +245,50 @@ impl Node {
         Ok(result)
     }
 
-    /// Fills the stream position and, when the client recovers, the missed publications.
+    /// Fills the stream position and, when the client recovers, the missed publications
+    /// (in `cache` mode the latest one only, the one `filter` passes).
     async fn position(
         &self,
         channel: &str,
         opts: &ChannelOptions,
         want: &SubscribeRequest,
         recoverable: bool,
+        filter: Option<&TagsFilter>,
         result: &mut SubscribeResult,
     ) -> Result<(), CoreError> {
         let store = &self.inner.storage.history;
         let hopts = self.history_options(opts);
+        let cache = opts.force_recovery_mode == RecoveryMode::Cache;
+        if recoverable && cache && (want.recover || opts.auto_cache_recover) {
+            result.was_recovering = true;
+            // The newest publication is the channel's state; with a filter, the newest
+            // that passes it among as many as a recovery may read.
+            let limit = match filter {
+                None => 1,
+                Some(_) => self.inner.config.client.recovery_max_publication_limit,
+            };
+            let newest = HistoryFilter {
+                since: None,
+                limit,
+                reverse: true,
+            };
+            let page = store.read(channel, &newest, &hopts).await?;
+            let top = page.position.offset;
+            // The client already has the state it would be sent.
+            let same = want.offset > 0 && want.offset == top && want.epoch == page.position.epoch;
+            result.epoch = page.position.epoch;
+            result.offset = top;
+            result.recovered = same || page.publications.first().is_some_and(|p| p.offset == top);
+            if result.recovered && !same {
+                result.publications = page
+                    .publications
+                    .into_iter()
+                    .filter(|p| filter.is_none_or(|f| f.matches(&p.tags)))
+                    .take(1)
+                    .collect();
+            }
+            return Ok(());
+        }
         if recoverable && want.recover {
             result.was_recovering = true;
             let max = self.inner.config.client.recovery_max_publication_limit;
