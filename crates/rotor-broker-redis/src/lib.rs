@@ -1,5 +1,5 @@
 //! rotor's Redis engine: the core's broker trait across nodes (publications, join/leave and
-//! control messages over Redis pub/sub), presence and history stores on Redis (hashes, sorted
+//! control messages over Redis pub/sub), presence, history and idempotent publish results on Redis (hashes, sorted
 //! sets and streams, each change one Lua script so it is atomic), a node registry (heartbeats
 //! in a hash), and node-addressed messages for routing emulation requests.
 //!
@@ -12,11 +12,13 @@
 
 mod broker;
 mod history;
+mod idempotency;
 mod presence;
 mod shard;
 
 pub use broker::{RedisBroker, HEARTBEAT_INTERVAL, HEARTBEAT_MAX_AGE};
 pub use history::RedisHistory;
+pub use idempotency::RedisIdempotency;
 pub use presence::RedisPresence;
 pub use shard::{RedisOptions, SentinelOptions, Shards};
 

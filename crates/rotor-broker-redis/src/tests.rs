@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rotor_core::broker::Broker;
 use rotor_core::conformance::{self as suite, Subject};
-use rotor_core::storage::{HistoryStore, PresenceStore};
+use rotor_core::storage::{HistoryStore, IdempotencyStore, PresenceStore};
 use rotor_protocol::{Publication, Raw};
 
 use crate::*;
@@ -41,8 +41,15 @@ async fn presence_store(test: &'static str) -> Option<Subject<dyn PresenceStore>
     ))))
 }
 
+async fn idempotency_store(test: &'static str) -> Option<Subject<dyn IdempotencyStore>> {
+    Some(Subject::new(Arc::new(RedisIdempotency::new(
+        shards(test).await?,
+    ))))
+}
+
 rotor_core::history_suite!(history_store);
 rotor_core::presence_suite!(presence_store);
+rotor_core::idempotency_suite!(idempotency_store);
 
 /// Brokers on one Redis (one key prefix), one per node, with their pub/sub connections up.
 async fn brokers(test: &'static str, uids: &[&str]) -> Option<Vec<Arc<dyn Broker>>> {

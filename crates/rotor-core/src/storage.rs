@@ -1,4 +1,4 @@
-//! Storage traits: history, presence and the token revocation list. Implementations live in
+//! Storage traits: history, presence, the token revocation list and idempotent publish results. Implementations live in
 //! their own crates (`rotor-store-memory`, `rotor-store-postgres`, `rotor-broker-redis`) and
 //! are used as `Arc<dyn …>`; one conformance suite per trait (`crate::conformance`, behind
 //! the `testing` feature) is stamped for each of them.
@@ -154,10 +154,43 @@ pub struct UserInvalidation {
     pub kicked: u32,
 }
 
+/// What [`IdempotencyStore::claim`] found for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// No publish with this key within its window: the caller publishes, then settles (or
+    /// releases) the claim.
+    First,
+    /// A publish with this key is on its way (another request, maybe on another node).
+    InProgress,
+    /// A publish with this key is done: its result.
+    Done(StreamPosition),
+}
+
+/// Results of publishes made with an idempotency key, per channel, shared by every node
+/// that shares the store: a repeat within the window gets the first result and publishes
+/// nothing.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync {
+    /// Claims `key` of `channel` for one publish, atomically: only one caller gets
+    /// [`Claim::First`]. A claim neither settled nor released lapses after `pending`.
+    async fn claim(&self, channel: &str, key: &str, pending: Duration) -> Result<Claim, CoreError>;
+    /// Records the claimed publish's result, kept for `ttl`.
+    async fn settle(
+        &self,
+        channel: &str,
+        key: &str,
+        position: &StreamPosition,
+        ttl: Duration,
+    ) -> Result<(), CoreError>;
+    /// Gives a claim up (its publish failed), so that a retry publishes.
+    async fn release(&self, channel: &str, key: &str) -> Result<(), CoreError>;
+}
+
 /// The storage a node uses.
 #[derive(Clone)]
 pub struct Storage {
     pub history: std::sync::Arc<dyn HistoryStore>,
     pub presence: std::sync::Arc<dyn PresenceStore>,
     pub revocations: std::sync::Arc<dyn RevocationStore>,
+    pub idempotency: std::sync::Arc<dyn IdempotencyStore>,
 }

@@ -15,8 +15,8 @@ use crate::session::{
     ConnectFrom, Inbound, SessionParams, Transport, TransportInfo, TransportKind,
 };
 use crate::storage::{
-    BoxFuture, HistoryFilter, HistoryOptions, HistoryPage, HistoryStore, PresenceStore,
-    RevocationFilter, RevocationStore, RevokedToken, Storage, UserInvalidation,
+    BoxFuture, Claim, HistoryFilter, HistoryOptions, HistoryPage, HistoryStore, IdempotencyStore,
+    PresenceStore, RevocationFilter, RevocationStore, RevokedToken, Storage, UserInvalidation,
 };
 use crate::{CoreError, Node};
 
@@ -102,7 +102,8 @@ pub fn storage_down() -> Storage {
     Storage {
         history: down.clone(),
         presence: down.clone(),
-        revocations: down,
+        revocations: down.clone(),
+        idempotency: down,
     }
 }
 
@@ -152,6 +153,30 @@ impl PresenceStore for Down {
         down()
     }
     async fn stats(&self, _channel: &str) -> Result<(u32, u32), CoreError> {
+        down()
+    }
+}
+
+#[async_trait::async_trait]
+impl IdempotencyStore for Down {
+    async fn claim(
+        &self,
+        _channel: &str,
+        _key: &str,
+        _pending: Duration,
+    ) -> Result<Claim, CoreError> {
+        down()
+    }
+    async fn settle(
+        &self,
+        _channel: &str,
+        _key: &str,
+        _position: &StreamPosition,
+        _ttl: Duration,
+    ) -> Result<(), CoreError> {
+        down()
+    }
+    async fn release(&self, _channel: &str, _key: &str) -> Result<(), CoreError> {
         down()
     }
 }

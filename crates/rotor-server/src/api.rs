@@ -198,7 +198,6 @@ struct PublishParams {
     skip_history: bool,
     #[serde(default)]
     tags: BTreeMap<String, String>,
-    #[allow(dead_code)]
     idempotency_key: Option<String>,
 }
 
@@ -212,6 +211,7 @@ struct BroadcastParams {
     skip_history: bool,
     #[serde(default)]
     tags: BTreeMap<String, String>,
+    idempotency_key: Option<String>,
 }
 
 /// `data`, or `b64data`: any bytes (Protobuf clients get them as they are, JSON clients as
@@ -593,6 +593,7 @@ async fn publish(node: &Node, params: Value) -> Result<Value, CoreError> {
                 skip_history: p.skip_history,
                 tags: p.tags,
                 info: None,
+                idempotency_key: p.idempotency_key.filter(|k| !k.is_empty()),
             },
         )
         .await?;
@@ -607,10 +608,12 @@ async fn broadcast(node: &Node, params: Value) -> Result<Value, CoreError> {
     let data = payload(p.data, p.b64data)?;
     let mut responses = Vec::new();
     for ch in &p.channels {
+        // The key is per channel: each channel of the broadcast is published once.
         let opts = PublishOptions {
             skip_history: p.skip_history,
             tags: p.tags.clone(),
             info: None,
+            idempotency_key: p.idempotency_key.clone().filter(|k| !k.is_empty()),
         };
         responses.push(match node.publish(ch, data.clone(), opts).await {
             Ok(pos) => json!({ "result": position_json(&pos) }),

@@ -597,6 +597,9 @@ impl Metrics {
             "revocations_purge",
             "invalidate_user",
             "invalidations_active",
+            "idempotency_claim",
+            "idempotency_settle",
+            "idempotency_release",
         ] {
             errors.with_label_values(&[backend, op]);
         }
@@ -615,6 +618,11 @@ impl Metrics {
             revocations: Arc::new(Timed {
                 inner: storage.revocations,
                 backend,
+                m: m.clone(),
+            }),
+            idempotency: Arc::new(Timed {
+                inner: storage.idempotency,
+                backend,
                 m,
             }),
         }
@@ -624,8 +632,8 @@ impl Metrics {
 use std::sync::Arc;
 
 use rotor_core::storage::{
-    BoxFuture, HistoryFilter, HistoryOptions, HistoryPage, HistoryStore, PresenceStore,
-    RevocationFilter, RevocationStore, RevokedToken, UserInvalidation,
+    BoxFuture, Claim, HistoryFilter, HistoryOptions, HistoryPage, HistoryStore, IdempotencyStore,
+    PresenceStore, RevocationFilter, RevocationStore, RevokedToken, UserInvalidation,
 };
 use rotor_core::CoreError;
 use rotor_protocol::{ClientInfo, Publication, StreamPosition};
@@ -686,6 +694,33 @@ impl HistoryStore for Timed<dyn HistoryStore> {
     }
     async fn remove(&self, channel: &str) -> Result<(), CoreError> {
         self.time("history_remove", self.inner.remove(channel))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl IdempotencyStore for Timed<dyn IdempotencyStore> {
+    async fn claim(
+        &self,
+        channel: &str,
+        key: &str,
+        pending: std::time::Duration,
+    ) -> Result<Claim, CoreError> {
+        self.time("idempotency_claim", self.inner.claim(channel, key, pending))
+            .await
+    }
+    async fn settle(
+        &self,
+        channel: &str,
+        key: &str,
+        position: &StreamPosition,
+        ttl: std::time::Duration,
+    ) -> Result<(), CoreError> {
+        let settled = self.inner.settle(channel, key, position, ttl);
+        self.time("idempotency_settle", settled).await
+    }
+    async fn release(&self, channel: &str, key: &str) -> Result<(), CoreError> {
+        self.time("idempotency_release", self.inner.release(channel, key))
             .await
     }
 }

@@ -58,7 +58,10 @@ impl Server {
         let (mut storage, housekeeping) = storage(&config).await?;
         let mut redis = RedisConnections::default();
         if let Some(r) = config.history_redis() {
-            storage.history = rotor_broker_redis::RedisHistory::new(redis.get(r).await?);
+            let shards = redis.get(r).await?;
+            storage.history = rotor_broker_redis::RedisHistory::new(shards.clone());
+            // Results of idempotent publishes live where history does: shared by the nodes.
+            storage.idempotency = Arc::new(rotor_broker_redis::RedisIdempotency::new(shards));
         }
         if let Some(r) = config.presence_redis() {
             storage.presence =
@@ -256,6 +259,7 @@ async fn storage(config: &Config) -> Result<(Storage, Housekeeping), ServerError
         history: history.clone(),
         presence: rotor_store_memory::MemoryPresence::new(),
         revocations: rotor_store_memory::MemoryRevocations::new(),
+        idempotency: rotor_store_memory::MemoryIdempotency::new(),
     };
     Ok((storage, Housekeeping::Memory(history)))
 }

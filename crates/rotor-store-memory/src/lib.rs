@@ -1,5 +1,6 @@
 //! In-memory implementations of the core's storage traits, for a single node: history with
-//! size and TTL trimming, presence with expiry, and the revocation list.
+//! size and TTL trimming, presence with expiry, the revocation list, and idempotent publish
+//! results.
 //!
 //! Nothing here survives a restart, and nothing is shared between nodes; use
 //! `rotor-store-postgres` for that. This crate must not do any IO.
@@ -336,19 +337,84 @@ impl RevocationStore for MemoryRevocations {
     }
 }
 
-/// The three in-memory stores as the node's storage.
+/// Idempotent publish results of this node, each dropped when its window ends.
+#[derive(Default)]
+pub struct MemoryIdempotency {
+    inner: Mutex<Results>,
+}
+
+#[derive(Default)]
+struct Results {
+    /// (channel, key) -> its result (`None` while the publish is on its way), and until when.
+    by_key: HashMap<(String, String), (Option<StreamPosition>, Instant)>,
+    /// When the expired entries were last dropped.
+    swept: Option<Instant>,
+}
+
+impl MemoryIdempotency {
+    pub fn new() -> Arc<MemoryIdempotency> {
+        Arc::new(MemoryIdempotency::default())
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryIdempotency {
+    async fn claim(&self, channel: &str, key: &str, pending: Duration) -> Result<Claim, CoreError> {
+        let now = Instant::now();
+        let mut r = lock(&self.inner);
+        // Expired entries go at most once a second, in one pass.
+        if r.swept.is_none_or(|at| at + Duration::from_secs(1) <= now) {
+            r.by_key.retain(|_, (_, until)| *until > now);
+            r.swept = Some(now);
+        }
+        let k = (channel.to_owned(), key.to_owned());
+        match r.by_key.get(&k) {
+            Some((Some(pos), until)) if *until > now => Ok(Claim::Done(pos.clone())),
+            Some((None, until)) if *until > now => Ok(Claim::InProgress),
+            _ => {
+                r.by_key.insert(k, (None, now + pending));
+                Ok(Claim::First)
+            }
+        }
+    }
+
+    async fn settle(
+        &self,
+        channel: &str,
+        key: &str,
+        position: &StreamPosition,
+        ttl: Duration,
+    ) -> Result<(), CoreError> {
+        let until = Instant::now() + ttl;
+        lock(&self.inner).by_key.insert(
+            (channel.to_owned(), key.to_owned()),
+            (Some(position.clone()), until),
+        );
+        Ok(())
+    }
+
+    async fn release(&self, channel: &str, key: &str) -> Result<(), CoreError> {
+        lock(&self.inner)
+            .by_key
+            .remove(&(channel.to_owned(), key.to_owned()));
+        Ok(())
+    }
+}
+
+/// The in-memory stores as the node's storage.
 pub fn storage() -> Storage {
     Storage {
         history: MemoryHistory::new(),
         presence: MemoryPresence::new(),
         revocations: MemoryRevocations::new(),
+        idempotency: MemoryIdempotency::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use rotor_core::conformance::Subject;
-    use rotor_core::storage::{HistoryStore, PresenceStore, RevocationStore};
+    use rotor_core::storage::{HistoryStore, IdempotencyStore, PresenceStore, RevocationStore};
 
     use super::*;
 
@@ -364,11 +430,16 @@ mod tests {
         Some(Subject::new(MemoryRevocations::new()))
     }
 
+    async fn idempotency_store(_test: &'static str) -> Option<Subject<dyn IdempotencyStore>> {
+        Some(Subject::new(MemoryIdempotency::new()))
+    }
+
     // The memory stores keep tokio's time: the suite's waits run on the paused clock.
     rotor_core::storage_suite! {
         history: history_store,
         presence: presence_store,
         revocations: revocation_store,
+        idempotency: idempotency_store,
         paused_clock
     }
 

@@ -1,5 +1,6 @@
 //! Postgres implementations of the core's storage traits: channel history (offsets and
-//! epochs per channel, size and TTL trimming), presence with expiry, and the revocation list.
+//! epochs per channel, size and TTL trimming), presence with expiry, the revocation list and
+//! idempotent publish results.
 //! State survives restarts and is shared by every node on the same database.
 //!
 //! Publications are written by one batching task per node (group commit): whatever queued up
@@ -12,6 +13,7 @@
 //! its transaction commits.
 
 mod history;
+mod idempotency;
 mod presence;
 mod retention;
 mod revocations;
@@ -26,6 +28,7 @@ use sqlx::Executor;
 pub use sqlx::PgPool;
 
 pub use history::PgHistory;
+pub use idempotency::PgIdempotency;
 pub use presence::PgPresence;
 pub use retention::{purge, spawn_retention, Purged};
 pub use revocations::PgRevocations;
@@ -103,7 +106,8 @@ pub fn storage(pool: PgPool, opts: &PgOptions) -> Storage {
     Storage {
         history: Arc::new(PgHistory::new(pool.clone(), opts.batch_max_size)),
         presence: Arc::new(PgPresence::new(pool.clone())),
-        revocations: Arc::new(PgRevocations::new(pool)),
+        revocations: Arc::new(PgRevocations::new(pool.clone())),
+        idempotency: Arc::new(PgIdempotency::new(pool)),
     }
 }
 

@@ -12,6 +12,7 @@ pub struct Purged {
     pub presence: u64,
     pub streams: u64,
     pub revocations: u64,
+    pub idempotency: u64,
 }
 
 async fn delete_in_batches(
@@ -35,8 +36,9 @@ async fn delete_in_batches(
     }
 }
 
-/// Deletes expired publications, presence entries, forgotten streams and revocations of
-/// tokens that have expired themselves, `batch` rows per statement.
+/// Deletes expired publications, presence entries, forgotten streams, revocations of
+/// tokens that have expired themselves and idempotent publish results past their window,
+/// `batch` rows per statement.
 pub async fn purge(pool: &PgPool, batch: i64) -> Result<Purged, sqlx::Error> {
     Ok(Purged {
         publications: delete_in_batches(pool, "rotor_publications", "expires_at <= now()", batch)
@@ -57,6 +59,8 @@ pub async fn purge(pool: &PgPool, batch: i64) -> Result<Purged, sqlx::Error> {
                 "expire_at <> 0 AND expire_at <= extract(epoch from now())::bigint",
                 batch,
             )
+            .await?,
+        idempotency: delete_in_batches(pool, "rotor_idempotency", "expires_at <= now()", batch)
             .await?,
     })
 }

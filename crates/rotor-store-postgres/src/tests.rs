@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use rotor_core::conformance::{self as suite, Subject};
 use rotor_core::storage::{
-    HistoryFilter, HistoryOptions, HistoryStore, PresenceStore, RevocationStore, Storage,
+    HistoryFilter, HistoryOptions, HistoryStore, IdempotencyStore, PresenceStore, RevocationStore,
+    Storage,
 };
 use rotor_core::CoreError;
 use rotor_protocol::{Publication, Raw};
@@ -70,10 +71,15 @@ async fn revocation_store(test: &'static str) -> Option<Subject<dyn RevocationSt
     part(test, |s| s.revocations).await
 }
 
+async fn idempotency_store(test: &'static str) -> Option<Subject<dyn IdempotencyStore>> {
+    part(test, |s| s.idempotency).await
+}
+
 rotor_core::storage_suite! {
     history: history_store,
     presence: presence_store,
     revocations: revocation_store,
+    idempotency: idempotency_store,
 }
 
 fn publication(n: u64) -> Publication {

@@ -1,7 +1,7 @@
 //! Channel features the SDKs speak, driven by centrifuge-js and centrifuge-python with
-//! publications from `cent`: the publication tags filter (`allow_tags_filter`), on the
-//! in-memory node, on Postgres storage and on the Redis engine where storage or the broker
-//! is involved.
+//! publications from `cent`: the publication tags filter (`allow_tags_filter`), cache
+//! recovery (`force_recovery_mode = "cache"`, `auto_cache_recover`) and idempotent publish
+//! (`idempotency_key`), on the in-memory node, on Postgres storage and on the Redis engine.
 
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ enum Backend {
 struct Setup {
     server: TestServer,
     pg: Option<PgSchema>,
+    config: Config,
 }
 
 impl Setup {
@@ -58,9 +59,15 @@ impl Setup {
             }
         }
         Some(Setup {
-            server: TestServer::start(config).await,
+            server: TestServer::start(config.clone()).await,
             pg,
+            config,
         })
+    }
+
+    /// Another node on the same storage and broker.
+    async fn another_node(&self) -> TestServer {
+        TestServer::start(self.config.clone()).await
     }
 
     async fn stop(self) {
@@ -382,4 +389,84 @@ async fn auto_cache_recover_on_postgres() {
 #[tokio::test]
 async fn auto_cache_recover_on_redis() {
     auto_cache_recover_flow("autocache_redis", Backend::Redis).await;
+}
+
+/// The server API's `publish` and `broadcast` with an `idempotency_key` (through `cent`):
+/// the repeat returns the first result and publishes nothing, also when it reaches another
+/// node on the same Postgres or Redis; the subscriber gets one publication and history
+/// holds one.
+async fn idempotency_flow(test: &str, backend: Backend) {
+    let Some(setup) = Setup::start(test, backend, vec![namespace("orders")]).await else {
+        return;
+    };
+    let server = &setup.server;
+    let other = match backend {
+        Backend::Memory => None,
+        _ => Some(setup.another_node().await),
+    };
+    let repeat_at = other.as_ref().unwrap_or(server);
+    let sdk = match backend {
+        Backend::Memory => "node",
+        _ => "python",
+    };
+    let mut s = connected(server, sdk, "watcher").await;
+    subscribe(&mut s, "orders:1", json!({})).await;
+
+    let first = cent(
+        server,
+        "publish",
+        json!({"channel": "orders:1", "data": {"n": 1}, "idempotency_key": "order-1"}),
+    )
+    .await;
+    assert_eq!(first["offset"], 1, "{first}");
+    let again = cent(
+        repeat_at,
+        "publish",
+        json!({"channel": "orders:1", "data": {"n": 99}, "idempotency_key": "order-1"}),
+    )
+    .await;
+    assert_eq!(again, first, "the repeat gets the first result");
+    // A broadcast deduplicates each channel on its own; a new key publishes.
+    let b = json!({"channels": ["orders:1", "orders:2"], "data": {"n": 2}, "idempotency_key": "order-2"});
+    let first_b = cent(server, "broadcast", b.clone()).await;
+    let again_b = cent(repeat_at, "broadcast", b).await;
+    assert_eq!(again_b, first_b, "{first_b}");
+    assert_eq!(first_b["responses"][0]["result"]["offset"], 2, "{first_b}");
+    publish_n(server, "orders:1", 3..=3).await;
+
+    assert_eq!(received_until(&mut s, 3).await, [1, 2, 3], "each once");
+    let h = cent(
+        server,
+        "history",
+        json!({"channel": "orders:1", "limit": -1}),
+    )
+    .await;
+    let offsets: Vec<&Value> = h["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["offset"])
+        .collect();
+    assert_eq!(offsets, [1, 2, 3], "history holds each once: {h}");
+    s.send(&json!({"op": "quit"}).to_string()).await;
+    s.finish(T).await;
+    if let Some(o) = other {
+        o.shutdown().await;
+    }
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn idempotent_publish_on_memory() {
+    idempotency_flow("idem_mem", Backend::Memory).await;
+}
+
+#[tokio::test]
+async fn idempotent_publish_across_nodes_on_postgres() {
+    idempotency_flow("idem_pg", Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn idempotent_publish_across_nodes_on_redis() {
+    idempotency_flow("idem_redis", Backend::Redis).await;
 }

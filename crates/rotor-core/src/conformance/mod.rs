@@ -129,13 +129,25 @@ macro_rules! revocation_suite {
     };
 }
 
-/// All three storage suites for a backend that implements every store.
+/// The idempotent publish results suite (see [`history_suite`] for `$make` and
+/// `paused_clock`).
+#[macro_export]
+macro_rules! idempotency_suite {
+    ($make:path $(, $clock:ident)?) => {
+        $crate::__conformance_test!($make, [$($clock)?], idempotency_first_claim_wins);
+        $crate::__conformance_test!($make, [$($clock)?], idempotency_results_expire);
+        $crate::__conformance_test!($make, [threads], idempotency_concurrent_claims_have_one_winner);
+    };
+}
+
+/// Every storage suite, for a backend that implements every store.
 #[macro_export]
 macro_rules! storage_suite {
-    (history: $h:path, presence: $p:path, revocations: $r:path $(, $clock:ident)? $(,)?) => {
+    (history: $h:path, presence: $p:path, revocations: $r:path, idempotency: $i:path $(, $clock:ident)? $(,)?) => {
         $crate::history_suite!($h $(, $clock)?);
         $crate::presence_suite!($p $(, $clock)?);
         $crate::revocation_suite!($r $(, $clock)?);
+        $crate::idempotency_suite!($i $(, $clock)?);
     };
 }
 

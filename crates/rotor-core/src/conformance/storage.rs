@@ -589,3 +589,105 @@ pub async fn user_invalidations(store: Arc<dyn RevocationStore>) {
     assert!(store.purge_expired(600).await.unwrap() >= 1);
     assert_eq!(store.active_invalidations(0).await.unwrap().len(), 2);
 }
+
+fn position(offset: u64) -> StreamPosition {
+    StreamPosition {
+        offset,
+        epoch: "ep".into(),
+    }
+}
+
+const PENDING: Duration = Duration::from_secs(10);
+
+/// The first claim of a key wins; a repeat sees it on its way, then its result; keys are
+/// per channel; a released claim can be made again.
+pub async fn idempotency_first_claim_wins(store: Arc<dyn IdempotencyStore>) {
+    assert_eq!(
+        store.claim("ia", "k1", PENDING).await.unwrap(),
+        Claim::First
+    );
+    assert_eq!(
+        store.claim("ia", "k1", PENDING).await.unwrap(),
+        Claim::InProgress
+    );
+    let ttl = Duration::from_secs(60);
+    store.settle("ia", "k1", &position(7), ttl).await.unwrap();
+    assert_eq!(
+        store.claim("ia", "k1", PENDING).await.unwrap(),
+        Claim::Done(position(7))
+    );
+    // Without history the result is an empty position, kept all the same.
+    assert_eq!(
+        store.claim("ia", "k2", PENDING).await.unwrap(),
+        Claim::First
+    );
+    store
+        .settle("ia", "k2", &StreamPosition::default(), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim("ia", "k2", PENDING).await.unwrap(),
+        Claim::Done(StreamPosition::default())
+    );
+    assert_eq!(
+        store.claim("ib", "k1", PENDING).await.unwrap(),
+        Claim::First,
+        "keys are per channel"
+    );
+    store.release("ib", "k1").await.unwrap();
+    assert_eq!(
+        store.claim("ib", "k1", PENDING).await.unwrap(),
+        Claim::First,
+        "a released claim is free again"
+    );
+}
+
+/// A result is kept for its TTL only, and a claim nobody settles lapses.
+pub async fn idempotency_results_expire(store: Arc<dyn IdempotencyStore>) {
+    let short = Duration::from_secs(1);
+    assert_eq!(
+        store.claim("ie", "done", PENDING).await.unwrap(),
+        Claim::First
+    );
+    store
+        .settle("ie", "done", &position(1), short)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.claim("ie", "stuck", short).await.unwrap(),
+        Claim::First
+    );
+    assert_eq!(
+        store.claim("ie", "done", PENDING).await.unwrap(),
+        Claim::Done(position(1))
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        store.claim("ie", "done", PENDING).await.unwrap(),
+        Claim::First
+    );
+    assert_eq!(
+        store.claim("ie", "stuck", PENDING).await.unwrap(),
+        Claim::First
+    );
+}
+
+/// Of many callers claiming one key at once, exactly one publishes.
+pub async fn idempotency_concurrent_claims_have_one_winner(store: Arc<dyn IdempotencyStore>) {
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.claim("ic", "same", PENDING).await.unwrap()
+        }));
+    }
+    let mut first = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Claim::First => first += 1,
+            Claim::InProgress => {}
+            Claim::Done(p) => panic!("nothing was settled, got {p:?}"),
+        }
+    }
+    assert_eq!(first, 1, "exactly one caller gets to publish");
+}

@@ -14,12 +14,16 @@ use rotor_protocol::{
     ClientInfo, Publication, Raw, StreamPosition, SubscribeRequest, SubscribeResult,
 };
 
-use super::{Node, PublishOptions};
+use super::{Node, PublishOptions, IDEMPOTENT_RESULT_TTL};
 use crate::config::{ChannelOptions, RecoveryMode};
 use crate::filter::TagsFilter;
 use crate::hub::ClientHandle;
-use crate::storage::{HistoryFilter, HistoryOptions, HistoryPage};
+use crate::storage::{Claim, HistoryFilter, HistoryOptions, HistoryPage};
 use crate::CoreError;
+
+/// How long a publish with an idempotency key may take before its claim lapses, and how
+/// long a repeat waits for it.
+const IDEMPOTENT_PENDING: Duration = Duration::from_secs(10);
 
 /// A connection joining a channel: who it is, what it asked for, and what the channel
 /// (after any token override) allows.
@@ -36,7 +40,52 @@ pub(crate) struct Membership<'a> {
 impl Node {
     /// Publishes to a channel: stores it in history when the channel keeps history, then fans
     /// it out through the broker. Returns the position (offset 0 and no epoch without history).
+    /// With an idempotency key, a repeat within the window (on any node sharing the storage)
+    /// publishes nothing and returns the first publish's position.
     pub async fn publish(
+        &self,
+        channel: &str,
+        data: Raw,
+        mut options: PublishOptions,
+    ) -> Result<StreamPosition, CoreError> {
+        let Some(key) = options.idempotency_key.take() else {
+            return self.publish_once(channel, data, options).await;
+        };
+        self.channel_options(channel)?;
+        let store = &self.inner.storage.idempotency;
+        let waiting_since = tokio::time::Instant::now();
+        loop {
+            match store.claim(channel, &key, IDEMPOTENT_PENDING).await? {
+                Claim::First => break,
+                Claim::Done(position) => return Ok(position),
+                // The first publish with this key is on its way: its result is this one's.
+                Claim::InProgress if waiting_since.elapsed() < IDEMPOTENT_PENDING => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Claim::InProgress => {
+                    return Err(CoreError::Unavailable(
+                        "a publish with this idempotency key is still in progress".into(),
+                    ))
+                }
+            }
+        }
+        let published = self.publish_once(channel, data, options).await;
+        let kept = match &published {
+            Ok(position) => {
+                store
+                    .settle(channel, &key, position, IDEMPOTENT_RESULT_TTL)
+                    .await
+            }
+            Err(_) => store.release(channel, &key).await,
+        };
+        if let Err(e) = kept {
+            // The publication went out (or failed) all the same; a repeat may publish again.
+            tracing::warn!(channel, error = %e, "idempotent publish: result not kept");
+        }
+        published
+    }
+
+    async fn publish_once(
         &self,
         channel: &str,
         data: Raw,

@@ -39,7 +39,14 @@ pub struct PublishOptions {
     pub skip_history: bool,
     pub tags: BTreeMap<String, String>,
     pub info: Option<ClientInfo>,
+    /// A repeat with the same key within [`IDEMPOTENT_RESULT_TTL`] publishes nothing and
+    /// gets the first publish's result.
+    pub idempotency_key: Option<String>,
 }
+
+/// How long the result of a publish with an idempotency key is kept (Centrifugo's 5
+/// minutes).
+pub const IDEMPOTENT_RESULT_TTL: Duration = Duration::from_secs(300);
 
 /// Everything a node is made of. Its fields are private to this module and its children:
 /// the rest of the core goes through [`Node`]'s methods.
