@@ -119,6 +119,7 @@ async function run(op, cmd) {
     case 'presence': return sub().presence();
     case 'presence_stats': return sub().presenceStats();
     case 'history': return seenPubs(await sub().history(cmd.options || {}));
+    case 'delta_stats': return sub().deltaStats();
     case 'rpc': return seen((await client.rpc(cmd.method, payload(cmd))).data);
     case 'send': return client.send(payload(cmd));
     case 'quit': process.exit(0); return undefined;

@@ -282,6 +282,7 @@ async fn redis_cluster_runs_the_suite_and_fans_out() {
         meta_ttl: Duration::from_secs(60),
     };
     let p = Publication {
+        delta: false,
         data: Raw::from_json("1").unwrap(),
         info: None,
         offset: 0,

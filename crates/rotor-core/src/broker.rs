@@ -75,6 +75,13 @@ pub enum Control {
     /// the connection that brings them): the channel's local subscribers are told their
     /// state is insufficient, so that they recover from history. Node-local.
     InsufficientState { channel: String },
+    /// Every node answers `reply_to` with its channels that match `pattern` (the server
+    /// API's `channels`).
+    ChannelsSurvey {
+        id: String,
+        reply_to: String,
+        pattern: String,
+    },
     /// Extend (or expire) a user's connections.
     Refresh {
         user: String,

@@ -43,6 +43,32 @@ fn valid_namespace_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// Glob matching with `*` (any run) and `?` (one character), as the `channels` pattern.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
 /// Resolved channel options per namespace.
 #[derive(Debug, Clone)]
 pub struct ChannelRules {
@@ -298,6 +324,16 @@ mod tests {
             ..ChannelConfig::default()
         };
         assert!(ChannelRules::new(&dup).unwrap_err().contains("duplicate"));
+    }
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob_match("chat:*", "chat:room"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("c?at", "chat"));
+        assert!(!glob_match("chat:*", "news:1"));
+        assert!(glob_match("*:room", "chat:room"));
+        assert!(!glob_match("a*b", "acbd"));
     }
 
     #[test]

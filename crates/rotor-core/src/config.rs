@@ -39,6 +39,12 @@ macro_rules! channel_options {
             pub force_positioning: bool,
             /// Let clients ask for positioning.
             pub allow_positioning: bool,
+            /// Delta compression subscribers may ask for (`delta: "fossil"` in the SDKs);
+            /// empty: none. Deltas need history and a positioned or recovering subscription.
+            pub allowed_delta_types: Vec<DeltaType>,
+            /// Every publication of the channel asks for deltas, as if published with
+            /// `delta: true`.
+            pub delta_publish: bool,
             /// Let subscribers filter publications by their tags (the SDKs' `tagsFilter` /
             /// `tags_filter`); without it a subscription with a filter is refused (107).
             pub allow_tags_filter: bool,
@@ -108,6 +114,14 @@ impl NamespaceConfig {
         map.remove("name");
         serde_json::from_value(serde_json::Value::Object(map)).expect("same fields")
     }
+}
+
+/// A delta compression format (`allowed_delta_types`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaType {
+    /// Fossil SCM's delta format, which every SDK applies.
+    Fossil,
 }
 
 /// How a recovering subscription catches up (`force_recovery_mode`).

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Control;
 use crate::filter::TagsFilter;
 
+pub(crate) mod deltas;
+
 /// Pushes of one channel in the order the hub broadcast them, shared by every local
 /// subscriber that still has some of them to deliver. A subscriber's queue holds runs of a
 /// chunk (`from..to`), so a session that is behind is sent the next push of the channel by
@@ -42,8 +44,17 @@ struct Run {
 /// An entry of a session's queue.
 enum Queued {
     Pushes(Run),
+    /// A push encoded for this subscriber alone (a publication for a delta subscriber: a
+    /// delta against what it was sent before, or the full data in the form deltas need).
+    Own(Box<OwnPush>),
     /// A node-wide command addressed to this connection.
     Control(Box<Control>),
+}
+
+struct OwnPush {
+    channel: Arc<str>,
+    bytes: Bytes,
+    offset: u64,
 }
 
 /// What a session takes off its queue.
@@ -127,6 +138,11 @@ pub(crate) struct Wanted {
 
 /// What a queued node command counts against the limit.
 const CONTROL_COST: u32 = 64;
+
+/// What `len` bytes count against a queue's limit (never 0: see [`Encoded::cost`]).
+fn cost_of(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX).max(1)
+}
 
 /// The prefix [`wrap_push`] puts before a bare push.
 const PUSH_PREFIX: &[u8] = b"{\"push\":";
@@ -238,11 +254,12 @@ impl Inbox {
         }
     }
 
-    fn push_control(&mut self, control: Box<Control>) {
+    /// Queues an entry after everything queued so far.
+    fn push_entry(&mut self, entry: Queued) {
         if let Some(prev) = self.last.take() {
             self.push_back(Queued::Pushes(prev));
         }
-        self.push_back(Queued::Control(control));
+        self.push_back(entry);
     }
 
     /// The oldest entry.
@@ -326,12 +343,21 @@ impl ClientHandle {
     pub(crate) fn send_control(&self, control: Control) {
         self.enqueue(
             |_| CONTROL_COST,
-            |inbox| inbox.push_control(Box::new(control)),
+            |inbox| inbox.push_entry(Queued::Control(Box::new(control))),
+        );
+    }
+
+    /// Queues a push encoded for this client alone.
+    fn send_own(&self, push: OwnPush) {
+        let cost = cost_of(push.bytes.len());
+        self.enqueue(
+            |_| cost,
+            |inbox| inbox.push_entry(Queued::Own(Box::new(push))),
         );
     }
 
     /// The protocol the client speaks.
-    fn protocol(&self) -> Protocol {
+    pub(crate) fn protocol(&self) -> Protocol {
         lock(&self.inbox.0).protocol
     }
 
@@ -408,6 +434,18 @@ impl ClientHandle {
                     inbox.bytes -= CONTROL_COST;
                     budget -= 1;
                     if !each(Taken::Control(c)) {
+                        break;
+                    }
+                }
+                Queued::Own(own) => {
+                    inbox.bytes -= cost_of(own.bytes.len());
+                    budget -= 1;
+                    let go_on = each(Taken::Push {
+                        channel: &own.channel,
+                        bytes: &own.bytes,
+                        offset: own.offset,
+                    });
+                    if !go_on {
                         break;
                     }
                 }
@@ -505,8 +543,21 @@ impl ClientHandle {
 struct Subscriber {
     client: Arc<ClientHandle>,
     join_leave: bool,
+    /// Whether it negotiated delta compression, and what it has.
+    delta: DeltaBase,
     /// Its tags filter: only publications that match are queued to it.
     filter: Option<Arc<TagsFilter>>,
+}
+
+/// What a subscriber has of a channel's publications, for delta compression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeltaBase {
+    /// It did not negotiate deltas: it shares the channel's pushes.
+    Off,
+    /// Deltas negotiated; its next publication goes full.
+    NeedsFull,
+    /// It has the channel's previous publication: the next may be a delta against it.
+    HasBase,
 }
 
 impl Subscriber {
@@ -520,6 +571,13 @@ impl Subscriber {
             _ => true,
         }
     }
+}
+
+/// What a channel with delta subscribers keeps: how many there are, and the previous
+/// publication's offset and data (the base of the next delta).
+struct DeltaChannel {
+    subscribers: u32,
+    prev: Option<(u64, Bytes)>,
 }
 
 /// A map that most of the time holds one entry, kept inline without a map: a channel's
@@ -594,6 +652,71 @@ impl<K: std::hash::Hash + Eq, V> OneOrMany<K, V> {
     fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, v)| v)
     }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        let (one, many) = match self {
+            OneOrMany::One(_, v) => (Some(v), None),
+            OneOrMany::Many(map) => (None, Some(map.values_mut())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        match self {
+            OneOrMany::One(k, v) if (*k).borrow() == key => Some(v),
+            OneOrMany::One(..) => None,
+            OneOrMany::Many(map) => map.get_mut(key),
+        }
+    }
+}
+
+/// Queues a push encoded by `encode` (once, with the protocols of the channel's
+/// subscribers) into the channel's current chunk, to the subscribers `to` picks.
+fn fan_out(
+    ch: &mut Channel,
+    to: impl Fn(&Subscriber) -> bool,
+    encode: impl FnOnce(Wanted) -> Encoded,
+) -> usize {
+    let push = encode(Wanted {
+        json: ch.subs.len() > ch.protobuf as usize,
+        protobuf: ch.protobuf > 0,
+    });
+    let costs = [push.cost(Protocol::Json), push.cost(Protocol::Protobuf)];
+    let (chunk, idx) = match ch.chunk.upgrade() {
+        Some(chunk) if usize::from(ch.next) < CHUNK => (chunk, ch.next),
+        _ => (
+            Arc::new(Chunk {
+                channel: ch.name.clone(),
+                slots: Box::default(),
+            }),
+            0,
+        ),
+    };
+    let _ = chunk.slots[usize::from(idx)].set(push);
+    ch.chunk = Arc::downgrade(&chunk);
+    ch.next = idx + 1;
+    let mut targets: Vec<&ClientHandle> = Vec::with_capacity(ch.subs.len());
+    targets.extend(
+        ch.subs
+            .values()
+            .filter(|sub| to(sub))
+            .map(|sub| &*sub.client),
+    );
+    // In groups: first every queue's cache line is loaded (plain reads, which overlap),
+    // then each is locked and pushed to, hitting the cache.
+    for group in targets.chunks(16) {
+        for client in group {
+            std::hint::black_box(client.touch());
+        }
+        for client in group {
+            client.send_push(&chunk, idx, costs);
+        }
+    }
+    targets.len()
 }
 
 /// A channel's local subscribers, by their client handle's address.
@@ -611,6 +734,27 @@ struct Channel {
     /// its next free slot.
     chunk: std::sync::Weak<Chunk>,
     next: u16,
+    /// Only while some subscriber negotiated delta compression.
+    delta: Option<Box<DeltaChannel>>,
+}
+
+impl Channel {
+    /// Counts a delta subscriber in (`by` 1) or out (-1).
+    fn count_delta(&mut self, base: DeltaBase, by: i32) {
+        if base == DeltaBase::Off {
+            return;
+        }
+        let d = self.delta.get_or_insert_with(|| {
+            Box::new(DeltaChannel {
+                subscribers: 0,
+                prev: None,
+            })
+        });
+        d.subscribers = d.subscribers.saturating_add_signed(by);
+        if d.subscribers == 0 {
+            self.delta = None;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -704,45 +848,78 @@ impl Hub {
         }
     }
 
-    /// Adds a subscriber (with its tags filter, if any); true when it is the node's first
-    /// subscriber of the channel.
+    /// Adds a subscriber (with its tags filter, if any; `delta`: whether it negotiated
+    /// delta compression); true when it is the node's first subscriber of the channel.
     pub(crate) fn subscribe(
         &self,
         channel: &str,
         client: &Arc<ClientHandle>,
         join_leave: bool,
+        delta: bool,
         filter: Option<Arc<TagsFilter>>,
     ) -> bool {
         let mut shard = lock(self.shard(channel));
         let first = !shard.channels.contains_key(channel);
+        let delta = if delta {
+            DeltaBase::NeedsFull
+        } else {
+            DeltaBase::Off
+        };
         let subscriber = Subscriber {
             client: client.clone(),
             join_leave,
+            delta,
             filter,
         };
         let protobuf = u32::from(client.protocol() == Protocol::Protobuf);
-        match shard.channels.get_mut(channel) {
+        let ch = match shard.channels.get_mut(channel) {
             Some(ch) => {
                 if let Some(old) = ch.subs.insert(key(client), subscriber) {
                     ch.protobuf -= u32::from(old.client.protocol() == Protocol::Protobuf);
+                    ch.count_delta(old.delta, -1);
                 }
                 ch.protobuf += protobuf;
+                ch
             }
             None => {
                 let name: Arc<str> = Arc::from(channel);
-                shard.channels.insert(
-                    name.clone(),
-                    Channel {
-                        name,
-                        subs: OneOrMany::One(key(client), subscriber),
-                        protobuf,
-                        chunk: std::sync::Weak::new(),
-                        next: 0,
-                    },
-                );
+                shard.channels.entry(name.clone()).or_insert(Channel {
+                    name,
+                    subs: OneOrMany::One(key(client), subscriber),
+                    protobuf,
+                    chunk: std::sync::Weak::new(),
+                    next: 0,
+                    delta: None,
+                })
+            }
+        };
+        ch.count_delta(delta, 1);
+        first
+    }
+
+    /// Says that a delta subscriber has the channel's latest publication (recovered with
+    /// its subscribe; `base`: its offset and data, when known): its next publication may
+    /// be a delta. The channel keeps `base` when it has no later one.
+    pub(crate) fn delta_base_recovered(
+        &self,
+        channel: &str,
+        client: &Arc<ClientHandle>,
+        base: Option<(u64, Vec<u8>)>,
+    ) {
+        let mut shard = lock(self.shard(channel));
+        let Some(ch) = shard.channels.get_mut(channel) else {
+            return;
+        };
+        if let Some(sub) = ch.subs.get_mut(&key(client)) {
+            if sub.delta == DeltaBase::NeedsFull {
+                sub.delta = DeltaBase::HasBase;
             }
         }
-        first
+        if let (Some(d), Some((offset, data))) = (ch.delta.as_deref_mut(), base) {
+            if d.prev.as_ref().is_none_or(|(known, _)| *known < offset) {
+                d.prev = Some((offset, Bytes::from(data)));
+            }
+        }
     }
 
     /// Removes a subscriber; true when the channel has no local subscriber left.
@@ -755,6 +932,7 @@ impl Hub {
             return false;
         };
         ch.protobuf -= u32::from(gone.client.protocol() == Protocol::Protobuf);
+        ch.count_delta(gone.delta, -1);
         if ch.subs.is_empty() {
             shard.channels.remove(channel);
             return true;
@@ -773,6 +951,35 @@ impl Hub {
         )
     }
 
+    /// Queues a publication push: like [`broadcast`](Self::broadcast) for the subscribers
+    /// that did not negotiate deltas; each that did is sent a fossil delta against the
+    /// channel's previous publication when `use_delta`, it has that one, and the delta is
+    /// smaller, else the full data (see [`deltas`]).
+    pub(crate) fn broadcast_publication(
+        &self,
+        channel: &str,
+        push: &Push,
+        use_delta: bool,
+    ) -> usize {
+        let Some(publication) = &push.publication else {
+            return self.broadcast(channel, push, false);
+        };
+        let mut shard = lock(self.shard(channel));
+        let Some(ch) = shard.channels.get_mut(channel) else {
+            return 0;
+        };
+        let encode = |wanted| Encoded::of(push, wanted);
+        let Some(d) = ch.delta.as_deref_mut() else {
+            return fan_out(ch, |sub| sub.wants(push, false), encode);
+        };
+        let sent = deltas::send(&ch.name, &mut ch.subs, d, push, publication, use_delta);
+        sent + fan_out(
+            ch,
+            |sub| sub.delta == DeltaBase::Off && sub.wants(push, false),
+            encode,
+        )
+    }
+
     /// [`broadcast`](Self::broadcast) with the choice of subscribers left to `to` and the
     /// encoding to `encode` (called under the channel's shard lock, once, with the protocols
     /// of the channel's subscribers).
@@ -786,42 +993,7 @@ impl Hub {
         let Some(ch) = shard.channels.get_mut(channel) else {
             return 0;
         };
-        let push = encode(Wanted {
-            json: ch.subs.len() > ch.protobuf as usize,
-            protobuf: ch.protobuf > 0,
-        });
-        let costs = [push.cost(Protocol::Json), push.cost(Protocol::Protobuf)];
-        let (chunk, idx) = match ch.chunk.upgrade() {
-            Some(chunk) if usize::from(ch.next) < CHUNK => (chunk, ch.next),
-            _ => (
-                Arc::new(Chunk {
-                    channel: ch.name.clone(),
-                    slots: Box::default(),
-                }),
-                0,
-            ),
-        };
-        let _ = chunk.slots[usize::from(idx)].set(push);
-        ch.chunk = Arc::downgrade(&chunk);
-        ch.next = idx + 1;
-        let mut targets: Vec<&ClientHandle> = Vec::with_capacity(ch.subs.len());
-        targets.extend(
-            ch.subs
-                .values()
-                .filter(|sub| to(sub))
-                .map(|sub| &*sub.client),
-        );
-        // In groups: first every queue's cache line is loaded (plain reads, which overlap),
-        // then each is locked and pushed to, hitting the cache.
-        for group in targets.chunks(16) {
-            for client in group {
-                std::hint::black_box(client.touch());
-            }
-            for client in group {
-                client.send_push(&chunk, idx, costs);
-            }
-        }
-        targets.len()
+        fan_out(ch, to, encode)
     }
 
     /// Local connections of `user`, optionally narrowed to one client or session.
@@ -940,7 +1112,7 @@ mod tests {
         let hub = Hub::default();
         let client = handle(limit);
         for channel in channels {
-            hub.subscribe(channel, &client, false, None);
+            hub.subscribe(channel, &client, false, false, None);
         }
         (hub, client)
     }
@@ -1037,9 +1209,9 @@ mod tests {
     fn every_subscriber_gets_every_push_and_join_leave_only_those_asking() {
         let hub = Hub::default();
         let (fast, slow, quiet) = (handle(1 << 20), handle(1 << 20), handle(1 << 20));
-        hub.subscribe("a", &fast, true, None);
-        hub.subscribe("a", &slow, true, None);
-        hub.subscribe("a", &quiet, false, None);
+        hub.subscribe("a", &fast, true, false, None);
+        hub.subscribe("a", &slow, true, false, None);
+        hub.subscribe("a", &quiet, false, false, None);
         let mut fast_got = Vec::new();
         for n in 0..40 {
             let only_join_leave = n % 10 == 9;
@@ -1071,7 +1243,7 @@ mod tests {
     fn a_tags_filter_narrows_publications_only() {
         let hub = Hub::default();
         let (all, some) = (handle(1 << 20), handle(1 << 20));
-        hub.subscribe("x", &all, true, None);
+        hub.subscribe("x", &all, true, false, None);
         let only_yes = rotor_protocol::FilterNode {
             key: "k".into(),
             cmp: "eq".into(),
@@ -1079,7 +1251,7 @@ mod tests {
             ..Default::default()
         };
         let filter = TagsFilter::compile(&only_yes).unwrap();
-        hub.subscribe("x", &some, true, Some(Arc::new(filter)));
+        hub.subscribe("x", &some, true, false, Some(Arc::new(filter)));
         let publication = |n: u64, tag: Option<&str>| Push {
             channel: "x".into(),
             publication: Some(rotor_protocol::Publication {
@@ -1118,6 +1290,62 @@ mod tests {
         assert!(some[1].contains(r#""join""#), "{some:?}");
     }
 
+    /// A delta subscriber gets its first publication full (as a JSON string) and the next
+    /// ones as deltas that rebuild the data; a subscriber without deltas shares the plain
+    /// pushes; a publication the publisher did not ask deltas for goes full.
+    #[test]
+    fn delta_subscribers_get_deltas_that_rebuild_the_data() {
+        let hub = Hub::default();
+        let (plain, delta) = (handle(1 << 20), handle(1 << 20));
+        hub.subscribe("d", &plain, false, false, None);
+        hub.subscribe("d", &delta, false, true, None);
+        let doc = |n: u64| format!(r#"{{"n":{n},"text":"{}"}}"#, "same words ".repeat(20));
+        let publish = |n: u64, use_delta: bool| {
+            let push = Push {
+                channel: "d".into(),
+                publication: Some(rotor_protocol::Publication {
+                    data: rotor_protocol::Raw::from_json(&doc(n)).unwrap(),
+                    offset: n,
+                    ..Default::default()
+                }),
+                ..Push::default()
+            };
+            assert_eq!(hub.broadcast_publication("d", &push, use_delta), 2);
+        };
+        publish(1, true);
+        publish(2, true);
+        publish(3, false);
+        publish(4, true);
+        let pubs = |client: &ClientHandle| {
+            let mut got = Vec::new();
+            client.take(|taken| {
+                if let Taken::Push { bytes, .. } = taken {
+                    let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                    got.push(v["push"]["pub"].clone());
+                }
+                true
+            });
+            got
+        };
+        for (n, p) in (1..).zip(pubs(&plain)) {
+            assert_eq!(p["data"]["n"], n, "plain JSON: {p}");
+            assert!(p.get("delta").is_none());
+        }
+        let mut base = Vec::new();
+        let got = pubs(&delta);
+        let deltas: Vec<bool> = got.iter().map(|p| p["delta"] == true).collect();
+        assert_eq!(deltas, [false, true, false, true]);
+        for (n, p) in (1..).zip(got) {
+            let text = p["data"].as_str().expect("a JSON string").as_bytes();
+            base = if p["delta"] == true {
+                rotor_protocol::fossil::apply(&base, text).unwrap()
+            } else {
+                text.to_vec()
+            };
+            assert_eq!(String::from_utf8(base.clone()).unwrap(), doc(n));
+        }
+    }
+
     /// A channel's subscribers as they come and go: one kept inline, then a map, and the
     /// channel forgotten with its last subscriber.
     #[test]
@@ -1125,11 +1353,11 @@ mod tests {
         let hub = Hub::default();
         let (a, b) = (handle(1 << 20), handle(1 << 20));
         assert!(
-            hub.subscribe("x", &a, false, None),
+            hub.subscribe("x", &a, false, false, None),
             "the node's first subscriber"
         );
         assert!(
-            !hub.subscribe("x", &a, true, None),
+            !hub.subscribe("x", &a, true, false, None),
             "again: replaced, not added"
         );
         assert_eq!(hub.num_subscriptions(), 1);
@@ -1137,7 +1365,7 @@ mod tests {
             hub.broadcast_with("x", |s| s.join_leave, |_| Encoded::json(push("x", 1))),
             1
         );
-        assert!(!hub.subscribe("x", &b, false, None));
+        assert!(!hub.subscribe("x", &b, false, false, None));
         assert_eq!(hub.num_subscriptions(), 2);
         assert_eq!(
             hub.broadcast_with("x", |_| true, |_| Encoded::json(push("x", 2))),
@@ -1157,7 +1385,7 @@ mod tests {
         );
         assert_eq!(hub.channels(), vec![]);
         assert!(
-            hub.subscribe("x", &b, false, None),
+            hub.subscribe("x", &b, false, false, None),
             "a first subscriber again"
         );
         assert!(!hub.unsubscribe("x", &a), "not a subscriber");

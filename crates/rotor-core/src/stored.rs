@@ -92,6 +92,13 @@ pub struct StoredPublication {
     /// Bit 0: `data` is binary.
     #[serde(default, skip_serializing_if = "is_zero")]
     bin: u8,
+    /// On its way to the nodes: the publisher asked for deltas (never stored in history).
+    #[serde(default, skip_serializing_if = "is_false")]
+    delta: bool,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl From<&Publication> for StoredPublication {
@@ -103,6 +110,7 @@ impl From<&Publication> for StoredPublication {
             tags: p.tags.clone(),
             time: p.time,
             bin: u8::from(!p.data.is_json()),
+            delta: p.delta,
         }
     }
 }
@@ -115,6 +123,7 @@ impl TryFrom<StoredPublication> for Publication {
             info: s.info.map(ClientInfo::try_from).transpose()?,
             offset: s.offset,
             tags: s.tags,
+            delta: s.delta,
             time: s.time,
         })
     }
@@ -172,6 +181,7 @@ mod tests {
 
     fn binary_publication() -> Publication {
         Publication {
+            delta: false,
             data: Raw::binary(&[0, 1, 2, 0xff]),
             info: Some(ClientInfo {
                 user: "u".into(),

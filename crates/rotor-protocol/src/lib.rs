@@ -8,6 +8,7 @@
 
 mod codec;
 mod codes;
+pub mod fossil;
 pub mod proto;
 mod raw;
 mod types;

@@ -432,7 +432,7 @@ message!(Push {
     9 => subscribe, 11 => disconnect, 12 => refresh,
 });
 message!(ClientInfo { 1 => user, 2 => client, 3 => conn_info, 4 => chan_info });
-message!(Publication { 4 => data, 5 => info, 6 => offset, 7 => tags, 9 => time });
+message!(Publication { 4 => data, 5 => info, 6 => offset, 7 => tags, 8 => delta, 9 => time });
 message!(Join { 1 => info });
 message!(Leave { 1 => info });
 message!(UnsubscribePush { 2 => code, 3 => reason });
@@ -501,7 +501,7 @@ impl ProtoMessage for FilterNode {
 }
 message!(SubscribeResult {
     1 => expires, 2 => ttl, 3 => recoverable, 6 => epoch, 7 => publications, 8 => recovered,
-    9 => offset, 10 => positioned, 11 => data, 12 => was_recovering,
+    9 => offset, 10 => positioned, 11 => data, 12 => was_recovering, 13 => delta,
 });
 message!(SubRefreshRequest { 1 => channel, 2 => token });
 message!(SubRefreshResult { 1 => expires, 2 => ttl });

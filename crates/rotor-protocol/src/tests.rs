@@ -88,6 +88,7 @@ fn publication_data_is_raw_json_and_offsets_are_numbers() {
     let p = Reply::push(Push {
         channel: "news".into(),
         publication: Some(Publication {
+            delta: false,
             data: Raw::from_json(r#"{"text": "hi"}"#).unwrap(),
             info: None,
             offset: 7,
@@ -292,6 +293,7 @@ fn arb_publication() -> impl Strategy<Value = Publication> {
         proptest::collection::btree_map("[a-z]{1,4}", ".{0,4}", 0..3),
     )
         .prop_map(|(data, offset, info, tags)| Publication {
+            delta: false,
             data,
             offset,
             info: info.map(|(user, client)| ClientInfo {
@@ -422,6 +424,7 @@ fn protobuf_replies_are_byte_for_byte_what_the_generated_code_writes() {
     let push = Reply::push(Push {
         channel: "news".into(),
         publication: Some(Publication {
+            delta: false,
             data: Raw::from_bytes(&[0x00, 0xff]),
             info: Some(ClientInfo {
                 user: "u".into(),

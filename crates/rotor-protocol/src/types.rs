@@ -256,6 +256,10 @@ pub struct SubscribeResult {
     pub data: Option<Raw>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// Delta compression was negotiated: publications of this subscription may carry fossil
+    /// deltas (`Publication::delta`), and in JSON their data is a JSON string.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -412,6 +416,10 @@ pub struct Publication {
     pub offset: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// `data` is a fossil delta against the subscription's previous publication. Between
+    /// the nodes and into the hub it says instead that the publisher asked for deltas.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub delta: bool,
     /// Milliseconds since the Unix epoch, when the server accepted it.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub time: u64,

@@ -13,7 +13,7 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
-use crate::http::{glob_match, json_response};
+use crate::http::json_response;
 use crate::state::AppState;
 
 /// Compares without leaking the position of the first difference through timing.
@@ -199,6 +199,8 @@ struct PublishParams {
     #[serde(default)]
     tags: BTreeMap<String, String>,
     idempotency_key: Option<String>,
+    #[serde(default)]
+    delta: bool,
 }
 
 #[derive(Deserialize)]
@@ -212,6 +214,8 @@ struct BroadcastParams {
     #[serde(default)]
     tags: BTreeMap<String, String>,
     idempotency_key: Option<String>,
+    #[serde(default)]
+    delta: bool,
 }
 
 /// `data`, or `b64data`: any bytes (Protobuf clients get them as they are, JSON clients as
@@ -384,7 +388,7 @@ async fn history(node: &Node, params: Value) -> Result<Value, CoreError> {
     let p: HistoryParams = parse(params)?;
     required("channel", &p.channel)?;
     let page = node
-        .history(&p.channel, p.limit, p.since, p.reverse)
+        .history(&p.channel, p.limit, p.since, p.reverse, false)
         .await?;
     let mut out = position_json(&page.position);
     out["publications"] = publications_json(&page.publications);
@@ -399,7 +403,7 @@ async fn history_remove(node: &Node, params: Value) -> Result<Value, CoreError> 
     Ok(json!({}))
 }
 
-/// `channels`: the channels with subscribers on this node, by pattern.
+/// `channels`: the channels with subscribers on any node, by pattern (a survey of the nodes).
 async fn channels(node: &Node, params: Value) -> Result<Value, CoreError> {
     let p: ChannelsParams = if params.is_null() {
         ChannelsParams::default()
@@ -407,10 +411,8 @@ async fn channels(node: &Node, params: Value) -> Result<Value, CoreError> {
         parse(params)?
     };
     let mut channels = serde_json::Map::new();
-    for (name, n) in node.hub().channels() {
-        if p.pattern.is_empty() || glob_match(&p.pattern, &name) {
-            channels.insert(name, json!({ "num_clients": n }));
-        }
+    for (name, n) in node.channels(&p.pattern).await? {
+        channels.insert(name, json!({ "num_clients": n }));
     }
     Ok(json!({ "channels": channels }))
 }
@@ -594,6 +596,7 @@ async fn publish(node: &Node, params: Value) -> Result<Value, CoreError> {
                 tags: p.tags,
                 info: None,
                 idempotency_key: p.idempotency_key.filter(|k| !k.is_empty()),
+                delta: p.delta,
             },
         )
         .await?;
@@ -614,6 +617,7 @@ async fn broadcast(node: &Node, params: Value) -> Result<Value, CoreError> {
             tags: p.tags.clone(),
             info: None,
             idempotency_key: p.idempotency_key.clone().filter(|k| !k.is_empty()),
+            delta: p.delta,
         };
         responses.push(match node.publish(ch, data.clone(), opts).await {
             Ok(pos) => json!({ "result": position_json(&pos) }),

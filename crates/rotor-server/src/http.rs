@@ -1,6 +1,7 @@
 //! Small HTTP pieces the routes and transports share: plain and JSON responses, the browser
-//! origin check, glob patterns, session ids, and a write bounded in time.
+//! origin check, session ids, and a write bounded in time.
 
+use rotor_core::channels::glob_match;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
@@ -42,32 +43,6 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response 
     res
 }
 
-/// Glob matching with `*` (any run) and `?` (one character), as the `channels` pattern.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ti;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == '*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 /// The headers of a connection request that the configured proxies pass on to the backend
 /// (none, at no cost, without such proxies).
 pub fn forwarded(
@@ -80,16 +55,6 @@ pub fn forwarded(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_patterns() {
-        assert!(glob_match("chat:*", "chat:room"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("c?at", "chat"));
-        assert!(!glob_match("chat:*", "news:1"));
-        assert!(glob_match("*:room", "chat:room"));
-        assert!(!glob_match("a*b", "acbd"));
-    }
 
     #[test]
     fn origins() {

@@ -464,6 +464,7 @@ mod tests {
 
     fn suite_pub() -> Publication {
         Publication {
+            delta: false,
             data: rotor_protocol::Raw::from_value(&1),
             info: None,
             offset: 0,

@@ -182,6 +182,7 @@ fn publication_from(
 ) -> Result<Publication, CoreError> {
     let bad = |what: &str| CoreError::Internal(format!("stored publication has invalid {what}"));
     Ok(Publication {
+        delta: false,
         data: rotor_core::stored::payload_from_text(&data).map_err(|_| bad("data"))?,
         info: match info {
             Some(i) => Some(rotor_core::stored::info_from_json(&i).map_err(|_| bad("info"))?),

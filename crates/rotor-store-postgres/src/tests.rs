@@ -84,6 +84,7 @@ rotor_core::storage_suite! {
 
 fn publication(n: u64) -> Publication {
     Publication {
+        delta: false,
         data: Raw::from_value(&n),
         info: None,
         offset: 0,

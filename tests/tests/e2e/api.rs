@@ -377,9 +377,9 @@ async fn a_big_batch_answers_every_command_in_order() {
 }
 
 /// centrifuge's rule, which its SDKs and `cent` rely on: a `since` with an empty epoch
-/// matches any epoch for history; recovery still needs the stream's own epoch.
+/// matches any epoch, for history and for recovery alike.
 #[tokio::test]
-async fn history_since_an_empty_epoch_reads_any_stream_and_recovers_none() {
+async fn history_since_an_empty_epoch_reads_and_recovers_any_stream() {
     let server = TestServer::start(test_config()).await;
     for n in 1..=3 {
         let (status, _) = server
@@ -410,32 +410,26 @@ async fn history_since_an_empty_epoch_reads_any_stream_and_recovers_none() {
     let (_, r) = history(json!({"offset": 0, "epoch": "another"})).await;
     assert_eq!(r["error"]["code"], 112, "{r}");
 
-    // A subscriber recovering from offset 1 with no epoch is told it did not recover.
+    // A subscriber recovering from offset 1 with no epoch recovers what follows, and so
+    // does one with the stream's epoch.
     let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("rita")).await;
-    ws.send(
-        &json!({"id": 2, "subscribe": {"channel": "chat:since", "recover": true, "offset": 1, "epoch": ""}})
-            .to_string(),
-    )
-    .await;
-    let r = ws.reply().await;
-    assert!(r["subscribe"].get("recovered").is_none(), "{r}");
-    assert_eq!(r["subscribe"]["epoch"], epoch.as_str(), "{r}");
-    assert_eq!(r["subscribe"]["offset"], 3, "{r}");
-    // With the stream's epoch it does.
-    ws.send(&json!({"id": 3, "unsubscribe": {"channel": "chat:since"}}).to_string())
+    for (id, since_epoch) in [(2, ""), (4, epoch.as_str())] {
+        ws.send(
+            &json!({"id": id, "subscribe": {"channel": "chat:since", "recover": true, "offset": 1, "epoch": since_epoch}})
+                .to_string(),
+        )
         .await;
-    ws.reply().await;
-    ws.send(
-        &json!({"id": 4, "subscribe": {"channel": "chat:since", "recover": true, "offset": 1, "epoch": epoch}})
-            .to_string(),
-    )
-    .await;
-    let r = ws.reply().await;
-    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
-    assert_eq!(
-        r["subscribe"]["publications"].as_array().unwrap().len(),
-        2,
-        "{r}"
-    );
+        let r = ws.reply().await;
+        assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+        assert_eq!(r["subscribe"]["epoch"], epoch.as_str(), "{r}");
+        assert_eq!(
+            r["subscribe"]["publications"].as_array().unwrap().len(),
+            2,
+            "{r}"
+        );
+        ws.send(&json!({"id": id + 1, "unsubscribe": {"channel": "chat:since"}}).to_string())
+            .await;
+        ws.reply().await;
+    }
     server.shutdown().await;
 }

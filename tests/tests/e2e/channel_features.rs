@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use rotor_core::config::{NamespaceConfig, RecoveryMode};
+use rotor_core::config::{DeltaType, NamespaceConfig, RecoveryMode};
 use rotor_server::config::{Config, EngineKind};
 use rotor_tests::*;
 use serde_json::{json, Value};
 
-use super::sdk::client_env;
+use super::sdk::{client_env, cmd};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -36,11 +36,22 @@ impl Setup {
         backend: Backend,
         namespaces: Vec<NamespaceConfig>,
     ) -> Option<Setup> {
+        Setup::start_with(test, backend, namespaces, |_| {}).await
+    }
+
+    /// [`Setup::start`] with more changes to the config.
+    async fn start_with(
+        test: &str,
+        backend: Backend,
+        namespaces: Vec<NamespaceConfig>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<Setup> {
         if !sdks_available(test) {
             return None;
         }
         let mut config: Config = test_config();
         config.channel.namespaces.extend(namespaces);
+        tweak(&mut config);
         let mut pg = None;
         match backend {
             Backend::Memory => {}
@@ -469,4 +480,308 @@ async fn idempotent_publish_across_nodes_on_postgres() {
 #[tokio::test]
 async fn idempotent_publish_across_nodes_on_redis() {
     idempotency_flow("idem_redis", Backend::Redis).await;
+}
+
+/// A namespace whose subscribers may ask for fossil deltas (`delta_publish`: every
+/// publication asks for them).
+fn delta_namespace(name: &str, delta_publish: bool) -> NamespaceConfig {
+    NamespaceConfig {
+        allowed_delta_types: vec![DeltaType::Fossil],
+        delta_publish,
+        ..namespace(name)
+    }
+}
+
+/// A slowly changing document: ~1 KB, of which version `n` changes a few bytes.
+fn document(n: u64) -> Value {
+    let rows: Vec<Value> = (0..12)
+        .map(|r| json!({"region": format!("region-{r}"), "sales": 1000 + r * 7, "target": 1500}))
+        .collect();
+    json!({"n": n, "title": "Quarterly sales, live", "rows": rows, "updated": format!("2026-12-05T10:00:{:02}Z", n % 60)})
+}
+
+async fn publish_documents(
+    server: &TestServer,
+    channel: &str,
+    ns: std::ops::RangeInclusive<u64>,
+    delta: bool,
+) {
+    for n in ns {
+        let r = cent(
+            server,
+            "publish",
+            json!({"channel": channel, "data": document(n), "delta": delta}),
+        )
+        .await;
+        assert!(r.get("error").is_none(), "publish failed: {r}");
+    }
+}
+
+/// Documents `first..=last` arrive whole and in order.
+async fn documents_arrive(s: &mut Script, ns: std::ops::RangeInclusive<u64>) {
+    for n in ns {
+        let p = s.expect("publication", T).await;
+        assert_eq!(
+            p["data"],
+            document(n),
+            "document {n} rebuilt from what came"
+        );
+    }
+}
+
+/// One SDK with `delta: "fossil"`: the documents arrive whole, live and recovered after a
+/// reconnect; centrifuge-js' statistics show the first full and the rest as deltas.
+async fn delta_flow(test: &str, backend: Backend, sdk: &str, protobuf: bool, delta_publish: bool) {
+    let Some(setup) =
+        Setup::start(test, backend, vec![delta_namespace("docs", delta_publish)]).await
+    else {
+        return;
+    };
+    let server = &setup.server;
+    let mut env = client_env(server, user_token("reader"));
+    if protobuf {
+        env.push(("PROTOBUF", "1".into()));
+    }
+    let mut s = if sdk == "node" {
+        Script::node("client.js", &env)
+    } else {
+        Script::python("client.py", &env)
+    };
+    s.expect("ready", T).await;
+    s.send(&json!({"op": "connect"}).to_string()).await;
+    s.expect("connected", T).await;
+    let sub = subscribe(&mut s, "docs:q4", json!({"delta": "fossil"})).await;
+    assert_eq!(sub["event"], "subscribed", "{sub}");
+    let ask = !delta_publish;
+    publish_documents(server, "docs:q4", 1..=5, ask).await;
+    documents_arrive(&mut s, 1..=5).await;
+
+    s.send(&json!({"op": "disconnect"}).to_string()).await;
+    s.expect("disconnected", T).await;
+    publish_documents(server, "docs:q4", 6..=8, ask).await;
+    s.send(&json!({"op": "connect"}).to_string()).await;
+    let sub = s.expect("subscribed", T).await;
+    assert_eq!(sub["recovered"], true, "{sub}");
+    documents_arrive(&mut s, 6..=8).await;
+    publish_documents(server, "docs:q4", 9..=9, ask).await;
+    documents_arrive(&mut s, 9..=9).await;
+
+    if sdk == "node" {
+        let stats = cmd(&mut s, json!({"op": "delta_stats", "channel": "docs:q4"})).await;
+        assert_eq!(stats["numPublications"], 9, "{stats}");
+        // Full: the first live one, and the first recovered one.
+        assert_eq!(stats["numFullPayloads"], 2, "{stats}");
+        assert_eq!(stats["numDeltaPayloads"], 7, "{stats}");
+        let ratio = stats["compressionRatio"].as_f64().unwrap();
+        assert!(ratio > 0.5, "deltas save most of the bytes: {stats}");
+    }
+    s.send(&json!({"op": "quit"}).to_string()).await;
+    s.finish(T).await;
+    setup.stop().await;
+}
+
+#[tokio::test]
+async fn js_delta_on_memory() {
+    delta_flow("delta_js_mem", Backend::Memory, "node", false, false).await;
+}
+
+#[tokio::test]
+async fn js_protobuf_delta_on_redis() {
+    delta_flow("delta_jspb_redis", Backend::Redis, "node", true, false).await;
+}
+
+#[tokio::test]
+async fn python_delta_publish_on_postgres() {
+    delta_flow("delta_py_pg", Backend::Postgres, "python", false, true).await;
+}
+
+/// The server API's `channels` counts the subscribers of every node: two nodes on Redis,
+/// a subscriber of `chat:a` on each and one of `chat:b` on the second; either node answers
+/// the same, and the pattern narrows the list.
+#[tokio::test]
+async fn channels_lists_the_channels_of_every_node() {
+    let Some(setup) = Setup::start("channels_nodes", Backend::Redis, vec![]).await else {
+        return;
+    };
+    let (a, b) = (&setup.server, setup.another_node().await);
+    let mut js = connected(a, "node", "ann").await;
+    let mut py = connected(&b, "python", "bob").await;
+    subscribe(&mut js, "chat:a", json!({})).await;
+    subscribe(&mut py, "chat:a", json!({})).await;
+    subscribe(&mut py, "chat:b", json!({})).await;
+    let want = json!({"chat:a": {"num_clients": 2}, "chat:b": {"num_clients": 1}});
+    for node in [a, &b] {
+        // Each node lists the other once its first heartbeat is in (every 2 s).
+        let mut seen = Value::Null;
+        for _ in 0..50 {
+            seen = cent(node, "channels", json!({})).await["channels"].clone();
+            if seen == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(seen, want);
+    }
+    let only_b = cent(a, "channels", json!({"pattern": "chat:b*"})).await;
+    assert_eq!(
+        only_b["channels"],
+        json!({"chat:b": {"num_clients": 1}}),
+        "{only_b}"
+    );
+    for mut s in [js, py] {
+        s.send(&json!({"op": "quit"}).to_string()).await;
+        s.finish(T).await;
+    }
+    b.shutdown().await;
+    setup.stop().await;
+}
+
+/// Publishes `n` = first..=last through the API in this process (fast, for long streams).
+async fn publish_many(
+    server: &TestServer,
+    channel: &str,
+    ns: std::ops::RangeInclusive<u64>,
+) -> String {
+    let mut epoch = String::new();
+    for n in ns {
+        let (status, r) = server
+            .api("publish", json!({"channel": channel, "data": {"n": n}}))
+            .await;
+        assert_eq!(status, 200, "{r}");
+        epoch = r["result"]["epoch"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+    }
+    epoch
+}
+
+fn offsets_of(history: &Value) -> Vec<u64> {
+    history["publications"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect()
+}
+
+/// centrifuge's history and recovery rules, one by one, with centrifuge-js, `cent` and a
+/// raw client for the subscribe flag the SDK sets only with `getState`.
+#[tokio::test]
+async fn history_and_recovery_follow_centrifuge() {
+    let log = NamespaceConfig {
+        history_size: 400,
+        ..namespace("log")
+    };
+    let small_recovery = |c: &mut Config| c.client.recovery_max_publication_limit = 5;
+    let Some(setup) =
+        Setup::start_with("history_rules", Backend::Memory, vec![log], small_recovery).await
+    else {
+        return;
+    };
+    let server = &setup.server;
+    let epoch = publish_many(server, "log:a", 1..=310).await;
+
+    // The API: limit 0 (its default) reads only the position; -1 reads all, uncapped.
+    let h = cent(server, "history", json!({"channel": "log:a"})).await;
+    assert_eq!(
+        (offsets_of(&h).len(), &h["offset"]),
+        (0, &json!(310)),
+        "{h}"
+    );
+    let h = cent(server, "history", json!({"channel": "log:a", "limit": -1})).await;
+    assert_eq!(offsets_of(&h).len(), 310);
+    // Newest first from offset 0 is a bad request.
+    let (_, r) = server
+        .api("history", json!({"channel": "log:a", "reverse": true, "since": {"offset": 0, "epoch": ""}, "limit": 1}))
+        .await;
+    assert_eq!(r["error"]["code"], 107, "{r}");
+
+    let mut js = connected(server, "node", "reader").await;
+    subscribe(&mut js, "log:a", json!({})).await;
+    // A client's history is capped at 300.
+    let h = cmd(
+        &mut js,
+        json!({"op": "history", "channel": "log:a", "options": {"limit": -1}}),
+    )
+    .await;
+    assert_eq!(offsets_of(&h).len(), 300, "{h}");
+    let h = cmd(&mut js, json!({"op": "history", "channel": "log:a", "options": {"limit": 2, "reverse": true, "since": {"offset": 300, "epoch": epoch}}})).await;
+    assert_eq!(offsets_of(&h), [299, 298]);
+    let e = cmd_error(&mut js, json!({"op": "history", "channel": "log:a", "options": {"limit": 2, "reverse": true, "since": {"offset": 0}}})).await;
+    assert_eq!(e["code"], 107, "{e}");
+
+    // Recovery from an offset without an epoch: the empty epoch matches.
+    let sub = subscribe(&mut js, "log:b", json!({"since": {"offset": 0}})).await;
+    assert_eq!(
+        (&sub["wasRecovering"], &sub["recovered"]),
+        (&json!(true), &json!(true)),
+        "{sub}"
+    );
+    publish_many(server, "log:b", 1..=3).await;
+    assert_eq!(received_until(&mut js, 3).await, [1, 2, 3]);
+    // From a wrong epoch: not recovered, told the current position, no error.
+    publish_many(server, "log:c", 1..=2).await;
+    let sub = subscribe(
+        &mut js,
+        "log:c",
+        json!({"since": {"offset": 1, "epoch": "wrong"}}),
+    )
+    .await;
+    assert_eq!(
+        (&sub["wasRecovering"], &sub["recovered"]),
+        (&json!(true), &json!(false)),
+        "{sub}"
+    );
+    assert_eq!(sub["streamPosition"]["offset"], 2, "{sub}");
+    // More missed than client.recovery_max_publication_limit (5): not recovered.
+    let c_epoch = publish_many(server, "log:d", 1..=8).await;
+    let sub = subscribe(
+        &mut js,
+        "log:d",
+        json!({"since": {"offset": 2, "epoch": c_epoch}}),
+    )
+    .await;
+    assert_eq!(sub["recovered"], false, "6 missed: {sub}");
+    let sub = subscribe(
+        &mut js,
+        "log:e",
+        json!({"since": {"offset": 0, "epoch": "x"}}),
+    )
+    .await;
+    assert_eq!(sub["recovered"], false, "{sub}");
+    // Asking to recover where recovery is off: was recovering, not recovered.
+    let sub = subscribe(
+        &mut js,
+        "open:x",
+        json!({"since": {"offset": 1, "epoch": "x"}}),
+    )
+    .await;
+    assert_eq!(
+        (&sub["wasRecovering"], &sub["recovered"]),
+        (&json!(true), &json!(false)),
+        "{sub}"
+    );
+
+    // The subscribe flag 2 (centrifuge-js sets it with getState): 112 instead.
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("raw")).await;
+    ws.send(&json!({"id": 2, "subscribe": {"channel": "log:a", "recover": true, "offset": 1, "epoch": epoch, "flag": 2}}).to_string()).await;
+    let r = ws.reply().await;
+    assert_eq!(r["error"]["code"], 112, "{r}");
+    ws.send(&json!({"id": 3, "subscribe": {"channel": "log:a", "recover": true, "offset": 309, "epoch": epoch, "flag": 2}}).to_string()).await;
+    let r = ws.reply().await;
+    assert_eq!(
+        r["subscribe"]["recovered"], true,
+        "recoverable: no error: {r}"
+    );
+    js.send(&json!({"op": "quit"}).to_string()).await;
+    js.finish(T).await;
+    setup.stop().await;
+}
+
+/// Sends a command that must fail; returns its error.
+async fn cmd_error(s: &mut Script, c: Value) -> Value {
+    s.send(&c.to_string()).await;
+    let op = c["op"].clone();
+    s.expect_where("op_error", |v| v["op"] == op, T).await
 }

@@ -134,6 +134,7 @@ fn publication(n: u64) -> Publication {
         i.conn_info = Some(Raw::binary(&[0xc3, 0x28, n as u8]));
     }
     Publication {
+        delta: false,
         data: if n.is_multiple_of(3) {
             Raw::from_bytes(&[0x00, 0xff, b'{', n as u8])
         } else {

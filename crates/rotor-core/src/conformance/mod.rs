@@ -106,6 +106,7 @@ macro_rules! history_suite {
         $crate::__conformance_test!($make, [$($clock)?], history_trims_by_size_and_ttl);
         $crate::__conformance_test!($make, [$($clock)?], history_remove_keeps_position);
         $crate::__conformance_test!($make, [$($clock)?], history_keeps_binary_payloads);
+        $crate::__conformance_test!($make, [$($clock)?], history_read_edges);
         // Concurrency needs threads, whatever the clock.
         $crate::__conformance_test!($make, [threads], history_concurrent_adds_are_gap_free);
     };

@@ -14,6 +14,7 @@ use crate::CoreError;
 
 fn publication(n: u64) -> Publication {
     Publication {
+        delta: false,
         data: Raw::from_value(&serde_json::json!({ "n": n })),
         info: None,
         offset: 0,
@@ -690,4 +691,55 @@ pub async fn idempotency_concurrent_claims_have_one_winner(store: Arc<dyn Idempo
         }
     }
     assert_eq!(first, 1, "exactly one caller gets to publish");
+}
+
+/// The edges of a history read (centrifuge's rules): a channel never published to still
+/// has a position (offset 0, an epoch that stays); a `since` at or past the top reads
+/// nothing; a `since` whose next publication was trimmed reads from the oldest kept;
+/// newest first from offset 1 reads nothing.
+pub async fn history_read_edges(store: Arc<dyn HistoryStore>) {
+    let o = opts(3, Duration::from_secs(60));
+    let all = |since: Option<StreamPosition>, reverse| HistoryFilter {
+        since,
+        limit: 100,
+        reverse,
+    };
+    let empty = store.read("never", &all(None, false), &o).await.unwrap();
+    assert!(empty.publications.is_empty());
+    assert_eq!(empty.position.offset, 0);
+    assert!(
+        !empty.position.epoch.is_empty(),
+        "a stream has an epoch before its first publication"
+    );
+    let again = store.read("never", &all(None, false), &o).await.unwrap();
+    assert_eq!(again.position, empty.position, "the epoch stays");
+
+    let mut epoch = String::new();
+    for n in 1..=5 {
+        epoch = store.add("edges", publication(n), &o).await.unwrap().epoch;
+    }
+    let at = |offset| {
+        Some(StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        })
+    };
+    let page = store.read("edges", &all(at(1), false), &o).await.unwrap();
+    assert_eq!(
+        offsets(&page.publications),
+        vec![3, 4, 5],
+        "from the oldest kept"
+    );
+    for past in [5, 9] {
+        let page = store
+            .read("edges", &all(at(past), false), &o)
+            .await
+            .unwrap();
+        assert!(page.publications.is_empty(), "since {past}");
+        assert_eq!(page.position.offset, 5);
+    }
+    let page = store.read("edges", &all(at(1), true), &o).await.unwrap();
+    assert!(page.publications.is_empty(), "nothing before offset 1");
+    let page = store.read("edges", &all(at(5), true), &o).await.unwrap();
+    assert_eq!(offsets(&page.publications), vec![4, 3]);
 }

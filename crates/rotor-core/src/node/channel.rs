@@ -15,11 +15,15 @@ use rotor_protocol::{
 };
 
 use super::{Node, PublishOptions, IDEMPOTENT_RESULT_TTL};
-use crate::config::{ChannelOptions, RecoveryMode};
+use crate::config::{ChannelOptions, DeltaType, RecoveryMode};
 use crate::filter::TagsFilter;
 use crate::hub::ClientHandle;
 use crate::storage::{Claim, HistoryFilter, HistoryOptions, HistoryPage};
 use crate::CoreError;
+
+/// A subscribe `flag` bit: fail with 112 rather than subscribe without the publications it
+/// missed (bit 1 is channel-id compaction, not supported).
+const REJECT_UNRECOVERED: i32 = 2;
 
 /// How long a publish with an idempotency key may take before its claim lapses, and how
 /// long a repeat waits for it.
@@ -97,6 +101,7 @@ impl Node {
             info: options.info,
             offset: 0,
             tags: options.tags,
+            delta: false,
             time: self.inner.clock.unix_ms(),
         };
         // The ticket fixes this publication's place when it enters the history store; it is
@@ -122,6 +127,8 @@ impl Node {
             publication.offset = position.offset;
         }
         ticket.turn().await;
+        // What history keeps has no delta flag; the nodes are told the publisher asked.
+        publication.delta = options.delta || opts.delta_publish;
         let started = std::time::Instant::now();
         let sent = self.inner.broker.publish(channel, &publication);
         // Its place is fixed: the channel's next publication may go (while it still keeps
@@ -153,24 +160,37 @@ impl Node {
         self.inner.storage.presence.stats(channel).await
     }
 
-    /// Reads history. `limit` < 0 means as many as allowed; it is capped by
-    /// `client.history_max_publication_limit`.
+    /// Reads history (centrifuge's rules): `limit` 0 reads only the stream position, < 0
+    /// as many as allowed; `capped` (a client's `history`) caps it at
+    /// `client.history_max_publication_limit`, the server API is not capped. Newest first
+    /// (`reverse`) from a `since` at offset 0 is a bad request; a `since` with an empty
+    /// epoch matches any epoch.
     pub async fn history(
         &self,
         channel: &str,
         limit: i64,
         since: Option<StreamPosition>,
         reverse: bool,
+        capped: bool,
     ) -> Result<HistoryPage, CoreError> {
         let opts = self.channel_options(channel)?;
         if !opts.history_enabled() {
             return Err(CoreError::NotAvailable);
         }
-        let max = self.inner.config.client.history_max_publication_limit;
+        if reverse && since.as_ref().is_some_and(|s| s.offset == 0) {
+            return Err(CoreError::BadRequest(
+                "history: reverse from offset 0 (since.offset must be above 0)".into(),
+            ));
+        }
+        let max = if capped {
+            self.inner.config.client.history_max_publication_limit
+        } else {
+            usize::MAX
+        };
         let limit = if limit < 0 {
             max
         } else {
-            (limit as usize).min(max)
+            usize::try_from(limit).unwrap_or(usize::MAX).min(max)
         };
         let filter = HistoryFilter {
             since,
@@ -236,17 +256,29 @@ impl Node {
                 TagsFilter::compile(tf).map_err(CoreError::BadRequest)?,
             )),
         };
+        // Deltas: asked for, allowed, and not for a filtered subscription (the SDKs refuse
+        // the two together, and a filter would break the chain of bases).
+        let delta = want.delta == "fossil"
+            && opts.allowed_delta_types.contains(&DeltaType::Fossil)
+            && filter.is_none()
+            && !m.server_side;
         let mut result = SubscribeResult {
             recoverable,
             positioned,
+            delta,
+            // Whether the client asked, recovery enabled or not (centrifuge's rule).
+            was_recovering: want.recover,
             ..SubscribeResult::default()
         };
         {
             let _gate = self.inner.order.exclusive(channel).await;
-            let first = self
-                .inner
-                .hub
-                .subscribe(channel, m.client, join_leave, filter.clone());
+            let first = self.inner.hub.subscribe(
+                channel,
+                m.client,
+                join_leave,
+                result.delta,
+                filter.clone(),
+            );
             if first {
                 if let Err(e) = self.inner.broker.subscribe(channel).await {
                     self.inner.hub.unsubscribe(channel, m.client);
@@ -269,12 +301,36 @@ impl Node {
                     self.unsubscribe_hub(channel, m.client).await;
                     return Err(e);
                 }
+                // A client that would rather start over from its own state than go on
+                // without what it missed (centrifuge-js with `getState`) gets 112.
+                let stream = opts.force_recovery_mode == RecoveryMode::Stream;
+                if want.recover
+                    && want.flag & REJECT_UNRECOVERED != 0
+                    && recoverable
+                    && stream
+                    && !result.recovered
+                {
+                    drop(_gate);
+                    self.unsubscribe_hub(channel, m.client).await;
+                    return Err(CoreError::UnrecoverablePosition);
+                }
             }
         }
         // Recovered publications pass the same filter as live ones (whether the position
         // was recovered was decided on all of them).
         if let Some(f) = &filter {
             result.publications.retain(|p| f.matches(&p.tags));
+        }
+        if result.delta && result.recovered {
+            // The client has the channel's latest publication now (recovered, or its own
+            // when none was missed): the next may be a delta against it, and this node
+            // knows that base even when it had no delta subscriber before.
+            let base = match result.publications.last() {
+                Some(p) => Some((p.offset, p.data.as_bytes().to_vec())),
+                None => self.latest(channel, opts, result.offset).await,
+            };
+            crate::hub::deltas::recovered(&mut result.publications, m.client.protocol());
+            self.inner.hub.delta_base_recovered(channel, m.client, base);
         }
         if opts.presence {
             let added = self
@@ -339,7 +395,6 @@ impl Node {
             return Ok(());
         }
         if recoverable && want.recover {
-            result.was_recovering = true;
             let max = self.inner.config.client.recovery_max_publication_limit;
             let filter = HistoryFilter {
                 since: Some(StreamPosition {
@@ -351,9 +406,10 @@ impl Node {
             };
             match store.read(channel, &filter, &hopts).await {
                 Ok(page) => {
-                    // An empty epoch reads any stream but recovers none: the client's
-                    // position must be of this stream.
-                    let complete = page.position.epoch == want.epoch
+                    // An empty epoch matches any stream (centrifuge's rule): a client that
+                    // knows only an offset recovers when the stream still holds what
+                    // follows it.
+                    let complete = (want.epoch.is_empty() || page.position.epoch == want.epoch)
                         && page.publications.len() <= max
                         && match page.publications.first() {
                             Some(first) => first.offset == want.offset + 1,
@@ -377,6 +433,29 @@ impl Node {
         result.epoch = page.position.epoch;
         result.offset = page.position.offset;
         Ok(())
+    }
+
+    /// The data of the stream's publication at `top`, if history still has it.
+    async fn latest(
+        &self,
+        channel: &str,
+        opts: &ChannelOptions,
+        top: u64,
+    ) -> Option<(u64, Vec<u8>)> {
+        let newest = HistoryFilter {
+            since: None,
+            limit: 1,
+            reverse: true,
+        };
+        let hopts = self.history_options(opts);
+        let page = self
+            .inner
+            .storage
+            .history
+            .read(channel, &newest, &hopts)
+            .await;
+        let p = page.ok()?.publications.into_iter().next()?;
+        (p.offset == top).then(|| (p.offset, p.data.as_bytes().to_vec()))
     }
 
     /// Takes the connection out of the channel's subscribers (and the broker's, when it was

@@ -29,12 +29,16 @@ impl BrokerHandler for Handler {
             let lag = node.clock.unix_ms().saturating_sub(publication.time);
             node.observer.delivered(Duration::from_millis(lag));
         }
+        // Whether the publisher asked for deltas travels in the flag; subscribers read it
+        // as "this data is a delta", set only where it is one.
+        let mut publication = publication.clone();
+        let use_delta = std::mem::take(&mut publication.delta);
         let push = Push {
             channel: channel.to_string(),
-            publication: Some(publication.clone()),
+            publication: Some(publication),
             ..Push::default()
         };
-        node.hub.broadcast(channel, &push, false);
+        node.hub.broadcast_publication(channel, &push, use_delta);
     }
 
     fn on_join(&self, channel: &str, info: &ClientInfo) {
@@ -79,6 +83,11 @@ impl BrokerHandler for Handler {
             }
             // Node-local (see on_missed); another node's says nothing about this one.
             Control::InsufficientState { .. } => {}
+            Control::ChannelsSurvey {
+                id,
+                reply_to,
+                pattern,
+            } => super::survey::answer(&node, id, reply_to, pattern),
             Control::Revoke { jti, expire_at } => {
                 node.revocations.add_jti(jti, *expire_at);
                 kick(&node, |_| true);
@@ -148,6 +157,9 @@ impl BrokerHandler for Handler {
 
     fn on_node_message(&self, payload: &str) {
         let Some(node) = self.0.upgrade() else { return };
+        if super::survey::take_answer(&node, payload) {
+            return;
+        }
         match node.node_messages.get() {
             Some(h) => h.on_node_message(payload),
             None => tracing::debug!("a node message arrived before anything listens for them"),

@@ -9,6 +9,9 @@
 mod channel;
 mod cluster;
 mod revoke;
+mod survey;
+
+pub use survey::SURVEY_TIMEOUT;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +45,9 @@ pub struct PublishOptions {
     /// A repeat with the same key within [`IDEMPOTENT_RESULT_TTL`] publishes nothing and
     /// gets the first publish's result.
     pub idempotency_key: Option<String>,
+    /// Subscribers that negotiated delta compression get a fossil delta against the
+    /// previous publication when it is smaller (also forced by the channel's `delta_publish`).
+    pub delta: bool,
 }
 
 /// How long the result of a publish with an idempotency key is kept (Centrifugo's 5
@@ -74,6 +80,8 @@ struct NodeInner {
     node_messages: OnceLock<Arc<dyn NodeMessageHandler>>,
     /// The application backend's proxies (none: tokens and options decide).
     proxies: Proxies,
+    /// Surveys of the other nodes this node waits on.
+    surveys: survey::Surveys,
 }
 
 /// A rotor node. Cheap to clone.
@@ -134,6 +142,7 @@ impl Node {
             order: Default::default(),
             node_messages: OnceLock::new(),
             proxies,
+            surveys: Default::default(),
         });
         broker.set_handler(Arc::new(cluster::Handler(Arc::downgrade(&inner))));
         Ok(Node { inner })

@@ -462,7 +462,7 @@ impl Session {
         }
         let page = self
             .node
-            .history(&req.channel, req.limit as i64, req.since, req.reverse)
+            .history(&req.channel, req.limit as i64, req.since, req.reverse, true)
             .await?;
         Ok(Some(Reply {
             history: Some(HistoryResult {

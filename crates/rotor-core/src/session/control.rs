@@ -152,10 +152,12 @@ impl Session {
                     ..Push::default()
                 });
             }
-            // Applied by the node to every connection (see `node::kick`).
+            // Applied by the node to every connection (see `node::kick`), or answered by
+            // the node itself.
             Control::Disconnect { .. }
             | Control::Revoke { .. }
-            | Control::InvalidateUser { .. } => {}
+            | Control::InvalidateUser { .. }
+            | Control::ChannelsSurvey { .. } => {}
         }
         None
     }
