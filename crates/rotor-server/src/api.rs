@@ -15,6 +15,7 @@ use warp::reply::Response;
 
 use crate::http::json_response;
 use crate::state::AppState;
+use serde_json::value::RawValue;
 
 /// Compares without leaking the position of the first difference through timing.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -63,10 +64,9 @@ pub async fn handle(state: AppState, method: String, body: Bytes) -> Response {
     if method == "batch" {
         return batch(&state.node, &body).await;
     }
-    let params: Value = if body.is_empty() {
-        json!({})
-    } else {
-        match serde_json::from_slice(&body) {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { &body };
+    let params: &RawValue = {
+        match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => {
                 tracing::info!(method, error = %e, "server API request body is not JSON");
@@ -99,7 +99,7 @@ fn error_value(err: rotor_protocol::Error) -> Value {
 #[derive(Deserialize)]
 struct BatchRequest<'a> {
     #[serde(default, borrow)]
-    commands: Vec<&'a serde_json::value::RawValue>,
+    commands: Vec<&'a RawValue>,
     #[serde(default)]
     parallel: bool,
 }
@@ -163,7 +163,7 @@ async fn batch(node: &Node, body: &[u8]) -> Response {
 
 /// One command of a batch, parsed from its text when it runs.
 async fn batch_command(node: &Node, text: &str) -> Value {
-    let cmd = match serde_json::from_str::<BTreeMap<String, Value>>(text) {
+    let cmd = match serde_json::from_str::<BTreeMap<String, &RawValue>>(text) {
         Ok(c) => c,
         Err(e) => return json!({"error": error_json(&CoreError::BadRequest(e.to_string()))}),
     };
@@ -177,8 +177,16 @@ async fn batch_command(node: &Node, text: &str) -> Value {
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, CoreError> {
-    serde_json::from_value(params).map_err(|e| CoreError::BadRequest(e.to_string()))
+/// A method's parameters from their text as the request carried it: payloads (`data`,
+/// `info`) keep their bytes, key order and number precision (as Centrifugo passes them
+/// through); a `serde_json::Value` in between would sort keys and round big numbers.
+fn parse<T: for<'de> Deserialize<'de>>(params: &RawValue) -> Result<T, CoreError> {
+    serde_json::from_str(params.get()).map_err(|e| CoreError::BadRequest(e.to_string()))
+}
+
+/// Parameters that are absent or `null`.
+fn is_null(params: &RawValue) -> bool {
+    params.get().trim() == "null"
 }
 
 fn required(name: &str, value: &str) -> Result<(), CoreError> {
@@ -341,7 +349,7 @@ fn publications_json(pubs: &[Publication]) -> Value {
 }
 
 /// Runs one method; `None` for an unknown method.
-async fn call(node: &Node, method: &str, params: Value) -> Option<Result<Value, CoreError>> {
+async fn call(node: &Node, method: &str, params: &RawValue) -> Option<Result<Value, CoreError>> {
     Some(match method {
         "publish" => publish(node, params).await,
         "broadcast" => broadcast(node, params).await,
@@ -368,14 +376,14 @@ async fn info(node: &Node) -> Result<Value, CoreError> {
 }
 
 /// `presence`: the clients in a channel.
-async fn presence(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn presence(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: ChannelParams = parse(params)?;
     required("channel", &p.channel)?;
     Ok(json!({ "presence": node.presence(&p.channel).await? }))
 }
 
 /// `presence_stats`: how many clients and distinct users a channel has.
-async fn presence_stats(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn presence_stats(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: ChannelParams = parse(params)?;
     required("channel", &p.channel)?;
     let (num_clients, num_users) = node.presence_stats(&p.channel).await?;
@@ -384,7 +392,7 @@ async fn presence_stats(node: &Node, params: Value) -> Result<Value, CoreError> 
 
 /// `history`: publications of a channel (since a position, limited, reversed) and its
 /// position.
-async fn history(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn history(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: HistoryParams = parse(params)?;
     required("channel", &p.channel)?;
     let page = node
@@ -396,7 +404,7 @@ async fn history(node: &Node, params: Value) -> Result<Value, CoreError> {
 }
 
 /// `history_remove`: drops a channel's publications; the position stays.
-async fn history_remove(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn history_remove(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: ChannelParams = parse(params)?;
     required("channel", &p.channel)?;
     node.history_remove(&p.channel).await?;
@@ -404,8 +412,8 @@ async fn history_remove(node: &Node, params: Value) -> Result<Value, CoreError> 
 }
 
 /// `channels`: the channels with subscribers on any node, by pattern (a survey of the nodes).
-async fn channels(node: &Node, params: Value) -> Result<Value, CoreError> {
-    let p: ChannelsParams = if params.is_null() {
+async fn channels(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
+    let p: ChannelsParams = if is_null(params) {
         ChannelsParams::default()
     } else {
         parse(params)?
@@ -418,7 +426,7 @@ async fn channels(node: &Node, params: Value) -> Result<Value, CoreError> {
 }
 
 /// `disconnect`: closes a user's connections (3503 unless a code is given).
-async fn disconnect(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn disconnect(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: DisconnectParams = parse(params)?;
     required("user", &p.target.user)?;
     let d = p.disconnect.unwrap_or_default();
@@ -441,7 +449,7 @@ async fn disconnect(node: &Node, params: Value) -> Result<Value, CoreError> {
 }
 
 /// `unsubscribe`: ends a user's subscription to a channel on every node.
-async fn unsubscribe(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn unsubscribe(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: SubscribeParams = parse(params)?;
     required("user", &p.user)?;
     node.channel_options(&p.channel)?;
@@ -456,7 +464,7 @@ async fn unsubscribe(node: &Node, params: Value) -> Result<Value, CoreError> {
 }
 
 /// `subscribe`: subscribes a user's connections to a channel (server-side).
-async fn subscribe(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn subscribe(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: SubscribeParams = parse(params)?;
     required("user", &p.user)?;
     node.channel_options(&p.channel)?;
@@ -473,7 +481,7 @@ async fn subscribe(node: &Node, params: Value) -> Result<Value, CoreError> {
 }
 
 /// `refresh`: extends (or expires) a user's connections.
-async fn refresh(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn refresh(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: RefreshParams = parse(params)?;
     required("user", &p.target.user)?;
     node.control(Control::Refresh {
@@ -488,7 +496,7 @@ async fn refresh(node: &Node, params: Value) -> Result<Value, CoreError> {
 }
 
 /// `revoke_token`: refuses a token by its `jti` from now on and closes its connections.
-async fn revoke_token(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn revoke_token(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: RevokeParams = parse(params)?;
     node.revoke_token(
         &p.uid,
@@ -502,7 +510,7 @@ async fn revoke_token(node: &Node, params: Value) -> Result<Value, CoreError> {
 }
 
 /// `invalidate_user_tokens`: refuses a user's tokens issued before a time.
-async fn invalidate_user_tokens(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn invalidate_user_tokens(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: InvalidateParams = parse(params)?;
     let before = p.issued_before.unwrap_or_else(|| node.clock().unix());
     node.invalidate_user_tokens(
@@ -518,8 +526,8 @@ async fn invalidate_user_tokens(node: &Node, params: Value) -> Result<Value, Cor
 }
 
 /// `revoked_tokens`: the revocation audit trail, newest first.
-async fn revoked_tokens(node: &Node, params: Value) -> Result<Value, CoreError> {
-    let p: RevokedTokensParams = if params.is_null() {
+async fn revoked_tokens(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
+    let p: RevokedTokensParams = if is_null(params) {
         RevokedTokensParams::default()
     } else {
         parse(params)?
@@ -583,7 +591,7 @@ struct RevokedTokensParams {
     offset: usize,
 }
 
-async fn publish(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn publish(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: PublishParams = parse(params)?;
     required("channel", &p.channel)?;
     let data = payload(p.data, p.b64data)?;
@@ -603,7 +611,7 @@ async fn publish(node: &Node, params: Value) -> Result<Value, CoreError> {
     Ok(position_json(&pos))
 }
 
-async fn broadcast(node: &Node, params: Value) -> Result<Value, CoreError> {
+async fn broadcast(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: BroadcastParams = parse(params)?;
     if p.channels.is_empty() {
         return Err(CoreError::BadRequest("channels required".into()));

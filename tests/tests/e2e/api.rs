@@ -433,3 +433,33 @@ async fn history_since_an_empty_epoch_reads_and_recovers_any_stream() {
     }
     server.shutdown().await;
 }
+
+/// What the server API is given to publish reaches subscribers byte for byte, as
+/// Centrifugo passes it: key order and numbers beyond 64 bits included, alone or in a
+/// batch.
+#[tokio::test]
+async fn api_payloads_reach_subscribers_as_they_were_sent() {
+    let server = TestServer::start(test_config()).await;
+    let (mut ws, _) = RawWs::connected(&server.ws_url(), &user_token("verbatim")).await;
+    ws.send(&json!({"id": 2, "subscribe": {"channel": "open:raw"}}).to_string())
+        .await;
+    ws.reply().await;
+    let data = r#"{"z":1,"a":12345678901234567890123,"f":1.50}"#;
+    let body = format!(r#"{{"channel":"open:raw","data":{data}}}"#);
+    let (status, _) = http_post(
+        server.addr,
+        "/api/publish",
+        &[("X-API-Key", API_KEY)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let batch = format!(r#"{{"commands":[{{"publish":{body}}}]}}"#);
+    let (status, _) = http_post(server.addr, "/api/batch", &[("X-API-Key", API_KEY)], &batch).await;
+    assert_eq!(status, 200);
+    for _ in 0..2 {
+        let frame = ws.text_frame(Duration::from_secs(5)).await;
+        assert!(frame.contains(&format!(r#""data":{data}"#)), "{frame}");
+    }
+    server.shutdown().await;
+}
