@@ -6,7 +6,7 @@
 #
 #   scripts/bench.sh            # everything (~30 minutes)
 #   scripts/bench.sh idle       # one group: idle | memory | fanout | channels | protobuf |
-#                               # churn | cluster | postgres
+#                               # features | churn | cluster | postgres
 #   scripts/bench.sh memory     # the memory regression check alone (~2 minutes): exits 1
 #                               # when a transport holds more per idle connection than its
 #                               # budget
@@ -23,7 +23,7 @@ ulimit -n 20000 || { echo "needs 20,000 open files (ulimit -n)"; exit 1; }
 out=target/bench
 mkdir -p "$out"
 results="$out/results.jsonl"
-groups="${*:-idle memory fanout channels protobuf churn cluster postgres}"
+groups="${*:-idle memory fanout channels protobuf features churn cluster postgres}"
 [ $# -eq 0 ] && rm -f "$results"
 
 # One failed run is reported and the others go on; the script fails at the end.
@@ -76,6 +76,16 @@ for g in $groups; do
         bench fanout --target "$t" --subs 10000 --duration 8 --p99-budget-ms 1000 \
           --deliveries 100000,400000,1600000,2400000,2800000,3200000,3600000,4000000,4400000
       done ;;
+    features)
+      # Channel features (docs/benchmarks.md, "Channel features"): a 10k fan-out published
+      # through the server API without a filter, with a simple and with a complex tags
+      # filter on every subscriber (all pass, so the deliveries are the same), then the
+      # bytes delta compression saves on a slowly changing document.
+      for f in "--api-publish" "--tags-filter simple" "--tags-filter complex"; do
+        bench fanout --target rotor-ws $f --subs 10000 --duration 8 --p99-budget-ms 1000 \
+          --deliveries 100000,400000,1600000,2400000,2800000,3200000,3600000,4000000,4400000
+      done
+      bench delta --publications 2000 ;;
     churn)
       bench churn --alg rs256 --duration 10
       # Connects decided by the application backend (connect proxy, a local backend in

@@ -41,6 +41,31 @@ pub(crate) struct Common {
     /// Append one JSON object per result line to this file.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
+    /// rotor-ws subscribers subscribe with this tags filter, and publications (then made
+    /// through the server API, which takes tags) carry tags that pass it.
+    #[arg(long, value_enum)]
+    pub(crate) tags_filter: Option<TagsFilter>,
+    /// Publish through the server API (as `--tags-filter` does), for a like-for-like
+    /// baseline without filters.
+    #[arg(long)]
+    pub(crate) api_publish: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub(crate) enum TagsFilter {
+    /// One comparison (`ticker eq BTC`).
+    Simple,
+    /// `and` of a set, a number and a negation.
+    Complex,
+}
+
+impl TagsFilter {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TagsFilter::Simple => "simple",
+            TagsFilter::Complex => "complex",
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -140,6 +165,18 @@ pub(crate) enum Cmd {
     },
     /// Publish at rising rates to subscribers; report deliveries, latency, losses.
     Fanout(FanoutArgs),
+    /// Bytes on the wire with and without fossil delta compression, for a slowly changing
+    /// document of each size (every document rebuilt and checked).
+    Delta {
+        #[command(flatten)]
+        common: Common,
+        /// Document sizes (bytes, about).
+        #[arg(long, value_delimiter = ',', default_values_t = [1024, 4096, 16384])]
+        sizes: Vec<usize>,
+        /// Publications per size.
+        #[arg(long, default_value_t = 500)]
+        publications: u64,
+    },
     /// Connection churn (connect, reply, close) or token refreshes on live connections.
     Churn {
         #[command(flatten)]

@@ -42,8 +42,15 @@ pub(crate) async fn fanout(args: FanoutArgs) {
     } = args;
     let signer = Signer::hs256();
     let token = signer.token("bench", None);
+    let api = common.api_publish || common.tags_filter.is_some();
+    let filter = common.tags_filter.map(|f| f.name());
     for subs in subs_list {
-        let servers = Servers::start(&common, &signer).await;
+        let servers = if api {
+            let allow = "allow_tags_filter = true\n";
+            Servers::start_with(&common, &signer, allow, "[http_api]\nkey = \"bench\"\n").await
+        } else {
+            Servers::start(&common, &signer).await
+        };
         let addrs = servers.addrs();
         let stride = if channels == Channels::Each {
             subs as u64
@@ -54,17 +61,24 @@ pub(crate) async fn fanout(args: FanoutArgs) {
             add_workers(&common, &addrs, 0, subs, stride, &token, false).await;
         let mut pubs = Vec::new();
         for _ in 0..publishers.max(1) {
-            pubs.push(Publisher::connect(common.target, addrs[0], &token).await);
+            pubs.push(if api {
+                let tags = filter.map_or("{}", |f| load::tags_filter(f).1);
+                Publisher::connect_api(addrs[0], "bench", tags).await
+            } else {
+                Publisher::connect(common.target, addrs[0], &token).await
+            });
         }
         let rss_idle = servers.rss_kib();
         println!(
-            "# {} {} subscribers{} ({} node{}{}), {payload}-byte payload, {connect_rate:.0} connects/s, idle RSS {rss_idle} KiB",
+            "# {} {} subscribers{}{} ({} node{}{}), {payload}-byte payload{}, {connect_rate:.0} connects/s, idle RSS {rss_idle} KiB",
             common.target.name(),
             subs,
             if stride > 1 { " each on its own channel" } else { " on one channel" },
+            filter.map_or(String::new(), |f| format!(" with a {f} tags filter")),
             addrs.len(),
             if addrs.len() > 1 { "s" } else { "" },
             if common.redis_engine().is_some() { " on Redis" } else { "" },
+            if api { " published through the server API" } else { "" },
         );
         println!(
             "{:>9} {:>12} {:>12} {:>8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>6} {:>9}",
@@ -161,7 +175,8 @@ pub(crate) async fn fanout(args: FanoutArgs) {
                        "p50_ms": ms(0.5), "p99_ms": ms(0.99), "p999_ms": ms(0.999),
                        "max_ms": hist.max() as f64 / 1000.0, "server_cpu_pct": cpu,
                        "server_rss_kib": rss, "publish_errors": errors,
-                       "disconnected": disconnected, "connects_per_s": connect_rate}),
+                       "disconnected": disconnected, "connects_per_s": connect_rate,
+                       "tags_filter": filter, "api_publish": api}),
             );
             let behind = received < expected || delivered_rate < 0.95 * expected_rate;
             if behind || ms(0.99) > budget_ms || disconnected > 0 || errors > 0 {

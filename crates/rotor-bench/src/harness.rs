@@ -124,6 +124,7 @@ impl Worker {
         stride: u64,
         token: &str,
         personal: bool,
+        tags_filter: Option<&str>,
     ) -> Worker {
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
         let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
@@ -133,6 +134,7 @@ impl Worker {
             .args(["--stride", &stride.to_string()])
             .args(personal.then_some("--personal"))
             .env("BENCH_TOKEN", token)
+            .envs(tags_filter.map(|f| ("BENCH_TAGS_FILTER", f)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -197,6 +199,9 @@ pub(crate) async fn add_workers(
                 stride,
                 token,
                 personal,
+                common
+                    .tags_filter
+                    .map(|k| rotor_bench::load::tags_filter(k.name()).0),
             )
             .await,
         );

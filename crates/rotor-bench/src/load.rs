@@ -297,6 +297,8 @@ pub struct SubSpec {
     /// streaming and SSE ones subscribed server-side by the token's `channels` claim.
     pub personal: Option<crate::tokens::Signer>,
     pub http: reqwest::Client,
+    /// A tags filter (JSON) every subscriber sends with its subscribe (rotor-ws only).
+    pub tags_filter: Option<String>,
 }
 
 pub type Ws = WebSocketStream<TcpStream>;
@@ -364,6 +366,7 @@ pub async fn subscriber(
         shared: &shared,
         i,
         ready: &ready,
+        tags_filter: spec.tags_filter.as_deref(),
     };
     let result = match spec.target {
         Target::RotorWs => rotor_ws(&sub).await,
@@ -394,6 +397,7 @@ struct Sub<'a> {
     shared: &'a Shared,
     i: usize,
     ready: &'a Ready,
+    tags_filter: Option<&'a str>,
 }
 
 /// Tells the worker once whether a subscriber got subscribed.
@@ -453,8 +457,12 @@ async fn rotor_ws(sub: &Sub<'_>) -> Result<(), String> {
         ..
     } = *sub;
     let mut ws = ws_connect(addr, "/connection/websocket").await?;
+    let tf = match sub.tags_filter {
+        Some(f) => format!(",\"tf\":{f}"),
+        None => String::new(),
+    };
     let hello = format!(
-        "{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\"}}}}"
+        "{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}\n{{\"id\":2,\"subscribe\":{{\"channel\":\"{channel}\"{tf}}}}}"
     );
     ws.send(Message::text(hello))
         .await
@@ -608,6 +616,7 @@ async fn rotor_emulated(spec: &SubSpec, sub: &Sub<'_>) -> Result<(), String> {
         shared,
         i,
         ready,
+        ..
     } = *sub;
     let connect = format!("{{\"id\":1,\"connect\":{{\"token\":\"{token}\"}}}}");
     let sse = spec.target == Target::RotorSse;
@@ -841,7 +850,9 @@ async fn nats(
 /// Publishes over one WebSocket connection in the target's own protocol.
 pub struct Publisher {
     target: Target,
-    ws: futures_util::stream::SplitSink<Ws, Message>,
+    ws: Option<futures_util::stream::SplitSink<Ws, Message>>,
+    /// Publishing through rotor's server API instead (publications with tags).
+    api: Option<ApiConn>,
     next_id: u64,
     pub errors: Arc<AtomicU64>,
     /// rotor sent a ping (`{}`) that the next flush answers, or the server would close
@@ -893,15 +904,44 @@ impl Publisher {
         });
         Publisher {
             target,
-            ws: sink,
+            ws: Some(sink),
+            api: None,
             next_id: 2,
             errors,
             pinged,
         }
     }
 
+    /// A publisher through rotor's HTTP server API (`key`), each publication with these
+    /// `tags` (a JSON object), on one keep-alive connection, requests pipelined between
+    /// flushes.
+    pub async fn connect_api(addr: SocketAddr, key: &str, tags: &str) -> Publisher {
+        let stream = TcpStream::connect(addr)
+            .await
+            .expect("api publisher connects");
+        stream.set_nodelay(true).ok();
+        Publisher {
+            target: Target::RotorWs,
+            ws: None,
+            api: Some(ApiConn {
+                stream: tokio::io::BufReader::new(stream),
+                out: Vec::new(),
+                pending: 0,
+                key: key.to_string(),
+                tags: tags.to_string(),
+            }),
+            next_id: 0,
+            errors: Arc::new(AtomicU64::new(0)),
+            pinged: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
     /// Queues one publication (sent on the next `flush`).
     pub async fn feed(&mut self, channel: &str, data: &str) {
+        if let Some(api) = &mut self.api {
+            api.feed(channel, data);
+            return;
+        }
         let msg = match self.target {
             Target::Ceiling => Message::text(format!("{channel}\n{data}")),
             Target::Nats => {
@@ -915,14 +955,103 @@ impl Publisher {
                 ))
             }
         };
-        self.ws.feed(msg).await.expect("publish");
+        let ws = self.ws.as_mut().expect("a WebSocket publisher");
+        ws.feed(msg).await.expect("publish");
     }
 
     pub async fn flush(&mut self) {
-        if self.pinged.swap(false, Ordering::Relaxed) {
-            self.ws.feed(Message::text("{}")).await.expect("pong");
+        if let Some(api) = &mut self.api {
+            let failed = api.flush().await;
+            self.errors.fetch_add(failed, Ordering::Relaxed);
+            return;
         }
-        self.ws.flush().await.expect("flush");
+        let ws = self.ws.as_mut().expect("a WebSocket publisher");
+        if self.pinged.swap(false, Ordering::Relaxed) {
+            ws.feed(Message::text("{}")).await.expect("pong");
+        }
+        ws.flush().await.expect("flush");
+    }
+}
+
+/// An HTTP/1.1 keep-alive connection to rotor's server API.
+struct ApiConn {
+    stream: tokio::io::BufReader<TcpStream>,
+    /// Requests queued since the last flush.
+    out: Vec<u8>,
+    pending: usize,
+    key: String,
+    tags: String,
+}
+
+impl ApiConn {
+    fn feed(&mut self, channel: &str, data: &str) {
+        let body = format!(
+            "{{\"channel\":\"{channel}\",\"data\":{data},\"tags\":{}}}",
+            self.tags
+        );
+        self.out.extend_from_slice(
+            format!(
+                "POST /api/publish HTTP/1.1\r\nhost: rotor\r\nx-api-key: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                self.key,
+                body.len()
+            )
+            .as_bytes(),
+        );
+        self.pending += 1;
+    }
+
+    /// Sends what was queued and reads every answer; returns how many failed.
+    async fn flush(&mut self) -> u64 {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        self.stream
+            .get_mut()
+            .write_all(&self.out)
+            .await
+            .expect("api publish");
+        self.out.clear();
+        let mut failed = 0;
+        for _ in 0..std::mem::take(&mut self.pending) {
+            let (mut status, mut length, mut line) = (0u16, 0usize, String::new());
+            loop {
+                line.clear();
+                let n = self.stream.read_line(&mut line).await.expect("api answer");
+                assert!(n > 0, "the server closed the API connection");
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some(code) = l.strip_prefix("HTTP/1.1 ") {
+                    status = code.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                } else if let Some((name, value)) = l.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            self.stream
+                .read_exact(&mut body)
+                .await
+                .expect("api answer body");
+            if status != 200 || body.windows(7).any(|w| w == b"\"error\"") {
+                failed += 1;
+            }
+        }
+        failed
+    }
+}
+
+/// Tags filters subscribers of a filtered fan-out use, with tags every publication
+/// carries that pass them (so deliveries are the same as without a filter): `simple`, one
+/// comparison; `complex`, an `and` of a set, a number and a negation.
+pub fn tags_filter(kind: &str) -> (&'static str, &'static str) {
+    const TAGS: &str = r#"{"ticker":"BTC","price":"50123.5","region":"eu","venue":"x"}"#;
+    match kind {
+        "simple" => (r#"{"key":"ticker","cmp":"eq","val":"BTC"}"#, TAGS),
+        _ => (
+            r#"{"op":"and","nodes":[{"key":"ticker","cmp":"in","vals":["ETH","BTC","SOL"]},{"key":"price","cmp":"gt","val":"50000"},{"op":"not","nodes":[{"key":"region","cmp":"eq","val":"us"}]}]}"#,
+            TAGS,
+        ),
     }
 }
 

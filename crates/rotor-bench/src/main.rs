@@ -12,6 +12,7 @@
 mod backend;
 mod churn;
 mod cli;
+mod delta;
 mod fanout;
 mod harness;
 mod idle;
@@ -42,6 +43,11 @@ fn main() {
                 max_kib,
             } => idle::idle(common, counts, shape, max_kib).await,
             Cmd::Fanout(args) => fanout::fanout(args).await,
+            Cmd::Delta {
+                common,
+                sizes,
+                publications,
+            } => delta::delta(common, sizes, publications).await,
             Cmd::Churn {
                 common,
                 alg,

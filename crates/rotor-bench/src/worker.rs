@@ -34,6 +34,7 @@ pub(crate) async fn worker(
             .pool_max_idle_per_host(64)
             .build()
             .expect("http client"),
+        tags_filter: std::env::var("BENCH_TAGS_FILTER").ok(),
     });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let start = Instant::now();
