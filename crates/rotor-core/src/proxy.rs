@@ -154,6 +154,10 @@ pub struct PublishGrant {
     pub data: Option<Raw>,
     /// Publish without keeping it in history.
     pub skip_history: bool,
+    /// A repeat with this key within the window publishes nothing (idempotent publish).
+    pub idempotency_key: Option<String>,
+    /// Delta subscribers get a delta against the previous publication.
+    pub delta: bool,
 }
 
 /// What the backend answered.

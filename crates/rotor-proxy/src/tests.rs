@@ -246,6 +246,8 @@ async fn publish_data_present_replaces_even_when_null() {
         match b["channel"].as_str() {
             Some("null") => json!({"result": {"data": null}}),
             Some("b64") => json!({"result": {"b64data": "eyJ4IjoxfQ==", "skip_history": true}}),
+            Some("keyed") => json!({"result": {"idempotency_key": "k1", "delta": true}}),
+            Some("nulls") => json!({"result": {"idempotency_key": null, "delta": null}}),
             _ => json!({"result": {}}),
         }
         .to_string()
@@ -260,6 +262,11 @@ async fn publish_data_present_replaces_even_when_null() {
     assert!(g.skip_history);
     let g = granted(proxy.publish(&caller(), "keep", &data).await);
     assert!(g.data.is_none() && !g.skip_history);
+    assert!(g.idempotency_key.is_none() && !g.delta);
+    let g = granted(proxy.publish(&caller(), "keyed", &data).await);
+    assert_eq!((g.idempotency_key.as_deref(), g.delta), (Some("k1"), true));
+    let g = granted(proxy.publish(&caller(), "nulls", &data).await);
+    assert!(g.idempotency_key.is_none() && !g.delta);
 }
 
 #[tokio::test]

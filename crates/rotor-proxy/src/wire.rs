@@ -303,6 +303,10 @@ pub(crate) struct WirePublish {
     b64data: Option<String>,
     #[serde(deserialize_with = "nullable")]
     skip_history: bool,
+    #[serde(deserialize_with = "nullable")]
+    idempotency_key: String,
+    #[serde(deserialize_with = "nullable")]
+    delta: bool,
 }
 
 /// A field that is present, whatever its value.
@@ -321,6 +325,8 @@ pub(crate) fn publish_grant(w: WirePublish) -> Result<PublishGrant, ProxyError> 
     Ok(PublishGrant {
         data,
         skip_history: w.skip_history,
+        idempotency_key: Some(w.idempotency_key).filter(|k| !k.is_empty()),
+        delta: w.delta,
     })
 }
 

@@ -159,6 +159,8 @@ fn app(
         "publish" => match body["data"]["text"].as_str() {
             Some("spam") => json!({"error": {"code": 1400, "message": "no spam"}}),
             Some("ephemeral") => json!({"result": {"skip_history": true}}),
+            // The backend names the order: a client's retry publishes nothing.
+            Some(t) if t.starts_with("order-") => json!({"result": {"idempotency_key": t}}),
             Some(text) => {
                 json!({"result": {"data": {"text": text.to_uppercase(), "checked": true}}})
             }
@@ -295,6 +297,27 @@ async fn js_connects_by_cookie_and_the_backend_decides_subscribe_publish_and_rpc
         .collect();
     assert_eq!(texts, vec![&json!("HELLO")], "{h}");
 
+    // An idempotency key from the backend: the retry is answered, nothing is published.
+    for _ in 0..2 {
+        cmd(
+            &mut s,
+            json!({"op": "publish", "channel": "px:public", "data": {"text": "order-7"}}),
+        )
+        .await;
+    }
+    let (_, h) = server
+        .api("history", json!({"channel": "px:public", "limit": 10}))
+        .await;
+    let texts: Vec<&Value> = h["result"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["data"]["text"])
+        .collect();
+    assert_eq!(texts, vec![&json!("HELLO"), &json!("order-7")], "{h}");
+    let p = s.expect("publication", T).await;
+    assert_eq!(p["data"], json!({"text": "order-7"}), "{p}");
+
     // RPC: the backend's data, or its error.
     let r = cmd(
         &mut s,
@@ -315,7 +338,8 @@ async fn js_connects_by_cookie_and_the_backend_decides_subscribe_publish_and_rpc
     for (kind, n) in [
         ("connect", 1.0),
         ("subscribe", 2.0),
-        ("publish", 3.0),
+        // hello, spam, ephemeral, and order-7 twice (the backend is asked each time).
+        ("publish", 5.0),
         ("rpc", 2.0),
     ] {
         let key = format!("rotor_proxy_calls_total{{name=\"default\",type=\"{kind}\"}}");

@@ -356,7 +356,8 @@ impl Session {
     }
 
     /// A publish with a publish proxy: the backend decides instead of the allow_publish_*
-    /// options and may replace the data or keep the publication out of history.
+    /// options and may replace the data, keep the publication out of history, give it an
+    /// idempotency key or ask for deltas.
     async fn publish(&mut self, req: PublishRequest) -> CommandResult {
         let opts = self.node.channel_options(&req.channel)?;
         let proxy = self.node.proxies().publish_for(&opts).cloned();
@@ -365,7 +366,7 @@ impl Session {
         }
         self.publication_size_ok(&req.data)?;
         let mut data = req.data;
-        let mut skip_history = false;
+        let mut options = self.publish_options(&req.channel, false);
         if let Some(proxy) = proxy {
             let caller = self.caller();
             let answer = self
@@ -379,10 +380,11 @@ impl Session {
                 if let Some(d) = grant.data {
                     data = d;
                 }
-                skip_history = grant.skip_history;
+                options.skip_history = grant.skip_history;
+                options.idempotency_key = grant.idempotency_key;
+                options.delta = grant.delta;
             }
         }
-        let options = self.publish_options(&req.channel, skip_history);
         self.node.publish(&req.channel, data, options).await?;
         Ok(publish_reply())
     }

@@ -164,6 +164,8 @@ impl Proxy for Backend {
         self.answer("publish", seen, |v| PublishGrant {
             data: raw(&v["data"]),
             skip_history: false,
+            idempotency_key: v["idempotency_key"].as_str().map(String::from),
+            delta: false,
         })
         .await
     }
