@@ -117,15 +117,18 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) async fn spawn(
-        target: Target,
+        common: &Common,
         addrs: &[SocketAddr],
         from: u64,
         count: usize,
         stride: u64,
         token: &str,
         personal: bool,
-        tags_filter: Option<&str>,
     ) -> Worker {
+        let target = common.target;
+        let tags_filter = common
+            .tags_filter
+            .map(|k| rotor_bench::load::tags_filter(k.name()).0);
         let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
         let mut child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
             .args(["worker", "--target", target.name()])
@@ -190,21 +193,8 @@ pub(crate) async fn add_workers(
     let mut at = 0;
     while at < count {
         let n = common.per_worker.min(count - at);
-        workers.push(
-            Worker::spawn(
-                common.target,
-                addrs,
-                from + at as u64,
-                n,
-                stride,
-                token,
-                personal,
-                common
-                    .tags_filter
-                    .map(|k| rotor_bench::load::tags_filter(k.name()).0),
-            )
-            .await,
-        );
+        workers
+            .push(Worker::spawn(common, addrs, from + at as u64, n, stride, token, personal).await);
         at += n;
     }
     let hellos = futures_util::future::join_all(workers.iter_mut().map(|w| w.read())).await;

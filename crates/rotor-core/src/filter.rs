@@ -16,11 +16,12 @@ pub const MAX_DEPTH: usize = 32;
 /// publication of the channel, on the fan-out path.
 pub const MAX_ITEMS: usize = 1024;
 
-/// A checked filter, ready to run.
-#[derive(Debug, Clone, PartialEq)]
+/// A checked filter, ready to run. Equal filters are equal values (and hash alike), so
+/// the hub keeps one copy per channel of the filters its subscribers share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TagsFilter(Node);
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Node {
     And(Vec<Node>),
     Or(Vec<Node>),
@@ -28,7 +29,7 @@ enum Node {
     Leaf { key: String, cmp: Cmp },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Cmp {
     Eq(String),
     Neq(String),
@@ -199,7 +200,7 @@ impl Node {
 
 /// An exact decimal number (`-12.50`, `+3`, `.5`): its sign, and its digits without leading
 /// zeros before the point and trailing zeros after it, so that equal numbers are equal.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Decimal {
     negative: bool,
     int: String,

@@ -561,15 +561,42 @@ pub(crate) enum DeltaBase {
 }
 
 impl Subscriber {
-    /// Whether `push` goes to this subscriber.
-    fn wants(&self, push: &Push, only_join_leave: bool) -> bool {
+    /// Whether `push` goes to this subscriber (`memo`: the filters this push has met).
+    fn wants(&self, push: &Push, only_join_leave: bool, memo: &Memo) -> bool {
         if only_join_leave {
             return self.join_leave;
         }
         match (&self.filter, &push.publication) {
-            (Some(f), Some(p)) => f.matches(&p.tags),
+            (Some(f), Some(p)) => memo.matches(f, &p.tags),
             _ => true,
         }
+    }
+}
+
+/// What the distinct filters of a channel said of one publication: subscribers share
+/// their channel's copy of equal filters, so each runs once, however many use it.
+#[derive(Default)]
+struct Memo(std::cell::RefCell<Vec<(*const TagsFilter, bool)>>);
+
+/// Distinct filters remembered per publication (more are run for each subscriber).
+const MEMO: usize = 32;
+
+impl Memo {
+    fn matches(
+        &self,
+        f: &Arc<TagsFilter>,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        let key = Arc::as_ptr(f);
+        let mut seen = self.0.borrow_mut();
+        if let Some(&(_, m)) = seen.iter().find(|(k, _)| *k == key) {
+            return m;
+        }
+        let m = f.matches(tags);
+        if seen.len() < MEMO {
+            seen.push((key, m));
+        }
+        m
     }
 }
 
@@ -734,25 +761,71 @@ struct Channel {
     /// its next free slot.
     chunk: std::sync::Weak<Chunk>,
     next: u16,
-    /// Only while some subscriber negotiated delta compression.
-    delta: Option<Box<DeltaChannel>>,
+    /// Only while some subscriber negotiated deltas or has a tags filter.
+    extras: Option<Box<Extras>>,
+}
+
+/// What a channel keeps for its subscribers' options, only while one uses them.
+#[derive(Default)]
+struct Extras {
+    /// While some subscriber negotiated delta compression.
+    delta: Option<DeltaChannel>,
+    /// The subscribers' tags filters, one `Arc` per distinct filter: a publication runs
+    /// each distinct filter once, however many subscribers share it.
+    filters: std::collections::HashSet<Arc<TagsFilter>>,
 }
 
 impl Channel {
+    fn delta_mut(&mut self) -> Option<&mut DeltaChannel> {
+        self.extras.as_deref_mut().and_then(|e| e.delta.as_mut())
+    }
+
     /// Counts a delta subscriber in (`by` 1) or out (-1).
     fn count_delta(&mut self, base: DeltaBase, by: i32) {
         if base == DeltaBase::Off {
             return;
         }
-        let d = self.delta.get_or_insert_with(|| {
-            Box::new(DeltaChannel {
-                subscribers: 0,
-                prev: None,
-            })
+        let extras = self.extras.get_or_insert_with(Default::default);
+        let d = extras.delta.get_or_insert(DeltaChannel {
+            subscribers: 0,
+            prev: None,
         });
         d.subscribers = d.subscribers.saturating_add_signed(by);
         if d.subscribers == 0 {
-            self.delta = None;
+            extras.delta = None;
+        }
+        self.drop_empty_extras();
+    }
+
+    /// The channel's copy of a filter equal to `f` (`f` itself when it is the first).
+    fn intern(&mut self, f: Arc<TagsFilter>) -> Arc<TagsFilter> {
+        let extras = self.extras.get_or_insert_with(Default::default);
+        if let Some(known) = extras.filters.get(&*f) {
+            return known.clone();
+        }
+        extras.filters.insert(f.clone());
+        f
+    }
+
+    /// A subscriber with this filter is gone: the filter goes with its last user.
+    fn release(&mut self, f: Option<&Arc<TagsFilter>>) {
+        let (Some(f), Some(extras)) = (f, self.extras.as_deref_mut()) else {
+            return;
+        };
+        // The channel's copy and the leaving subscriber's.
+        if Arc::strong_count(f) <= 2 {
+            extras.filters.remove(&**f);
+        }
+        self.drop_empty_extras();
+    }
+
+    fn drop_empty_extras(&mut self) {
+        if self
+            .extras
+            .as_ref()
+            .is_some_and(|e| e.delta.is_none() && e.filters.is_empty())
+        {
+            self.extras = None;
         }
     }
 }
@@ -874,23 +947,33 @@ impl Hub {
         let protobuf = u32::from(client.protocol() == Protocol::Protobuf);
         let ch = match shard.channels.get_mut(channel) {
             Some(ch) => {
+                let mut subscriber = subscriber;
+                subscriber.filter = subscriber.filter.map(|f| ch.intern(f));
                 if let Some(old) = ch.subs.insert(key(client), subscriber) {
                     ch.protobuf -= u32::from(old.client.protocol() == Protocol::Protobuf);
                     ch.count_delta(old.delta, -1);
+                    ch.release(old.filter.as_ref());
                 }
                 ch.protobuf += protobuf;
                 ch
             }
             None => {
                 let name: Arc<str> = Arc::from(channel);
-                shard.channels.entry(name.clone()).or_insert(Channel {
+                let ch = shard.channels.entry(name.clone()).or_insert(Channel {
                     name,
                     subs: OneOrMany::One(key(client), subscriber),
                     protobuf,
                     chunk: std::sync::Weak::new(),
                     next: 0,
-                    delta: None,
-                })
+                    extras: None,
+                });
+                // The channel's first filter is its own copy.
+                if let OneOrMany::One(_, sub) = &ch.subs {
+                    if let Some(f) = sub.filter.clone() {
+                        ch.intern(f);
+                    }
+                }
+                ch
             }
         };
         ch.count_delta(delta, 1);
@@ -915,7 +998,7 @@ impl Hub {
                 sub.delta = DeltaBase::HasBase;
             }
         }
-        if let (Some(d), Some((offset, data))) = (ch.delta.as_deref_mut(), base) {
+        if let (Some(d), Some((offset, data))) = (ch.delta_mut(), base) {
             if d.prev.as_ref().is_none_or(|(known, _)| *known < offset) {
                 d.prev = Some((offset, Bytes::from(data)));
             }
@@ -933,6 +1016,7 @@ impl Hub {
         };
         ch.protobuf -= u32::from(gone.client.protocol() == Protocol::Protobuf);
         ch.count_delta(gone.delta, -1);
+        ch.release(gone.filter.as_ref());
         if ch.subs.is_empty() {
             shard.channels.remove(channel);
             return true;
@@ -944,9 +1028,10 @@ impl Hub {
     /// publication only to those whose tags filter it passes), encoded once per protocol the
     /// channel's subscribers speak, and only when it has local subscribers.
     pub(crate) fn broadcast(&self, channel: &str, push: &Push, only_join_leave: bool) -> usize {
+        let memo = Memo::default();
         self.broadcast_with(
             channel,
-            |sub| sub.wants(push, only_join_leave),
+            |sub| sub.wants(push, only_join_leave, &memo),
             |wanted| Encoded::of(push, wanted),
         )
     }
@@ -969,13 +1054,15 @@ impl Hub {
             return 0;
         };
         let encode = |wanted| Encoded::of(push, wanted);
-        let Some(d) = ch.delta.as_deref_mut() else {
-            return fan_out(ch, |sub| sub.wants(push, false), encode);
+        let memo = Memo::default();
+        let delta = ch.extras.as_deref_mut().and_then(|e| e.delta.as_mut());
+        let Some(d) = delta else {
+            return fan_out(ch, |sub| sub.wants(push, false, &memo), encode);
         };
         let sent = deltas::send(&ch.name, &mut ch.subs, d, push, publication, use_delta);
         sent + fan_out(
             ch,
-            |sub| sub.delta == DeltaBase::Off && sub.wants(push, false),
+            |sub| sub.delta == DeltaBase::Off && sub.wants(push, false, &memo),
             encode,
         )
     }
@@ -1283,11 +1370,28 @@ mod tests {
             });
             got
         };
-        let (all, some) = (texts(&all), texts(&some));
-        assert_eq!(all.len(), 4);
-        assert_eq!(some.len(), 2);
-        assert!(some[0].contains(r#""data":1"#), "{some:?}");
-        assert!(some[1].contains(r#""join""#), "{some:?}");
+        let (all_got, some_got) = (texts(&all), texts(&some));
+        assert_eq!(all_got.len(), 4);
+        assert_eq!(some_got.len(), 2);
+        assert!(some_got[0].contains(r#""data":1"#), "{some_got:?}");
+        assert!(some_got[1].contains(r#""join""#), "{some_got:?}");
+
+        // Equal filters are one copy in the channel (run once per publication), gone with
+        // their last subscriber.
+        let other = handle(1 << 20);
+        let again = TagsFilter::compile(&only_yes).unwrap();
+        hub.subscribe("x", &other, false, false, Some(Arc::new(again)));
+        let copies = |hub: &Hub| {
+            let shard = lock(hub.shard("x"));
+            shard.channels["x"].extras.as_ref().map(|e| e.filters.len())
+        };
+        assert_eq!(copies(&hub), Some(1));
+        assert_eq!(hub.broadcast("x", &publication(4, Some("yes")), false), 3);
+        assert_eq!(hub.broadcast("x", &publication(5, Some("no")), false), 1);
+        hub.unsubscribe("x", &some);
+        assert_eq!(copies(&hub), Some(1), "still used");
+        hub.unsubscribe("x", &other);
+        assert_eq!(copies(&hub), None, "the last user took it");
     }
 
     /// A delta subscriber gets its first publication full (as a JSON string) and the next

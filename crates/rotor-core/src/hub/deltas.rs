@@ -41,7 +41,7 @@ pub(super) fn send(
     };
     let mut sent = 0;
     for sub in subs.values_mut() {
-        if sub.delta == DeltaBase::Off || !sub.wants(push, false) {
+        if sub.delta == DeltaBase::Off || !sub.wants(push, false, &super::Memo::default()) {
             continue;
         }
         let protocol = sub.client.protocol();
