@@ -21,6 +21,19 @@ enum Backend {
     Redis,
 }
 
+/// One test per backend for a flow `async fn(test: &str, Backend)`, each named as given
+/// (the name also names its Postgres schema or Redis prefix).
+macro_rules! per_backend {
+    ($flow:ident: $($name:ident => $backend:ident),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $flow(stringify!($name), Backend::$backend).await;
+            }
+        )+
+    };
+}
+
 /// A server on one backend, and what to clean up after it.
 struct Setup {
     server: TestServer,
@@ -339,20 +352,11 @@ async fn cache_recovery_flow(test: &str, backend: Backend) {
     setup.stop().await;
 }
 
-#[tokio::test]
-async fn js_cache_recovery_on_memory() {
-    cache_recovery_flow("cache_js_mem", Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn js_cache_recovery_on_postgres() {
-    cache_recovery_flow("cache_js_pg", Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn js_cache_recovery_on_redis() {
-    cache_recovery_flow("cache_js_redis", Backend::Redis).await;
-}
+per_backend!(cache_recovery_flow:
+    js_cache_recovery_on_memory => Memory,
+    js_cache_recovery_on_postgres => Postgres,
+    js_cache_recovery_on_redis => Redis,
+);
 
 /// With `auto_cache_recover` every subscriber gets the latest state without asking:
 /// centrifuge-python (which has no way to ask on a first subscribe), and a server-side
@@ -387,20 +391,11 @@ async fn auto_cache_recover_flow(test: &str, backend: Backend) {
     setup.stop().await;
 }
 
-#[tokio::test]
-async fn auto_cache_recover_on_memory() {
-    auto_cache_recover_flow("autocache_mem", Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn auto_cache_recover_on_postgres() {
-    auto_cache_recover_flow("autocache_pg", Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn auto_cache_recover_on_redis() {
-    auto_cache_recover_flow("autocache_redis", Backend::Redis).await;
-}
+per_backend!(auto_cache_recover_flow:
+    auto_cache_recover_on_memory => Memory,
+    auto_cache_recover_on_postgres => Postgres,
+    auto_cache_recover_on_redis => Redis,
+);
 
 /// The server API's `publish` and `broadcast` with an `idempotency_key` (through `cent`):
 /// the repeat returns the first result and publishes nothing, also when it reaches another
@@ -467,20 +462,11 @@ async fn idempotency_flow(test: &str, backend: Backend) {
     setup.stop().await;
 }
 
-#[tokio::test]
-async fn idempotent_publish_on_memory() {
-    idempotency_flow("idem_mem", Backend::Memory).await;
-}
-
-#[tokio::test]
-async fn idempotent_publish_across_nodes_on_postgres() {
-    idempotency_flow("idem_pg", Backend::Postgres).await;
-}
-
-#[tokio::test]
-async fn idempotent_publish_across_nodes_on_redis() {
-    idempotency_flow("idem_redis", Backend::Redis).await;
-}
+per_backend!(idempotency_flow:
+    idempotent_publish_on_memory => Memory,
+    idempotent_publish_across_nodes_on_postgres => Postgres,
+    idempotent_publish_across_nodes_on_redis => Redis,
+);
 
 /// A namespace whose subscribers may ask for fossil deltas (`delta_publish`: every
 /// publication asks for them).

@@ -229,6 +229,19 @@ async fn connected(s: &mut Script) -> Value {
     s.expect("connected", T).await
 }
 
+/// The `text` of every publication in a channel's history, oldest first.
+async fn history_texts(server: &TestServer, channel: &str) -> Vec<String> {
+    let (_, h) = server
+        .api("history", json!({"channel": channel, "limit": 10}))
+        .await;
+    h["result"]["publications"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{h}"))
+        .iter()
+        .map(|p| p["data"]["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 #[tokio::test]
 async fn js_connects_by_cookie_and_the_backend_decides_subscribe_publish_and_rpc() {
     if !sdks_available("js_connects_by_cookie") {
@@ -286,16 +299,7 @@ async fn js_connects_by_cookie_and_the_backend_decides_subscribe_publish_and_rpc
     .await;
     let p = s.expect("publication", T).await;
     assert_eq!(p["data"], json!({"text": "ephemeral"}), "{p}");
-    let (_, h) = server
-        .api("history", json!({"channel": "px:public", "limit": 10}))
-        .await;
-    let texts: Vec<&Value> = h["result"]["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["data"]["text"])
-        .collect();
-    assert_eq!(texts, vec![&json!("HELLO")], "{h}");
+    assert_eq!(history_texts(&server, "px:public").await, ["HELLO"]);
 
     // An idempotency key from the backend: the retry is answered, nothing is published.
     for _ in 0..2 {
@@ -305,16 +309,10 @@ async fn js_connects_by_cookie_and_the_backend_decides_subscribe_publish_and_rpc
         )
         .await;
     }
-    let (_, h) = server
-        .api("history", json!({"channel": "px:public", "limit": 10}))
-        .await;
-    let texts: Vec<&Value> = h["result"]["publications"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["data"]["text"])
-        .collect();
-    assert_eq!(texts, vec![&json!("HELLO"), &json!("order-7")], "{h}");
+    assert_eq!(
+        history_texts(&server, "px:public").await,
+        ["HELLO", "order-7"]
+    );
     let p = s.expect("publication", T).await;
     assert_eq!(p["data"], json!({"text": "order-7"}), "{p}");
 
