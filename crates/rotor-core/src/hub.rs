@@ -605,6 +605,28 @@ impl Memo {
 struct DeltaChannel {
     subscribers: u32,
     prev: Option<(u64, Bytes)>,
+    /// A publication passed since the channel had delta subscribers: `prev` (or its
+    /// absence, after a publication without an offset) is what they were sent.
+    seen: bool,
+    /// Subscribers that need a full publication, by client key: the offset it must be
+    /// past to count (their subscribe's position: a live publication at or before it is
+    /// dropped by the session, see `CaughtUp`). Until the subscribe says, none counts.
+    after: HashMap<usize, u64>,
+}
+
+impl DeltaChannel {
+    /// Whether a full publication at `offset`, just queued to subscriber `key`, is its
+    /// base from now on.
+    fn full_counts(&mut self, key: usize, offset: u64) -> bool {
+        match self.after.get(&key) {
+            Some(&after) if offset > after && offset > 0 => {
+                self.after.remove(&key);
+                true
+            }
+            Some(_) => false,
+            None => offset > 0,
+        }
+    }
 }
 
 /// A map that most of the time holds one entry, kept inline without a map: a channel's
@@ -680,10 +702,10 @@ impl<K: std::hash::Hash + Eq, V> OneOrMany<K, V> {
         self.iter().map(|(_, v)| v)
     }
 
-    fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
         let (one, many) = match self {
-            OneOrMany::One(_, v) => (Some(v), None),
-            OneOrMany::Many(map) => (None, Some(map.values_mut())),
+            OneOrMany::One(k, v) => (Some((&*k, v)), None),
+            OneOrMany::Many(map) => (None, Some(map.iter_mut())),
         };
         one.into_iter().chain(many.into_iter().flatten())
     }
@@ -770,9 +792,10 @@ struct Channel {
 struct Extras {
     /// While some subscriber negotiated delta compression.
     delta: Option<DeltaChannel>,
-    /// The subscribers' tags filters, one `Arc` per distinct filter: a publication runs
-    /// each distinct filter once, however many subscribers share it.
-    filters: std::collections::HashSet<Arc<TagsFilter>>,
+    /// The subscribers' tags filters, one `Arc` per distinct filter with how many
+    /// subscribers use it: a publication runs each distinct filter once, however many
+    /// subscribers share it.
+    filters: HashMap<Arc<TagsFilter>, u32>,
 }
 
 impl Channel {
@@ -780,8 +803,9 @@ impl Channel {
         self.extras.as_deref_mut().and_then(|e| e.delta.as_mut())
     }
 
-    /// Counts a delta subscriber in (`by` 1) or out (-1).
-    fn count_delta(&mut self, base: DeltaBase, by: i32) {
+    /// Counts delta subscriber `key` in (`by` 1: it needs a full publication, and none
+    /// counts until its subscribe says from where) or out (-1).
+    fn count_delta(&mut self, base: DeltaBase, key: usize, by: i32) {
         if base == DeltaBase::Off {
             return;
         }
@@ -789,21 +813,31 @@ impl Channel {
         let d = extras.delta.get_or_insert(DeltaChannel {
             subscribers: 0,
             prev: None,
+            seen: false,
+            after: HashMap::new(),
         });
         d.subscribers = d.subscribers.saturating_add_signed(by);
+        if by > 0 {
+            d.after.insert(key, u64::MAX);
+        } else {
+            d.after.remove(&key);
+        }
         if d.subscribers == 0 {
             extras.delta = None;
         }
         self.drop_empty_extras();
     }
 
-    /// The channel's copy of a filter equal to `f` (`f` itself when it is the first).
+    /// The channel's copy of a filter equal to `f` (`f` itself when it is the first), for
+    /// one more subscriber.
     fn intern(&mut self, f: Arc<TagsFilter>) -> Arc<TagsFilter> {
         let extras = self.extras.get_or_insert_with(Default::default);
-        if let Some(known) = extras.filters.get(&*f) {
-            return known.clone();
+        if let Some((known, users)) = extras.filters.get_key_value(&*f) {
+            let known = known.clone();
+            extras.filters.insert(known.clone(), users + 1);
+            return known;
         }
-        extras.filters.insert(f.clone());
+        extras.filters.insert(f.clone(), 1);
         f
     }
 
@@ -812,9 +846,11 @@ impl Channel {
         let (Some(f), Some(extras)) = (f, self.extras.as_deref_mut()) else {
             return;
         };
-        // The channel's copy and the leaving subscriber's.
-        if Arc::strong_count(f) <= 2 {
-            extras.filters.remove(&**f);
+        if let Some(users) = extras.filters.get_mut(&**f) {
+            *users -= 1;
+            if *users == 0 {
+                extras.filters.remove(&**f);
+            }
         }
         self.drop_empty_extras();
     }
@@ -951,7 +987,7 @@ impl Hub {
                 subscriber.filter = subscriber.filter.map(|f| ch.intern(f));
                 if let Some(old) = ch.subs.insert(key(client), subscriber) {
                     ch.protobuf -= u32::from(old.client.protocol() == Protocol::Protobuf);
-                    ch.count_delta(old.delta, -1);
+                    ch.count_delta(old.delta, key(client), -1);
                     ch.release(old.filter.as_ref());
                 }
                 ch.protobuf += protobuf;
@@ -976,31 +1012,50 @@ impl Hub {
                 ch
             }
         };
-        ch.count_delta(delta, 1);
+        ch.count_delta(delta, key(client), 1);
         first
     }
 
-    /// Says that a delta subscriber has the channel's latest publication (recovered with
-    /// its subscribe; `base`: its offset and data, when known): its next publication may
-    /// be a delta. The channel keeps `base` when it has no later one.
-    pub(crate) fn delta_base_recovered(
+    /// Where a delta subscriber's subscribe left it: `after`, its position (a full
+    /// publication past it becomes its base), or `recovered`: it has the channel's latest
+    /// publication (the base, when known: its offset and data), so its next publication
+    /// may be a delta. A channel that has passed no publication since its delta
+    /// subscribers came takes that base as its own.
+    pub(crate) fn delta_position(
         &self,
         channel: &str,
         client: &Arc<ClientHandle>,
-        base: Option<(u64, Vec<u8>)>,
+        after: u64,
+        recovered: Option<Option<(u64, Vec<u8>)>>,
     ) {
         let mut shard = lock(self.shard(channel));
         let Some(ch) = shard.channels.get_mut(channel) else {
             return;
         };
-        if let Some(sub) = ch.subs.get_mut(&key(client)) {
-            if sub.delta == DeltaBase::NeedsFull {
-                sub.delta = DeltaBase::HasBase;
-            }
+        let k = key(client);
+        let Some(sub) = ch.subs.get_mut(&k) else {
+            return;
+        };
+        if sub.delta == DeltaBase::Off {
+            return;
         }
-        if let (Some(d), Some((offset, data))) = (ch.delta_mut(), base) {
-            if d.prev.as_ref().is_none_or(|(known, _)| *known < offset) {
-                d.prev = Some((offset, Bytes::from(data)));
+        let has_base = recovered.is_some() && sub.delta == DeltaBase::NeedsFull;
+        if has_base {
+            sub.delta = DeltaBase::HasBase;
+        }
+        let Some(d) = ch.delta_mut() else { return };
+        match recovered {
+            Some(base) if has_base => {
+                d.after.remove(&k);
+                if let (false, Some((offset, data))) = (d.seen, base) {
+                    d.prev = Some((offset, Bytes::from(data)));
+                }
+            }
+            Some(_) => {}
+            None => {
+                if let Some(a) = d.after.get_mut(&k) {
+                    *a = after;
+                }
             }
         }
     }
@@ -1015,7 +1070,7 @@ impl Hub {
             return false;
         };
         ch.protobuf -= u32::from(gone.client.protocol() == Protocol::Protobuf);
-        ch.count_delta(gone.delta, -1);
+        ch.count_delta(gone.delta, key(client), -1);
         ch.release(gone.filter.as_ref());
         if ch.subs.is_empty() {
             shard.channels.remove(channel);
@@ -1060,6 +1115,9 @@ impl Hub {
             return fan_out(ch, |sub| sub.wants(push, false, &memo), encode);
         };
         let sent = deltas::send(&ch.name, &mut ch.subs, d, push, publication, use_delta);
+        if d.subscribers as usize == ch.subs.len() {
+            return sent;
+        }
         sent + fan_out(
             ch,
             |sub| sub.delta == DeltaBase::Off && sub.wants(push, false, &memo),
@@ -1403,6 +1461,8 @@ mod tests {
         let (plain, delta) = (handle(1 << 20), handle(1 << 20));
         hub.subscribe("d", &plain, false, false, None);
         hub.subscribe("d", &delta, false, true, None);
+        // Subscribed at the stream's start (not recovering).
+        hub.delta_position("d", &delta, 0, None);
         let doc = |n: u64| format!(r#"{{"n":{n},"text":"{}"}}"#, "same words ".repeat(20));
         let publish = |n: u64, use_delta: bool| {
             let push = Push {
@@ -1448,6 +1508,43 @@ mod tests {
             };
             assert_eq!(String::from_utf8(base.clone()).unwrap(), doc(n));
         }
+    }
+
+    /// A delta subscriber's base starts with a full publication past its subscribe's
+    /// position: the session drops live publications at or before it, so those cannot be
+    /// its base (until then it keeps getting full ones).
+    #[test]
+    fn a_delta_base_starts_past_the_subscribe_position() {
+        let hub = Hub::default();
+        let sub = handle(1 << 20);
+        hub.subscribe("p", &sub, false, true, None);
+        let doc = |n: u64| format!(r#"{{"n":{n},"text":"{}"}}"#, "same words ".repeat(20));
+        let publish = |n: u64| {
+            let push = Push {
+                channel: "p".into(),
+                publication: Some(rotor_protocol::Publication {
+                    data: rotor_protocol::Raw::from_json(&doc(n)).unwrap(),
+                    offset: n,
+                    ..Default::default()
+                }),
+                ..Push::default()
+            };
+            hub.broadcast_publication("p", &push, true);
+        };
+        publish(4); // between the hub's subscribe and the position: never a base
+        hub.delta_position("p", &sub, 5, None);
+        publish(5); // at the position: the session drops it
+        publish(6);
+        publish(7);
+        let mut deltas = Vec::new();
+        sub.take(|taken| {
+            if let Taken::Push { bytes, .. } = taken {
+                let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                deltas.push(v["push"]["pub"]["delta"] == true);
+            }
+            true
+        });
+        assert_eq!(deltas, [false, false, false, true]);
     }
 
     /// A channel's subscribers as they come and go: one kept inline, then a map, and the

@@ -111,7 +111,9 @@ pub fn apply(source: &[u8], delta: &[u8]) -> Result<Vec<u8>, FossilError> {
                 if take(&mut r, 1)? != b"," {
                     return Err(FossilError::Malformed("copy not ended by a comma"));
                 }
-                let (from, len) = (offset as usize, n as usize);
+                let too_big = |_| FossilError::CopyPastSource;
+                let from = usize::try_from(offset).map_err(too_big)?;
+                let len = usize::try_from(n).map_err(too_big)?;
                 let end = from.checked_add(len).ok_or(FossilError::CopyPastSource)?;
                 if end > source.len() {
                     return Err(FossilError::CopyPastSource);

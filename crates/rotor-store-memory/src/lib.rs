@@ -394,9 +394,12 @@ impl IdempotencyStore for MemoryIdempotency {
     }
 
     async fn release(&self, channel: &str, key: &str) -> Result<(), CoreError> {
-        lock(&self.inner)
-            .by_key
-            .remove(&(channel.to_owned(), key.to_owned()));
+        let mut r = lock(&self.inner);
+        let k = (channel.to_owned(), key.to_owned());
+        // Only a claim still on its way: a result another publish settled stays.
+        if r.by_key.get(&k).is_some_and(|(result, _)| result.is_none()) {
+            r.by_key.remove(&k);
+        }
         Ok(())
     }
 }

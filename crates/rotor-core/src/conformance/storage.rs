@@ -617,6 +617,12 @@ pub async fn idempotency_first_claim_wins(store: Arc<dyn IdempotencyStore>) {
         store.claim("ia", "k1", PENDING).await.unwrap(),
         Claim::Done(position(7))
     );
+    // A late release (of a claim that lapsed) leaves a settled result alone.
+    store.release("ia", "k1").await.unwrap();
+    assert_eq!(
+        store.claim("ia", "k1", PENDING).await.unwrap(),
+        Claim::Done(position(7))
+    );
     // Without history the result is an empty position, kept all the same.
     assert_eq!(
         store.claim("ia", "k2", PENDING).await.unwrap(),

@@ -31,6 +31,10 @@ pub(super) fn send(
     };
     // Offsets tell which publication a subscriber has; without history there is no base.
     d.prev = (p.offset > 0).then(|| (p.offset, Bytes::copy_from_slice(data)));
+    d.seen = true;
+    // A JSON subscriber reads the data as a string: bytes that are not UTF-8 reach it
+    // changed, so they are never its base.
+    let text = std::str::from_utf8(data).is_ok();
     let mut forms = Forms {
         push,
         patch_is_text: patch
@@ -40,13 +44,23 @@ pub(super) fn send(
         encoded: Default::default(),
     };
     let mut sent = 0;
-    for sub in subs.values_mut() {
+    for (&key, sub) in subs.iter_mut() {
         if sub.delta == DeltaBase::Off || !sub.wants(push, false, &super::Memo::default()) {
             continue;
         }
         let protocol = sub.client.protocol();
-        let bytes = forms.get(protocol, sub.delta == DeltaBase::HasBase);
-        sub.delta = DeltaBase::HasBase;
+        let has_base = sub.delta == DeltaBase::HasBase;
+        let bytes = forms.get(protocol, has_base);
+        // A delta keeps the base going; a full publication starts one, once it is past
+        // the subscribe's position (the session drops those at or before it).
+        let base = (has_base || d.full_counts(key, p.offset))
+            && (text || protocol == Protocol::Protobuf)
+            && p.offset > 0;
+        sub.delta = if base {
+            DeltaBase::HasBase
+        } else {
+            DeltaBase::NeedsFull
+        };
         sub.client.send_own(OwnPush {
             channel: channel.clone(),
             bytes,
@@ -69,6 +83,8 @@ struct Forms<'a> {
 }
 
 impl Forms<'_> {
+    /// The push for a subscriber of `protocol` (`has_base`: it has the previous
+    /// publication): a delta when there is one it can read.
     fn get(&mut self, protocol: Protocol, has_base: bool) -> Bytes {
         let json = protocol == Protocol::Json;
         let delta = has_base && self.patch.is_some() && (!json || self.patch_is_text);

@@ -330,7 +330,14 @@ impl Node {
                 None => self.latest(channel, opts, result.offset).await,
             };
             crate::hub::deltas::recovered(&mut result.publications, m.client.protocol());
-            self.inner.hub.delta_base_recovered(channel, m.client, base);
+            self.inner
+                .hub
+                .delta_position(channel, m.client, result.offset, Some(base));
+        } else if result.delta {
+            // Its first full publication past this position starts its base.
+            self.inner
+                .hub
+                .delta_position(channel, m.client, result.offset, None);
         }
         if opts.presence {
             let added = self
@@ -383,14 +390,17 @@ impl Node {
             let same = want.offset > 0 && want.offset == top && want.epoch == page.position.epoch;
             result.epoch = page.position.epoch;
             result.offset = top;
-            result.recovered = same || page.publications.first().is_some_and(|p| p.offset == top);
-            if result.recovered && !same {
-                result.publications = page
-                    .publications
-                    .into_iter()
-                    .filter(|p| filter.is_none_or(|f| f.matches(&p.tags)))
-                    .take(1)
-                    .collect();
+            // The state: the newest publication (that passes the filter), when history
+            // still has the stream's top.
+            let has_top = page.publications.first().is_some_and(|p| p.offset == top);
+            let state = page
+                .publications
+                .into_iter()
+                .find(|p| filter.is_none_or(|f| f.matches(&p.tags)))
+                .filter(|_| has_top);
+            result.recovered = same || state.is_some();
+            if !same {
+                result.publications = state.into_iter().collect();
             }
             return Ok(());
         }
