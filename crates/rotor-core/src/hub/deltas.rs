@@ -44,8 +44,10 @@ pub(super) fn send(
         encoded: Default::default(),
     };
     let mut sent = 0;
+    // A delta subscriber has no tags filter (`Node::join` negotiates deltas only without
+    // one): every publication is for it.
     for (&key, sub) in subs.iter_mut() {
-        if sub.delta == DeltaBase::Off || !sub.wants(push, false, &super::Memo::default()) {
+        if sub.delta == DeltaBase::Off {
             continue;
         }
         let protocol = sub.client.protocol();
