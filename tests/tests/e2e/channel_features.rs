@@ -115,18 +115,30 @@ fn namespace(name: &str) -> NamespaceConfig {
     }
 }
 
-/// A started SDK client (`node` or `python`), connected.
+/// A started SDK client (`node` or `python`) of `user`, connected.
 async fn connected(server: &TestServer, sdk: &str, user: &str) -> Script {
-    let env = client_env(server, user_token(user));
+    connected_with(sdk, &client_env(server, user_token(user))).await
+}
+
+/// A started SDK client (`node` or `python`) with this environment, connected.
+async fn connected_with(sdk: &str, env: &[(&str, String)]) -> Script {
     let mut s = if sdk == "node" {
-        Script::node("client.js", &env)
+        Script::node("client.js", env)
     } else {
-        Script::python("client.py", &env)
+        Script::python("client.py", env)
     };
     s.expect("ready", T).await;
     s.send(&json!({"op": "connect"}).to_string()).await;
     s.expect("connected", T).await;
     s
+}
+
+/// Ends SDK clients and waits for them to exit cleanly.
+async fn quit(scripts: impl IntoIterator<Item = Script>) {
+    for mut s in scripts {
+        s.send(&json!({"op": "quit"}).to_string()).await;
+        s.finish(T).await;
+    }
 }
 
 async fn subscribe(s: &mut Script, channel: &str, options: Value) -> Value {
@@ -226,8 +238,7 @@ async fn tags_filter_flow(test: &str, backend: Backend, sdk: &str) {
     let nonsense = json!({"key": "price", "cmp": "gt", "val": "a lot"});
     let refused = subscribe(&mut s, "ticks:y", json!({"tagsFilter": nonsense})).await;
     assert_refused_107(&mut s, refused).await;
-    s.send(&json!({"op": "quit"}).to_string()).await;
-    s.finish(T).await;
+    quit([s]).await;
     setup.stop().await;
 }
 
@@ -283,11 +294,7 @@ async fn filtered_and_unfiltered_subscribers_share_a_channel() {
     .await;
     assert_eq!(received_until(&mut all, 4).await, [1, 2, 3, 4]);
     assert_eq!(received_until(&mut eth, 3).await, [2, 3]);
-    for s in [all, eth] {
-        let mut s = s;
-        s.send(&json!({"op": "quit"}).to_string()).await;
-        s.finish(T).await;
-    }
+    quit([all, eth]).await;
     setup.stop().await;
 }
 
@@ -347,8 +354,7 @@ async fn cache_recovery_flow(test: &str, backend: Backend) {
     assert_eq!(sub["recovered"], true, "{sub}");
     publish_n(server, "state:doc", 7..=7).await;
     assert_eq!(received_until(&mut s, 7).await, [7], "6 was not sent twice");
-    s.send(&json!({"op": "quit"}).to_string()).await;
-    s.finish(T).await;
+    quit([s]).await;
     setup.stop().await;
 }
 
@@ -374,20 +380,14 @@ async fn auto_cache_recover_flow(test: &str, backend: Backend) {
 
     publish_n(server, "auto:srv", 1..=3).await;
     let claims = json!({"sub": "js", "exp": now() + 3600, "channels": ["auto:srv"]});
-    let mut js = Script::node("client.js", &client_env(server, token(claims)));
-    js.expect("ready", T).await;
-    js.send(&json!({"op": "connect"}).to_string()).await;
-    js.expect("connected", T).await;
+    let mut js = connected_with("node", &client_env(server, token(claims))).await;
     let p = js.expect("server_publication", T).await;
     assert_eq!(
         (&p["channel"], &p["data"]["n"]),
         (&json!("auto:srv"), &json!(3)),
         "{p}"
     );
-    for mut s in [py, js] {
-        s.send(&json!({"op": "quit"}).to_string()).await;
-        s.finish(T).await;
-    }
+    quit([py, js]).await;
     setup.stop().await;
 }
 
@@ -454,8 +454,7 @@ async fn idempotency_flow(test: &str, backend: Backend) {
         .map(|p| &p["offset"])
         .collect();
     assert_eq!(offsets, [1, 2, 3], "history holds each once: {h}");
-    s.send(&json!({"op": "quit"}).to_string()).await;
-    s.finish(T).await;
+    quit([s]).await;
     if let Some(o) = other {
         o.shutdown().await;
     }
@@ -528,14 +527,7 @@ async fn delta_flow(test: &str, backend: Backend, sdk: &str, protobuf: bool, del
     if protobuf {
         env.push(("PROTOBUF", "1".into()));
     }
-    let mut s = if sdk == "node" {
-        Script::node("client.js", &env)
-    } else {
-        Script::python("client.py", &env)
-    };
-    s.expect("ready", T).await;
-    s.send(&json!({"op": "connect"}).to_string()).await;
-    s.expect("connected", T).await;
+    let mut s = connected_with(sdk, &env).await;
     let sub = subscribe(&mut s, "docs:q4", json!({"delta": "fossil"})).await;
     assert_eq!(sub["event"], "subscribed", "{sub}");
     let ask = !delta_publish;
@@ -561,8 +553,7 @@ async fn delta_flow(test: &str, backend: Backend, sdk: &str, protobuf: bool, del
         let ratio = stats["compressionRatio"].as_f64().unwrap();
         assert!(ratio > 0.5, "deltas save most of the bytes: {stats}");
     }
-    s.send(&json!({"op": "quit"}).to_string()).await;
-    s.finish(T).await;
+    quit([s]).await;
     setup.stop().await;
 }
 
@@ -614,10 +605,7 @@ async fn channels_lists_the_channels_of_every_node() {
         json!({"chat:b": {"num_clients": 1}}),
         "{only_b}"
     );
-    for mut s in [js, py] {
-        s.send(&json!({"op": "quit"}).to_string()).await;
-        s.finish(T).await;
-    }
+    quit([js, py]).await;
     b.shutdown().await;
     setup.stop().await;
 }
@@ -760,8 +748,7 @@ async fn history_and_recovery_follow_centrifuge() {
         r["subscribe"]["recovered"], true,
         "recoverable: no error: {r}"
     );
-    js.send(&json!({"op": "quit"}).to_string()).await;
-    js.finish(T).await;
+    quit([js]).await;
     setup.stop().await;
 }
 

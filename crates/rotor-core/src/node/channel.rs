@@ -379,12 +379,7 @@ impl Node {
                 None => 1,
                 Some(_) => self.inner.config.client.recovery_max_publication_limit,
             };
-            let newest = HistoryFilter {
-                since: None,
-                limit,
-                reverse: true,
-            };
-            let page = store.read(channel, &newest, &hopts).await?;
+            let page = self.newest(channel, opts, limit).await?;
             let top = page.position.offset;
             // The client already has the state it would be sent.
             let same = want.offset > 0 && want.offset == top && want.epoch == page.position.epoch;
@@ -445,6 +440,26 @@ impl Node {
         Ok(())
     }
 
+    /// The stream's newest `limit` publications, newest first, and its position.
+    async fn newest(
+        &self,
+        channel: &str,
+        opts: &ChannelOptions,
+        limit: usize,
+    ) -> Result<HistoryPage, CoreError> {
+        let newest = HistoryFilter {
+            since: None,
+            limit,
+            reverse: true,
+        };
+        let hopts = self.history_options(opts);
+        self.inner
+            .storage
+            .history
+            .read(channel, &newest, &hopts)
+            .await
+    }
+
     /// The data of the stream's publication at `top`, if history still has it.
     async fn latest(
         &self,
@@ -452,19 +467,8 @@ impl Node {
         opts: &ChannelOptions,
         top: u64,
     ) -> Option<(u64, Vec<u8>)> {
-        let newest = HistoryFilter {
-            since: None,
-            limit: 1,
-            reverse: true,
-        };
-        let hopts = self.history_options(opts);
-        let page = self
-            .inner
-            .storage
-            .history
-            .read(channel, &newest, &hopts)
-            .await;
-        let p = page.ok()?.publications.into_iter().next()?;
+        let page = self.newest(channel, opts, 1).await.ok()?;
+        let p = page.publications.into_iter().next()?;
         (p.offset == top).then(|| (p.offset, p.data.as_bytes().to_vec()))
     }
 
