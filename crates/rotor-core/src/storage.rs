@@ -116,6 +116,8 @@ pub struct RevokedToken {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RevocationFilter {
     pub user: Option<String>,
+    /// One token's entry.
+    pub jti: Option<String>,
     pub since: Option<u64>,
     pub until: Option<u64>,
     pub limit: usize,

@@ -534,6 +534,7 @@ async fn revoked_tokens(node: &Node, params: &RawValue) -> Result<Value, CoreErr
     };
     let filter = rotor_core::storage::RevocationFilter {
         user: p.user.filter(|u| !u.is_empty()),
+        jti: p.jti.filter(|j| !j.is_empty()),
         since: p.since,
         until: p.until,
         limit: p.limit.unwrap_or(100).clamp(1, 1000),
@@ -584,6 +585,7 @@ struct InvalidateParams {
 #[derive(Deserialize, Default)]
 struct RevokedTokensParams {
     user: Option<String>,
+    jti: Option<String>,
     since: Option<u64>,
     until: Option<u64>,
     limit: Option<usize>,

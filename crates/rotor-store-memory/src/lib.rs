@@ -297,6 +297,7 @@ impl RevocationStore for MemoryRevocations {
         let mut out: Vec<RevokedToken> = entries
             .values()
             .filter(|e| filter.user.as_ref().is_none_or(|u| *u == e.user))
+            .filter(|e| filter.jti.as_ref().is_none_or(|j| *j == e.jti))
             .filter(|e| filter.since.is_none_or(|t| e.revoked_at >= t))
             .filter(|e| filter.until.is_none_or(|t| e.revoked_at <= t))
             .cloned()

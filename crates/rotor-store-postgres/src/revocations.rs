@@ -71,7 +71,7 @@ impl RevocationStore for PgRevocations {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM rotor_revocations
              WHERE ($1::text IS NULL OR user_id = $1) AND ($2::bigint IS NULL OR revoked_at >= $2)
-               AND ($3::bigint IS NULL OR revoked_at <= $3)
+               AND ($3::bigint IS NULL OR revoked_at <= $3) AND ($6::text IS NULL OR jti = $6)
              ORDER BY revoked_at DESC, jti ASC LIMIT $4 OFFSET $5"
         ))
         .bind(f.user.as_deref())
@@ -79,6 +79,7 @@ impl RevocationStore for PgRevocations {
         .bind(f.until.map(|v| v as i64))
         .bind(f.limit as i64)
         .bind(f.offset as i64)
+        .bind(f.jti.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;

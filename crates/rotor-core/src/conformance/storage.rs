@@ -484,6 +484,15 @@ pub async fn revocations(store: Arc<dyn RevocationStore>) {
         u1.iter().map(|r| r.jti.as_str()).collect::<Vec<_>>(),
         vec!["c", "a"]
     );
+    let one = store
+        .list(&RevocationFilter {
+            jti: Some("b".into()),
+            limit: 10,
+            ..RevocationFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one, vec![revoked("b", "u2", 200, 2000)], "found by jti");
     let window = store
         .list(&RevocationFilter {
             since: Some(150),
