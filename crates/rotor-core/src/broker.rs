@@ -82,6 +82,13 @@ pub enum Control {
         reply_to: String,
         pattern: String,
     },
+    /// Every node answers `reply_to` with its connections that match `query` (the server
+    /// API's `connections`).
+    ConnectionsSurvey {
+        id: String,
+        reply_to: String,
+        query: crate::node::ConnectionsQuery,
+    },
     /// Extend (or expire) a user's connections.
     Refresh {
         user: String,

@@ -189,14 +189,77 @@ pub struct ClientHandle {
     expire_at: std::sync::atomic::AtomicU64,
 }
 
-/// What a connection's token said that the node needs later.
+/// What a connection's token said that the node needs later, and where and when it was
+/// made. Packed: a `ClientHandle` is exactly four cache lines, and every field here counts
+/// against that (idle memory per connection, docs/benchmarks.md).
 #[derive(Default)]
 struct Creds {
     jti: Option<Arc<str>>,
-    iat: Option<u64>,
+    /// The token's `iat`; 0 for none (every check treats a token issued at 0 as one
+    /// without `iat`: it proves nothing).
+    iat: u64,
     /// The token's `meta` claim: kept for the backend (proxies, the connections API), never
-    /// sent to clients.
-    meta: Option<rotor_protocol::Raw>,
+    /// sent to clients. Boxed: most tokens have none.
+    meta: Option<Box<rotor_protocol::Raw>>,
+    /// When it connected (Unix seconds; 0 until connected).
+    connected_at: u32,
+    remote: Option<std::net::IpAddr>,
+    /// Its transport (see [`transport_id`]); 0 until connected.
+    transport: u8,
+}
+
+/// Where and when a connection was made.
+#[derive(Clone, Copy)]
+pub(crate) struct Origin {
+    pub(crate) transport: &'static str,
+    pub(crate) remote: Option<std::net::IpAddr>,
+    /// Unix seconds.
+    pub(crate) connected_at: u64,
+}
+
+/// What the connections API shows of one connection (read under its lock, once).
+pub(crate) struct Snapshot {
+    pub(crate) jti: Option<Arc<str>>,
+    pub(crate) iat: Option<u64>,
+    pub(crate) meta: Option<rotor_protocol::Raw>,
+    pub(crate) origin: Option<Origin>,
+    pub(crate) expire_at: u64,
+}
+
+/// The transport names connections were made with, so that a connection keeps one byte
+/// (its index + 1) instead of a name. Few names ever (one per transport).
+static TRANSPORT_NAMES: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
+
+/// The byte that stands for `name` ([`OTHER_TRANSPORT`] once 254 names are known).
+fn transport_id(name: &'static str) -> u8 {
+    let find = |names: &[&'static str]| names.iter().position(|n| *n == name);
+    let names = TRANSPORT_NAMES.read().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = find(&names) {
+        return i as u8 + 1;
+    }
+    drop(names);
+    let mut names = TRANSPORT_NAMES.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = find(&names) {
+        return i as u8 + 1;
+    }
+    if names.len() >= usize::from(OTHER_TRANSPORT - 1) {
+        return OTHER_TRANSPORT;
+    }
+    names.push(name);
+    names.len() as u8
+}
+
+const OTHER_TRANSPORT: u8 = 255;
+
+fn transport_name(id: u8) -> &'static str {
+    if id == OTHER_TRANSPORT {
+        return "other";
+    }
+    let names = TRANSPORT_NAMES.read().unwrap_or_else(|e| e.into_inner());
+    names
+        .get(usize::from(id).wrapping_sub(1))
+        .copied()
+        .unwrap_or("")
 }
 
 /// Keeps its content on a cache line of its own: the queue's lock and state are what fan-out
@@ -498,17 +561,43 @@ impl ClientHandle {
     pub(crate) fn set_creds(&self, jti: Option<&str>, iat: Option<u64>) {
         let mut c = lock(&self.creds);
         c.jti = jti.map(Arc::from);
-        c.iat = iat;
+        c.iat = iat.unwrap_or(0);
     }
 
     /// Records the connection token's `meta` claim.
     pub(crate) fn set_meta(&self, meta: Option<rotor_protocol::Raw>) {
-        lock(&self.creds).meta = meta;
+        lock(&self.creds).meta = meta.map(Box::new);
+    }
+
+    /// Records where and when the connection was made.
+    pub(crate) fn set_origin(&self, origin: Origin) {
+        let transport = transport_id(origin.transport);
+        let mut c = lock(&self.creds);
+        c.transport = transport;
+        c.remote = origin.remote;
+        c.connected_at = u32::try_from(origin.connected_at).unwrap_or(u32::MAX);
+    }
+
+    /// What the connections API shows of it.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let c = lock(&self.creds);
+        let origin = (c.transport != 0).then(|| Origin {
+            transport: transport_name(c.transport),
+            remote: c.remote,
+            connected_at: u64::from(c.connected_at),
+        });
+        Snapshot {
+            jti: c.jti.clone(),
+            iat: (c.iat != 0).then_some(c.iat),
+            meta: c.meta.as_deref().cloned(),
+            origin,
+            expire_at: self.expire_at.load(Ordering::Relaxed),
+        }
     }
 
     /// The connection token's `meta` claim (never sent to the client).
     pub fn meta(&self) -> Option<rotor_protocol::Raw> {
-        lock(&self.creds).meta.clone()
+        lock(&self.creds).meta.as_deref().cloned()
     }
 
     /// Records when the connection expires (`None`: never).
@@ -519,7 +608,7 @@ impl ClientHandle {
     /// The current connection token's `jti` and `iat`.
     pub(crate) fn creds(&self) -> (Option<Arc<str>>, Option<u64>) {
         let c = lock(&self.creds);
-        (c.jti.clone(), c.iat)
+        (c.jti.clone(), (c.iat != 0).then_some(c.iat))
     }
 
     /// Whether the connection is already closing.
@@ -1175,6 +1264,31 @@ impl Hub {
         lock(&self.conns).by_id.values().cloned().collect()
     }
 
+    /// The channels each of `clients` is subscribed to here, sorted: one pass over every
+    /// channel (for the connections API, never on the fan-out path).
+    pub(crate) fn channels_of(&self, clients: &[Arc<ClientHandle>]) -> Vec<Vec<String>> {
+        let index: HashMap<usize, usize> = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (key(c), i))
+            .collect();
+        let mut out = vec![Vec::new(); clients.len()];
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            for (name, ch) in &shard.channels {
+                for (k, _) in ch.subs.iter() {
+                    if let Some(&i) = index.get(k) {
+                        out[i].push(name.to_string());
+                    }
+                }
+            }
+        }
+        for channels in &mut out {
+            channels.sort_unstable();
+        }
+        out
+    }
+
     /// How many connections expire at all, and how many expire before each of `deadlines`
     /// (Unix seconds).
     pub fn expiry_counts(&self, deadlines: &[u64]) -> (usize, Vec<usize>) {
@@ -1241,6 +1355,46 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
+
+    /// Every idle connection holds one: a field that pushes it past four cache lines costs
+    /// 64 bytes per connection (docs/benchmarks.md measures the whole connection).
+    #[test]
+    fn a_client_handle_stays_within_four_cache_lines() {
+        assert!(
+            size_of::<ClientHandle>() <= 256,
+            "ClientHandle grew to {} bytes",
+            size_of::<ClientHandle>()
+        );
+    }
+
+    #[test]
+    fn transport_names_are_kept_as_one_byte_each() {
+        let ws = transport_id("websocket-test");
+        let sse = transport_id("sse-test");
+        assert_ne!(ws, sse);
+        assert_eq!(
+            transport_id("websocket-test"),
+            ws,
+            "the same name, the same byte"
+        );
+        assert_eq!(transport_name(ws), "websocket-test");
+        assert_eq!(transport_name(0), "");
+        let h = handle(1024);
+        assert!(h.snapshot().origin.is_none(), "not connected yet");
+        h.set_origin(Origin {
+            transport: "sse-test",
+            remote: Some("10.1.2.3".parse().unwrap()),
+            connected_at: 1_800_000_000,
+        });
+        h.set_creds(Some("j"), Some(0));
+        let snap = h.snapshot();
+        let origin = snap.origin.expect("connected");
+        assert_eq!(
+            (origin.transport, origin.remote, origin.connected_at),
+            ("sse-test", Some("10.1.2.3".parse().unwrap()), 1_800_000_000)
+        );
+        assert_eq!(snap.iat, None, "iat 0 proves nothing, like none");
+    }
 
     fn handle(limit: usize) -> Arc<ClientHandle> {
         ClientHandle::new(

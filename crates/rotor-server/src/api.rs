@@ -18,7 +18,7 @@ use crate::state::AppState;
 use serde_json::value::RawValue;
 
 /// Compares without leaking the position of the first difference through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -75,7 +75,7 @@ pub async fn handle(state: AppState, method: String, body: Bytes) -> Response {
             }
         }
     };
-    match call(&state.node, &method, params).await {
+    match call(&state.node, &method, params, None).await {
         Some(Ok(result)) => json_response(StatusCode::OK, &json!({ "result": result })),
         Some(Err(e)) => json_response(StatusCode::OK, &json!({ "error": error_json(&e) })),
         None => json_response(
@@ -86,7 +86,7 @@ pub async fn handle(state: AppState, method: String, body: Bytes) -> Response {
 }
 
 /// The `error` object of an answer: `{code, message}` from the core's one mapping.
-fn error_json(e: &CoreError) -> Value {
+pub(crate) fn error_json(e: &CoreError) -> Value {
     error_value(e.to_api_error())
 }
 
@@ -170,7 +170,7 @@ async fn batch_command(node: &Node, text: &str) -> Value {
     let Some((method, params)) = cmd.into_iter().next() else {
         return json!({"error": error_json(&CoreError::BadRequest("empty command".into()))});
     };
-    match call(node, &method, params).await {
+    match call(node, &method, params, None).await {
         Some(Ok(result)) => json!({ method: result }),
         Some(Err(e)) => json!({"error": error_json(&e)}),
         None => json!({"error": error_json(&CoreError::MethodNotFound)}),
@@ -348,10 +348,17 @@ fn publications_json(pubs: &[Publication]) -> Value {
     )
 }
 
-/// Runs one method; `None` for an unknown method.
-async fn call(node: &Node, method: &str, params: &RawValue) -> Option<Result<Value, CoreError>> {
+/// Runs one method; `None` for an unknown method. `actor`, when given, is who the audit
+/// trail names for revocations whatever the parameters say (the admin UI's session).
+pub(crate) async fn call(
+    node: &Node,
+    method: &str,
+    params: &RawValue,
+    actor: Option<&str>,
+) -> Option<Result<Value, CoreError>> {
     Some(match method {
         "publish" => publish(node, params).await,
+        "connections" => connections(node, params).await,
         "broadcast" => broadcast(node, params).await,
         "presence" => presence(node, params).await,
         "presence_stats" => presence_stats(node, params).await,
@@ -362,8 +369,8 @@ async fn call(node: &Node, method: &str, params: &RawValue) -> Option<Result<Val
         "unsubscribe" => unsubscribe(node, params).await,
         "subscribe" => subscribe(node, params).await,
         "refresh" => refresh(node, params).await,
-        "revoke_token" => revoke_token(node, params).await,
-        "invalidate_user_tokens" => invalidate_user_tokens(node, params).await,
+        "revoke_token" => revoke_token(node, params, actor).await,
+        "invalidate_user_tokens" => invalidate_user_tokens(node, params, actor).await,
         "revoked_tokens" => revoked_tokens(node, params).await,
         "info" => info(node).await,
         _ => return None,
@@ -373,6 +380,78 @@ async fn call(node: &Node, method: &str, params: &RawValue) -> Option<Result<Val
 /// `info`: every node that is up, this one with its numbers now.
 async fn info(node: &Node) -> Result<Value, CoreError> {
     node.nodes().await.map(|nodes| json!({ "nodes": nodes }))
+}
+
+#[derive(Deserialize, Default)]
+struct ConnectionsParams {
+    #[serde(default)]
+    user: String,
+    /// rotor: only connections subscribed to this channel.
+    #[serde(default)]
+    channel: String,
+    /// Centrifugo PRO's CEL filter: not supported (use `user` and `channel`).
+    #[serde(default)]
+    expression: String,
+    /// rotor: at most this many listed (default [`CONNECTIONS_LIMIT`]); `total` counts all.
+    limit: Option<usize>,
+}
+
+/// How many connections `connections` lists unless asked for another number.
+const CONNECTIONS_LIMIT: usize = 1000;
+
+/// `connections`: the connections on every node, by user or channel, in Centrifugo PRO's
+/// shape (keyed by client id, `state.channels`, `state.connection_token`) plus rotor's
+/// fields (`node`, `remote_addr`, `expire_at`) and counts (`total`, `by_transport`).
+async fn connections(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
+    let p: ConnectionsParams = if is_null(params) {
+        ConnectionsParams::default()
+    } else {
+        parse(params)?
+    };
+    if !p.expression.is_empty() {
+        return Err(CoreError::BadRequest(
+            "expression filters are not supported: filter by user or channel".into(),
+        ));
+    }
+    let found = node
+        .connections(rotor_core::node::ConnectionsQuery {
+            user: p.user,
+            channel: p.channel,
+            limit: p.limit.unwrap_or(CONNECTIONS_LIMIT),
+            expiring_within: Vec::new(),
+        })
+        .await?;
+    let mut listed = serde_json::Map::new();
+    for c in found.connections {
+        let channels: serde_json::Map<String, Value> =
+            c.channels.into_iter().map(|ch| (ch, json!({}))).collect();
+        let mut state = json!({ "channels": channels });
+        if let Some(jti) = &c.jti {
+            state["connection_token"] =
+                json!({ "uid": jti, "issued_at": c.issued_at.unwrap_or(0) });
+        }
+        let mut entry = json!({
+            "user": c.user,
+            "transport": c.transport,
+            "protocol": c.protocol,
+            "state": state,
+            "connected_at_ms": c.connected_at_ms,
+            "node": c.node,
+            "expire_at": c.expire_at,
+        });
+        if let Some(addr) = c.remote_addr {
+            entry["remote_addr"] = json!(addr);
+        }
+        if let Some(meta) = c.meta {
+            entry["meta"] = serde_json::to_value(&meta).unwrap_or(Value::Null);
+        }
+        listed.insert(c.client, entry);
+    }
+    Ok(json!({
+        "connections": listed,
+        "total": found.total,
+        "by_transport": found.by_transport,
+    }))
 }
 
 /// `presence`: the clients in a channel.
@@ -496,21 +575,29 @@ async fn refresh(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
 }
 
 /// `revoke_token`: refuses a token by its `jti` from now on and closes its connections.
-async fn revoke_token(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
+async fn revoke_token(
+    node: &Node,
+    params: &RawValue,
+    actor: Option<&str>,
+) -> Result<Value, CoreError> {
     let p: RevokeParams = parse(params)?;
     node.revoke_token(
         &p.uid,
         p.expire_at,
         &p.user,
         &p.reason,
-        p.actor.as_deref().unwrap_or("api"),
+        actor.or(p.actor.as_deref()).unwrap_or("api"),
     )
     .await?;
     Ok(json!({}))
 }
 
 /// `invalidate_user_tokens`: refuses a user's tokens issued before a time.
-async fn invalidate_user_tokens(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
+async fn invalidate_user_tokens(
+    node: &Node,
+    params: &RawValue,
+    actor: Option<&str>,
+) -> Result<Value, CoreError> {
     let p: InvalidateParams = parse(params)?;
     let before = p.issued_before.unwrap_or_else(|| node.clock().unix());
     node.invalidate_user_tokens(
@@ -519,7 +606,7 @@ async fn invalidate_user_tokens(node: &Node, params: &RawValue) -> Result<Value,
         &p.channel,
         p.expire_at,
         &p.reason,
-        p.actor.as_deref().unwrap_or("api"),
+        actor.or(p.actor.as_deref()).unwrap_or("api"),
     )
     .await?;
     Ok(json!({}))

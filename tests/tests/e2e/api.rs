@@ -1,10 +1,12 @@
 //! The server HTTP API, called with `cent` (which validates Centrifugo's response shapes) and
 //! with raw HTTP for status codes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rotor_tests::*;
-use serde_json::json;
+use serde_json::{json, Value};
+
+const T: Duration = Duration::from_secs(15);
 
 #[tokio::test]
 async fn api_status_codes_and_auth_headers() {
@@ -206,7 +208,7 @@ async fn raw_request(
 ) -> (u16, String, Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(body).await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];
@@ -319,7 +321,7 @@ async fn a_big_batch_answers_every_command_in_order() {
     let server = TestServer::start(test_config()).await;
     // 5,000 publishes in order: offsets follow the commands; a broken command in the middle
     // gets its own error and the others go on.
-    let mut commands: Vec<serde_json::Value> = (0..5000)
+    let mut commands: Vec<Value> = (0..5000)
         .map(|n| json!({"publish": {"channel": "chat:batch", "data": {"n": n}}}))
         .collect();
     commands[2500] = json!({});
@@ -337,7 +339,7 @@ async fn a_big_batch_answers_every_command_in_order() {
     assert_eq!(replies[2501]["publish"]["offset"], 2501);
     assert_eq!(replies[4999]["publish"]["offset"], 4999);
     // In parallel (in groups): every reply, in command order.
-    let commands: Vec<serde_json::Value> = (0..3000)
+    let commands: Vec<Value> = (0..3000)
         .map(|n| {
             if n % 2 == 0 {
                 json!({"presence_stats": {"channel": "chat:batch"}})
@@ -390,14 +392,14 @@ async fn history_since_an_empty_epoch_reads_and_recovers_any_stream() {
             .await;
         assert_eq!(status, 200);
     }
-    let history = |since: serde_json::Value| {
+    let history = |since: Value| {
         server.api(
             "history",
             json!({"channel": "chat:since", "limit": 10, "since": since}),
         )
     };
     let (_, r) = history(json!({"offset": 0, "epoch": ""})).await;
-    let offsets: Vec<&serde_json::Value> = r["result"]["publications"]
+    let offsets: Vec<&Value> = r["result"]["publications"]
         .as_array()
         .unwrap_or_else(|| panic!("{r}"))
         .iter()
@@ -460,6 +462,120 @@ async fn api_payloads_reach_subscribers_as_they_were_sent() {
     for _ in 0..2 {
         let frame = ws.text_frame(Duration::from_secs(5)).await;
         assert!(frame.contains(&format!(r#""data":{data}"#)), "{frame}");
+    }
+    server.shutdown().await;
+}
+
+/// The `connections` method (Centrifugo PRO's shape, plus rotor's node, address and expiry):
+/// SDK clients on three transports, filtered by user and channel, counted by transport.
+#[tokio::test]
+async fn connections_api_lists_filters_and_counts_live_clients() {
+    let test = "connections_api";
+    let jti_token = |user: &str, jti: &str, exp_in: u64| {
+        token(json!({"sub": user, "jti": jti, "iat": now(), "exp": now() + exp_in}))
+    };
+    if !sdks_available(test) {
+        return;
+    }
+    let server = TestServer::start(test_config()).await;
+    let mut clients = Vec::new();
+    for (user, transport, jti, channel) in [
+        ("ann", "websocket", "c-ann", "chat:a"),
+        ("bob", "sse", "c-bob", "chat:b"),
+        ("bob", "http_stream", "c-bob2", "chat:a"),
+    ] {
+        let mut c = Script::node(
+            "client.js",
+            &[
+                ("BASE", server.http_url()),
+                ("TRANSPORT", transport.to_string()),
+                ("TOKEN", jti_token(user, jti, 600)),
+            ],
+        );
+        c.expect("ready", T).await;
+        c.send(&json!({"op": "subscribe", "channel": channel}).to_string())
+            .await;
+        c.send(&json!({"op": "connect"}).to_string()).await;
+        c.expect("subscribed", T).await;
+        clients.push(c);
+    }
+
+    let (status, all) = server.api("connections", json!({})).await;
+    assert_eq!(status, 200);
+    let r = &all["result"];
+    assert_eq!(r["total"], 3, "{all}");
+    assert_eq!(
+        r["by_transport"],
+        json!({"websocket": 1, "sse": 1, "http_stream": 1}),
+        "{all}"
+    );
+    let conns = r["connections"].as_object().unwrap();
+    let ann = conns
+        .values()
+        .find(|c| c["user"] == "ann")
+        .unwrap_or_else(|| panic!("{all}"));
+    assert_eq!(ann["transport"], "websocket");
+    assert_eq!(ann["protocol"], "json");
+    assert_eq!(ann["remote_addr"], "127.0.0.1");
+    assert_eq!(ann["state"]["connection_token"]["uid"], "c-ann");
+    assert_eq!(ann["state"]["channels"], json!({"chat:a": {}}));
+    assert!(ann["expire_at"].as_u64().unwrap().abs_diff(now() + 600) <= 5);
+    let connected_s = ann["connected_at_ms"].as_u64().unwrap() / 1000;
+    assert!(
+        connected_s.abs_diff(now()) < 60,
+        "connected just now: {ann}"
+    );
+
+    // By user, by channel, both.
+    let users = |v: &Value| -> Vec<String> {
+        let mut u: Vec<String> = v["result"]["connections"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|c| c["user"].as_str().unwrap().to_string())
+            .collect();
+        u.sort();
+        u
+    };
+    let (_, bob) = server.api("connections", json!({"user": "bob"})).await;
+    assert_eq!(users(&bob), ["bob", "bob"], "{bob}");
+    let (_, in_a) = server
+        .api("connections", json!({"channel": "chat:a"}))
+        .await;
+    assert_eq!(users(&in_a), ["ann", "bob"], "{in_a}");
+    let (_, bob_in_a) = server
+        .api("connections", json!({"user": "bob", "channel": "chat:a"}))
+        .await;
+    assert_eq!(bob_in_a["result"]["total"], 1, "{bob_in_a}");
+    // A limit lists fewer but counts all.
+    let (_, one) = server.api("connections", json!({"limit": 1})).await;
+    assert_eq!(one["result"]["connections"].as_object().unwrap().len(), 1);
+    assert_eq!(one["result"]["total"], 3);
+    // Centrifugo PRO's CEL expressions are refused with a clear error, not ignored.
+    let (status, expr) = server
+        .api("connections", json!({"expression": "user == 'ann'"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(expr["error"]["code"], 107, "{expr}");
+
+    // Gone from the list as soon as it disconnects.
+    let mut ann_client = clients.remove(0);
+    ann_client
+        .send(&json!({"op": "disconnect"}).to_string())
+        .await;
+    ann_client.expect("disconnected", T).await;
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, v) = server.api("connections", json!({"user": "ann"})).await;
+        if v["result"]["total"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still listed: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for mut c in clients.into_iter().chain([ann_client]) {
+        c.send(&json!({"op": "quit"}).to_string()).await;
+        c.finish(T).await;
     }
     server.shutdown().await;
 }

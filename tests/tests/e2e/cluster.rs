@@ -171,6 +171,38 @@ async fn three_nodes_share_publications_presence_info_and_revocations() {
         assert!(Instant::now() < deadline, "nodes never all listed: {info}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // `connections` asked on C lists both, each with the node that holds it.
+    let conns = api_at(c, "connections", json!({})).await;
+    let mut held: Vec<(String, String, String)> = conns["result"]["connections"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{conns}"))
+        .values()
+        .map(|c| {
+            let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (s("user"), s("node"), s("transport"))
+        })
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            ("ana".into(), "a".into(), "websocket".into()),
+            ("bob".into(), "b".into(), "websocket".into())
+        ],
+        "{conns}"
+    );
+    let ana = api_at(c, "connections", json!({"user": "ana"})).await;
+    assert_eq!(ana["result"]["total"], 1, "{ana}");
+    assert_eq!(
+        ana["result"]["connections"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()["state"]["connection_token"]["uid"],
+        "cluster-ana",
+        "{ana}"
+    );
     // `info` inside a batch lists the same nodes.
     let batched = api_at(c, "batch", json!({"commands": [{"info": {}}]})).await;
     let names: Vec<&str> = batched["replies"][0]["info"]["nodes"]

@@ -87,7 +87,20 @@ impl BrokerHandler for Handler {
                 id,
                 reply_to,
                 pattern,
-            } => super::survey::answer(&node, id, reply_to, pattern),
+            } => {
+                let question = super::survey::Question::Channels {
+                    pattern: pattern.clone(),
+                };
+                super::survey::answer(&node, id, reply_to, &question);
+            }
+            Control::ConnectionsSurvey {
+                id,
+                reply_to,
+                query,
+            } => {
+                let question = super::survey::Question::Connections(query.clone());
+                super::survey::answer(&node, id, reply_to, &question);
+            }
             Control::Revoke { jti, expire_at } => {
                 node.revocations.add_jti(jti, *expire_at);
                 kick(&node, |_| true);

@@ -11,7 +11,7 @@ mod cluster;
 mod revoke;
 mod survey;
 
-pub use survey::SURVEY_TIMEOUT;
+pub use survey::{ConnectionInfo, Connections, ConnectionsQuery, SURVEY_TIMEOUT};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

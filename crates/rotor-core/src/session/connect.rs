@@ -186,6 +186,11 @@ impl Session {
         self.conn_info = info;
         self.expire_at = expire_at;
         self.client.set_expire_at(expire_at);
+        self.client.set_origin(crate::hub::Origin {
+            transport: self.transport.name,
+            remote: self.remote,
+            connected_at: self.node.clock().unix(),
+        });
         self.state = State::Connected;
         self.stale_deadline = None;
         // The wire counts whole seconds: a sub-second interval is announced as 1 s, so the

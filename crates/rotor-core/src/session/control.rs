@@ -157,7 +157,8 @@ impl Session {
             Control::Disconnect { .. }
             | Control::Revoke { .. }
             | Control::InvalidateUser { .. }
-            | Control::ChannelsSurvey { .. } => {}
+            | Control::ChannelsSurvey { .. }
+            | Control::ConnectionsSurvey { .. } => {}
         }
         None
     }
