@@ -251,6 +251,34 @@ pub fn sdks_available(test: &str) -> bool {
     ok
 }
 
+/// Whether a headless Chromium can be driven: Debian's `chromium` (or `$CHROMIUM`) and
+/// playwright-core (installed by tests/sdk/install.sh). Missing, the test skips loudly,
+/// except under `CI=true`, where it fails.
+pub fn browser_available(test: &str) -> bool {
+    if !sdks_available(test) {
+        return false;
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let driver = sdk_dir().join("node_modules/playwright-core/package.json");
+    let missing = [
+        (!std::path::Path::new(&chromium).exists()).then(|| chromium.clone()),
+        (!driver.exists()).then(|| driver.display().to_string()),
+    ];
+    let missing: Vec<String> = missing.into_iter().flatten().collect();
+    if !missing.is_empty() {
+        skip(
+            test,
+            "headless Chromium",
+            &format!(
+                "missing {}; run tests/sdk/install.sh (or tests/run)",
+                missing.join(", ")
+            ),
+        );
+        return false;
+    }
+    true
+}
+
 /// A running SDK script: JSON lines on stdout are events; lines on stdin are go-signals.
 pub struct Script {
     child: Child,

@@ -1,6 +1,7 @@
 //! End-to-end tests against the real rotor server. One test binary, several modules.
 
 mod e2e {
+    pub mod admin;
     pub mod api;
     pub mod auth;
     pub mod bad_input;

@@ -4,15 +4,18 @@
 //! Protocol logic belongs in `rotor-core`; this crate only moves bytes between HTTP/WebSocket
 //! and the core, and must not decide protocol behaviour itself. Its modules, from the top:
 //! `cli` runs `server`, which assembles the node (`config`, backends), serves `routes`
-//! (`api`, `ws`, `stream`, `metrics`) through `listener`, and keeps `background` tasks; all
-//! of them share `state`, `http` and `error`.
+//! (`api`, `ws`, `stream`, `metrics`, the `admin` UI) through `listener`, and keeps
+//! `background` tasks; all of them share `state`, `http` and `error`. `lifecycle` keeps the
+//! last hour of token events for the admin UI, recorded by `metrics`.
 
+mod admin;
 mod api;
 mod background;
 pub mod cli;
 pub mod config;
 mod error;
 mod http;
+mod lifecycle;
 mod listener;
 mod metrics;
 mod routes;

@@ -68,6 +68,8 @@ pub struct Metrics {
     with_expiry: IntGauge,
     expiring: IntGaugeVec,
     node_gauges: Vec<NodeGauge>,
+    /// The last hour of refreshes and expiries, per minute (the admin UI's charts).
+    pub timeline: crate::lifecycle::Timeline,
 }
 
 /// Windows for `rotor_connections_expiring{within}`.
@@ -395,6 +397,7 @@ impl Metrics {
             kicked,
             node_gauges,
             io: Vec::new(),
+            timeline: Default::default(),
         }
     }
 
@@ -445,6 +448,7 @@ impl Observer for Metrics {
         self.connections_expired
             .with_label_values(&[transport])
             .inc();
+        self.timeline.expired();
     }
 
     fn subscription_expired(&self) {
@@ -455,6 +459,7 @@ impl Observer for Metrics {
         self.refreshes
             .with_label_values(&[kind.as_str(), outcome.as_str()])
             .inc();
+        self.timeline.refresh(outcome.as_str());
         if let (RefreshOutcome::Ok, Some(lag)) = (outcome, lag) {
             self.refresh_lag
                 .with_label_values(&[kind.as_str()])

@@ -29,10 +29,13 @@ pub fn routes(state: AppState) -> Route {
     let cfg = state.config.clone();
     let mut all = health();
     all = all.or(api(&state)).unify().boxed();
-    if cfg.prometheus.internal_port == 0 {
+    if cfg.internal_addr().is_none() {
         if let Some(route) = metrics(&state) {
             all = all.or(route).unify().boxed();
         }
+    }
+    if cfg.admin_on_main_port() {
+        all = all.or(crate::admin::routes(&state)).unify().boxed();
     }
     if !cfg.websocket.disabled {
         all = all.or(websocket(&state)).unify().boxed();
@@ -74,17 +77,23 @@ pub fn routes(state: AppState) -> Route {
         .boxed()
 }
 
-/// The routes of the internal port: metrics and health only.
+/// The routes of the internal port: health, metrics (when on) and the admin UI (when on
+/// and not `admin.external`); `None` when it would serve nothing but health.
 pub fn internal(state: &AppState) -> Option<Route> {
-    let metrics = metrics(state)?;
-    Some(
-        metrics
-            .or(health())
-            .unify()
-            .recover(rejection)
-            .unify()
-            .boxed(),
-    )
+    let cfg = &state.config;
+    let admin = cfg.admin.enabled && !cfg.admin_on_main_port();
+    let metrics = metrics(state);
+    if metrics.is_none() && !admin {
+        return None;
+    }
+    let mut all = health();
+    if let Some(m) = metrics {
+        all = all.or(m).unify().boxed();
+    }
+    if admin {
+        all = all.or(crate::admin::routes(state)).unify().boxed();
+    }
+    Some(all.recover(rejection).unify().boxed())
 }
 
 /// `GET /health`.
@@ -97,6 +106,9 @@ fn health() -> Route {
 
 /// `GET` at `prometheus.handler_prefix`, when metrics are on.
 fn metrics(state: &AppState) -> Option<Route> {
+    if !state.config.prometheus.enabled {
+        return None;
+    }
     let metrics = state.metrics.clone()?;
     let node = state.node.clone();
     let route = warp::get()

@@ -72,9 +72,8 @@ impl Server {
             Some(r) => rotor_broker_redis::RedisBroker::start(redis.get(r).await?, &node_uid),
             None => Arc::new(LocalBroker::default()),
         };
-        let metrics = config
-            .prometheus
-            .enabled
+        // The admin UI's token lifecycle charts read the same counters as /metrics.
+        let metrics = (config.prometheus.enabled || config.admin.enabled)
             .then(|| Arc::new(Metrics::new(config.prometheus.centrifugo_aliases)));
         let (storage, observer) = match &metrics {
             Some(m) => {
@@ -141,10 +140,8 @@ impl Server {
             metrics: self.metrics.clone(),
             api_budget: crate::state::api_budget(cfg),
         };
-        let prom = &cfg.prometheus;
-        let internal = match routes::internal(&state) {
-            Some(routes) if prom.internal_port > 0 => {
-                let addr = format!("{}:{}", prom.internal_address, prom.internal_port);
+        let internal = match (routes::internal(&state), cfg.internal_addr()) {
+            (Some(routes), Some(addr)) => {
                 let listener = tokio::net::TcpListener::bind(&addr)
                     .await
                     .map_err(|source| ServerError::Bind {
@@ -169,7 +166,7 @@ impl Server {
         if let Some((addr, listener, routes)) = internal {
             let stop = stop_accepting.clone();
             background.add(
-                "internal metrics port",
+                "internal port",
                 tokio::spawn(async move {
                     warp::serve(routes)
                         .incoming(listener)
@@ -178,7 +175,7 @@ impl Server {
                         .await;
                 }),
             );
-            tracing::info!(address = %addr, "metrics on the internal port");
+            tracing::info!(address = %addr, metrics = cfg.prometheus.enabled, admin = cfg.admin.enabled && !cfg.admin_on_main_port(), "internal port listening");
         }
         let task = tokio::spawn(crate::listener::serve(
             listener,

@@ -16,6 +16,8 @@ fn config_debug_redacts_every_secret() {
     c.client.subscription_token.enabled = true;
     c.client.subscription_token.hmac_secret_key = "S3CRET-sub".into();
     c.http_api.key = "S3CRET-api".into();
+    c.admin.password = "S3CRET-admin-password".into();
+    c.admin.secret = "S3CRET-admin-secret".into();
     c.storage.postgres.dsn = "postgres://rotor:S3CRET-pg@db:5432/rotor".into();
     c.engine.redis.address = vec!["redis://:S3CRET-redis@cache:6379".into()];
     c.engine.redis.cluster_address = vec!["redis://user:S3CRET-cluster@cache:7000".into()];
@@ -32,6 +34,7 @@ fn config_debug_redacts_every_secret() {
 async fn tokens_and_keys_never_reach_the_log() {
     let secret = "log-test-secret-4f1a";
     let api_key = "log-test-api-key-9c2e";
+    let admin_password = "log-test-admin-password-31b0";
     let dir = std::env::temp_dir().join(format!("rotor-secrets-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("rotor.toml");
@@ -46,6 +49,10 @@ port = 0
 hmac_secret_key = "{secret}"
 [http_api]
 key = "{api_key}"
+[admin]
+enabled = true
+password = "{admin_password}"
+secret = "log-test-admin-secret-77d1"
 [[channel.namespaces]]
 name = "open"
 allow_subscribe_for_client = true
@@ -101,6 +108,25 @@ allow_subscribe_for_client = true
     )
     .await;
     assert_eq!(status, 401);
+    // Admin sign-ins, wrong and right: neither password nor session reaches the log.
+    let wrong_password = "log-test-wrong-admin-password-5e";
+    let (status, _) = http_post(
+        addr,
+        "/admin/auth",
+        &[],
+        &json!({ "password": wrong_password }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, signed_in) = http_post(
+        addr,
+        "/admin/auth",
+        &[],
+        &json!({ "password": admin_password }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{signed_in}");
+    let csrf = signed_in["csrf"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = child.kill().await;
 
@@ -113,6 +139,10 @@ allow_subscribe_for_client = true
         ("HMAC secret", secret),
         ("API key", api_key),
         ("wrong API key", wrong_key),
+        ("admin password", admin_password),
+        ("admin secret", "log-test-admin-secret-77d1"),
+        ("wrong admin password", wrong_password),
+        ("admin CSRF token", &csrf),
     ] {
         assert!(!log.contains(needle), "the {what} is in the log");
     }

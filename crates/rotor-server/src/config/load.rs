@@ -107,6 +107,9 @@ impl Config {
             })
         })?;
         config.validate()?;
+        if config.admin.enabled && config.admin.insecure {
+            warnings.push("admin.insecure: the admin UI asks for no password; anyone who reaches its port can revoke tokens and publish".into());
+        }
         if !config.http_api.insecure && config.http_api.key.is_empty() {
             warnings.push("http_api.key is empty: the server API refuses every request (set a key or http_api.insecure)".into());
         }
@@ -167,6 +170,28 @@ impl Config {
                     "redis: sentinel_address and cluster_address cannot both be set".into(),
                 ));
             }
+        }
+        let admin = &self.admin;
+        if admin.enabled
+            && !admin.insecure
+            && (admin.password.is_empty() || admin.secret.is_empty())
+        {
+            return Err(ServerError::Config(
+                "admin: admin.password and admin.secret are required with admin.enabled (or set admin.insecure behind a gateway that authenticates)".into(),
+            ));
+        }
+        if admin.enabled && admin.session_ttl.is_zero() {
+            return Err(ServerError::Config(
+                "admin.session_ttl: must be above zero".into(),
+            ));
+        }
+        if !admin.handler_prefix.is_empty()
+            && (!admin.handler_prefix.starts_with('/') || admin.handler_prefix.ends_with('/'))
+        {
+            return Err(ServerError::Config(format!(
+                "admin.handler_prefix: {:?} must start with / and not end with one (e.g. /admin-ui)",
+                admin.handler_prefix
+            )));
         }
         rotor_core::channels::ChannelRules::new(&self.channel).map_err(ServerError::Config)?;
         rotor_auth::TokenVerifier::new(&self.client.token)

@@ -31,6 +31,11 @@ pub struct HttpServerConfig {
     /// client's address.
     pub trusted_proxies: Vec<String>,
     pub tls: TlsConfig,
+    /// A second port for internal endpoints (metrics, health, the admin UI unless
+    /// `admin.external`); 0: they share the main port (or `prometheus.internal_port`).
+    pub internal_port: u16,
+    /// Interface of the internal port; "" is `address`.
+    pub internal_address: String,
 }
 
 impl Default for HttpServerConfig {
@@ -42,6 +47,8 @@ impl Default for HttpServerConfig {
             body_read_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             tls: TlsConfig::default(),
+            internal_port: 0,
+            internal_address: String::new(),
         }
     }
 }
@@ -259,6 +266,7 @@ pub struct PrometheusConfig {
     /// Also export node gauges under Centrifugo's names (`centrifugo_node_num_clients`, …).
     pub centrifugo_aliases: bool,
     /// Serve metrics (and `/health`) on this separate port instead of the main one; 0 = off.
+    /// `http_server.internal_port`, Centrifugo's name, wins when both are set.
     pub internal_port: u16,
     /// Interface of the internal port.
     pub internal_address: String,
@@ -273,6 +281,56 @@ impl Default for PrometheusConfig {
             internal_port: 0,
             internal_address: "127.0.0.1".into(),
         }
+    }
+}
+
+/// `admin.*`: the admin web UI (Centrifugo's names and defaults; docs/admin.md).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    /// What an operator signs in with.
+    pub password: String,
+    /// Signs admin sessions (a sign-in lasts `session_ttl`); changing it signs everyone out.
+    pub secret: String,
+    /// No sign-in at all: anyone who reaches the port is an admin. Only behind a trusted
+    /// gateway that authenticates on its own.
+    pub insecure: bool,
+    /// Path the UI is served under ("" is the root: `/`, `/admin/...`).
+    pub handler_prefix: String,
+    /// Serve the UI on the main port even when an internal port is set.
+    pub external: bool,
+    /// How long a sign-in lasts (rotor-specific).
+    #[serde(with = "rotor_core::duration")]
+    pub session_ttl: Duration,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: false,
+            password: String::new(),
+            secret: String::new(),
+            insecure: false,
+            handler_prefix: String::new(),
+            external: false,
+            session_ttl: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &str| if v.is_empty() { "" } else { "<redacted>" };
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("password", &redacted(&self.password))
+            .field("secret", &redacted(&self.secret))
+            .field("insecure", &self.insecure)
+            .field("handler_prefix", &self.handler_prefix)
+            .field("external", &self.external)
+            .field("session_ttl", &self.session_ttl)
+            .finish()
     }
 }
 
@@ -657,12 +715,34 @@ pub struct Config {
     pub presence_manager: EnginePartConfig,
     pub revocation: RevocationConfig,
     pub prometheus: PrometheusConfig,
+    pub admin: AdminConfig,
     pub log: LogConfig,
     pub node: NodeConfig,
     pub shutdown: ShutdownConfig,
 }
 
 impl Config {
+    /// The internal port's address, when one is set: `http_server.internal_port`, else
+    /// `prometheus.internal_port` (rotor's older key).
+    pub fn internal_addr(&self) -> Option<String> {
+        let h = &self.http_server;
+        if h.internal_port > 0 {
+            let host = if h.internal_address.is_empty() {
+                &h.address
+            } else {
+                &h.internal_address
+            };
+            return Some(format!("{host}:{}", h.internal_port));
+        }
+        let p = &self.prometheus;
+        (p.internal_port > 0).then(|| format!("{}:{}", p.internal_address, p.internal_port))
+    }
+
+    /// Whether the admin UI is served on the main port (else on the internal one).
+    pub fn admin_on_main_port(&self) -> bool {
+        self.admin.enabled && (self.admin.external || self.internal_addr().is_none())
+    }
+
     /// The part the core needs.
     pub fn core(&self) -> CoreConfig {
         let name = if self.node.name.is_empty() {
