@@ -119,9 +119,14 @@ const ops = {
     return { flash: await page.textContent('#flash'), history: await page.locator('#ch-history li').allTextContents() };
   },
   // Overview numbers as shown.
-  async overview() {
+  async overview(cmd) {
     await go('overview');
     await page.waitForSelector('#ov-connections');
+    if (cmd.connections !== undefined) {
+      // The page polls: wait for the number the test expects (an earlier render may show less).
+      await page.waitForFunction((n) => document.querySelector('#ov-connections .value').textContent === String(n),
+        cmd.connections, { timeout: 10000 });
+    }
     await page.waitForFunction(() => document.querySelectorAll('#ov-nodes tbody tr').length > 0);
     const transports = await page.locator('#ov-transports .bar').evaluateAll((bars) => bars.map((b) => b.dataset.transport));
     return { connections: Number(await page.textContent('#ov-connections .value')), transports };

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests drive: the official SDKs, centrifuge-js (npm) and
 # centrifuge-python + cent (PyPI, in a virtualenv), and for the admin UI's browser tests
-# playwright-core (npm) with Debian's chromium (apt, when running as root; no browser
-# download). Idempotent: does nothing when the pinned versions are already installed.
+# playwright-core with Debian's chromium and puppeteer-core with Debian's firefox-esr (npm
+# and apt, the latter when running as root; no browser download). Idempotent: does nothing when the pinned versions are already installed.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -f node_modules/centrifuge/package.json ] || ! grep -q '"version": "5.8.0"' node_modules/centrifuge/package.json \
-   || [ ! -f node_modules/playwright-core/package.json ] || ! grep -q '"version": "1.65.2"' node_modules/playwright-core/package.json; then
-  echo "installing centrifuge-js, playwright-core and friends (npm)..."
+   || [ ! -f node_modules/playwright-core/package.json ] || ! grep -q '"version": "1.65.2"' node_modules/playwright-core/package.json \
+   || [ ! -f node_modules/puppeteer-core/package.json ] || ! grep -q '"version": "25.19.0"' node_modules/puppeteer-core/package.json; then
+  echo "installing centrifuge-js, playwright-core, puppeteer-core and friends (npm)..."
   npm install --no-audit --no-fund --loglevel=error
 fi
-if [ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+browsers=()
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || browsers+=(chromium)
+[ -x "${FIREFOX:-/usr/bin/firefox-esr}" ] || browsers+=(firefox-esr)
+if [ ${#browsers[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "installing Debian's chromium (apt) for the admin UI's browser tests..."
+    echo "installing Debian's ${browsers[*]} (apt) for the admin UI's browser tests..."
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${browsers[@]}" >/dev/null
   else
-    echo "!!! no chromium at ${CHROMIUM:-/usr/bin/chromium}: the admin UI's browser tests will skip (install Debian's chromium)" >&2
+    echo "!!! missing ${browsers[*]}: the admin UI's browser tests will skip (install Debian's chromium and firefox-esr)" >&2
   fi
 fi
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import centrifuge, cent, jwt" 2>/dev/null; then

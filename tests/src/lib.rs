@@ -254,21 +254,31 @@ pub fn sdks_available(test: &str) -> bool {
 /// Whether a headless Chromium can be driven: Debian's `chromium` (or `$CHROMIUM`) and
 /// playwright-core (installed by tests/sdk/install.sh). Missing, the test skips loudly,
 /// except under `CI=true`, where it fails.
-pub fn browser_available(test: &str) -> bool {
+pub fn chromium_available(test: &str) -> bool {
+    browser_available(test, "CHROMIUM", "/usr/bin/chromium", "playwright-core")
+}
+
+/// Whether a headless Firefox can be driven: Debian's `firefox-esr` (or `$FIREFOX`) and
+/// puppeteer-core (WebDriver BiDi), both installed by tests/sdk/install.sh.
+pub fn firefox_available(test: &str) -> bool {
+    browser_available(test, "FIREFOX", "/usr/bin/firefox-esr", "puppeteer-core")
+}
+
+fn browser_available(test: &str, var: &str, default: &str, driver: &str) -> bool {
     if !sdks_available(test) {
         return false;
     }
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let driver = sdk_dir().join("node_modules/playwright-core/package.json");
+    let browser = std::env::var(var).unwrap_or_else(|_| default.into());
+    let driver = sdk_dir().join(format!("node_modules/{driver}/package.json"));
     let missing = [
-        (!std::path::Path::new(&chromium).exists()).then(|| chromium.clone()),
+        (!std::path::Path::new(&browser).exists()).then(|| browser.clone()),
         (!driver.exists()).then(|| driver.display().to_string()),
     ];
     let missing: Vec<String> = missing.into_iter().flatten().collect();
     if !missing.is_empty() {
         skip(
             test,
-            "headless Chromium",
+            "a headless browser",
             &format!(
                 "missing {}; run tests/sdk/install.sh (or tests/run)",
                 missing.join(", ")

@@ -1267,6 +1267,9 @@ impl Hub {
     /// The channels each of `clients` is subscribed to here, sorted: one pass over every
     /// channel (for the connections API, never on the fan-out path).
     pub(crate) fn channels_of(&self, clients: &[Arc<ClientHandle>]) -> Vec<Vec<String>> {
+        if clients.is_empty() {
+            return Vec::new();
+        }
         let index: HashMap<usize, usize> = clients
             .iter()
             .enumerate()

@@ -392,12 +392,15 @@ struct ConnectionsParams {
     /// Centrifugo PRO's CEL filter: not supported (use `user` and `channel`).
     #[serde(default)]
     expression: String,
-    /// rotor: at most this many listed (default [`CONNECTIONS_LIMIT`]); `total` counts all.
+    /// rotor: at most this many listed (default [`CONNECTIONS_LIMIT`], at most
+    /// [`CONNECTIONS_MAX`]); `total` counts all.
     limit: Option<usize>,
 }
 
-/// How many connections `connections` lists unless asked for another number.
+/// How many connections `connections` lists unless asked for another number, and the most
+/// it lists (each node sends its part through the broker): `total` counts them all.
 const CONNECTIONS_LIMIT: usize = 1000;
+const CONNECTIONS_MAX: usize = 10_000;
 
 /// `connections`: the connections on every node, by user or channel, in Centrifugo PRO's
 /// shape (keyed by client id, `state.channels`, `state.connection_token`) plus rotor's
@@ -417,7 +420,7 @@ async fn connections(node: &Node, params: &RawValue) -> Result<Value, CoreError>
         .connections(rotor_core::node::ConnectionsQuery {
             user: p.user,
             channel: p.channel,
-            limit: p.limit.unwrap_or(CONNECTIONS_LIMIT),
+            limit: p.limit.unwrap_or(CONNECTIONS_LIMIT).min(CONNECTIONS_MAX),
             expiring_within: Vec::new(),
         })
         .await?;

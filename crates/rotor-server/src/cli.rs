@@ -323,6 +323,9 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             let mut config = Config::default();
             config.client.token.hmac_secret_key = secret();
             config.http_api.key = secret();
+            // Ready for the admin UI: setting admin.enabled is all it takes.
+            config.admin.password = secret();
+            config.admin.secret = secret();
             let text = serde_json::to_string_pretty(&config).expect("config serializes") + "\n";
             match output {
                 Some(path) => {

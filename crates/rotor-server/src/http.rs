@@ -1,6 +1,7 @@
 //! Small HTTP pieces the routes and transports share: plain and JSON responses, the browser
-//! origin check, session ids, and a write bounded in time.
+//! origin check, session ids, a write bounded in time, and a request body read in time.
 
+use bytes::Bytes;
 use rotor_core::channels::glob_match;
 use warp::http::{HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
@@ -68,5 +69,48 @@ mod tests {
         assert!(origin_allowed(Some("http://localhost:3000"), &allowed));
         assert!(!origin_allowed(Some("http://evil.com"), &allowed));
         assert!(origin_allowed(Some("http://evil.com"), &["*".to_string()]));
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not all of it within the time allowed (`http_server.body_read_timeout`).
+    Timeout,
+    /// The client went away mid-body.
+    Broken,
+}
+
+/// Reads a request body whose length was checked already, all of it within `within`, so a
+/// client that trickles or stops sending cannot hold the request forever.
+pub async fn read_body(
+    stream: impl futures_util::Stream<Item = Result<impl warp::Buf, warp::Error>>,
+    within: std::time::Duration,
+) -> Result<Bytes, BodyError> {
+    use futures_util::StreamExt;
+    let read = async {
+        let mut out = Vec::new();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(chunk) = stream.next().await {
+            // hyper ends the body at Content-Length, which the caller has checked; an error
+            // here is a client that went away.
+            let mut chunk = chunk.map_err(|_| BodyError::Broken)?;
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                out.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        Ok(Bytes::from(out))
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::info!(
+                "request body not received within http_server.body_read_timeout; answering 408"
+            );
+            Err(BodyError::Timeout)
+        }
     }
 }

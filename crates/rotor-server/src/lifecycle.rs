@@ -1,12 +1,13 @@
 //! The last hour of this node's token lifecycle, minute by minute: refreshes by outcome and
-//! connections closed at expiry (3005). `metrics::Metrics` records each event here as it
-//! counts it, so the admin UI's charts show the numbers `/metrics` and the Grafana
-//! dashboards show. Refreshes and expiries are rare next to messages: nothing here runs on
-//! the fan-out or connect path. No IO.
+//! connections closed at expiry (3005), for the admin UI's charts. An observer of the core's
+//! events beside `metrics::Metrics`: the same events `rotor_refreshes_total` and
+//! `rotor_connection_expirations_total` count. It listens to nothing else, so turning the
+//! admin UI on adds nothing to the fan-out or connect path. No IO.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
+use rotor_core::events::{Observer, RefreshOutcome, TokenKind};
 use serde::Serialize;
 
 /// How many minutes are kept.
@@ -92,6 +93,16 @@ impl Timeline {
                     })
             })
             .collect()
+    }
+}
+
+impl Observer for Timeline {
+    fn connection_expired(&self, _transport: &'static str) {
+        self.expired();
+    }
+
+    fn refresh(&self, _kind: TokenKind, outcome: RefreshOutcome, _lag: Option<f64>) {
+        self.refresh(outcome.as_str());
     }
 }
 

@@ -68,8 +68,6 @@ pub struct Metrics {
     with_expiry: IntGauge,
     expiring: IntGaugeVec,
     node_gauges: Vec<NodeGauge>,
-    /// The last hour of refreshes and expiries, per minute (the admin UI's charts).
-    pub timeline: crate::lifecycle::Timeline,
 }
 
 /// Windows for `rotor_connections_expiring{within}`.
@@ -397,7 +395,6 @@ impl Metrics {
             kicked,
             node_gauges,
             io: Vec::new(),
-            timeline: Default::default(),
         }
     }
 
@@ -448,7 +445,6 @@ impl Observer for Metrics {
         self.connections_expired
             .with_label_values(&[transport])
             .inc();
-        self.timeline.expired();
     }
 
     fn subscription_expired(&self) {
@@ -459,7 +455,6 @@ impl Observer for Metrics {
         self.refreshes
             .with_label_values(&[kind.as_str(), outcome.as_str()])
             .inc();
-        self.timeline.refresh(outcome.as_str());
         if let (RefreshOutcome::Ok, Some(lag)) = (outcome, lag) {
             self.refresh_lag
                 .with_label_values(&[kind.as_str()])

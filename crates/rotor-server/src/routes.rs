@@ -540,32 +540,12 @@ async fn read_within(
     stream: impl futures_util::Stream<Item = Result<impl warp::Buf, warp::Error>>,
     within: Duration,
 ) -> Result<Bytes, warp::Rejection> {
-    use futures_util::StreamExt;
-    let read = async {
-        let mut out = Vec::new();
-        let mut stream = std::pin::pin!(stream);
-        while let Some(chunk) = stream.next().await {
-            // hyper ends the body at Content-Length, which content_length_limit has
-            // checked; an error here is a client that went away.
-            let mut chunk = chunk.map_err(|_| warp::reject::custom(BodyBroken))?;
-            while chunk.has_remaining() {
-                let part = chunk.chunk();
-                out.extend_from_slice(part);
-                let n = part.len();
-                chunk.advance(n);
-            }
-        }
-        Ok(Bytes::from(out))
-    };
-    match tokio::time::timeout(within, read).await {
-        Ok(result) => result,
-        Err(_) => {
-            tracing::info!(
-                "request body not received within http_server.body_read_timeout; answering 408"
-            );
-            Err(warp::reject::custom(BodyTimeout))
-        }
-    }
+    crate::http::read_body(stream, within)
+        .await
+        .map_err(|e| match e {
+            crate::http::BodyError::Timeout => warp::reject::custom(BodyTimeout),
+            crate::http::BodyError::Broken => warp::reject::custom(BodyBroken),
+        })
 }
 
 /// The client's address the listener found (see [`crate::listener::client_addr`]).

@@ -27,6 +27,8 @@ pub struct Server {
     node: Node,
     housekeeping: Housekeeping,
     metrics: Option<Arc<Metrics>>,
+    /// Set when `admin.enabled`.
+    timeline: Option<Arc<crate::lifecycle::Timeline>>,
     /// This node's emulation sessions: other nodes' requests for them arrive from the moment
     /// the node is in the cluster.
     sessions: Arc<Sessions>,
@@ -72,9 +74,19 @@ impl Server {
             Some(r) => rotor_broker_redis::RedisBroker::start(redis.get(r).await?, &node_uid),
             None => Arc::new(LocalBroker::default()),
         };
-        // The admin UI's token lifecycle charts read the same counters as /metrics.
-        let metrics = (config.prometheus.enabled || config.admin.enabled)
+        let metrics = config
+            .prometheus
+            .enabled
             .then(|| Arc::new(Metrics::new(config.prometheus.centrifugo_aliases)));
+        // The admin UI's token lifecycle charts: an observer of their events alone.
+        let timeline = config
+            .admin
+            .enabled
+            .then(|| Arc::new(crate::lifecycle::Timeline::default()));
+        let observer: Arc<dyn Observer> = match &timeline {
+            Some(t) => Arc::new(Fanout(vec![t.clone(), observer])),
+            None => observer,
+        };
         let (storage, observer) = match &metrics {
             Some(m) => {
                 let backend = if config.storage.kind == StorageKind::Postgres {
@@ -100,6 +112,7 @@ impl Server {
             node,
             housekeeping,
             metrics,
+            timeline,
             sessions,
         })
     }
@@ -138,6 +151,7 @@ impl Server {
             config: cfg.clone(),
             sessions: self.sessions.clone(),
             metrics: self.metrics.clone(),
+            timeline: self.timeline.clone(),
             api_budget: crate::state::api_budget(cfg),
         };
         let internal = match (routes::internal(&state), cfg.internal_addr()) {

@@ -1,6 +1,6 @@
 //! What every route handler shares: the node, the configuration, the metrics, and the
 //! emulation sessions of this node (so that `POST /emulation` finds its session). Depends on
-//! no other module of this crate but the configuration and metrics, so that every transport
+//! no other module of this crate but the configuration, metrics and lifecycle, so that every transport
 //! and the API can use it without importing each other.
 
 use std::collections::HashMap;
@@ -23,6 +23,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     /// Set when `prometheus.enabled`.
     pub metrics: Option<Arc<Metrics>>,
+    /// The last hour of token events, set when `admin.enabled` (the admin UI's charts).
+    pub timeline: Option<Arc<crate::lifecycle::Timeline>>,
     /// What the server API may hold of request bodies at once, in KiB permits
     /// (`http_api.max_body_bytes_in_flight`).
     pub api_budget: Arc<tokio::sync::Semaphore>,

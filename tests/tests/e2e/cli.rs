@@ -172,6 +172,19 @@ async fn genconfig_output_is_a_valid_config() {
         v["http_api"]["key"].as_str().is_some_and(|s| s.len() >= 32),
         "fresh API key"
     );
+    let (password, secret) = (
+        v["admin"]["password"].as_str().unwrap_or_default(),
+        v["admin"]["secret"].as_str().unwrap_or_default(),
+    );
+    assert!(
+        password.len() >= 32 && secret.len() >= 32 && password != secret,
+        "fresh admin password and secret: {}",
+        v["admin"]
+    );
+    assert_eq!(
+        v["admin"]["enabled"], false,
+        "the UI stays off until enabled"
+    );
 }
 
 #[test]

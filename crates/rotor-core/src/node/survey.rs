@@ -267,13 +267,20 @@ fn local_connections(node: &NodeInner, query: &ConnectionsQuery) -> Connections 
             }
         }
     }
-    found.sort_by_key(|(c, snap)| {
-        (
-            snap.origin.map_or(0, |o| o.connected_at),
-            c.id().to_string(),
-        )
-    });
-    found.truncate(query.limit);
+    if query.limit == 0 {
+        return out;
+    }
+    // Oldest first, by client id among equals: the first `limit` chosen without sorting all.
+    type Found = (Arc<ClientHandle>, crate::hub::Snapshot);
+    let order = |a: &Found, b: &Found| {
+        let at = |f: &Found| f.1.origin.map_or(0, |o| o.connected_at);
+        at(a).cmp(&at(b)).then_with(|| a.0.id().cmp(b.0.id()))
+    };
+    if found.len() > query.limit {
+        found.select_nth_unstable_by(query.limit, order);
+        found.truncate(query.limit);
+    }
+    found.sort_unstable_by(order);
     let handles: Vec<Arc<ClientHandle>> = found.iter().map(|(c, _)| c.clone()).collect();
     let channels = node.hub.channels_of(&handles);
     out.connections = found

@@ -19,15 +19,15 @@ pub const COOKIE: &str = "rotor_admin";
 /// The header every admin request but the sign-in repeats the CSRF token in.
 pub const CSRF_HEADER: &str = "x-rotor-csrf";
 
-/// Failed sign-ins an address may make within [`WINDOW`] before it is refused for the rest
-/// of it.
+/// Failed sign-ins an address (an IPv6 /64) may make within [`WINDOW`] before it is refused
+/// for the rest of it. There is no limit over all addresses together: it would let anyone
+/// lock the operators out.
 const FAILURES_PER_ADDRESS: u32 = 5;
-/// Failed sign-ins from all addresses together within [`WINDOW`] (guessing spread over many
-/// addresses).
-const FAILURES_IN_ALL: u32 = 100;
 const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses remembered at most; the oldest windows are forgotten first.
 const ADDRESSES: usize = 10_000;
+/// Signed-out sessions remembered at most (until they would have expired).
+const SIGNED_OUT: usize = 10_000;
 
 /// What a session token says.
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,12 +69,26 @@ pub struct Auth {
     /// With `admin.insecure`: the CSRF token of every browser (there is no session).
     insecure_csrf: String,
     failures: Mutex<Failures>,
+    /// Sessions signed out before they expired (id -> expiry): refused from then on.
+    signed_out: Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Default)]
 struct Failures {
     by_addr: HashMap<Option<IpAddr>, (Instant, u32)>,
-    all: (Option<Instant>, u32),
+}
+
+/// Where failures are counted: the address, or its /64 for IPv6 (one host has them all).
+fn bucket(addr: Option<IpAddr>) -> Option<IpAddr> {
+    match addr? {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            Some(IpAddr::V6(seg.into()))
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+        v4 => Some(v4),
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -94,6 +108,7 @@ impl Auth {
             decoding: DecodingKey::from_secret(cfg.secret.as_bytes()),
             insecure_csrf: random_hex(16),
             failures: Mutex::new(Failures::default()),
+            signed_out: Mutex::new(HashMap::new()),
         }
     }
 
@@ -124,6 +139,7 @@ impl Auth {
         now_unix: u64,
         now: Instant,
     ) -> Result<(Session, String), Refused> {
+        let addr = bucket(addr);
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(wait) = failures.blocked(addr, now) {
             return Err(Refused::TooMany(wait));
@@ -171,11 +187,34 @@ impl Auth {
         let claims = jsonwebtoken::decode::<Claims>(token?, &self.decoding, &validation)
             .ok()?
             .claims;
-        (claims.sub == "admin" && claims.exp > now_unix).then_some(Session {
+        let signed_out = self
+            .signed_out
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&claims.sid);
+        (claims.sub == "admin" && claims.exp > now_unix && !signed_out).then_some(Session {
             sid: claims.sid,
             csrf: claims.csrf,
             expires_at: claims.exp,
         })
+    }
+
+    /// Ends a session before it expires (on this node: other nodes accept it until then).
+    pub fn sign_out(&self, session: &Session) {
+        if self.insecure {
+            return;
+        }
+        let mut out = self.signed_out.lock().unwrap_or_else(|e| e.into_inner());
+        if out.len() >= SIGNED_OUT {
+            let now = session.expires_at.saturating_sub(self.ttl.as_secs());
+            out.retain(|_, exp| *exp > now);
+            if out.len() >= SIGNED_OUT {
+                if let Some(oldest) = out.iter().min_by_key(|(_, e)| **e).map(|(k, _)| k.clone()) {
+                    out.remove(&oldest);
+                }
+            }
+        }
+        out.insert(session.sid.clone(), session.expires_at);
     }
 
     /// The session of a request that must also carry its CSRF token (every admin request
@@ -195,22 +234,12 @@ impl Auth {
 impl Failures {
     /// How long `addr` must still wait, if it must.
     fn blocked(&mut self, addr: Option<IpAddr>, now: Instant) -> Option<Duration> {
-        let window_left = |start: Instant| WINDOW.saturating_sub(now.duration_since(start));
-        if let Some((start, n)) = self.by_addr.get(&addr).copied() {
-            if now.duration_since(start) >= WINDOW {
-                self.by_addr.remove(&addr);
-            } else if n >= FAILURES_PER_ADDRESS {
-                return Some(window_left(start));
-            }
+        let (start, n) = self.by_addr.get(&addr).copied()?;
+        if now.duration_since(start) >= WINDOW {
+            self.by_addr.remove(&addr);
+            return None;
         }
-        if let (Some(start), n) = self.all {
-            if now.duration_since(start) >= WINDOW {
-                self.all = (None, 0);
-            } else if n >= FAILURES_IN_ALL {
-                return Some(window_left(start));
-            }
-        }
-        None
+        (n >= FAILURES_PER_ADDRESS).then(|| WINDOW.saturating_sub(now.duration_since(start)))
     }
 
     fn add(&mut self, addr: Option<IpAddr>, now: Instant) {
@@ -218,7 +247,7 @@ impl Failures {
             self.by_addr
                 .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
             if self.by_addr.len() >= ADDRESSES {
-                // Still full of live windows: the shared limit covers the rest.
+                // Still full of live windows: the oldest is forgotten.
                 if let Some(oldest) = self
                     .by_addr
                     .iter()
@@ -229,10 +258,7 @@ impl Failures {
                 }
             }
         }
-        let entry = self.by_addr.entry(addr).or_insert((now, 0));
-        entry.1 += 1;
-        self.all.0.get_or_insert(now);
-        self.all.1 += 1;
+        self.by_addr.entry(addr).or_insert((now, 0)).1 += 1;
     }
 }
 
@@ -304,18 +330,39 @@ mod tests {
     }
 
     #[test]
-    fn guessing_from_many_addresses_hits_the_shared_limit() {
+    fn an_ipv6_host_counts_as_one_address_and_others_are_never_locked_out() {
         let a = auth();
         let t0 = Instant::now();
-        for i in 0..FAILURES_IN_ALL {
-            let ip: IpAddr = format!("10.1.{}.{}", i / 250, i % 250).parse().unwrap();
+        // Five failures from five addresses of one /64: that /64 is held.
+        for i in 1..=FAILURES_PER_ADDRESS {
+            let ip: IpAddr = format!("2001:db8:1:2::{i}").parse().unwrap();
             let _ = a.sign_in_at("wrong", Some(ip), NOW, t0);
         }
-        let fresh: IpAddr = "192.0.2.1".parse().unwrap();
+        let same_net: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         assert!(matches!(
-            a.sign_in_at("pass", Some(fresh), NOW, t0),
+            a.sign_in_at("pass", Some(same_net), NOW, t0),
             Err(Refused::TooMany(_))
         ));
+        // Many other addresses failing never lock out an operator elsewhere.
+        for i in 0..500u32 {
+            let ip: IpAddr = format!("10.2.{}.{}", i / 250, i % 250).parse().unwrap();
+            let _ = a.sign_in_at("wrong", Some(ip), NOW, t0);
+        }
+        let operator: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(a.sign_in_at("pass", Some(operator), NOW, t0).is_ok());
+    }
+
+    #[test]
+    fn a_signed_out_session_is_refused_before_it_expires() {
+        let a = auth();
+        let (session, token) = a.sign_in("pass", None, NOW).unwrap();
+        let (_, other) = a.sign_in("pass", None, NOW).unwrap();
+        a.sign_out(&session);
+        assert_eq!(a.session(Some(&token), NOW + 1), None);
+        assert!(
+            a.session(Some(&other), NOW + 1).is_some(),
+            "other sessions go on"
+        );
     }
 
     #[test]

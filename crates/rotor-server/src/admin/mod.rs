@@ -19,7 +19,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
-use warp::hyper::body::Bytes;
 use warp::reply::Response;
 use warp::Filter;
 
@@ -31,8 +30,22 @@ const INDEX: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
 const APP_CSS: &str = include_str!("ui/app.css");
 
-/// Largest body an admin request may send (a publish from the channels page fits).
+/// Largest body an admin API call may send (a publish from the channels page fits).
 const BODY_LIMIT: u64 = 1024 * 1024;
+/// Largest sign-in body.
+const SIGN_IN_LIMIT: u64 = 4096;
+
+/// Server API methods that change nothing (every other call from the UI is logged with
+/// its actor).
+const READ_ONLY: [&str; 7] = [
+    "info",
+    "connections",
+    "channels",
+    "presence",
+    "presence_stats",
+    "history",
+    "revoked_tokens",
+];
 
 /// The windows the lifecycle page counts expiring connections in (seconds, label).
 const EXPIRING: [(u64, &str); 3] = [(60, "1m"), (300, "5m"), (3600, "1h")];
@@ -74,12 +87,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
             },
         )
         .untuple_one()
-        .and(
-            warp::body::content_length_limit(BODY_LIMIT)
-                .and(warp::body::bytes())
-                .or(warp::any().map(Bytes::new))
-                .unify(),
-        )
+        .and(warp::body::stream())
         .then(
             |admin: Arc<Admin>,
              state: AppState,
@@ -87,7 +95,7 @@ pub fn routes(state: &AppState) -> BoxedFilter<(Response,)> {
              rest: String,
              headers: HeaderMap,
              peer: Option<IpAddr>,
-             body: Bytes| async move {
+             body| async move {
                 let mut res = handle(&admin, &state, &method, &rest, &headers, peer, body).await;
                 harden(res.headers_mut());
                 res
@@ -171,19 +179,23 @@ fn static_file(body: &'static str, content_type: &'static str) -> Response {
 }
 
 /// A browser request sent from another site: refused whatever it carries (the cookie is
-/// SameSite=Strict and the CSRF header is needed too; this is the third fence).
+/// SameSite=Strict and the CSRF header is needed too; this is the third fence). Browsers
+/// say where a request comes from in `Sec-Fetch-Site`; without it, the `Origin` must name
+/// the host the request was sent to (`Host`, or `X-Forwarded-Host` from a proxy that
+/// rewrites `Host`).
 fn cross_site(headers: &HeaderMap) -> bool {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    if header("sec-fetch-site").is_some_and(|s| s == "cross-site") {
-        return true;
+    if let Some(site) = header("sec-fetch-site") {
+        return !matches!(site, "same-origin" | "none");
     }
-    match (header("origin"), header("host")) {
-        (Some(origin), Some(host)) => {
-            let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
-            authority != host
-        }
-        _ => false,
-    }
+    let Some(origin) = header("origin") else {
+        return false;
+    };
+    let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+    ![header("host"), header("x-forwarded-host")]
+        .into_iter()
+        .flatten()
+        .any(|host| host.eq_ignore_ascii_case(authority))
 }
 
 async fn handle(
@@ -193,7 +205,7 @@ async fn handle(
     rest: &str,
     headers: &HeaderMap,
     peer: Option<IpAddr>,
-    body: Bytes,
+    body: impl futures_util::Stream<Item = Result<impl warp::Buf, warp::Error>>,
 ) -> Response {
     let now = now_unix(state);
     if *method == Method::GET {
@@ -223,35 +235,71 @@ async fn handle(
             },
         };
     }
-    let length = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if length.is_some_and(|n| n > BODY_LIMIT) {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-    }
+    // POSTs: every check before a byte of the body is read.
     if cross_site(headers) {
         tracing::warn!(addr = ?peer, path = rest, "admin request from another site refused");
         return error(StatusCode::FORBIDDEN, "cross-site request refused");
     }
-    match rest {
-        "/admin/auth" => sign_in(admin, state, peer, &body),
-        "/admin/logout" => {
-            let mut res = json_response(StatusCode::OK, &json!({}));
-            if let Ok(v) = HeaderValue::from_str(&set_cookie(admin, "", 0)) {
-                res.headers_mut().insert("set-cookie", v);
-            }
-            if let Some(s) = checked(admin, headers, now) {
-                tracing::info!(addr = ?peer, session = %s.sid, "admin signed out");
-            }
-            res
+    let length = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let limit = if rest == "/admin/auth" {
+        SIGN_IN_LIMIT
+    } else {
+        BODY_LIMIT
+    };
+    match length {
+        Some(n) if n > limit => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
         }
-        _ => {
-            let Some(session) = checked(admin, headers, now) else {
-                return error(StatusCode::UNAUTHORIZED, "sign in first");
-            };
-            let method = rest.trim_start_matches("/admin/api/");
-            api_call(state, &session, peer, method, &body).await
+        None => return error(StatusCode::LENGTH_REQUIRED, "Content-Length required"),
+        Some(_) => {}
+    }
+    let within = state.config.http_server.body_read_timeout;
+    if rest == "/admin/auth" {
+        return match crate::http::read_body(body, within).await {
+            Ok(body) => sign_in(admin, state, peer, &body),
+            Err(e) => body_error(e),
+        };
+    }
+    let Some(session) = checked(admin, headers, now) else {
+        return error(StatusCode::UNAUTHORIZED, "sign in first");
+    };
+    if rest == "/admin/logout" {
+        admin.auth.sign_out(&session);
+        tracing::info!(addr = ?peer, session = %session.sid, "admin signed out");
+        let mut res = json_response(StatusCode::OK, &json!({}));
+        if let Ok(v) = HeaderValue::from_str(&set_cookie(admin, "", 0)) {
+            res.headers_mut().insert("set-cookie", v);
         }
+        return res;
+    }
+    // Room in the server API's body budget, as for `POST /api/<method>`.
+    let kib = u32::try_from(length.unwrap_or(0).div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+    let Ok(Ok(_permit)) =
+        tokio::time::timeout(within, state.api_budget.clone().acquire_many_owned(kib)).await
+    else {
+        tracing::warn!(
+            kib,
+            "admin call: server API body budget full; answering 503"
+        );
+        return error(StatusCode::SERVICE_UNAVAILABLE, "busy: try again");
+    };
+    let body = match crate::http::read_body(body, within).await {
+        Ok(b) => b,
+        Err(e) => return body_error(e),
+    };
+    let method = rest.trim_start_matches("/admin/api/");
+    api_call(state, &session, peer, method, &body).await
+}
+
+fn body_error(e: crate::http::BodyError) -> Response {
+    match e {
+        crate::http::BodyError::Timeout => error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        ),
+        crate::http::BodyError::Broken => error(StatusCode::BAD_REQUEST, "request body broke off"),
     }
 }
 
@@ -330,10 +378,7 @@ async fn api_call(
         Some(ip) => format!("admin:{}@{ip}", session.sid),
         None => format!("admin:{}", session.sid),
     };
-    if matches!(
-        method,
-        "revoke_token" | "invalidate_user_tokens" | "disconnect" | "publish" | "history_remove"
-    ) {
+    if !READ_ONLY.contains(&method) {
         tracing::info!(actor, method, "admin action");
     }
     match crate::api::call(&state.node, method, params, Some(&actor)).await {
@@ -363,9 +408,9 @@ async fn lifecycle(state: &AppState) -> Response {
         .map(|((_, label), n)| (label.to_string(), json!(n)))
         .collect();
     let minutes = state
-        .metrics
+        .timeline
         .as_ref()
-        .map(|m| m.timeline.last_hour())
+        .map(|t| t.last_hour())
         .unwrap_or_default();
     json_response(
         StatusCode::OK,

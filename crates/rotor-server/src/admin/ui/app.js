@@ -4,7 +4,7 @@
 'use strict';
 
 const base = location.pathname.replace(/[^/]*$/, '');
-const state = { csrf: '', page: '', timer: null, ticker: null, conns: [], channel: '' };
+const state = { csrf: '', page: '', gen: 0, timer: null, ticker: null, channel: '' };
 const $ = (id) => document.getElementById(id);
 
 // --- DOM helpers -------------------------------------------------------------------------
@@ -70,10 +70,17 @@ function fromLocalInput(value) {
 
 class SignedOut extends Error {}
 
-async function request(path, init) {
+async function request(path, init, retried) {
   const headers = Object.assign({ 'x-rotor-csrf': state.csrf }, (init && init.headers) || {});
   const res = await fetch(base + path, Object.assign({ credentials: 'same-origin' }, init, { headers }));
-  if (res.status === 401) { showSignIn(); throw new SignedOut('signed out'); }
+  if (res.status === 401) {
+    // The session may still be good on a node that has another CSRF token (admin.insecure
+    // behind a load balancer, or a restart): ask once, then sign in again.
+    const s = retried ? {} : await readSession().catch(() => ({}));
+    if (!s.signed_in) { showSignIn(); throw new SignedOut('signed out'); }
+    state.csrf = s.csrf;
+    return request(path, init, true);
+  }
   let body = {};
   try { body = await res.json(); } catch (_) { /* not JSON */ }
   if (!res.ok) throw new Error(typeof body.error === 'string' ? body.error : `HTTP ${res.status}`);
@@ -95,6 +102,10 @@ function failed(e) {
 }
 
 // --- Sign-in -------------------------------------------------------------------------------
+
+async function readSession() {
+  return (await fetch(base + 'admin/session', { credentials: 'same-origin' })).json();
+}
 
 function showSignIn(message) {
   stopPolling();
@@ -120,21 +131,29 @@ function showApp(session) {
 $('signin-form').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   $('signin-error').hidden = true;
-  const res = await fetch(base + 'admin/auth', {
-    method: 'POST',
-    credentials: 'same-origin',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ password: $('password').value }),
-  });
-  if (res.status === 200) {
-    const s = await (await fetch(base + 'admin/session', { credentials: 'same-origin' })).json();
-    if (s.signed_in) return showApp(s);
+  let res;
+  try {
+    res = await fetch(base + 'admin/auth', {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ password: $('password').value }),
+    });
+  } catch (e) {
+    return showSignIn('The server cannot be reached.');
   }
+  if (res.status === 200) {
+    const s = await readSession().catch(() => ({}));
+    if (s.signed_in) return showApp(s);
+    return showSignIn('Signed in, but the session was not kept: are cookies allowed for this site?');
+  }
+  if (res.status === 401) return showSignIn('Wrong password.');
   if (res.status === 429) {
     const wait = res.headers.get('retry-after');
     return showSignIn(`Too many failed attempts. Try again in ${wait || 60} s.`);
   }
-  showSignIn('Wrong password.');
+  const body = await res.json().catch(() => ({}));
+  showSignIn(`Sign-in failed: ${typeof body.error === 'string' ? body.error : `HTTP ${res.status}`}`);
 });
 
 $('signout').addEventListener('click', async () => {
@@ -152,11 +171,16 @@ const pages = {
   channels: { load: loadChannels, every: 3000 },
 };
 
+// Each page load has a generation: a change of page (or a sign-out) starts a new one, and
+// an answer that arrives for an older generation is dropped instead of drawn.
 function stopPolling() {
-  clearInterval(state.timer);
+  state.gen += 1;
+  clearTimeout(state.timer);
   clearInterval(state.ticker);
   state.timer = state.ticker = null;
 }
+
+const current = (gen) => gen === undefined || gen === state.gen;
 
 function route() {
   if ($('app').hidden) return;
@@ -167,9 +191,13 @@ function route() {
   for (const s of document.querySelectorAll('.page')) s.hidden = s.id !== `page-${page}`;
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === page);
   const p = pages[page];
-  const run = () => p.load().catch(failed);
+  const gen = state.gen;
+  // The next poll starts only when this one is done, so slow answers never pile up.
+  const run = async () => {
+    await p.load(gen).catch(failed);
+    if (p.every && gen === state.gen) state.timer = setTimeout(run, p.every);
+  };
   run();
-  if (p.every) state.timer = setInterval(run, p.every);
   if (p.tick) state.ticker = setInterval(p.tick, 1000);
 }
 
@@ -184,8 +212,9 @@ function fill(tbody, rows) {
 }
 
 // Overview: every node's numbers, connections by transport.
-async function loadOverview() {
+async function loadOverview(gen) {
   const [info, conns] = await Promise.all([api('info'), api('connections', { limit: 0 })]);
+  if (!current(gen)) return;
   const nodes = info.nodes || [];
   const sum = (k) => nodes.reduce((a, n) => a + (n[k] || 0), 0);
   const uptime = nodes.length ? Math.max(...nodes.map((n) => n.uptime || 0)) : 0;
@@ -215,19 +244,27 @@ async function loadOverview() {
 }
 
 // Connections: live list, countdown to expiry, disconnect and revoke from the row.
-async function loadConnections() {
+async function loadConnections(gen) {
   const params = { limit: 500 };
   const user = $('conn-user').value.trim();
   const channel = $('conn-channel').value.trim();
   if (user) params.user = user;
   if (channel) params.channel = channel;
   const res = await api('connections', params);
+  if (!current(gen)) return;
   const list = Object.entries(res.connections || {}).map(([client, c]) => Object.assign({ client }, c));
   list.sort((a, b) => a.connected_at_ms - b.connected_at_ms || a.client.localeCompare(b.client));
-  state.conns = list;
   $('conn-count').textContent = list.length < res.total ? `showing ${list.length} of ${res.total}` : `${res.total} connection${res.total === 1 ? '' : 's'}`;
   $('conn-empty').hidden = list.length > 0;
-  fill($('conn-table').tBodies[0], list.map(connectionRow));
+  // A row whose connection did not change is kept as it is (a click on it is not lost).
+  const tbody = $('conn-table').tBodies[0];
+  const kept = new Map([...tbody.rows].map((tr) => [tr.dataset.sig, tr]));
+  fill(tbody, list.map((c) => {
+    const sig = JSON.stringify(c);
+    const tr = kept.get(sig) || connectionRow(c);
+    tr.dataset.sig = sig;
+    return tr;
+  }));
 }
 
 function connectionRow(c) {
@@ -241,11 +278,12 @@ function connectionRow(c) {
     td('Protocol', c.protocol),
     td('Remote address', c.remote_addr || '—'),
     td('Connected', el('span', { title: when(c.connected_at_ms / 1000), text: `${span(nowSec() - c.connected_at_ms / 1000)} ago` })),
-    td('Expires', el('span', { class: 'expires', 'data-expire-at': c.expire_at || 0 }, expiryText(c.expire_at))),
+    td('Expires', el('span', { class: `expires ${expiryClass(c.expire_at)}`, 'data-expire-at': c.expire_at || 0 }, expiryText(c.expire_at))),
     td('Token jti', token.uid ? el('code', { class: 'jti', text: token.uid }) : el('span', { class: 'muted', text: '—' })),
     td('Subscriptions', channels.length ? channels.map((ch) => el('span', { class: 'tag', text: ch })) : el('span', { class: 'muted', text: 'none' })),
     td('', el('div', { class: 'actions' },
-      el('button', { class: 'small', type: 'button', onclick: () => disconnect(c) }, 'Disconnect'),
+      el('button', { class: 'small', type: 'button', disabled: !c.user, title: c.user ? 'Close this connection' : 'An anonymous connection ends when its token is revoked or expires',
+        onclick: () => disconnect(c) }, 'Disconnect'),
       el('button', { class: 'small danger', type: 'button', disabled: !token.uid, title: token.uid ? 'Revoke this token' : 'The token has no jti',
         onclick: () => openRevoke(c, token.uid) }, 'Revoke token'))));
 }
@@ -256,13 +294,18 @@ function expiryText(at) {
   return left >= 0 ? `in ${span(left)} (${when(at).slice(11)})` : `${span(left)} ago — closing`;
 }
 
+function expiryClass(at) {
+  if (!at) return '';
+  const left = at - nowSec();
+  if (left < 0) return 'past';
+  return left < 60 ? 'soon' : '';
+}
+
 function tickExpiries() {
   for (const e of document.querySelectorAll('#conn-table .expires')) {
     const at = Number(e.dataset.expireAt);
     e.textContent = expiryText(at);
-    const left = at - nowSec();
-    e.classList.toggle('soon', at > 0 && left >= 0 && left < 60);
-    e.classList.toggle('past', at > 0 && left < 0);
+    e.className = `expires ${expiryClass(at)}`;
   }
 }
 
@@ -301,8 +344,9 @@ $('conn-filter').addEventListener('reset', () => setTimeout(() => loadConnection
 // Token lifecycle: what expires soon, refreshes and 3005 closes per minute.
 const OUTCOMES = { ok: '#2e9e5b', expired: '#d98a1c', invalid: '#c0392b', mismatch: '#8e44ad', empty: '#7f8c8d', unavailable: '#2980b9', revoked: '#1d2330' };
 
-async function loadLifecycle() {
+async function loadLifecycle(gen) {
   const lc = await request('admin/lifecycle');
+  if (!current(gen)) return;
   const e = lc.expiring || {};
   $('lc-cards').replaceChildren(
     stat('Expiring in the next minute', e['1m'] ?? 0, 'lc-1m'),
@@ -356,7 +400,7 @@ function barChart(name, minutes, series, width) {
 }
 
 // Revocations: the audit trail with search, and the forms.
-async function loadRevocations() {
+async function loadRevocations(gen) {
   const params = { limit: 200 };
   const user = $('rev-user').value.trim();
   const jti = $('rev-jti').value.trim();
@@ -367,6 +411,7 @@ async function loadRevocations() {
   if (since) params.since = since;
   if (until) params.until = until;
   const res = await api('revoked_tokens', params);
+  if (!current(gen)) return;
   const rows = res.tokens || [];
   $('rev-empty').hidden = rows.length > 0;
   const td = (label, ...content) => el('td', { 'data-label': label }, ...content);
@@ -399,8 +444,9 @@ $('inv-form').addEventListener('submit', async (ev) => {
 });
 
 // Channels: subscriber counts, a channel's presence and history, publish.
-async function loadChannels() {
+async function loadChannels(gen) {
   const res = await api('channels', { pattern: $('ch-pattern').value.trim() });
+  if (!current(gen)) return;
   const list = Object.entries(res.channels || {}).sort((a, b) => b[1].num_clients - a[1].num_clients || a[0].localeCompare(b[0]));
   $('ch-count').textContent = `${list.length} channel${list.length === 1 ? '' : 's'}`;
   $('ch-empty').hidden = list.length > 0;
@@ -442,7 +488,7 @@ $('pub-form').addEventListener('submit', async (ev) => {
 
 (async () => {
   try {
-    const s = await (await fetch(base + 'admin/session', { credentials: 'same-origin' })).json();
+    const s = await readSession();
     if (s.signed_in) showApp(s); else showSignIn();
   } catch (e) {
     showSignIn('The server cannot be reached.');
