@@ -403,7 +403,7 @@ const CONNECTIONS_LIMIT: usize = 1000;
 const CONNECTIONS_MAX: usize = 10_000;
 
 /// `connections`: the connections on every node, by user or channel, in Centrifugo PRO's
-/// shape (keyed by client id, `state.channels`, `state.connection_token`) plus rotor's
+/// shape (keyed by client id, `state.channels`, `state.connection_token`, `state.meta`) plus rotor's
 /// fields (`node`, `remote_addr`, `expire_at`) and counts (`total`, `by_transport`).
 async fn connections(node: &Node, params: &RawValue) -> Result<Value, CoreError> {
     let p: ConnectionsParams = if is_null(params) {
@@ -433,6 +433,9 @@ async fn connections(node: &Node, params: &RawValue) -> Result<Value, CoreError>
             state["connection_token"] =
                 json!({ "uid": jti, "issued_at": c.issued_at.unwrap_or(0) });
         }
+        if let Some(meta) = c.meta {
+            state["meta"] = serde_json::to_value(&meta).unwrap_or(Value::Null);
+        }
         let mut entry = json!({
             "user": c.user,
             "transport": c.transport,
@@ -444,9 +447,6 @@ async fn connections(node: &Node, params: &RawValue) -> Result<Value, CoreError>
         });
         if let Some(addr) = c.remote_addr {
             entry["remote_addr"] = json!(addr);
-        }
-        if let Some(meta) = c.meta {
-            entry["meta"] = serde_json::to_value(&meta).unwrap_or(Value::Null);
         }
         listed.insert(c.client, entry);
     }

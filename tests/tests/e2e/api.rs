@@ -484,12 +484,21 @@ async fn connections_api_lists_filters_and_counts_live_clients() {
         ("bob", "sse", "c-bob", "chat:b"),
         ("bob", "http_stream", "c-bob2", "chat:a"),
     ] {
+        let token = if user == "ann" {
+            // `meta` is for the backend: listed by `connections`, never sent to the client.
+            token(
+                json!({"sub": user, "jti": jti, "iat": now(), "exp": now() + 600,
+                         "meta": {"plan": "pro"}}),
+            )
+        } else {
+            jti_token(user, jti, 600)
+        };
         let mut c = Script::node(
             "client.js",
             &[
                 ("BASE", server.http_url()),
                 ("TRANSPORT", transport.to_string()),
-                ("TOKEN", jti_token(user, jti, 600)),
+                ("TOKEN", token),
             ],
         );
         c.expect("ready", T).await;
@@ -519,6 +528,7 @@ async fn connections_api_lists_filters_and_counts_live_clients() {
     assert_eq!(ann["remote_addr"], "127.0.0.1");
     assert_eq!(ann["state"]["connection_token"]["uid"], "c-ann");
     assert_eq!(ann["state"]["channels"], json!({"chat:a": {}}));
+    assert_eq!(ann["state"]["meta"], json!({"plan": "pro"}));
     assert!(ann["expire_at"].as_u64().unwrap().abs_diff(now() + 600) <= 5);
     let connected_s = ann["connected_at_ms"].as_u64().unwrap() / 1000;
     assert!(
@@ -547,6 +557,25 @@ async fn connections_api_lists_filters_and_counts_live_clients() {
         .api("connections", json!({"user": "bob", "channel": "chat:a"}))
         .await;
     assert_eq!(bob_in_a["result"]["total"], 1, "{bob_in_a}");
+    // The official `cent` client reads the answer with Centrifugo PRO's types (it sends
+    // `user` and an empty `expression`).
+    let by_cent = cent(
+        &server,
+        "connections",
+        json!({"user": "ann", "expression": ""}),
+    )
+    .await;
+    let listed = by_cent["connections"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{by_cent}"));
+    assert_eq!(listed.len(), 1, "{by_cent}");
+    let (_, c) = listed.iter().next().unwrap();
+    assert_eq!(
+        (&c["transport"], &c["protocol"], &c["user"]),
+        (&json!("websocket"), &json!("json"), &json!("ann")),
+        "{by_cent}"
+    );
+    assert_eq!(c["state"]["connection_token"]["uid"], "c-ann", "{by_cent}");
     // A limit lists fewer but counts all.
     let (_, one) = server.api("connections", json!({"limit": 1})).await;
     assert_eq!(one["result"]["connections"].as_object().unwrap().len(), 1);
