@@ -32,6 +32,24 @@ pub trait NodeMessageHandler: Send + Sync {
     fn on_node_message(&self, payload: &str);
 }
 
+/// Which connections a `connections` survey asks for.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConnectionsQuery {
+    /// Only this user's connections ("" for every user).
+    #[serde(default)]
+    pub user: String,
+    /// Only connections subscribed to this channel ("" for any).
+    #[serde(default)]
+    pub channel: String,
+    /// At most this many connections listed (the counts cover them all).
+    #[serde(default)]
+    pub limit: usize,
+    /// Also count the matching connections whose token expires within each of these many
+    /// seconds from now.
+    #[serde(default)]
+    pub expiring_within: Vec<u64>,
+}
+
 /// Node-wide commands that must reach every node (the connection may live on any of them).
 /// Serializable so that brokers can carry them between processes.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -87,7 +105,7 @@ pub enum Control {
     ConnectionsSurvey {
         id: String,
         reply_to: String,
-        query: crate::node::ConnectionsQuery,
+        query: ConnectionsQuery,
     },
     /// Extend (or expire) a user's connections.
     Refresh {

@@ -11,7 +11,8 @@ mod cluster;
 mod revoke;
 mod survey;
 
-pub use survey::{ConnectionInfo, Connections, ConnectionsQuery, SURVEY_TIMEOUT};
+pub use crate::broker::ConnectionsQuery;
+pub use survey::{ConnectionInfo, Connections, SURVEY_TIMEOUT};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{Node, NodeInner};
-use crate::broker::Control;
+use crate::broker::{ConnectionsQuery, Control};
 use crate::channels::glob_match;
 use crate::hub::ClientHandle;
 use crate::CoreError;
@@ -27,24 +27,6 @@ const ANSWER: &str = "survey ";
 
 /// One node's channels: name -> local subscribers.
 type Counts = BTreeMap<String, usize>;
-
-/// Which connections a `connections` survey asks for.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ConnectionsQuery {
-    /// Only this user's connections ("" for every user).
-    #[serde(default)]
-    pub user: String,
-    /// Only connections subscribed to this channel ("" for any).
-    #[serde(default)]
-    pub channel: String,
-    /// At most this many connections listed (the counts cover them all).
-    #[serde(default)]
-    pub limit: usize,
-    /// Also count the matching connections whose token expires within each of these many
-    /// seconds from now.
-    #[serde(default)]
-    pub expiring_within: Vec<u64>,
-}
 
 /// One connection as the connections API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
