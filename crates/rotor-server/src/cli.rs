@@ -70,6 +70,44 @@ pub enum Command {
         /// The token.
         token: String,
     },
+    /// Print an HS256 subscription token for a user and a channel, signed with
+    /// `client.subscription_token.hmac_secret_key` when subscription tokens have their own
+    /// keys, else `client.token.hmac_secret_key`.
+    Gensubtoken {
+        /// The user id (`sub`).
+        #[arg(long, short = 'u', default_value = "")]
+        user: String,
+        /// The channel (`channel`).
+        #[arg(long, short = 's')]
+        channel: String,
+        /// Lifetime, e.g. `3600s`, `1h`; `0` for a token without `exp`.
+        #[arg(long, short = 't', default_value = "3600s")]
+        ttl: String,
+    },
+    /// Verify a subscription token against the configuration and print its claims.
+    Checksubtoken {
+        /// The token.
+        token: String,
+    },
+    /// Print rotor's version.
+    Version,
+    /// Print the configuration with every key at its default (no secrets: see genconfig).
+    Defaultconfig {
+        /// json, toml or yaml (default: from --output's extension, else json).
+        #[arg(long)]
+        format: Option<String>,
+        /// Write to this file instead of standard output (refuses to overwrite).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Print every key as an environment variable with its default.
+    Defaultenv {
+        /// Centrifugo's names (CENTRIFUGO_*), which rotor reads too.
+        #[arg(long)]
+        centrifugo: bool,
+    },
+    /// Print every configuration key with its type, default and meaning.
+    Configdoc,
     /// Load and check the configuration, then exit.
     Checkconfig,
     /// Apply pending database migrations (storage.type = "postgres"), then exit.
@@ -285,6 +323,25 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// Writes `text` to a new file (never over an existing one), or prints it.
+fn write_or_print(output: Option<PathBuf>, text: &str) -> Result<(), ServerError> {
+    match output {
+        Some(path) => {
+            if path.exists() {
+                return Err(ServerError::Cli(format!(
+                    "{} exists; not overwriting it",
+                    path.display()
+                )));
+            }
+            std::fs::write(&path, text)
+                .map_err(|e| ServerError::Cli(format!("cannot write {}: {e}", path.display())))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
 fn secret() -> String {
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -327,22 +384,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             config.admin.password = secret();
             config.admin.secret = secret();
             let text = serde_json::to_string_pretty(&config).expect("config serializes") + "\n";
-            match output {
-                Some(path) => {
-                    if path.exists() {
-                        return Err(ServerError::Cli(format!(
-                            "{} exists; not overwriting it",
-                            path.display()
-                        )));
-                    }
-                    std::fs::write(&path, text).map_err(|e| {
-                        ServerError::Cli(format!("cannot write {}: {e}", path.display()))
-                    })?;
-                    eprintln!("wrote {}", path.display());
-                }
-                None => print!("{text}"),
-            }
-            Ok(())
+            write_or_print(output, &text)
         }
         Command::Gentoken { user, ttl } => {
             let config = cli.common.load()?;
@@ -390,6 +432,98 @@ fn run(cli: Cli) -> Result<(), ServerError> {
             if !t.channels.is_empty() {
                 println!("channels: {}", t.channels.join(", "));
             }
+            Ok(())
+        }
+        Command::Gensubtoken { user, channel, ttl } => {
+            let config = cli.common.load()?;
+            let keys = config
+                .client
+                .subscription_token
+                .token_config(&config.client.token);
+            if keys.hmac_secret_key.is_empty() {
+                return Err(ServerError::Cli(
+                    "no HMAC secret for subscription tokens (client.subscription_token.hmac_secret_key, or client.token.hmac_secret_key when subscription tokens share its keys)".into(),
+                ));
+            }
+            let ttl = rotor_core::duration::parse(&ttl).map_err(ServerError::Cli)?;
+            let mut claims = serde_json::json!({ "sub": user, "channel": channel, "iat": now() });
+            if !ttl.is_zero() {
+                claims["exp"] = (now() + ttl.as_secs().max(1)).into();
+            }
+            if !keys.audience.is_empty() {
+                claims["aud"] = keys.audience.clone().into();
+            }
+            if !keys.issuer.is_empty() {
+                claims["iss"] = keys.issuer.clone().into();
+            }
+            let token = rotor_auth::sign_hmac(&claims, &keys.hmac_secret_key)
+                .map_err(|e| ServerError::Cli(e.to_string()))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Checksubtoken { token } => {
+            let config = cli.common.load()?;
+            let keys = config
+                .client
+                .subscription_token
+                .token_config(&config.client.token);
+            let verifier = rotor_auth::TokenVerifier::new(&keys)
+                .map_err(|e| ServerError::Config(e.to_string()))?;
+            let t = block_on(async {
+                verifier
+                    .verify_subscribe(&token, now())
+                    .await
+                    .map_err(|e| ServerError::Cli(format!("token rejected: {e}")))
+            })?;
+            let expires = match t.expire_at {
+                Some(at) => format!("in {}s (at {at})", at.saturating_sub(now())),
+                None => "never".to_string(),
+            };
+            println!(
+                "valid subscription token for user {:?} and channel {:?}, expires {expires}",
+                t.user, t.channel
+            );
+            Ok(())
+        }
+        Command::Version => {
+            println!(
+                "rotor {} (Centrifugo client protocol v2, JSON and Protobuf; Centrifugo v6 server API and configuration)",
+                env!("CARGO_PKG_VERSION")
+            );
+            Ok(())
+        }
+        Command::Defaultconfig { format, output } => {
+            let format = format
+                .or_else(|| {
+                    output
+                        .as_ref()
+                        .and_then(|p| p.extension())
+                        .map(|e| e.to_string_lossy().to_lowercase())
+                })
+                .unwrap_or_else(|| "json".into());
+            let config = Config::default();
+            let text = match format.as_str() {
+                "json" => serde_json::to_string_pretty(&config).expect("config serializes") + "\n",
+                "toml" => {
+                    toml::to_string(&config).map_err(|e| ServerError::Cli(format!("toml: {e}")))?
+                }
+                "yaml" | "yml" => serde_yaml_ng::to_string(&config)
+                    .map_err(|e| ServerError::Cli(format!("yaml: {e}")))?,
+                other => {
+                    return Err(ServerError::Cli(format!(
+                        "unknown format {other:?}: use json, toml or yaml"
+                    )))
+                }
+            };
+            write_or_print(output, &text)
+        }
+        Command::Defaultenv { centrifugo } => {
+            let prefix = if centrifugo { "CENTRIFUGO_" } else { "ROTOR_" };
+            print!("{}", crate::config::doc::default_env(prefix));
+            Ok(())
+        }
+        Command::Configdoc => {
+            print!("{}", crate::config::doc::render());
             Ok(())
         }
         Command::Checkconfig => {

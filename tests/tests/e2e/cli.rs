@@ -274,3 +274,176 @@ async fn centrifugo_variables_configure_rotor_and_stray_rotor_variables_only_war
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_centrifugo_v5_config_loads_with_warnings_and_its_problems_are_listed_at_once() {
+    // Centrifugo v5's flat names: read as their v6 keys, each with a warning.
+    let v5 = temp_config(
+        "v5.json",
+        r#"{
+  "token_hmac_secret_key": "v5-secret",
+  "api_key": "v5-api",
+  "admin": true,
+  "admin_password": "pw",
+  "admin_secret": "s",
+  "allowed_origins": ["https://app.example"],
+  "port": "8123",
+  "presence": true,
+  "history_size": 10,
+  "history_ttl": "60s",
+  "client_expire": true,
+  "namespaces": [{"name": "chat", "join_leave": true, "proxy_subscribe": false}]
+}"#,
+    );
+    let (ok, out, err) = run(&["--config", v5.to_str().unwrap(), "checkconfig"], &[]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    for (old, new) in [
+        ("token_hmac_secret_key", "client.token.hmac_secret_key"),
+        ("api_key", "http_api.key"),
+        ("admin", "admin.enabled"),
+        ("allowed_origins", "client.allowed_origins"),
+        ("port", "http_server.port"),
+        ("presence", "channel.without_namespace.presence"),
+        ("proxy_subscribe", "subscribe_proxy_enabled"),
+    ] {
+        assert!(
+            err.contains(&format!("{old}` is Centrifugo's older name of `{new}`")),
+            "no warning for {old}: {err}"
+        );
+    }
+    // What was read is what v5 meant: the token signed with the v5 secret is accepted.
+    let token =
+        rotor_auth::sign_hmac(&json!({"sub": "u5", "exp": now() + 60}), "v5-secret").unwrap();
+    let (ok, out, err) = run(
+        &["--config", v5.to_str().unwrap(), "checktoken", &token],
+        &[],
+    )
+    .await;
+    assert!(ok && out.contains("\"u5\""), "{out} {err}");
+
+    // Typos and settings that no longer exist: every one listed, each with its hint.
+    let bad = temp_config(
+        "bad-many.toml",
+        "client_expire = false\n[http_server]\nadress = \"127.0.0.1\"\n[client.token]\nhmac_secret = \"s\"\n[[channel.namespaces]]\nname = \"chat\"\npresense = true\n",
+    );
+    let (ok, _, err) = run(&["--config", bad.to_str().unwrap(), "checkconfig"], &[]).await;
+    assert!(!ok);
+    assert!(err.contains("4 problems"), "{err}");
+    for hint in [
+        "`client_expire` is Centrifugo's older setting",
+        "did you mean `http_server.address`?",
+        "did you mean `client.token.hmac_secret_key`?",
+        "did you mean `channel.namespaces[0].presence`?",
+    ] {
+        assert!(err.contains(hint), "missing {hint:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn cli_version_defaults_configdoc_and_subscription_tokens() {
+    let (ok, out, _) = run(&["version"], &[]).await;
+    assert!(
+        ok && out.starts_with("rotor ") && out.contains(env!("CARGO_PKG_VERSION")),
+        "{out}"
+    );
+
+    // defaultconfig in each format is a configuration rotor loads as it is.
+    for format in ["json", "toml", "yaml"] {
+        let (ok, out, err) = run(&["defaultconfig", "--format", format], &[]).await;
+        assert!(ok, "{format}: {err}");
+        let path = temp_config(&format!("default.{format}"), &out);
+        let (ok, _, err) = run(&["--config", path.to_str().unwrap(), "checkconfig"], &[]).await;
+        assert!(ok, "{format}: {err}");
+    }
+
+    // defaultenv: every key as a variable; set back, they change nothing.
+    let (ok, env, _) = run(&["defaultenv"], &[]).await;
+    assert!(ok);
+    assert!(env.contains("ROTOR_HTTP_SERVER_PORT=8000\n"), "{env}");
+    let vars: Vec<(String, String)> = env
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap();
+            (k.to_string(), v.trim_matches('\'').to_string())
+        })
+        .collect();
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (ok, _, err) = run(&["checkconfig"], &pairs).await;
+    assert!(ok, "{err}");
+    assert!(
+        !err.contains("environment variable"),
+        "every variable names a key: {err}"
+    );
+    let (ok, env, _) = run(&["defaultenv", "--centrifugo"], &[]).await;
+    assert!(
+        ok && env.contains("CENTRIFUGO_CLIENT_PING_INTERVAL=25s\n"),
+        "{env}"
+    );
+
+    // configdoc: every key of defaultenv, with its type and meaning.
+    let (ok, doc, _) = run(&["configdoc"], &[]).await;
+    assert!(ok);
+    assert!(
+        doc.contains("client.ping_interval (duration, default \"25s\")"),
+        "{doc}"
+    );
+    assert_eq!(
+        doc.lines().filter(|l| l.contains(", default ")).count(),
+        vars.len(),
+        "one entry per key"
+    );
+
+    // gensubtoken / checksubtoken with the connection keys, then with keys of their own.
+    let shared = temp_config("sub.toml", "[client.token]\nhmac_secret_key = \"conn\"\n");
+    let (ok, token, err) = run(
+        &[
+            "--config",
+            shared.to_str().unwrap(),
+            "gensubtoken",
+            "-u",
+            "ann",
+            "-s",
+            "$news",
+            "-t",
+            "10m",
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(
+        &[
+            "--config",
+            shared.to_str().unwrap(),
+            "checksubtoken",
+            token.trim(),
+        ],
+        &[],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("\"ann\"") && out.contains("\"$news\""),
+        "{out}"
+    );
+    let own = temp_config(
+        "sub-own.toml",
+        "[client.token]\nhmac_secret_key = \"conn\"\n[client.subscription_token]\nenabled = true\nhmac_secret_key = \"subs\"\n",
+    );
+    let (ok, _, err) = run(
+        &[
+            "--config",
+            own.to_str().unwrap(),
+            "checksubtoken",
+            token.trim(),
+        ],
+        &[],
+    )
+    .await;
+    assert!(
+        !ok,
+        "signed with the connection key, refused where subscriptions have their own"
+    );
+    assert!(err.contains("token rejected"), "{err}");
+}

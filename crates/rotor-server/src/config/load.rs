@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::migrate::{self, set_path};
 use super::{Config, StorageKind};
 use crate::error::ServerError;
 
@@ -41,9 +42,13 @@ impl Config {
             Some(p) => read_file(p)?,
             None => Value::Object(Default::default()),
         };
-        let leaves =
-            leaf_paths(&serde_json::to_value(Config::default()).expect("config serializes"));
+        let defaults = serde_json::to_value(Config::default()).expect("config serializes");
+        let leaves = leaf_paths(&defaults);
         let mut warnings = Vec::new();
+        // The file's older names and typos, every one of them, before anything else.
+        let review = migrate::review(&mut value, &defaults, &templates());
+        warnings.extend(review.warnings);
+        let problems = review.errors;
         let env: Vec<(String, String)> = env.into_iter().collect();
         let rotor_names: std::collections::HashSet<&str> = env
             .iter()
@@ -97,6 +102,15 @@ impl Config {
                 parse_like(&default, raw)
                     .map_err(|e| ServerError::Config(format!("--set {key}: {e}")))?,
             );
+        }
+        if !problems.is_empty() {
+            let file = path.map_or("the configuration".to_string(), |p| p.display().to_string());
+            let n = problems.len();
+            return Err(ServerError::Config(format!(
+                "{n} problem{} in {file}:\n  - {}",
+                if n == 1 { "" } else { "s" },
+                problems.join("\n  - ")
+            )));
         }
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -224,8 +238,24 @@ fn read_file(path: &Path) -> Result<Value, ServerError> {
     }
 }
 
+/// What an item of each list of sections looks like, for the review of the file.
+fn templates() -> migrate::Templates {
+    let json = |v: Result<Value, serde_json::Error>| v.expect("defaults serialize");
+    migrate::Templates {
+        namespace: json(serde_json::to_value(
+            rotor_core::config::NamespaceConfig::default(),
+        )),
+        rpc_namespace: json(serde_json::to_value(
+            rotor_core::config::RpcOptions::default(),
+        )),
+        proxy: json(serde_json::to_value(
+            rotor_core::config::NamedProxyConfig::default(),
+        )),
+    }
+}
+
 /// Every leaf of the default configuration with its default value (arrays count as leaves).
-fn leaf_paths(value: &Value) -> Vec<(Vec<String>, Value)> {
+pub(super) fn leaf_paths(value: &Value) -> Vec<(Vec<String>, Value)> {
     let mut out = Vec::new();
     fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Value)>) {
         match v {
@@ -258,26 +288,6 @@ fn parse_like(default: &Value, raw: &str) -> Result<Value, String> {
         }
         _ => Ok(serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))),
     }
-}
-
-fn set_path(root: &mut Value, path: &[String], value: Value) {
-    let mut cur = root;
-    for key in &path[..path.len() - 1] {
-        if !cur.is_object() {
-            *cur = Value::Object(Default::default());
-        }
-        cur = cur
-            .as_object_mut()
-            .expect("made an object")
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(Default::default()));
-    }
-    if !cur.is_object() {
-        *cur = Value::Object(Default::default());
-    }
-    cur.as_object_mut()
-        .expect("made an object")
-        .insert(path[path.len() - 1].clone(), value);
 }
 
 /// The default configuration as pretty JSON (for `rotor genconfig`).

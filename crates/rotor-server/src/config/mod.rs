@@ -1,7 +1,10 @@
 //! Configuration: every key with its type and default, in Centrifugo v6's names. How a
-//! configuration is read (file, environment, `--set`) and checked is `load`'s business.
+//! configuration is read (file, environment, `--set`) and checked is `load`'s business;
+//! what a file says in Centrifugo's older names (or misspelt) is `migrate`'s.
 
+pub mod doc;
 mod load;
+mod migrate;
 
 pub use load::default_json;
 

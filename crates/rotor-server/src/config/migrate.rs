@@ -1,0 +1,528 @@
+//! What a configuration file says that rotor's keys do not, found before the file is read
+//! into types, all at once: Centrifugo's older flat names (v5 and before) and typos.
+//!
+//! An older name whose meaning is the same as a current key is moved there, with a warning
+//! that names both (the file still works; rename it at leisure). An older name with no such
+//! key is an error that says what to do instead. An unknown key is an error with a
+//! did-you-mean when a key of that level (or a key elsewhere with that name) is close. Only
+//! the file is reviewed: environment variables and `--set` name keys by path already.
+
+use serde_json::{Map, Value};
+
+/// An older name, and what it became.
+enum Older {
+    /// The same setting under a current key path.
+    Same(&'static str),
+    /// No current key means the same: the error says what to do.
+    Gone(&'static str),
+}
+
+/// Centrifugo's flat top-level names (v5 and before) for what is nested in v6.
+const TOP_LEVEL: &[(&str, Older)] = &[
+    ("token_hmac_secret_key", Older::Same("client.token.hmac_secret_key")),
+    ("token_hmac_previous_secret_key", Older::Same("client.token.hmac_previous_secret_key")),
+    ("token_rsa_public_key", Older::Same("client.token.rsa_public_key")),
+    ("token_ecdsa_public_key", Older::Same("client.token.ecdsa_public_key")),
+    ("token_jwks_public_endpoint", Older::Same("client.token.jwks_public_endpoint")),
+    ("token_audience", Older::Same("client.token.audience")),
+    ("token_issuer", Older::Same("client.token.issuer")),
+    ("subscription_token_hmac_secret_key", Older::Same("client.subscription_token.hmac_secret_key")),
+    ("subscription_token_rsa_public_key", Older::Same("client.subscription_token.rsa_public_key")),
+    ("subscription_token_ecdsa_public_key", Older::Same("client.subscription_token.ecdsa_public_key")),
+    ("subscription_token_jwks_public_endpoint", Older::Same("client.subscription_token.jwks_public_endpoint")),
+    ("subscription_token_audience", Older::Same("client.subscription_token.audience")),
+    ("subscription_token_issuer", Older::Same("client.subscription_token.issuer")),
+    ("separate_subscription_token_config", Older::Same("client.subscription_token.enabled")),
+    ("api_key", Older::Same("http_api.key")),
+    ("api_insecure", Older::Same("http_api.insecure")),
+    ("api_handler_prefix", Older::Same("http_api.handler_prefix")),
+    ("allowed_origins", Older::Same("client.allowed_origins")),
+    ("address", Older::Same("http_server.address")),
+    ("port", Older::Same("http_server.port")),
+    ("internal_port", Older::Same("http_server.internal_port")),
+    ("internal_address", Older::Same("http_server.internal_address")),
+    ("tls", Older::Same("http_server.tls.enabled")),
+    ("tls_cert", Older::Same("http_server.tls.cert_pem_file")),
+    ("tls_key", Older::Same("http_server.tls.key_pem_file")),
+    ("log_level", Older::Same("log.level")),
+    ("prometheus", Older::Same("prometheus.enabled")),
+    ("admin", Older::Same("admin.enabled")),
+    ("admin_password", Older::Same("admin.password")),
+    ("admin_secret", Older::Same("admin.secret")),
+    ("admin_insecure", Older::Same("admin.insecure")),
+    ("admin_handler_prefix", Older::Same("admin.handler_prefix")),
+    ("admin_external", Older::Same("admin.external")),
+    ("namespaces", Older::Same("channel.namespaces")),
+    ("channel_max_length", Older::Same("channel.max_length")),
+    ("history_meta_ttl", Older::Same("channel.history_meta_ttl")),
+    ("client_channel_limit", Older::Same("client.channel_limit")),
+    ("client_user_connection_limit", Older::Same("client.user_connection_limit")),
+    ("client_connection_limit", Older::Same("client.connection_limit")),
+    ("client_queue_max_size", Older::Same("client.queue_max_size")),
+    ("client_expired_close_delay", Older::Same("client.expired_close_delay")),
+    ("client_expired_sub_close_delay", Older::Same("client.expired_sub_close_delay")),
+    ("client_stale_close_delay", Older::Same("client.stale_close_delay")),
+    ("client_presence_update_interval", Older::Same("client.presence_update_interval")),
+    ("client_history_max_publication_limit", Older::Same("client.history_max_publication_limit")),
+    ("client_recovery_max_publication_limit", Older::Same("client.recovery_max_publication_limit")),
+    ("client_anonymous", Older::Same("client.allow_anonymous_connect_without_token")),
+    ("disallow_anonymous_connection_tokens", Older::Same("client.disallow_anonymous_connection_tokens")),
+    ("ping_interval", Older::Same("client.ping_interval")),
+    ("pong_timeout", Older::Same("client.pong_timeout")),
+    ("websocket_disable", Older::Same("websocket.disabled")),
+    ("websocket_read_buffer_size", Older::Same("websocket.read_buffer_size")),
+    ("websocket_write_buffer_size", Older::Same("websocket.write_buffer_size")),
+    ("websocket_message_size_limit", Older::Same("websocket.message_size_limit")),
+    ("websocket_write_timeout", Older::Same("websocket.write_timeout")),
+    ("sse", Older::Same("sse.enabled")),
+    ("http_stream", Older::Same("http_stream.enabled")),
+    ("uni_websocket", Older::Same("uni_websocket.enabled")),
+    ("uni_sse", Older::Same("uni_sse.enabled")),
+    ("uni_http_stream", Older::Same("uni_http_stream.enabled")),
+    ("engine", Older::Same("engine.type")),
+    ("redis_address", Older::Same("engine.redis.address")),
+    ("redis_cluster_address", Older::Same("engine.redis.cluster_address")),
+    ("redis_sentinel_address", Older::Same("engine.redis.sentinel_address")),
+    ("redis_sentinel_master_name", Older::Same("engine.redis.sentinel_master_name")),
+    ("redis_sentinel_password", Older::Same("engine.redis.sentinel_password")),
+    ("redis_prefix", Older::Same("engine.redis.prefix")),
+    ("redis_user", Older::Same("engine.redis.user")),
+    ("redis_password", Older::Same("engine.redis.password")),
+    ("redis_db", Older::Same("engine.redis.db")),
+    ("proxy_connect_endpoint", Older::Same("client.proxy.connect.endpoint")),
+    ("proxy_connect_timeout", Older::Same("client.proxy.connect.timeout")),
+    ("proxy_refresh_endpoint", Older::Same("client.proxy.refresh.endpoint")),
+    ("proxy_refresh_timeout", Older::Same("client.proxy.refresh.timeout")),
+    ("proxy_subscribe_endpoint", Older::Same("channel.proxy.subscribe.endpoint")),
+    ("proxy_subscribe_timeout", Older::Same("channel.proxy.subscribe.timeout")),
+    ("proxy_publish_endpoint", Older::Same("channel.proxy.publish.endpoint")),
+    ("proxy_publish_timeout", Older::Same("channel.proxy.publish.timeout")),
+    ("proxy_sub_refresh_endpoint", Older::Same("channel.proxy.sub_refresh.endpoint")),
+    ("proxy_sub_refresh_timeout", Older::Same("channel.proxy.sub_refresh.timeout")),
+    ("proxy_rpc_endpoint", Older::Same("rpc.proxy.endpoint")),
+    ("proxy_rpc_timeout", Older::Same("rpc.proxy.timeout")),
+    (
+        "client_expire",
+        Older::Gone(
+            "connections expire whenever their token has `exp` (Centrifugo v3 and later); remove it",
+        ),
+    ),
+    (
+        "v3_use_offset",
+        Older::Gone("offsets are always used (Centrifugo v4 and later); remove it"),
+    ),
+    (
+        "use_unlimited_history_by_default",
+        Older::Gone("remove it and set `history_size` and `history_ttl` on the namespaces that keep history"),
+    ),
+    (
+        "redis_tls",
+        Older::Gone("put the scheme in the address instead: `engine.redis.address = [\"rediss://host:6380\"]`"),
+    ),
+];
+
+/// Centrifugo's older names of namespace options (a namespace, or the top level for
+/// channels without one).
+const NAMESPACE: &[(&str, &str)] = &[
+    ("proxy_subscribe", "subscribe_proxy_enabled"),
+    ("proxy_publish", "publish_proxy_enabled"),
+    ("proxy_sub_refresh", "sub_refresh_proxy_enabled"),
+];
+
+/// Element templates of lists of objects: their items are reviewed like sections.
+pub(super) struct Templates {
+    pub namespace: Value,
+    pub rpc_namespace: Value,
+    pub proxy: Value,
+}
+
+/// What the review found.
+#[derive(Debug, Default)]
+pub(super) struct Review {
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// Reviews `file` (the file's keys as JSON) against `defaults` (the default configuration
+/// as JSON): moves older names to their current keys and lists every problem.
+pub(super) fn review(file: &mut Value, defaults: &Value, templates: &Templates) -> Review {
+    let mut found = Review::default();
+    let Some(top) = file.as_object_mut() else {
+        found
+            .errors
+            .push("the file must hold a table (an object) of keys".into());
+        return found;
+    };
+    let without_namespace = defaults["channel"]["without_namespace"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    // `health` (Centrifugo's switch for `GET /health`, a section in v6): always on here.
+    if let Some(health) = top.remove("health") {
+        let on = health == Value::Bool(true) || health["enabled"] == Value::Bool(true);
+        if on {
+            found
+                .warnings
+                .push("`health`: rotor always serves `GET /health`; ignored (remove it)".into());
+        } else {
+            found.errors.push(
+                "`health`: rotor always serves `GET /health` and cannot turn it off; remove it"
+                    .into(),
+            );
+        }
+    }
+    // Sorted, so a flat switch (`admin = true`) is read before the keys that go under it
+    // (`admin_password`), whatever order the file has.
+    let mut names: Vec<String> = top.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        // A current section under a name that was once a flat key (`engine`, `admin`,
+        // `prometheus`, `sse`, ...) is the current key.
+        if defaults.get(&name).is_some_and(Value::is_object) && top[&name].is_object() {
+            continue;
+        }
+        let target = TOP_LEVEL
+            .iter()
+            .find(|(old, _)| *old == name)
+            .map(|(_, to)| to);
+        let moved_to = match target {
+            Some(Older::Same(path)) => path.to_string(),
+            Some(Older::Gone(what)) => {
+                if name == "client_expire" && top[&name] == Value::Bool(true) {
+                    top.remove(&name);
+                    found.warnings.push(
+                        "`client_expire = true` is Centrifugo's older setting, now how it always works: ignored (remove it)".into(),
+                    );
+                    continue;
+                }
+                found
+                    .errors
+                    .push(format!("`{name}` is Centrifugo's older setting: {what}"));
+                top.remove(&name);
+                continue;
+            }
+            // Top-level channel options are Centrifugo v5's options of channels without a
+            // namespace.
+            None if defaults.get(&name).is_none() && without_namespace.contains_key(&name) => {
+                format!("channel.without_namespace.{name}")
+            }
+            None => continue,
+        };
+        let value = top.remove(&name).expect("listed above");
+        let path: Vec<&str> = moved_to.split('.').collect();
+        if get_path_in(top, &path).is_some() {
+            found.errors.push(format!(
+                "`{name}` (Centrifugo's older name) and `{moved_to}` are both set: keep `{moved_to}`"
+            ));
+            continue;
+        }
+        let value = older_value(&moved_to, value, defaults);
+        set_path_in(top, &path, value);
+        found.warnings.push(format!(
+            "`{name}` is Centrifugo's older name of `{moved_to}`: read as `{moved_to}` (rename it)"
+        ));
+    }
+    let mut path = Vec::new();
+    walk(file, defaults, templates, &mut path, &mut found);
+    found
+}
+
+/// An older value in the shape the current key takes: ports were strings, and a single
+/// Redis address was a string.
+fn older_value(path: &str, value: Value, defaults: &Value) -> Value {
+    let default = get_path(defaults, &path.split('.').collect::<Vec<_>>());
+    match (default, value) {
+        (Some(Value::Number(_)), Value::String(s)) => s
+            .trim()
+            .parse::<u64>()
+            .map(Value::from)
+            .unwrap_or(Value::String(s)),
+        (Some(Value::Array(_)), Value::String(s)) => Value::Array(vec![Value::String(s)]),
+        (_, v) => v,
+    }
+}
+
+/// Checks every key of `value` against `defaults` (the same level): unknown keys with a
+/// did-you-mean, and booleans or sections given as something else.
+fn walk(
+    value: &mut Value,
+    defaults: &Value,
+    templates: &Templates,
+    path: &mut Vec<String>,
+    found: &mut Review,
+) {
+    let (Some(map), Some(known)) = (value.as_object_mut(), defaults.as_object()) else {
+        return;
+    };
+    let keys: Vec<String> = map.keys().cloned().collect();
+    for key in keys {
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{}.{key}", path.join("."))
+        };
+        let Some(default) = known.get(&key) else {
+            found.errors.push(unknown(&here, &key, known));
+            continue;
+        };
+        let child = map.get_mut(&key).expect("listed above");
+        match (default, &*child) {
+            (Value::Object(_), Value::Object(_)) => {
+                path.push(key.clone());
+                walk(child, default, templates, path, found);
+                path.pop();
+            }
+            (Value::Object(_), other) => found.errors.push(format!(
+                "`{here}` is a section of keys, not {}",
+                kind(other)
+            )),
+            (Value::Bool(_), Value::Bool(_)) | (_, Value::Null) => {}
+            (Value::Bool(_), other) => found.errors.push(format!(
+                "`{here}`: expected true or false, found {}",
+                kind(other)
+            )),
+            (Value::Array(_), Value::Array(items)) => {
+                let template = match here.as_str() {
+                    "channel.namespaces" => Some(&templates.namespace),
+                    "rpc.namespaces" => Some(&templates.rpc_namespace),
+                    "proxies" => Some(&templates.proxy),
+                    _ => None,
+                };
+                let Some(template) = template else { continue };
+                let count = items.len();
+                let Value::Array(items) = child else { continue };
+                for (i, item) in items.iter_mut().enumerate().take(count) {
+                    if here == "channel.namespaces" {
+                        rename_namespace_options(item, &format!("{here}[{i}]"), found);
+                    }
+                    path.push(format!("{key}[{i}]"));
+                    walk(item, template, templates, path, found);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn rename_namespace_options(item: &mut Value, at: &str, found: &mut Review) {
+    let Some(map) = item.as_object_mut() else {
+        return;
+    };
+    for (old, new) in NAMESPACE {
+        if !map.contains_key(*old) {
+            continue;
+        }
+        if map.contains_key(*new) {
+            found.errors.push(format!(
+                "`{at}.{old}` (Centrifugo's older name) and `{at}.{new}` are both set: keep `{new}`"
+            ));
+            map.remove(*old);
+            continue;
+        }
+        let v = map.remove(*old).expect("checked");
+        map.insert(new.to_string(), v);
+        found.warnings.push(format!(
+            "`{at}.{old}` is Centrifugo's older name of `{new}`: read as `{new}` (rename it)"
+        ));
+    }
+}
+
+/// The error for an unknown key, with the closest known key of its level when one is close.
+fn unknown(here: &str, key: &str, known: &Map<String, Value>) -> String {
+    // Close: a few letters apart, or one name the start of the other (`hmac_secret`).
+    let best = known
+        .keys()
+        .map(|k| {
+            let prefix = key.len() >= 4 && (k.starts_with(key) || key.starts_with(k.as_str()));
+            (if prefix { 1 } else { distance(key, k) }, k)
+        })
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, k)| *d <= (k.len().max(key.len()) / 4).max(1));
+    match best {
+        Some((_, k)) => {
+            let at = here
+                .rsplit_once('.')
+                .map_or(String::new(), |(p, _)| format!("{p}."));
+            format!("unknown key `{here}`: did you mean `{at}{k}`?")
+        }
+        None => {
+            let mut names: Vec<&str> = known.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            format!("unknown key `{here}` (known here: {})", names.join(", "))
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a section",
+    }
+}
+
+/// Edit distance (insertions, deletions, substitutions) between two short names.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut row = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            row[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(row[j] + 1);
+        }
+        prev = row;
+    }
+    prev[b.len()]
+}
+
+fn get_path<'a>(root: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(root, |v, k| v.get(k))
+}
+
+fn get_path_in<'a>(root: &'a Map<String, Value>, path: &[&str]) -> Option<&'a Value> {
+    let (first, rest) = path.split_first()?;
+    get_path(root.get(*first)?, rest)
+}
+
+/// Sets `value` at `path` under `root`, making the sections on the way (a non-section in
+/// the way is replaced).
+pub(super) fn set_path(root: &mut Value, path: &[impl AsRef<str>], value: Value) {
+    if !root.is_object() {
+        *root = Value::Object(Map::new());
+    }
+    let path: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+    set_path_in(root.as_object_mut().expect("made an object"), &path, value);
+}
+
+fn set_path_in(root: &mut Map<String, Value>, path: &[&str], value: Value) {
+    let (last, parents) = path.split_last().expect("a path has a key");
+    let mut cur = root;
+    for key in parents {
+        let entry = cur
+            .entry(key.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        cur = entry.as_object_mut().expect("made an object");
+    }
+    cur.insert(last.to_string(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn templates() -> Templates {
+        Templates {
+            namespace: json!({"name": "", "presence": false, "subscribe_proxy_enabled": false}),
+            rpc_namespace: json!({"name": ""}),
+            proxy: json!({"name": "", "endpoint": ""}),
+        }
+    }
+
+    fn defaults() -> Value {
+        json!({
+            "http_server": {"address": "0.0.0.0", "port": 8000},
+            "client": {"token": {"hmac_secret_key": ""}, "allowed_origins": []},
+            "channel": {"namespaces": [], "without_namespace": {"presence": false, "history_size": 0}},
+            "engine": {"type": "memory", "redis": {"address": ["127.0.0.1:6379"]}},
+            "rpc": {"namespaces": []},
+            "proxies": [],
+        })
+    }
+
+    #[test]
+    fn older_names_move_to_their_keys_with_a_warning() {
+        let mut file = json!({
+            "token_hmac_secret_key": "s",
+            "port": "9000",
+            "redis_address": "redis:6379",
+            "presence": true,
+            "namespaces": [{"name": "chat", "proxy_subscribe": true}],
+            "allowed_origins": ["*"],
+        });
+        let r = review(&mut file, &defaults(), &templates());
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(file["client"]["token"]["hmac_secret_key"], "s");
+        assert_eq!(file["http_server"]["port"], 9000, "ports were strings");
+        assert_eq!(file["engine"]["redis"]["address"], json!(["redis:6379"]));
+        assert_eq!(file["channel"]["without_namespace"]["presence"], true);
+        assert_eq!(
+            file["channel"]["namespaces"][0]["subscribe_proxy_enabled"],
+            true
+        );
+        assert_eq!(file["client"]["allowed_origins"], json!(["*"]));
+        assert_eq!(r.warnings.len(), 7, "{:?}", r.warnings);
+        assert!(r
+            .warnings
+            .iter()
+            .any(|w| w.contains("`token_hmac_secret_key`")
+                && w.contains("`client.token.hmac_secret_key`")));
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_a_hint() {
+        let mut file = json!({
+            "client_expire": false,
+            "http_server": {"adress": "x", "port": 1},
+            "client": {"token": {"hmac_secret": "s"}},
+            "channel": {"namespaces": [{"name": "a", "presense": true}]},
+            "prometheus": true,
+            "token_hmac_secret_key": "s",
+            "engine": "redis",
+            "zzz_unrelated": 1,
+        });
+        let mut d = defaults();
+        d["prometheus"] = json!({"enabled": false});
+        let r = review(&mut file, &d, &templates());
+        let all = r.errors.join("\n");
+        assert!(
+            all.contains("`client_expire` is Centrifugo's older setting"),
+            "{all}"
+        );
+        assert!(all.contains("did you mean `http_server.address`?"), "{all}");
+        assert!(
+            all.contains("did you mean `client.token.hmac_secret_key`?"),
+            "{all}"
+        );
+        assert!(
+            all.contains("did you mean `channel.namespaces[0].presence`?"),
+            "{all}"
+        );
+        assert!(
+            all.contains("unknown key `zzz_unrelated` (known here:"),
+            "{all}"
+        );
+        assert_eq!(r.errors.len(), 5, "{all}");
+        assert_eq!(
+            file["engine"]["type"], "redis",
+            "v5's `engine` string is `engine.type`"
+        );
+        assert_eq!(file["prometheus"]["enabled"], true);
+    }
+
+    #[test]
+    fn client_expire_true_is_how_it_works_now() {
+        let mut file = json!({"client_expire": true});
+        let r = review(&mut file, &defaults(), &templates());
+        assert!(r.errors.is_empty());
+        assert_eq!(r.warnings.len(), 1);
+        assert_eq!(file, json!({}));
+    }
+
+    #[test]
+    fn edit_distance() {
+        assert_eq!(distance("adress", "address"), 1);
+        assert_eq!(distance("presense", "presence"), 1);
+        assert_eq!(distance("", "abc"), 3);
+        assert_eq!(distance("same", "same"), 0);
+    }
+}
