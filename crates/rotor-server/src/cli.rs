@@ -374,7 +374,7 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                 .enable_all()
                 .build()
                 .map_err(|e| ServerError::Cli(e.to_string()))?;
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, &cli.common))
         }
         Command::Genconfig { output } => {
             let mut config = Config::default();
@@ -634,16 +634,60 @@ fn run(cli: Cli) -> Result<(), ServerError> {
     }
 }
 
-async fn serve(config: Config) -> Result<(), ServerError> {
-    // Signal handlers go in before anyone can connect, so an early SIGTERM is still graceful.
-    let signal = shutdown_signal();
+async fn serve(config: Config, common: &Common) -> Result<(), ServerError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Signal handlers go in before anyone can connect, so an early SIGTERM is still graceful
+    // and an early SIGHUP is not the end of the process.
+    let stop = shutdown_signal();
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; the configuration is read at start only");
+            None
+        }
+    };
     let running = Server::new(config).await?.start().await?;
     // The address on its own line, for scripts and tests that start rotor on port 0.
     println!("listening on {}", running.addr());
-    signal.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = async { hup.as_mut()?.recv().await } => reload(common, running.node()),
+        }
+    }
     tracing::info!("shutting down: closing connections with 3001");
     running.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: reads the configuration again (file, environment, flags) and hands the node its
+/// token keys and channel options (`Node::reload`); connections stay. A configuration that
+/// does not load or check keeps the one in use, and the log says why.
+fn reload(common: &Common, node: &rotor_core::Node) {
+    let loaded = common.load_with_warnings().and_then(|(config, warnings)| {
+        Server::check(&config)?;
+        Ok((config, warnings))
+    });
+    let (config, warnings) = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %crate::error::report(&e), "SIGHUP: the configuration does not load; keeping the one in use");
+            return;
+        }
+    };
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    match node.reload(&config.core()) {
+        Ok(()) => tracing::info!(
+            namespaces = config.channel.namespaces.len(),
+            "SIGHUP: token keys and channel options reloaded; connections kept"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the new configuration was refused; keeping the one in use")
+        }
+    }
 }
 
 /// Installs SIGINT/SIGTERM handlers now; the returned future completes on either signal.

@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_rotor-under-test");
+const T: Duration = Duration::from_secs(15);
 
 fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("rotor-cli-{}-{name}", std::process::id()));
@@ -446,4 +447,146 @@ async fn cli_version_defaults_configdoc_and_subscription_tokens() {
         "signed with the connection key, refused where subscriptions have their own"
     );
     assert!(err.contains("token rejected"), "{err}");
+}
+
+/// Connects a raw WebSocket client with `token`: `Ok(client id)` or `Err(close code)`.
+async fn connect_with(addr: std::net::SocketAddr, token: &str) -> Result<String, u16> {
+    let mut ws = RawWs::connect(&format!("ws://{addr}/connection/websocket")).await;
+    ws.send(&json!({"id": 1, "connect": {"token": token}}).to_string())
+        .await;
+    match ws.recv(Duration::from_secs(10)).await {
+        Received::Messages(ms) => Ok(ms[0]["connect"]["client"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{ms:?}"))
+            .to_string()),
+        Received::Close(code, _) => Err(code),
+        Received::Ended => Err(0),
+    }
+}
+
+#[tokio::test]
+async fn sighup_rotates_token_keys_and_namespaces_under_live_connections() {
+    let test = "sighup_rotates_token_keys";
+    if !sdks_available(test) {
+        return;
+    }
+    let write = |secret: &str, extra: &str| {
+        temp_config(
+            "reload.toml",
+            &format!(
+                "[http_server]\naddress = \"127.0.0.1\"\nport = {{PORT}}\n[client.token]\nhmac_secret_key = \"{secret}\"\n[[channel.namespaces]]\nname = \"chat\"\nallow_subscribe_for_client = true\n{extra}"
+            ),
+        )
+    };
+    let port = free_port();
+    let fix_port = |p: &std::path::Path| {
+        let text = std::fs::read_to_string(p)
+            .unwrap()
+            .replace("{PORT}", &port.to_string());
+        std::fs::write(p, text).unwrap();
+    };
+    let path = write("key-a", "");
+    fix_port(&path);
+    let log_path = path.with_file_name("reload.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (mut child, addr) = spawn_rotor_with(BIN, &path, None, log.into()).await;
+    let pid = child.id().unwrap().to_string();
+    let token_a = |user: &str| {
+        rotor_auth::sign_hmac(&json!({"sub": user, "exp": now() + 600}), "key-a").unwrap()
+    };
+    let token_b =
+        rotor_auth::sign_hmac(&json!({"sub": "bee", "exp": now() + 600}), "key-b").unwrap();
+
+    // A centrifuge-js client on key A, subscribed to chat:room.
+    let mut js = Script::node(
+        "client.js",
+        &[
+            ("BASE", format!("http://{addr}")),
+            ("TOKEN", token_a("ann")),
+        ],
+    );
+    js.expect("ready", T).await;
+    js.send(&json!({"op": "subscribe", "channel": "chat:room"}).to_string())
+        .await;
+    js.send(&json!({"op": "connect"}).to_string()).await;
+    js.expect("subscribed", T).await;
+    assert_eq!(
+        connect_with(addr, &token_b).await,
+        Err(3500),
+        "key B not yet"
+    );
+    let (mut raw, _) = RawWs::connected(
+        &format!("ws://{addr}/connection/websocket"),
+        &token_a("raw"),
+    )
+    .await;
+    raw.send(&json!({"id": 2, "subscribe": {"channel": "news:today"}}).to_string())
+        .await;
+    assert_eq!(
+        raw.message().await["error"]["code"],
+        102,
+        "no `news` namespace yet"
+    );
+
+    // Rotate to key B and add the `news` namespace, then SIGHUP.
+    let path = write(
+        "key-b",
+        "[[channel.namespaces]]\nname = \"news\"\nallow_subscribe_for_client = true\n",
+    );
+    fix_port(&path);
+    let hup = |pid: String| async move {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(ok.success());
+    };
+    hup(pid.clone()).await;
+    let deadline = std::time::Instant::now() + T;
+    while connect_with(addr, &token_b).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "key B never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        connect_with(addr, &token_a("ann")).await,
+        Err(3500),
+        "key A refused now"
+    );
+    // The connection made with key A is still there and still receives.
+    js.send(&json!({"op": "subscribe", "channel": "news:today"}).to_string())
+        .await;
+    js.expect_where("subscribed", |e| e["channel"] == "news:today", T)
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !js.seen.iter().any(|e| e["event"] == "disconnected"),
+        "the live connection was kept: {:?}",
+        js.seen
+    );
+
+    // A broken file keeps what is in use, and the log says why.
+    let broken = temp_config("reload.toml", "[client.token]\nhmac_secret_kye = \"x\"\n");
+    let _ = broken;
+    hup(pid.clone()).await;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        if text.contains("keeping the one in use") {
+            assert!(
+                text.contains("hmac_secret_kye"),
+                "the log names the problem: {text}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        connect_with(addr, &token_b).await.is_ok(),
+        "key B still in use"
+    );
+    js.send(&json!({"op": "quit"}).to_string()).await;
+    js.finish(T).await;
+    let _ = child.kill().await;
 }

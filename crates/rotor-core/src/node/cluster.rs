@@ -147,7 +147,7 @@ impl BrokerHandler for Handler {
         let Some(node) = self.0.upgrade() else { return };
         // Without history there is nothing to recover from.
         let with_history = node
-            .rules
+            .rules()
             .options(channel)
             .is_ok_and(|o| o.history_enabled());
         if !with_history {

@@ -16,7 +16,7 @@ pub use survey::{ConnectionInfo, Connections, SURVEY_TIMEOUT};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use rotor_auth::TokenVerifier;
@@ -59,11 +59,13 @@ pub const IDEMPOTENT_RESULT_TTL: Duration = Duration::from_secs(300);
 /// the rest of the core goes through [`Node`]'s methods.
 struct NodeInner {
     config: CoreConfig,
-    rules: ChannelRules,
+    /// Channel and namespace options, and the token keys: what [`Node::reload`] replaces
+    /// (read once per connect, subscribe or refresh; never on the fan-out path).
+    rules: RwLock<Arc<ChannelRules>>,
     /// Connection tokens.
-    verifier: TokenVerifier,
+    verifier: RwLock<Arc<TokenVerifier>>,
     /// Subscription tokens (their own keys, or the connection's).
-    sub_verifier: TokenVerifier,
+    sub_verifier: RwLock<Arc<TokenVerifier>>,
     storage: Storage,
     broker: Arc<dyn Broker>,
     hub: Hub,
@@ -111,15 +113,7 @@ impl Node {
         observer: Arc<dyn Observer>,
         proxies: Proxies,
     ) -> Result<Node, CoreError> {
-        let rules = ChannelRules::new(&config.channel).map_err(CoreError::BadRequest)?;
-        let verifier = TokenVerifier::new(&config.client.token)
-            .map_err(|e| CoreError::BadRequest(format!("client.token: {e}")))?;
-        let sub_config = config
-            .client
-            .subscription_token
-            .token_config(&config.client.token);
-        let sub_verifier = TokenVerifier::new(&sub_config)
-            .map_err(|e| CoreError::BadRequest(format!("client.subscription_token: {e}")))?;
+        let (rules, verifier, sub_verifier) = reloadable(&config)?;
         let uid = if config.node_uid.is_empty() {
             uuid::Uuid::new_v4().to_string()
         } else {
@@ -127,9 +121,9 @@ impl Node {
         };
         let inner = Arc::new(NodeInner {
             config,
-            rules,
-            verifier,
-            sub_verifier,
+            rules: RwLock::new(Arc::new(rules)),
+            verifier: RwLock::new(Arc::new(verifier)),
+            sub_verifier: RwLock::new(Arc::new(sub_verifier)),
             storage,
             broker: broker.clone(),
             hub: Hub::default(),
@@ -186,8 +180,23 @@ impl Node {
 
     /// Options of a channel, after checking its name.
     pub fn channel_options(&self, channel: &str) -> Result<Arc<ChannelOptions>, CoreError> {
-        self.inner.rules.check_name(channel)?;
-        self.inner.rules.options(channel).cloned()
+        let rules = self.inner.rules();
+        rules.check_name(channel)?;
+        rules.options(channel).cloned()
+    }
+
+    /// Replaces the token keys (connection and subscription) and the channel and namespace
+    /// options with `config`'s, as `SIGHUP` asks. Connections stay; tokens are checked with
+    /// the new keys from their next connect, refresh or subscribe on, and channels get the
+    /// new options from their next subscribe. A configuration that does not build changes
+    /// nothing and says why. The rest of `config` (client limits, proxies, history meta
+    /// TTL) is read at start only.
+    pub fn reload(&self, config: &CoreConfig) -> Result<(), CoreError> {
+        let (rules, verifier, sub_verifier) = reloadable(config)?;
+        *write(&self.inner.rules) = Arc::new(rules);
+        *write(&self.inner.verifier) = Arc::new(verifier);
+        *write(&self.inner.sub_verifier) = Arc::new(sub_verifier);
+        Ok(())
     }
 
     /// Where the core reports what happens (metrics).
@@ -223,14 +232,14 @@ impl Node {
         })
     }
 
-    /// Verifies connection tokens.
-    pub(crate) fn verifier(&self) -> &TokenVerifier {
-        &self.inner.verifier
+    /// Verifies connection tokens (the keys of the moment: see [`Node::reload`]).
+    pub(crate) fn verifier(&self) -> Arc<TokenVerifier> {
+        read(&self.inner.verifier)
     }
 
     /// Verifies subscription tokens.
-    pub(crate) fn sub_verifier(&self) -> &TokenVerifier {
-        &self.inner.sub_verifier
+    pub(crate) fn sub_verifier(&self) -> Arc<TokenVerifier> {
+        read(&self.inner.sub_verifier)
     }
 
     /// This node's numbers now.
@@ -299,5 +308,36 @@ impl NodeInner {
             num_subs: hub.num_subscriptions(),
             uptime: self.started_at.elapsed().as_secs(),
         }
+    }
+}
+
+/// What [`Node::reload`] replaces, built from a configuration (or the reason it cannot be).
+fn reloadable(
+    config: &CoreConfig,
+) -> Result<(ChannelRules, TokenVerifier, TokenVerifier), CoreError> {
+    let rules = ChannelRules::new(&config.channel).map_err(CoreError::BadRequest)?;
+    let verifier = TokenVerifier::new(&config.client.token)
+        .map_err(|e| CoreError::BadRequest(format!("client.token: {e}")))?;
+    let sub_config = config
+        .client
+        .subscription_token
+        .token_config(&config.client.token);
+    let sub_verifier = TokenVerifier::new(&sub_config)
+        .map_err(|e| CoreError::BadRequest(format!("client.subscription_token: {e}")))?;
+    Ok((rules, verifier, sub_verifier))
+}
+
+fn read<T>(lock: &RwLock<Arc<T>>) -> Arc<T> {
+    lock.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn write<T>(lock: &RwLock<Arc<T>>) -> std::sync::RwLockWriteGuard<'_, Arc<T>> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl NodeInner {
+    /// The channel rules of the moment.
+    fn rules(&self) -> Arc<ChannelRules> {
+        read(&self.rules)
     }
 }
