@@ -2,7 +2,8 @@
 # Installs what the end-to-end tests drive: the official SDKs, centrifuge-js (npm) and
 # centrifuge-python + cent (PyPI, in a virtualenv), and for the admin UI's browser tests
 # playwright-core with Debian's chromium and puppeteer-core with Debian's firefox-esr (npm
-# and apt, the latter when running as root; no browser download). Idempotent: does nothing when the pinned versions are already installed.
+# and apt, the latter when running as root; no browser download); and cargo-deb for the
+# package test. Idempotent: does nothing when the pinned versions are already installed.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -f node_modules/centrifuge/package.json ] || ! grep -q '"version": "5.8.0"' node_modules/centrifuge/package.json \
@@ -10,6 +11,11 @@ if [ ! -f node_modules/centrifuge/package.json ] || ! grep -q '"version": "5.8.0
    || [ ! -f node_modules/puppeteer-core/package.json ] || ! grep -q '"version": "25.19.0"' node_modules/puppeteer-core/package.json; then
   echo "installing centrifuge-js, playwright-core, puppeteer-core and friends (npm)..."
   npm install --no-audit --no-fund --loglevel=error
+fi
+# cargo-deb, for the package test (tests/tests/e2e/package.rs).
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing cargo-deb (cargo install)..."
+  cargo install --quiet --locked cargo-deb --version 3.8.0
 fi
 browsers=()
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || browsers+=(chromium)

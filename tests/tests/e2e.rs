@@ -15,6 +15,7 @@ mod e2e {
     pub mod jwks;
     pub mod limits;
     pub mod metrics;
+    pub mod package;
     pub mod postgres;
     pub mod protobuf;
     pub mod proxy;
