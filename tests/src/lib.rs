@@ -38,6 +38,7 @@ pub fn test_config() -> Config {
     c.http_server.port = 0;
     c.client.token.hmac_secret_key = SECRET.into();
     c.http_api.key = API_KEY.into();
+    c.shutdown.timeout = Duration::from_secs(5);
     c.http_stream.enabled = true;
     c.sse.enabled = true;
     c.uni_websocket.enabled = true;

@@ -129,73 +129,110 @@ fn parse_hop(entry: &[u8]) -> Option<IpAddr> {
 /// The certificate and key, swapped in place when the files change.
 #[derive(Debug)]
 pub struct Certificates {
-    cert_file: PathBuf,
-    key_file: PathBuf,
+    cert: Pem,
+    key: Pem,
     current: RwLock<(Arc<CertifiedKey>, Stamp)>,
+}
+
+/// Where a certificate or key comes from: a file (watched), or the configuration itself
+/// (the PEM, or the PEM in base64, as Centrifugo v6 also accepts).
+enum Pem {
+    File(PathBuf),
+    Inline(Vec<u8>),
+}
+
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::File(p) => write!(f, "{}", p.display()),
+            Pem::Inline(_) => f.write_str("(inline PEM)"),
+        }
+    }
+}
+
+impl Pem {
+    fn from_config(value: &str) -> Pem {
+        if value.trim_start().starts_with("-----BEGIN") {
+            return Pem::Inline(value.as_bytes().to_vec());
+        }
+        use base64::Engine;
+        let compact: String = value.split_whitespace().collect();
+        match base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
+            Ok(bytes) if bytes.starts_with(b"-----BEGIN") => Pem::Inline(bytes),
+            _ => Pem::File(PathBuf::from(value)),
+        }
+    }
+
+    fn read(&self, key: &str) -> Result<Vec<u8>, String> {
+        match self {
+            Pem::File(p) => {
+                std::fs::read(p).map_err(|e| format!("http_server.tls.{key} {}: {e}", p.display()))
+            }
+            Pem::Inline(b) => Ok(b.clone()),
+        }
+    }
+
+    /// A file's modification time; the same time always for inline PEM.
+    fn modified(&self) -> Option<SystemTime> {
+        match self {
+            Pem::File(p) => std::fs::metadata(p).and_then(|m| m.modified()).ok(),
+            Pem::Inline(_) => Some(SystemTime::UNIX_EPOCH),
+        }
+    }
 }
 
 /// The certificate's and the key's modification times.
 type Stamp = Option<(SystemTime, SystemTime)>;
 
 /// Both files' modification times (a copy that keeps an older time still changes the pair).
-fn modified(cert: &PathBuf, key: &PathBuf) -> Stamp {
-    let c = std::fs::metadata(cert).and_then(|m| m.modified()).ok()?;
-    let k = std::fs::metadata(key).and_then(|m| m.modified()).ok()?;
-    Some((c, k))
+fn modified(cert: &Pem, key: &Pem) -> Stamp {
+    Some((cert.modified()?, key.modified()?))
 }
 
-fn load_certified_key(cert_file: &PathBuf, key_file: &PathBuf) -> Result<CertifiedKey, String> {
-    let cert_pem = std::fs::read(cert_file)
-        .map_err(|e| format!("http_server.tls.cert_pem_file {}: {e}", cert_file.display()))?;
-    let key_pem = std::fs::read(key_file)
-        .map_err(|e| format!("http_server.tls.key_pem_file {}: {e}", key_file.display()))?;
+fn load_certified_key(cert: &Pem, key: &Pem) -> Result<CertifiedKey, String> {
+    let cert_pem = cert.read("cert_pem")?;
+    let key_pem = key.read("key_pem")?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("http_server.tls.cert_pem_file {}: {e}", cert_file.display()))?;
+        .map_err(|e| format!("http_server.tls.cert_pem {cert:?}: {e}"))?;
     if chain.is_empty() {
         return Err(format!(
-            "http_server.tls.cert_pem_file {}: no certificate in it",
-            cert_file.display()
+            "http_server.tls.cert_pem {cert:?}: no certificate in it"
         ));
     }
     // The key's bytes never reach an error message.
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
         format!(
-            "http_server.tls.key_pem_file {}: no private key in it (PKCS#8, PKCS#1 or SEC1 PEM)",
-            key_file.display()
+            "http_server.tls.key_pem {key:?}: no private key in it (PKCS#8, PKCS#1 or SEC1 PEM)"
         )
     })?;
     let provider = rustls::crypto::ring::default_provider();
-    CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
-        format!(
-            "http_server.tls: certificate {} and key {} do not go together: {e}",
-            cert_file.display(),
-            key_file.display()
-        )
+    CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| {
+        format!("http_server.tls: certificate {cert:?} and key {key:?} do not go together: {e}")
     })
 }
 
 impl Certificates {
     pub fn load(cfg: &TlsConfig) -> Result<Arc<Certificates>, String> {
-        let cert_file = PathBuf::from(&cfg.cert_pem_file);
-        let key_file = PathBuf::from(&cfg.key_pem_file);
+        let cert = Pem::from_config(&cfg.cert_pem);
+        let key = Pem::from_config(&cfg.key_pem);
         // Stamped before reading: a change while loading is seen by the next check.
-        let stamp = modified(&cert_file, &key_file);
-        let key = load_certified_key(&cert_file, &key_file)?;
+        let stamp = modified(&cert, &key);
+        let certified = load_certified_key(&cert, &key)?;
         Ok(Arc::new(Certificates {
-            cert_file,
-            key_file,
-            current: RwLock::new((Arc::new(key), stamp)),
+            cert,
+            key,
+            current: RwLock::new((Arc::new(certified), stamp)),
         }))
     }
 
     /// Loads the files again. A broken pair is logged and the old certificate stays in use.
     pub fn reload(&self, why: &str) -> bool {
-        let stamp = modified(&self.cert_file, &self.key_file);
-        match load_certified_key(&self.cert_file, &self.key_file) {
+        let stamp = modified(&self.cert, &self.key);
+        match load_certified_key(&self.cert, &self.key) {
             Ok(key) => {
                 *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(key), stamp);
-                tracing::info!(cert = %self.cert_file.display(), reason = why, "TLS certificate reloaded");
+                tracing::info!(cert = ?self.cert, reason = why, "TLS certificate reloaded");
                 true
             }
             Err(e) => {
@@ -208,7 +245,7 @@ impl Certificates {
     /// Reloads when either file's modification time moved.
     fn reload_if_changed(&self) {
         let seen = self.current.read().unwrap_or_else(|e| e.into_inner()).1;
-        let now = modified(&self.cert_file, &self.key_file);
+        let now = modified(&self.cert, &self.key);
         if now.is_some() && now != seen {
             self.reload("files changed");
         }

@@ -590,3 +590,43 @@ async fn sighup_rotates_token_keys_and_namespaces_under_live_connections() {
     js.finish(T).await;
     let _ = child.kill().await;
 }
+
+#[tokio::test]
+async fn a_centrifugo_v6_config_loads_unchanged() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/centrifugo-v6.json");
+    let (ok, out, err) = run(&["--config", fixture.to_str().unwrap(), "checkconfig"], &[]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    // Only what rotor does not have (off in the file) or has under one key is mentioned;
+    // nothing is an older name.
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warnings.len(), 4, "{err}");
+    for what in ["`health`", "`grpc_api`", "`usage_stats`", "io_timeout"] {
+        assert!(warnings.iter().any(|w| w.contains(what)), "{what}: {err}");
+    }
+    assert!(!err.contains("older name"), "{err}");
+
+    // What the file says is what rotor runs with.
+    let (c, _) = rotor_server::Config::load_with_warnings(Some(&fixture), Vec::new(), &[]).unwrap();
+    assert_eq!(c.http_server.internal_port, 9000, "a port written as text");
+    assert_eq!(
+        c.http_server.tls.cert_pem,
+        "/etc/centrifugo/tls/fullchain.pem"
+    );
+    assert_eq!(c.client.token.hmac_secret_key, "v6-connection-secret");
+    assert_eq!(c.client.token.audience, "app");
+    assert!(c.client.subscription_token.enabled);
+    assert_eq!(c.client.channel_limit, 256);
+    assert_eq!(c.channel.namespaces.len(), 2);
+    let chat = &c.channel.namespaces[0];
+    assert!(chat.presence && chat.join_leave && chat.allow_tags_filter);
+    assert_eq!(chat.history_size, 100);
+    assert_eq!(chat.history_ttl, Duration::from_secs(300));
+    assert!(c.channel.namespaces[1].subscribe_proxy_enabled);
+    assert_eq!(c.engine.redis.address, ["redis://127.0.0.1:6379"]);
+    assert_eq!(c.engine.redis.prefix, "centrifugo");
+    assert_eq!(c.engine.redis.timeout, Duration::from_secs(4));
+    assert!(c.admin.enabled && c.prometheus.enabled && c.uni_sse.enabled);
+    assert_eq!(c.shutdown.timeout, Duration::from_secs(30));
+}

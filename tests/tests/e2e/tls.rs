@@ -184,8 +184,8 @@ fn der(path: &Path) -> Vec<u8> {
 fn tls_config(cert: &Path, key: &Path, watch: Duration) -> rotor_server::Config {
     let mut config = test_config();
     config.http_server.tls.enabled = true;
-    config.http_server.tls.cert_pem_file = cert.display().to_string();
-    config.http_server.tls.key_pem_file = key.display().to_string();
+    config.http_server.tls.cert_pem = cert.display().to_string();
+    config.http_server.tls.key_pem = key.display().to_string();
     config.http_server.tls.watch_interval = watch;
     config
 }
@@ -341,4 +341,27 @@ async fn a_bad_tls_setup_is_a_startup_error_that_names_the_file() {
         !err.contains(key_body),
         "the key leaked into the error: {err}"
     );
+}
+
+#[tokio::test]
+async fn the_certificate_and_key_inline_as_pem_or_base64_as_in_centrifugo_v6() {
+    let Some(pki) = Pki::new("inline") else {
+        return;
+    };
+    let one = pki.leaf("one");
+    let cert = std::fs::read_to_string(&one.0).unwrap();
+    let key = std::fs::read_to_string(&one.1).unwrap();
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    for (cert_value, key_value) in [(cert.clone(), key.clone()), (b64(&cert), b64(&key))] {
+        let mut config = test_config();
+        config.http_server.tls.enabled = true;
+        config.http_server.tls.cert_pem = cert_value;
+        config.http_server.tls.key_pem = key_value;
+        // The inline key is a secret: Debug does not show it.
+        assert!(!format!("{:?}", config.http_server.tls).contains("PRIVATE KEY"));
+        let server = TestServer::start(config).await;
+        assert_eq!(served(&pki, &server).await, der(&one.0));
+        server.shutdown().await;
+    }
 }

@@ -42,8 +42,8 @@ const TOP_LEVEL: &[(&str, Older)] = &[
     ("internal_port", Older::Same("http_server.internal_port")),
     ("internal_address", Older::Same("http_server.internal_address")),
     ("tls", Older::Same("http_server.tls.enabled")),
-    ("tls_cert", Older::Same("http_server.tls.cert_pem_file")),
-    ("tls_key", Older::Same("http_server.tls.key_pem_file")),
+    ("tls_cert", Older::Same("http_server.tls.cert_pem")),
+    ("tls_key", Older::Same("http_server.tls.key_pem")),
     ("log_level", Older::Same("log.level")),
     ("prometheus", Older::Same("prometheus.enabled")),
     ("admin", Older::Same("admin.enabled")),
@@ -127,6 +127,276 @@ const NAMESPACE: &[(&str, &str)] = &[
     ("proxy_subscribe", "subscribe_proxy_enabled"),
     ("proxy_publish", "publish_proxy_enabled"),
     ("proxy_sub_refresh", "sub_refresh_proxy_enabled"),
+];
+
+/// Centrifugo v6 keys rotor has no key for (patterns: `*` is any part of a path, `[]` any
+/// list item). `harmless`: dropping it changes nothing a client sees, so it is ignored with
+/// a warning; otherwise it is refused unless it is off (false, empty, or `enabled = false`).
+const NOT_IN_ROTOR: &[(&str, bool, &str)] = &[
+    (
+        "grpc_api",
+        false,
+        "the gRPC server API is not in rotor (use the HTTP API)",
+    ),
+    (
+        "uni_grpc",
+        false,
+        "the unidirectional gRPC transport is not in rotor",
+    ),
+    ("webtransport", false, "WebTransport is not in rotor"),
+    (
+        "consumers",
+        false,
+        "async consumers (PostgreSQL outbox, Kafka) are not in rotor: publish through the HTTP API",
+    ),
+    ("usage_stats", true, "rotor sends no usage statistics"),
+    (
+        "opentelemetry",
+        false,
+        "OpenTelemetry tracing is not in rotor",
+    ),
+    (
+        "graphite",
+        false,
+        "Graphite export is not in rotor (Prometheus is)",
+    ),
+    ("swagger", true, "rotor serves no Swagger UI"),
+    ("debug", true, "rotor serves no pprof endpoints"),
+    ("init", false, "init is not in rotor"),
+    (
+        "pid_file",
+        false,
+        "rotor writes no pid file (systemd tracks it)",
+    ),
+    ("log.file", false, "rotor logs to standard error only"),
+    (
+        "http_api.external",
+        true,
+        "the server API is always on the main port",
+    ),
+    (
+        "http_api.disabled",
+        false,
+        "the server API cannot be turned off (keep http_api.key secret)",
+    ),
+    (
+        "http_api.error_mode",
+        false,
+        "rotor answers errors in the body with HTTP 200, Centrifugo's default mode",
+    ),
+    (
+        "http_server.tls_autocert",
+        false,
+        "automatic certificates (ACME) are not in rotor: give cert_pem and key_pem",
+    ),
+    (
+        "http_server.internal_tls",
+        false,
+        "TLS on the internal port is not in rotor",
+    ),
+    (
+        "http_server.tls_external",
+        false,
+        "TLS for the external port only is not in rotor",
+    ),
+    ("http_server.http3", false, "HTTP/3 is not in rotor"),
+    (
+        "health.handler_prefix",
+        false,
+        "`GET /health` is served at /health",
+    ),
+    (
+        "client.insecure",
+        false,
+        "client.insecure (no token checks at all) is not in rotor",
+    ),
+    (
+        "client.connection_rate_limit",
+        false,
+        "a connection rate limit is not in rotor",
+    ),
+    (
+        "client.concurrency",
+        true,
+        "rotor runs each connection's commands in order, publishes overlapping",
+    ),
+    (
+        "client.user_id_http_header",
+        false,
+        "user ids from a header are not in rotor",
+    ),
+    (
+        "client.*token.user_id_claim",
+        false,
+        "rotor reads the user from `sub`",
+    ),
+    (
+        "client.*token.audience_regex",
+        false,
+        "audience patterns are not in rotor (audience is exact)",
+    ),
+    (
+        "client.*token.issuer_regex",
+        false,
+        "issuer patterns are not in rotor (issuer is exact)",
+    ),
+    (
+        "client.subscribe_to_user_personal_channel",
+        false,
+        "automatic personal channels are not in rotor",
+    ),
+    (
+        "*.redis.tls",
+        false,
+        "Redis TLS options are not in rotor: use a rediss:// address",
+    ),
+    (
+        "*.redis.sentinel_tls",
+        false,
+        "Redis Sentinel TLS options are not in rotor",
+    ),
+    (
+        "*.redis.sentinel_client_name",
+        true,
+        "rotor names no Redis client",
+    ),
+    ("*.redis.client_name", true, "rotor names no Redis client"),
+    ("*.redis.force_resp2", true, "rotor speaks RESP2"),
+    (
+        "*.redis.replica_client",
+        false,
+        "reading from Redis replicas is not in rotor",
+    ),
+    (
+        "*.redis.history_use_lists",
+        false,
+        "rotor keeps Redis history in streams",
+    ),
+    (
+        "*.redis.presence_ttl",
+        false,
+        "presence entries expire after client.presence_update_interval plus a margin",
+    ),
+    (
+        "*.redis.presence_hash_field_ttl",
+        true,
+        "not needed by rotor's presence",
+    ),
+    (
+        "*.redis.presence_user_mapping",
+        true,
+        "not needed by rotor's presence",
+    ),
+    ("*.grpc_metadata", true, "gRPC proxies are not in rotor"),
+    (
+        "*proxy*.grpc",
+        false,
+        "gRPC proxies are not in rotor: use HTTP endpoints",
+    ),
+    (
+        "channel.proxy.subscribe_stream",
+        false,
+        "subscribe stream proxies are not in rotor",
+    ),
+    (
+        "channel.proxy.map_*",
+        false,
+        "map channels are not in rotor",
+    ),
+    (
+        "channel.proxy.shared_poll_refresh",
+        false,
+        "shared poll channels are not in rotor",
+    ),
+    (
+        "channel.*.subscribe_stream_proxy_*",
+        false,
+        "subscribe stream proxies are not in rotor",
+    ),
+    (
+        "channel.*.publication_data_format",
+        false,
+        "rotor passes publication data as it is",
+    ),
+    (
+        "channel.*.subscription_type",
+        false,
+        "map and shared poll subscriptions are not in rotor",
+    ),
+    ("channel.*.map", false, "map channels are not in rotor"),
+    (
+        "channel.*.channel_regex",
+        false,
+        "channel name patterns per namespace are not in rotor",
+    ),
+    (
+        "channel.*.history_meta_ttl",
+        false,
+        "use channel.history_meta_ttl (one for all namespaces)",
+    ),
+    (
+        "channel.private_prefix",
+        false,
+        "private channels start with `$` in rotor",
+    ),
+    (
+        "channel.namespace_boundary",
+        false,
+        "namespaces end at `:` in rotor",
+    ),
+    (
+        "channel.user_boundary",
+        false,
+        "user-limited channels use `#` in rotor",
+    ),
+    (
+        "channel.user_separator",
+        false,
+        "users in channel names are separated by `,` in rotor",
+    ),
+    (
+        "websocket.compression*",
+        false,
+        "WebSocket compression is not in rotor",
+    ),
+    (
+        "uni_websocket.message_size_limit",
+        false,
+        "not in rotor for uni_websocket",
+    ),
+    ("uni_websocket.join_push_messages", false, "not in rotor"),
+    (
+        "*.max_request_body_size",
+        false,
+        "use http_server.body_read_timeout and emulation.max_request_body_size",
+    ),
+    (
+        "prometheus.instrument_http_handlers",
+        true,
+        "rotor does not time HTTP handlers",
+    ),
+    (
+        "prometheus.recovered_publications_histogram",
+        true,
+        "not in rotor's metrics",
+    ),
+    (
+        "prometheus.native_histograms",
+        true,
+        "rotor exports classic histograms",
+    ),
+    ("admin.web_path", false, "the admin UI is built into rotor"),
+    (
+        "admin.web_proxy_address",
+        false,
+        "the admin UI is built into rotor",
+    ),
+];
+
+/// rotor's own older key paths (and Centrifugo v6 keys rotor reads under another name).
+const RENAMED: &[(&str, &str)] = &[
+    ("http_server.tls.cert_pem_file", "http_server.tls.cert_pem"),
+    ("http_server.tls.key_pem_file", "http_server.tls.key_pem"),
 ];
 
 /// Element templates of lists of objects: their items are reviewed like sections.
@@ -222,9 +492,138 @@ pub(super) fn review(file: &mut Value, defaults: &Value, templates: &Templates) 
             "`{name}` is Centrifugo's older name of `{moved_to}`: read as `{moved_to}` (rename it)"
         ));
     }
+    rename_nested(file, &mut found);
+    redis_timeouts(file, &mut found);
     let mut path = Vec::new();
     walk(file, defaults, templates, &mut path, &mut found);
     found
+}
+
+fn rename_nested(file: &mut Value, found: &mut Review) {
+    let Some(top) = file.as_object_mut() else {
+        return;
+    };
+    for (old, new) in RENAMED {
+        let old_path: Vec<&str> = old.split('.').collect();
+        let (last, parents) = old_path.split_last().expect("a path");
+        let Some(parent) = parents
+            .iter()
+            .try_fold(&mut *top, |m, k| m.get_mut(*k)?.as_object_mut())
+        else {
+            continue;
+        };
+        let Some(value) = parent.remove(*last) else {
+            continue;
+        };
+        let new_path: Vec<&str> = new.split('.').collect();
+        if get_path_in(top, &new_path).is_some() {
+            found.errors.push(format!(
+                "`{old}` (an older name) and `{new}` are both set: keep `{new}`"
+            ));
+            continue;
+        }
+        set_path_in(top, &new_path, value);
+        found.warnings.push(format!(
+            "`{old}` is an older name of `{new}`: read as `{new}` (rename it)"
+        ));
+    }
+}
+
+/// Centrifugo v6's `connect_timeout` and `io_timeout` of a Redis section are rotor's one
+/// `timeout` (connect and replies): the longer of the two.
+fn redis_timeouts(file: &mut Value, found: &mut Review) {
+    for part in ["engine", "broker", "presence_manager"] {
+        let Some(redis) = file
+            .get_mut(part)
+            .and_then(|p| p.get_mut("redis"))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let given: Vec<(&str, Value)> = ["connect_timeout", "io_timeout"]
+            .into_iter()
+            .filter_map(|k| redis.remove(k).map(|v| (k, v)))
+            .collect();
+        if given.is_empty() {
+            continue;
+        }
+        if redis.contains_key("timeout") {
+            found.errors.push(format!(
+                "`{part}.redis.timeout` and Centrifugo's `connect_timeout`/`io_timeout` are both set: keep `timeout`"
+            ));
+            continue;
+        }
+        let seconds = |v: &Value| match v {
+            Value::String(s) => rotor_core::duration::parse(s).ok().map(|d| d.as_secs_f64()),
+            Value::Number(n) => n.as_f64(),
+            _ => None,
+        };
+        let longest = given
+            .iter()
+            .max_by(|a, b| {
+                seconds(&a.1)
+                    .partial_cmp(&seconds(&b.1))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .expect("not empty");
+        let names: Vec<&str> = given.iter().map(|(k, _)| *k).collect();
+        redis.insert("timeout".into(), longest.1.clone());
+        found.warnings.push(format!(
+            "`{part}.redis.{}`: rotor has one Redis timeout for connecting and for replies; read as `{part}.redis.timeout` = {}",
+            names.join("` and `"),
+            longest.1
+        ));
+    }
+}
+
+/// Whether a value turns nothing on: false, zero, empty, `enabled = false`, or a section of
+/// such values.
+fn off(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(m) => m.get("enabled") == Some(&Value::Bool(false)) || m.values().all(off),
+    }
+}
+
+/// What to say of a key rotor does not know that Centrifugo v6 has: `Some(Ok(warning))`
+/// when it can be dropped, `Some(Err(error))` when it cannot, `None` when it is no such key.
+fn not_in_rotor(here: &str, value: &Value) -> Option<Result<String, String>> {
+    let normal = normalize(here);
+    let (_, harmless, what) = NOT_IN_ROTOR
+        .iter()
+        .find(|(pattern, _, _)| rotor_core::channels::glob_match(pattern, &normal))?;
+    Some(if *harmless || off(value) {
+        Ok(format!("`{here}` (Centrifugo v6): ignored, {what}"))
+    } else {
+        Err(format!(
+            "`{here}` (Centrifugo v6): {what}; remove it (docs/migrating-from-centrifugo.md)"
+        ))
+    })
+}
+
+/// `channel.namespaces[3].x` -> `channel.namespaces[].x`.
+fn normalize(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// An older value in the shape the current key takes: ports were strings, and a single
@@ -262,7 +661,14 @@ fn walk(
             format!("{}.{key}", path.join("."))
         };
         let Some(default) = known.get(&key) else {
-            found.errors.push(unknown(&here, &key, known));
+            match not_in_rotor(&here, &map[&key]) {
+                Some(Ok(warning)) => {
+                    found.warnings.push(warning);
+                    map.remove(&key);
+                }
+                Some(Err(error)) => found.errors.push(error),
+                None => found.errors.push(unknown(&here, &key, known)),
+            }
             continue;
         };
         let child = map.get_mut(&key).expect("listed above");
@@ -433,7 +839,7 @@ mod tests {
             "http_server": {"address": "0.0.0.0", "port": 8000},
             "client": {"token": {"hmac_secret_key": ""}, "allowed_origins": []},
             "channel": {"namespaces": [], "without_namespace": {"presence": false, "history_size": 0}},
-            "engine": {"type": "memory", "redis": {"address": ["127.0.0.1:6379"]}},
+            "engine": {"type": "memory", "redis": {"address": ["127.0.0.1:6379"], "timeout": "1s"}},
             "rpc": {"namespaces": []},
             "proxies": [],
         })
@@ -516,6 +922,42 @@ mod tests {
         assert!(r.errors.is_empty());
         assert_eq!(r.warnings.len(), 1);
         assert_eq!(file, json!({}));
+    }
+
+    #[test]
+    fn centrifugo_v6_keys_rotor_lacks_are_ignored_when_off_and_refused_when_on() {
+        let mut d = defaults();
+        d["http_api"] = json!({"key": ""});
+        let mut file = json!({
+            "grpc_api": {"enabled": false, "port": 10000},
+            "usage_stats": {"disabled": false},
+            "http_api": {"key": "k", "external": true},
+            "engine": {"redis": {"connect_timeout": "1s", "io_timeout": "4s", "tls": {"enabled": false}}},
+            "channel": {"namespaces": [{"name": "a", "subscription_type": ""}]},
+        });
+        let r = review(&mut file, &d, &templates());
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            file["engine"]["redis"]["timeout"], "4s",
+            "the longer of the two"
+        );
+        assert!(file.get("grpc_api").is_none() && file["http_api"].get("external").is_none());
+        assert_eq!(r.warnings.len(), 6, "{:?}", r.warnings);
+
+        let mut file =
+            json!({"grpc_api": {"enabled": true}, "client": {"token": {"user_id_claim": "uid"}}});
+        let r = review(&mut file, &d, &templates());
+        let all = r.errors.join("\n");
+        assert!(
+            all.contains("`grpc_api` (Centrifugo v6): the gRPC server API is not in rotor"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "`client.token.user_id_claim` (Centrifugo v6): rotor reads the user from `sub`"
+            ),
+            "{all}"
+        );
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct HttpServerConfig {
     pub tls: TlsConfig,
     /// A second port for internal endpoints (metrics, health, the admin UI unless
     /// `admin.external`); 0: they share the main port (or `prometheus.internal_port`).
+    /// Centrifugo v6 writes it as a string ("9000", "" for none): both are read.
+    #[serde(deserialize_with = "port_or_text")]
     pub internal_port: u16,
     /// Interface of the internal port; "" is `address`.
     pub internal_address: String,
@@ -57,26 +59,46 @@ impl Default for HttpServerConfig {
 }
 
 /// `http_server.tls.*`: TLS on the server port.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsConfig {
     pub enabled: bool,
-    /// PEM file with the certificate chain (leaf first).
-    pub cert_pem_file: String,
-    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_pem_file: String,
+    /// The certificate chain (leaf first): a PEM file's path, or, as in Centrifugo v6, the
+    /// PEM itself or the PEM in base64.
+    #[serde(alias = "cert_pem_file")]
+    pub cert_pem: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1), in the same three forms.
+    #[serde(alias = "key_pem_file")]
+    pub key_pem: String,
     /// How often the two files are checked for changes (they are also reloaded on SIGHUP);
     /// "0s" checks only on SIGHUP.
     #[serde(with = "rotor_core::duration")]
     pub watch_interval: Duration,
 }
 
+impl std::fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A key given inline is a secret; a path is not.
+        let key = if self.key_pem.contains("-----BEGIN") || self.key_pem.len() > 200 {
+            "<inline key, redacted>"
+        } else {
+            self.key_pem.as_str()
+        };
+        f.debug_struct("TlsConfig")
+            .field("enabled", &self.enabled)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &key)
+            .field("watch_interval", &self.watch_interval)
+            .finish()
+    }
+}
+
 impl Default for TlsConfig {
     fn default() -> Self {
         TlsConfig {
             enabled: false,
-            cert_pem_file: String::new(),
-            key_pem_file: String::new(),
+            cert_pem: String::new(),
+            key_pem: String::new(),
             watch_interval: Duration::from_secs(10),
         }
     }
@@ -408,7 +430,7 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
-            timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
         }
     }
 }
@@ -764,5 +786,23 @@ impl Config {
             version: format!("{} rotor", env!("CARGO_PKG_VERSION")),
             node_uid: String::new(),
         }
+    }
+}
+
+/// A port written as a number or as text ("" is 0), as Centrifugo v6 writes ports.
+fn port_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Port {
+        Number(u16),
+        Text(String),
+    }
+    match Port::deserialize(d)? {
+        Port::Number(n) => Ok(n),
+        Port::Text(t) if t.trim().is_empty() => Ok(0),
+        Port::Text(t) => t
+            .trim()
+            .parse()
+            .map_err(|_| serde::de::Error::custom(format!("{t:?} is not a port number"))),
     }
 }
