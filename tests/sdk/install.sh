@@ -2,14 +2,19 @@
 # Installs what the end-to-end tests drive: the official SDKs, centrifuge-js (npm) and
 # centrifuge-python + cent (PyPI, in a virtualenv), and for the admin UI's browser tests
 # playwright-core with Debian's chromium and puppeteer-core with Debian's firefox-esr (npm
-# and apt, the latter when running as root; no browser download); and cargo-deb for the
-# package test. Idempotent: does nothing when the pinned versions are already installed.
+# and apt, the latter when running as root; no browser download); TypeScript and
+# @grafana/schema for the dashboards' schema check; and cargo-deb for the package test. Idempotent: does nothing when the pinned versions are already installed.
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -f node_modules/centrifuge/package.json ] || ! grep -q '"version": "5.8.0"' node_modules/centrifuge/package.json \
-   || [ ! -f node_modules/playwright-core/package.json ] || ! grep -q '"version": "1.65.2"' node_modules/playwright-core/package.json \
-   || [ ! -f node_modules/puppeteer-core/package.json ] || ! grep -q '"version": "25.19.0"' node_modules/puppeteer-core/package.json; then
-  echo "installing centrifuge-js, playwright-core, puppeteer-core and friends (npm)..."
+# Every dependency of package.json installed at its pinned version, else npm install.
+if ! node -e '
+  const deps = require("./package.json").dependencies;
+  for (const [name, version] of Object.entries(deps)) {
+    let got;
+    try { got = require(`./node_modules/${name}/package.json`).version; } catch (e) { process.exit(1); }
+    if (got !== version) process.exit(1);
+  }' 2>/dev/null; then
+  echo "installing centrifuge-js, the browser drivers and friends (npm)..."
   npm install --no-audit --no-fund --loglevel=error
 fi
 # cargo-deb, for the package test (tests/tests/e2e/package.rs).

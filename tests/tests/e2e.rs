@@ -9,6 +9,7 @@ mod e2e {
     pub mod cli;
     pub mod client;
     pub mod cluster;
+    pub mod dashboards;
     pub mod expiry;
     pub mod expiry_scale;
     pub mod faults;
