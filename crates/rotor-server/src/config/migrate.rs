@@ -960,6 +960,57 @@ mod tests {
         );
     }
 
+    /// Every older name in the table, against rotor's real configuration: a `Same` lands
+    /// on a key that exists (with a warning naming both), a `Gone` is an error with its hint.
+    #[test]
+    fn every_older_name_has_its_hint() {
+        let defaults = serde_json::to_value(crate::config::Config::default()).unwrap();
+        let real = Templates {
+            namespace: serde_json::to_value(rotor_core::config::NamespaceConfig::default())
+                .unwrap(),
+            rpc_namespace: serde_json::to_value(rotor_core::config::RpcOptions::default()).unwrap(),
+            proxy: serde_json::to_value(rotor_core::config::NamedProxyConfig::default()).unwrap(),
+        };
+        for (old, to) in TOP_LEVEL {
+            // A value of the type the current key takes (a string for anything else).
+            let value = match to {
+                Older::Same(path) => {
+                    let p: Vec<&str> = path.split('.').collect();
+                    let current = get_path(&defaults, &p)
+                        .unwrap_or_else(|| panic!("`{old}` -> `{path}`: no such key in rotor"));
+                    assert!(!current.is_object(), "`{old}` -> `{path}` is a section");
+                    current.clone()
+                }
+                Older::Gone(_) => json!(false),
+            };
+            let mut file = json!({ *old: value });
+            let r = review(&mut file, &defaults, &real);
+            match to {
+                Older::Same(path) => {
+                    assert!(r.errors.is_empty(), "{old}: {:?}", r.errors);
+                    assert!(
+                        r.warnings
+                            .iter()
+                            .any(|w| w.contains(&format!("`{old}`"))
+                                && w.contains(&format!("`{path}`"))),
+                        "{old}: {:?}",
+                        r.warnings
+                    );
+                    let p: Vec<&str> = path.split('.').collect();
+                    assert!(get_path(&file, &p).is_some(), "{old} moved to {path}");
+                }
+                Older::Gone(hint) => {
+                    let all = r.errors.join(" ");
+                    if *old == "client_expire" {
+                        assert!(all.contains(hint), "{old}: {all}");
+                    } else {
+                        assert!(all.contains(hint) && all.contains(old), "{old}: {all}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn edit_distance() {
         assert_eq!(distance("adress", "address"), 1);
