@@ -16,7 +16,6 @@ mod e2e {
     pub mod jwks;
     pub mod limits;
     pub mod metrics;
-    pub mod package;
     pub mod postgres;
     pub mod protobuf;
     pub mod proxy;

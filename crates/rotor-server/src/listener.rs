@@ -152,19 +152,33 @@ impl std::fmt::Debug for Pem {
 
 impl Pem {
     fn from_config(value: &str) -> Pem {
-        if value.trim_start().starts_with("-----BEGIN") {
+        const BEGIN: &[u8] = b"-----BEGIN";
+        let holds_pem = |b: &[u8]| b.windows(BEGIN.len()).any(|w| w == BEGIN);
+        if holds_pem(value.as_bytes()) {
             return Pem::Inline(value.as_bytes().to_vec());
         }
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
         use base64::Engine;
         let compact: String = value.split_whitespace().collect();
-        match base64::engine::general_purpose::STANDARD.decode(compact.as_bytes()) {
-            Ok(bytes) if bytes.starts_with(b"-----BEGIN") => Pem::Inline(bytes),
-            _ => Pem::File(PathBuf::from(value)),
+        for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+            if let Ok(bytes) = engine.decode(compact.as_bytes()) {
+                if holds_pem(&bytes) {
+                    return Pem::Inline(bytes);
+                }
+            }
         }
+        Pem::File(PathBuf::from(value))
     }
 
     fn read(&self, key: &str) -> Result<Vec<u8>, String> {
         match self {
+            // A key that is neither a path nor PEM may be a key all the same: its value is
+            // never repeated in a message.
+            Pem::File(p) if key == "key_pem" => std::fs::read(p).map_err(|e| {
+                format!("http_server.tls.key_pem: not PEM, and not a file that can be read ({e})")
+            }),
             Pem::File(p) => {
                 std::fs::read(p).map_err(|e| format!("http_server.tls.{key} {}: {e}", p.display()))
             }

@@ -323,19 +323,21 @@ async fn a_centrifugo_v5_config_loads_with_warnings_and_its_problems_are_listed_
     .await;
     assert!(ok && out.contains("\"u5\""), "{out} {err}");
 
-    // Typos and settings that no longer exist: every one listed, each with its hint.
+    // Typos, settings that no longer exist and a bad value: every one listed, each with its
+    // hint.
     let bad = temp_config(
         "bad-many.toml",
-        "client_expire = false\n[http_server]\nadress = \"127.0.0.1\"\n[client.token]\nhmac_secret = \"s\"\n[[channel.namespaces]]\nname = \"chat\"\npresense = true\n",
+        "client_expire = false\n[http_server]\nadress = \"127.0.0.1\"\n[client]\nping_interval = \"5 parsecs\"\n[client.token]\nhmac_secret = \"s\"\n[[channel.namespaces]]\nname = \"chat\"\npresense = true\n",
     );
     let (ok, _, err) = run(&["--config", bad.to_str().unwrap(), "checkconfig"], &[]).await;
     assert!(!ok);
-    assert!(err.contains("4 problems"), "{err}");
+    assert!(err.contains("5 problems"), "{err}");
     for hint in [
         "`client_expire` is Centrifugo's older setting",
         "did you mean `http_server.address`?",
         "did you mean `client.token.hmac_secret_key`?",
         "did you mean `channel.namespaces[0].presence`?",
+        "client.ping_interval",
     ] {
         assert!(err.contains(hint), "missing {hint:?}: {err}");
     }
@@ -602,7 +604,12 @@ async fn a_centrifugo_v6_config_loads_unchanged() {
     // nothing is an older name.
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
     assert_eq!(warnings.len(), 4, "{err}");
-    for what in ["`health`", "`grpc_api`", "`usage_stats`", "io_timeout"] {
+    for what in [
+        "`health.enabled`",
+        "`grpc_api`",
+        "`usage_stats`",
+        "io_timeout",
+    ] {
         assert!(warnings.iter().any(|w| w.contains(what)), "{what}: {err}");
     }
     assert!(!err.contains("older name"), "{err}");

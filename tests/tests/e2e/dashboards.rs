@@ -8,7 +8,7 @@ use std::time::Duration;
 use rotor_tests::*;
 use serde_json::Value;
 
-const T: Duration = Duration::from_secs(60);
+const T: Duration = Duration::from_secs(120);
 
 async fn check(dir: &Path) -> (Vec<Value>, Value) {
     let mut s = Script::node(

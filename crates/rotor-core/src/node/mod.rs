@@ -193,6 +193,45 @@ impl Node {
     /// TTL) is read at start only.
     pub fn reload(&self, config: &CoreConfig) -> Result<(), CoreError> {
         let (rules, verifier, sub_verifier) = reloadable(config)?;
+        // Proxies are built at start: a namespace that would turn on one not built then
+        // would be served without asking the backend, so such a reload is refused.
+        let channel = &config.channel;
+        let options = std::iter::once((
+            "channel.without_namespace".to_string(),
+            channel.without_namespace.clone(),
+        ))
+        .chain(
+            channel
+                .namespaces
+                .iter()
+                .map(|n| (format!("channel.namespaces[{}]", n.name), n.options())),
+        );
+        let proxies = &self.inner.proxies;
+        for (key, o) in options {
+            for (on, built, what) in [
+                (
+                    o.subscribe_proxy_enabled,
+                    proxies.subscribe_for(&o).is_some(),
+                    "subscribe",
+                ),
+                (
+                    o.publish_proxy_enabled,
+                    proxies.publish_for(&o).is_some(),
+                    "publish",
+                ),
+                (
+                    o.sub_refresh_proxy_enabled,
+                    proxies.sub_refresh_for(&o).is_some(),
+                    "sub_refresh",
+                ),
+            ] {
+                if on && !built {
+                    return Err(CoreError::BadRequest(format!(
+                        "{key}: its {what} proxy was not in use at start; restart rotor to turn it on"
+                    )));
+                }
+            }
+        }
         *write(&self.inner.rules) = Arc::new(rules);
         *write(&self.inner.verifier) = Arc::new(verifier);
         *write(&self.inner.sub_verifier) = Arc::new(sub_verifier);

@@ -685,3 +685,31 @@ impl crate::storage::HistoryStore for AtOffset3 {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn reload_swaps_the_keys_and_refuses_a_proxy_that_was_not_built() {
+    let node = node(|_| {});
+    let verify = |node: &Node, secret: &str| {
+        let t = rotor_auth::sign_hmac(&json!({"sub": "u", "exp": now(node) + 60}), secret).unwrap();
+        let verifier = node.verifier();
+        let at = now(node);
+        async move { verifier.verify_connect(&t, at).await.is_ok() }
+    };
+    assert!(verify(&node, SECRET).await);
+    let mut next = node.config().clone();
+    next.client.token.hmac_secret_key = "rotated".into();
+    node.reload(&next).unwrap();
+    assert!(verify(&node, "rotated").await, "the new key");
+    assert!(!verify(&node, SECRET).await, "the old key is refused");
+    // A namespace that turns on a subscribe proxy this node never built: refused, and
+    // nothing changed (the rotated key still holds).
+    let mut with_proxy = next.clone();
+    with_proxy.client.token.hmac_secret_key = "third".into();
+    with_proxy.channel.without_namespace.subscribe_proxy_enabled = true;
+    let err = node.reload(&with_proxy).unwrap_err().to_string();
+    assert!(
+        err.contains("subscribe proxy was not in use at start"),
+        "{err}"
+    );
+    assert!(verify(&node, "rotated").await);
+}

@@ -95,7 +95,7 @@ fn kind(path: &str, default: &Value) -> &'static str {
         Value::String(_) if path.ends_with("_ttl") || path.ends_with("timeout") => "duration",
         Value::String(_) => "string",
         Value::Array(_) => "list",
-        Value::Object(_) => "section",
+        Value::Object(_) => "map",
         Value::Null => "optional",
     }
 }

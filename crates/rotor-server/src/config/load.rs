@@ -48,7 +48,7 @@ impl Config {
         // The file's older names and typos, every one of them, before anything else.
         let review = migrate::review(&mut value, &defaults, &templates());
         warnings.extend(review.warnings);
-        let problems = review.errors;
+        let mut problems = review.errors;
         let env: Vec<(String, String)> = env.into_iter().collect();
         let rotor_names: std::collections::HashSet<&str> = env
             .iter()
@@ -103,24 +103,36 @@ impl Config {
                     .map_err(|e| ServerError::Config(format!("--set {key}: {e}")))?,
             );
         }
-        if !problems.is_empty() {
-            let file = path.map_or("the configuration".to_string(), |p| p.display().to_string());
-            let n = problems.len();
-            return Err(ServerError::Config(format!(
-                "{n} problem{} in {file}:\n  - {}",
-                if n == 1 { "" } else { "s" },
-                problems.join("\n  - ")
-            )));
-        }
-        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+        // The review took out what it reported, so typing the rest finds the next problem
+        // (a bad value) and the checks after it, and every one is reported together.
+        let typed = serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| {
             let path = e.path().to_string();
-            ServerError::Config(if path == "." {
+            if path == "." {
                 e.inner().to_string()
             } else {
                 format!("{path}: {}", e.inner())
-            })
-        })?;
-        config.validate()?;
+            }
+        });
+        let config = match typed {
+            Ok(config) => match config.validate() {
+                Ok(()) if problems.is_empty() => config,
+                Ok(()) => return Err(all_problems(path, problems)),
+                Err(ServerError::Config(e)) if !problems.is_empty() => {
+                    problems.push(e);
+                    return Err(all_problems(path, problems));
+                }
+                Err(e) if problems.is_empty() => return Err(e),
+                Err(e) => {
+                    problems.push(e.to_string());
+                    return Err(all_problems(path, problems));
+                }
+            },
+            Err(e) if problems.is_empty() => return Err(ServerError::Config(e)),
+            Err(e) => {
+                problems.push(e);
+                return Err(all_problems(path, problems));
+            }
+        };
         if config.admin.enabled && config.admin.insecure {
             warnings.push("admin.insecure: the admin UI asks for no password; anyone who reaches its port can revoke tokens and publish".into());
         }
@@ -238,9 +250,25 @@ fn read_file(path: &Path) -> Result<Value, ServerError> {
     }
 }
 
+/// Every problem of a file, numbered in one error.
+fn all_problems(path: Option<&Path>, problems: Vec<String>) -> ServerError {
+    let file = path.map_or("the configuration".to_string(), |p| p.display().to_string());
+    let n = problems.len();
+    ServerError::Config(format!(
+        "{n} problem{} in {file}:\n  - {}",
+        if n == 1 { "" } else { "s" },
+        problems.join("\n  - ")
+    ))
+}
+
 /// What an item of each list of sections looks like, for the review of the file.
-fn templates() -> migrate::Templates {
-    let json = |v: Result<Value, serde_json::Error>| v.expect("defaults serialize");
+pub(super) fn templates() -> migrate::Templates {
+    // Every key of an item shows only when it is set (a `name` left empty is not written).
+    let json = |v: Result<Value, serde_json::Error>| {
+        let mut v = v.expect("defaults serialize");
+        v["name"] = Value::String("name".into());
+        v
+    };
     migrate::Templates {
         namespace: json(serde_json::to_value(
             rotor_core::config::NamespaceConfig::default(),
@@ -254,12 +282,13 @@ fn templates() -> migrate::Templates {
     }
 }
 
-/// Every leaf of the default configuration with its default value (arrays count as leaves).
+/// Every leaf of the default configuration with its default value (arrays and empty maps,
+/// such as `static_headers`, count as leaves).
 pub(super) fn leaf_paths(value: &Value) -> Vec<(Vec<String>, Value)> {
     let mut out = Vec::new();
     fn walk(v: &Value, prefix: &mut Vec<String>, out: &mut Vec<(Vec<String>, Value)>) {
         match v {
-            Value::Object(map) => {
+            Value::Object(map) if !map.is_empty() => {
                 for (k, child) in map {
                     prefix.push(k.clone());
                     walk(child, prefix, out);

@@ -100,6 +100,9 @@ const TOP_LEVEL: &[(&str, Older)] = &[
     ("proxy_sub_refresh_endpoint", Older::Same("channel.proxy.sub_refresh.endpoint")),
     ("proxy_sub_refresh_timeout", Older::Same("channel.proxy.sub_refresh.timeout")),
     ("proxy_rpc_endpoint", Older::Same("rpc.proxy.endpoint")),
+    ("proxy_subscribe", Older::Same("channel.without_namespace.subscribe_proxy_enabled")),
+    ("proxy_publish", Older::Same("channel.without_namespace.publish_proxy_enabled")),
+    ("proxy_sub_refresh", Older::Same("channel.without_namespace.sub_refresh_proxy_enabled")),
     ("proxy_rpc_timeout", Older::Same("rpc.proxy.timeout")),
     (
         "client_expire",
@@ -354,6 +357,7 @@ const NOT_IN_ROTOR: &[(&str, bool, &str)] = &[
         false,
         "users in channel names are separated by `,` in rotor",
     ),
+    ("health.enabled", true, "rotor always serves `GET /health`"),
     (
         "websocket.compression*",
         false,
@@ -427,19 +431,24 @@ pub(super) fn review(file: &mut Value, defaults: &Value, templates: &Templates) 
         .as_object()
         .cloned()
         .unwrap_or_default();
-    // `health` (Centrifugo's switch for `GET /health`, a section in v6): always on here.
-    if let Some(health) = top.remove("health") {
-        let on = health == Value::Bool(true) || health["enabled"] == Value::Bool(true);
-        if on {
-            found
-                .warnings
-                .push("`health`: rotor always serves `GET /health`; ignored (remove it)".into());
-        } else {
-            found.errors.push(
-                "`health`: rotor always serves `GET /health` and cannot turn it off; remove it"
-                    .into(),
-            );
+    // `health` (Centrifugo v5's switch for `GET /health`, a section in v6): always on here;
+    // the section's keys are reviewed with the v6 keys rotor lacks.
+    match top.remove("health") {
+        Some(Value::Object(health)) => {
+            for (k, v) in health {
+                match not_in_rotor(&format!("health.{k}"), &v) {
+                    Some(Ok(warning)) => found.warnings.push(warning),
+                    Some(Err(error)) => found.errors.push(error),
+                    None => found.errors.push(format!(
+                        "unknown key `health.{k}` (known here: enabled, handler_prefix)"
+                    )),
+                }
+            }
         }
+        Some(_) => found
+            .warnings
+            .push("`health`: rotor always serves `GET /health`; ignored (remove it)".into()),
+        None => {}
     }
     // Sorted, so a flat switch (`admin = true`) is read before the keys that go under it
     // (`admin_password`), whatever order the file has.
@@ -487,7 +496,22 @@ pub(super) fn review(file: &mut Value, defaults: &Value, templates: &Templates) 
             continue;
         }
         let value = older_value(&moved_to, value, defaults);
+        // In v5 an endpoint was all it took to turn the connect or refresh proxy on.
+        let turns_on = matches!(
+            name.as_str(),
+            "proxy_connect_endpoint" | "proxy_refresh_endpoint"
+        ) && value.as_str().is_some_and(|s| !s.is_empty());
         set_path_in(top, &path, value);
+        if turns_on {
+            let enabled: Vec<&str> = path[..path.len() - 1]
+                .iter()
+                .copied()
+                .chain(["enabled"])
+                .collect();
+            if get_path_in(top, &enabled).is_none() {
+                set_path_in(top, &enabled, Value::Bool(true));
+            }
+        }
         found.warnings.push(format!(
             "`{name}` is Centrifugo's older name of `{moved_to}`: read as `{moved_to}` (rename it)"
         ));
@@ -596,7 +620,17 @@ fn not_in_rotor(here: &str, value: &Value) -> Option<Result<String, String>> {
     let (_, harmless, what) = NOT_IN_ROTOR
         .iter()
         .find(|(pattern, _, _)| rotor_core::channels::glob_match(pattern, &normal))?;
-    Some(if *harmless || off(value) {
+    // A setting that is already rotor's behaviour (v6's defaults) changes nothing.
+    let same_as_rotor = [
+        ("channel.private_prefix", "$"),
+        ("channel.namespace_boundary", ":"),
+        ("channel.user_boundary", "#"),
+        ("channel.user_separator", ","),
+        ("health.handler_prefix", "/health"),
+    ]
+    .iter()
+    .any(|(k, v)| normal == *k && value.as_str() == Some(v));
+    Some(if *harmless || same_as_rotor || off(value) {
         Ok(format!("`{here}` (Centrifugo v6): ignored, {what}"))
     } else {
         Err(format!(
@@ -636,7 +670,6 @@ fn older_value(path: &str, value: Value, defaults: &Value) -> Value {
             .parse::<u64>()
             .map(Value::from)
             .unwrap_or(Value::String(s)),
-        (Some(Value::Array(_)), Value::String(s)) => Value::Array(vec![Value::String(s)]),
         (_, v) => v,
     }
 }
@@ -653,6 +686,10 @@ fn walk(
     let (Some(map), Some(known)) = (value.as_object_mut(), defaults.as_object()) else {
         return;
     };
+    // A section whose default is empty is a map of the user's own keys (`static_headers`).
+    if known.is_empty() {
+        return;
+    }
     let keys: Vec<String> = map.keys().cloned().collect();
     for key in keys {
         let here = if path.is_empty() {
@@ -666,11 +703,19 @@ fn walk(
                     found.warnings.push(warning);
                     map.remove(&key);
                 }
-                Some(Err(error)) => found.errors.push(error),
-                None => found.errors.push(unknown(&here, &key, known)),
+                Some(Err(error)) => {
+                    found.errors.push(error);
+                    map.remove(&key);
+                }
+                None => {
+                    found.errors.push(unknown(&here, &key, known));
+                    map.remove(&key);
+                }
             }
             continue;
         };
+        // A value reported here is taken out, so typing the rest finds the next problem.
+        let mut reported = false;
         let child = map.get_mut(&key).expect("listed above");
         match (default, &*child) {
             (Value::Object(_), Value::Object(_)) => {
@@ -678,15 +723,21 @@ fn walk(
                 walk(child, default, templates, path, found);
                 path.pop();
             }
-            (Value::Object(_), other) => found.errors.push(format!(
-                "`{here}` is a section of keys, not {}",
-                kind(other)
-            )),
+            (Value::Object(_), other) => {
+                found.errors.push(format!(
+                    "`{here}` is a section of keys, not {}",
+                    kind(other)
+                ));
+                reported = true;
+            }
             (Value::Bool(_), Value::Bool(_)) | (_, Value::Null) => {}
-            (Value::Bool(_), other) => found.errors.push(format!(
-                "`{here}`: expected true or false, found {}",
-                kind(other)
-            )),
+            (Value::Bool(_), other) => {
+                found.errors.push(format!(
+                    "`{here}`: expected true or false, found {}",
+                    kind(other)
+                ));
+                reported = true;
+            }
             (Value::Array(_), Value::Array(items)) => {
                 let template = match here.as_str() {
                     "channel.namespaces" => Some(&templates.namespace),
@@ -707,6 +758,9 @@ fn walk(
                 }
             }
             _ => {}
+        }
+        if reported {
+            map.remove(&key);
         }
     }
 }
@@ -859,7 +913,10 @@ mod tests {
         assert!(r.errors.is_empty(), "{:?}", r.errors);
         assert_eq!(file["client"]["token"]["hmac_secret_key"], "s");
         assert_eq!(file["http_server"]["port"], 9000, "ports were strings");
-        assert_eq!(file["engine"]["redis"]["address"], json!(["redis:6379"]));
+        assert_eq!(
+            file["engine"]["redis"]["address"], "redis:6379",
+            "a list or a comma-separated string, as before"
+        );
         assert_eq!(file["channel"]["without_namespace"]["presence"], true);
         assert_eq!(
             file["channel"]["namespaces"][0]["subscribe_proxy_enabled"],
@@ -965,12 +1022,7 @@ mod tests {
     #[test]
     fn every_older_name_has_its_hint() {
         let defaults = serde_json::to_value(crate::config::Config::default()).unwrap();
-        let real = Templates {
-            namespace: serde_json::to_value(rotor_core::config::NamespaceConfig::default())
-                .unwrap(),
-            rpc_namespace: serde_json::to_value(rotor_core::config::RpcOptions::default()).unwrap(),
-            proxy: serde_json::to_value(rotor_core::config::NamedProxyConfig::default()).unwrap(),
-        };
+        let real = super::super::load::templates();
         for (old, to) in TOP_LEVEL {
             // A value of the type the current key takes (a string for anything else).
             let value = match to {
@@ -1009,6 +1061,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Lists of sections are reviewed against real items (an RPC namespace's `name` is
+    /// written only when set) and maps of the user's own keys are left alone.
+    #[test]
+    fn real_items_and_free_form_maps_pass() {
+        let defaults = serde_json::to_value(crate::config::Config::default()).unwrap();
+        let mut file = json!({
+            "rpc": {"namespaces": [{"name": "billing", "proxy_enabled": true}]},
+            "proxies": [{"name": "billing", "endpoint": "http://b", "http": {"static_headers": {"X-Env": "prod"}}}],
+            "client": {"proxy": {"connect": {"http": {"static_headers": {"Authorization": "x"}}}}},
+            "proxy_connect_endpoint": "http://backend/connect",
+            "proxy_subscribe": true,
+            "health": {"enabled": false, "handler_prefix": "/health"},
+            "channel": {"private_prefix": "$"},
+        });
+        let r = review(&mut file, &defaults, &super::super::load::templates());
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(
+            file["client"]["proxy"]["connect"]["enabled"], true,
+            "v5's endpoint turned it on"
+        );
+        assert_eq!(
+            file["channel"]["without_namespace"]["subscribe_proxy_enabled"],
+            true
+        );
+        let mut file = json!({"health": {"handler_prefix": "/healthz"}});
+        let r = review(&mut file, &defaults, &super::super::load::templates());
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
     }
 
     #[test]

@@ -78,11 +78,11 @@ pub struct TlsConfig {
 
 impl std::fmt::Debug for TlsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // A key given inline is a secret; a path is not.
-        let key = if self.key_pem.contains("-----BEGIN") || self.key_pem.len() > 200 {
-            "<inline key, redacted>"
+        // The key may be given inline (a secret): never shown.
+        let key = if self.key_pem.is_empty() {
+            ""
         } else {
-            self.key_pem.as_str()
+            "<redacted>"
         };
         f.debug_struct("TlsConfig")
             .field("enabled", &self.enabled)

@@ -1,6 +1,9 @@
 //! Packaging: `cargo install` from the repository, and the `.deb` built with cargo-deb,
 //! installed with dpkg on this machine, serving `/health` as its `rotor` user with the
 //! configuration its first install wrote, and purged again.
+//!
+//! A test binary of its own: cargo runs test binaries one after another, so the builds these
+//! tests start never compete with the timing-sensitive end-to-end tests for the cores.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,6 +63,15 @@ async fn cargo_install_from_the_repository_gives_a_working_rotor() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Removes a file however the test ends.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[tokio::test]
 async fn the_deb_installs_with_dpkg_and_serves_health() {
     let test = "the_deb_installs_with_dpkg_and_serves_health";
@@ -94,6 +106,7 @@ async fn the_deb_installs_with_dpkg_and_serves_health() {
     .await;
     assert!(ok, "{out}");
     let deb = std::env::temp_dir().join(format!("rotor-{}.deb", std::process::id()));
+    let _removed = Removed(deb.clone());
     let (ok, out) = sh(
         &cargo(),
         &[
@@ -197,7 +210,8 @@ async fn the_deb_installs_with_dpkg_and_serves_health() {
     );
     let (user_left, _) = sh("id", &["rotor"], &[]).await;
     assert!(!user_left, "purge removes the rotor user");
-    let _ = std::fs::remove_file(&deb);
+    let (group_left, _) = sh("getent", &["group", "rotor"], &[]).await;
+    assert!(!group_left, "purge removes the rotor group");
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }
