@@ -376,6 +376,22 @@ pub struct ChannelConfig {
     pub max_length: usize,
 }
 
+impl ChannelConfig {
+    /// The options of channels without a namespace and of every namespace, each with the
+    /// key that names it in messages (`channel.namespaces[chat]`).
+    pub fn all_options(&self) -> impl Iterator<Item = (String, ChannelOptions)> + '_ {
+        std::iter::once((
+            "channel.without_namespace".to_string(),
+            self.without_namespace.clone(),
+        ))
+        .chain(
+            self.namespaces
+                .iter()
+                .map(|n| (format!("channel.namespaces[{}]", n.name), n.options())),
+        )
+    }
+}
+
 impl Default for ChannelConfig {
     fn default() -> Self {
         ChannelConfig {

@@ -314,17 +314,7 @@ impl Proxies {
         // Which (kind, name) pairs are used.
         let mut used: Vec<(ProxyKind, ProxyName)> = Vec::new();
         let channel = &config.channel;
-        let namespaces = std::iter::once((
-            "channel.without_namespace".to_string(),
-            channel.without_namespace.clone(),
-        ))
-        .chain(
-            channel
-                .namespaces
-                .iter()
-                .map(|n| (format!("channel.namespaces[{}]", n.name), n.options())),
-        );
-        for (key, o) in namespaces {
+        for (key, o) in channel.all_options() {
             for (kind, enabled, name, field) in [
                 (
                     ProxyKind::Subscribe,

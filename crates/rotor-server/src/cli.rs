@@ -323,6 +323,36 @@ fn init_logging(config: &Config) {
     };
 }
 
+/// An HS256 token of `claims` with `iat`, `exp` after `ttl` (none for `0`) and the audience
+/// and issuer `keys` check, signed with their HMAC secret (checked set by the caller).
+fn hs256(
+    mut claims: serde_json::Value,
+    ttl: &str,
+    keys: &rotor_auth::TokenConfig,
+) -> Result<String, ServerError> {
+    let ttl = rotor_core::duration::parse(ttl).map_err(ServerError::Cli)?;
+    claims["iat"] = now().into();
+    if !ttl.is_zero() {
+        claims["exp"] = (now() + ttl.as_secs().max(1)).into();
+    }
+    if !keys.audience.is_empty() {
+        claims["aud"] = keys.audience.clone().into();
+    }
+    if !keys.issuer.is_empty() {
+        claims["iss"] = keys.issuer.clone().into();
+    }
+    rotor_auth::sign_hmac(&claims, &keys.hmac_secret_key)
+        .map_err(|e| ServerError::Cli(e.to_string()))
+}
+
+/// When a verified token expires, as the check commands say it.
+fn expires(at: Option<u64>) -> String {
+    match at {
+        Some(at) => format!("in {}s (at {at})", at.saturating_sub(now())),
+        None => "never".to_string(),
+    }
+}
+
 /// Writes `text` to a new file (never over an existing one), or prints it.
 fn write_or_print(output: Option<PathBuf>, text: &str) -> Result<(), ServerError> {
     match output {
@@ -395,20 +425,8 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                         .into(),
                 ));
             }
-            let ttl = rotor_core::duration::parse(&ttl).map_err(ServerError::Cli)?;
-            let mut claims = serde_json::json!({ "sub": user, "iat": now() });
-            if !ttl.is_zero() {
-                claims["exp"] = (now() + ttl.as_secs().max(1)).into();
-            }
-            if !config.client.token.audience.is_empty() {
-                claims["aud"] = config.client.token.audience.clone().into();
-            }
-            if !config.client.token.issuer.is_empty() {
-                claims["iss"] = config.client.token.issuer.clone().into();
-            }
-            let token = rotor_auth::sign_hmac(&claims, secret)
-                .map_err(|e| ServerError::Cli(e.to_string()))?;
-            println!("{token}");
+            let claims = serde_json::json!({ "sub": user });
+            println!("{}", hs256(claims, &ttl, &config.client.token)?);
             Ok(())
         }
         Command::Checktoken { token } => {
@@ -421,11 +439,11 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                     .await
                     .map_err(|e| ServerError::Cli(format!("token rejected: {e}")))
             })?;
-            let expires = match t.expire_at {
-                Some(at) => format!("in {}s (at {at})", at.saturating_sub(now())),
-                None => "never".to_string(),
-            };
-            println!("valid token for user {:?}, expires {expires}", t.user);
+            println!(
+                "valid token for user {:?}, expires {}",
+                t.user,
+                expires(t.expire_at)
+            );
             if let Some(jti) = &t.jti {
                 println!("jti: {jti}");
             }
@@ -445,20 +463,8 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                     "no HMAC secret for subscription tokens (client.subscription_token.hmac_secret_key, or client.token.hmac_secret_key when subscription tokens share its keys)".into(),
                 ));
             }
-            let ttl = rotor_core::duration::parse(&ttl).map_err(ServerError::Cli)?;
-            let mut claims = serde_json::json!({ "sub": user, "channel": channel, "iat": now() });
-            if !ttl.is_zero() {
-                claims["exp"] = (now() + ttl.as_secs().max(1)).into();
-            }
-            if !keys.audience.is_empty() {
-                claims["aud"] = keys.audience.clone().into();
-            }
-            if !keys.issuer.is_empty() {
-                claims["iss"] = keys.issuer.clone().into();
-            }
-            let token = rotor_auth::sign_hmac(&claims, &keys.hmac_secret_key)
-                .map_err(|e| ServerError::Cli(e.to_string()))?;
-            println!("{token}");
+            let claims = serde_json::json!({ "sub": user, "channel": channel });
+            println!("{}", hs256(claims, &ttl, &keys)?);
             Ok(())
         }
         Command::Checksubtoken { token } => {
@@ -475,13 +481,11 @@ fn run(cli: Cli) -> Result<(), ServerError> {
                     .await
                     .map_err(|e| ServerError::Cli(format!("token rejected: {e}")))
             })?;
-            let expires = match t.expire_at {
-                Some(at) => format!("in {}s (at {at})", at.saturating_sub(now())),
-                None => "never".to_string(),
-            };
             println!(
-                "valid subscription token for user {:?} and channel {:?}, expires {expires}",
-                t.user, t.channel
+                "valid subscription token for user {:?} and channel {:?}, expires {}",
+                t.user,
+                t.channel,
+                expires(t.expire_at)
             );
             Ok(())
         }

@@ -195,19 +195,8 @@ impl Node {
         let (rules, verifier, sub_verifier) = reloadable(config)?;
         // Proxies are built at start: a namespace that would turn on one not built then
         // would be served without asking the backend, so such a reload is refused.
-        let channel = &config.channel;
-        let options = std::iter::once((
-            "channel.without_namespace".to_string(),
-            channel.without_namespace.clone(),
-        ))
-        .chain(
-            channel
-                .namespaces
-                .iter()
-                .map(|n| (format!("channel.namespaces[{}]", n.name), n.options())),
-        );
         let proxies = &self.inner.proxies;
-        for (key, o) in options {
+        for (key, o) in config.channel.all_options() {
             for (on, built, what) in [
                 (
                     o.subscribe_proxy_enabled,
